@@ -1,0 +1,31 @@
+"""meshlib: a service mesh you pip install.
+
+Route, split and load-balance an app's httpx traffic in process::
+
+    import meshlib
+
+    mesh = meshlib.Mesh.from_file("mesh.yaml")
+    with mesh.client() as client:
+        client.get("http://reviews/api/reviews/1")
+"""
+
+from __future__ import annotations
+
+from meshlib.__version__ import __version__
+from meshlib._config.models import MeshConfig
+from meshlib._errors import ConfigError, MeshError, NoHealthyUpstreamError, RouteNotFoundError
+from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
+from meshlib._mesh import Mesh
+
+__all__ = [
+    "AsyncMeshTransport",
+    "ConfigError",
+    "Mesh",
+    "MeshConfig",
+    "MeshError",
+    "MeshTransport",
+    "NoHealthyUpstreamError",
+    "RouteNotFoundError",
+    "__version__",
+    "wrap",
+]

@@ -1,0 +1,72 @@
+"""The ``meshlib`` command: ``demo``, ``validate``, ``schema``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from meshlib.__version__ import __version__
+from meshlib._config.load import load_file
+from meshlib._config.models import MeshConfig
+from meshlib._errors import ConfigError
+
+__all__ = ["main", "run"]
+
+EXIT_INVALID = 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.config:
+        try:
+            load_file(path)
+        except ConfigError as exc:
+            failed = True
+            print(exc, file=sys.stderr)
+        else:
+            print(f"{path}: ok" if len(args.config) > 1 else "ok")
+    return EXIT_INVALID if failed else 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(MeshConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from meshlib._demo import run_demo
+
+    return run_demo(requests=args.requests, concurrency=args.concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshlib", description="A service mesh you pip install.")
+    parser.add_argument("--version", action="version", version=f"meshlib {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run local upstreams and send traffic through a built-in mesh config")
+    demo.add_argument("--requests", type=int, default=3000, help="how many requests to send (default 3000)")
+    demo.add_argument("--concurrency", type=int, default=8, help="concurrent async requests (default 8)")
+    demo.set_defaults(func=_demo)
+
+    validate = commands.add_parser("validate", help="check config files: prints ok, or the errors and exits 2")
+    validate.add_argument("config", nargs="+", help="a YAML or JSON mesh config")
+    validate.set_defaults(func=_validate)
+
+    schema = commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshlib`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def run() -> None:
+    """Console-script entry: exit with :func:`main`'s code."""
+    sys.exit(main())

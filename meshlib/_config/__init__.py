@@ -1,0 +1,1 @@
+"""What the user writes: the config models, duration parsing and file loading."""

@@ -1,0 +1,47 @@
+"""The engine's currency (httpx messages) and how filters compose into handlers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar, Protocol
+
+import httpx
+
+__all__ = ["AsyncHandler", "Filter", "Request", "Response", "SyncHandler", "compose", "compose_async"]
+
+Request = httpx.Request
+Response = httpx.Response
+SyncHandler = Callable[[Request], Response]
+AsyncHandler = Callable[[Request], Awaitable[Response]]
+
+
+class Filter(Protocol):
+    """Wraps a handler: sees the request on the way in and the response on the way out.
+
+    A filter never stores the next handler, so one instance serves the sync and
+    async stacks of many routes. Per-request state lives in the request's
+    ``CallContext``, never on the filter.
+    """
+
+    name: ClassVar[str]  # shown in stack-order tests and, later, /config_dump
+
+    def handle(self, request: Request, call_next: SyncHandler) -> Response: ...
+
+    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response: ...
+
+
+def compose(filters: Sequence[Filter], terminal: SyncHandler) -> SyncHandler:
+    """Wrap ``terminal`` so that ``filters[0]`` sees each request first."""
+    handler = terminal
+    for f in reversed(filters):
+        handler = functools.partial(f.handle, call_next=handler)
+    return handler
+
+
+def compose_async(filters: Sequence[Filter], terminal: AsyncHandler) -> AsyncHandler:
+    """The async twin of :func:`compose`."""
+    handler = terminal
+    for f in reversed(filters):
+        handler = functools.partial(f.handle_async, call_next=handler)
+    return handler

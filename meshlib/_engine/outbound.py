@@ -1,0 +1,61 @@
+"""Outbound entry: match a route on the snapshot, then run that route's stack.
+
+The front door passes the request and its innermost transport; the engine
+builds its own copy of the request (the caller's stays untouched, so
+``response.request`` is what the caller sent) and carries the transport in
+the CallContext down to the endpoint level.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from meshlib._engine.context import EXTENSION, CallContext
+from meshlib._errors import RouteNotFoundError
+from meshlib._snapshot.route import CompiledRoute
+from meshlib._snapshot.snapshot import Snapshot
+
+__all__ = ["handle", "handle_async"]
+
+
+def _prepare(
+    snapshot: Snapshot,
+    request: httpx.Request,
+    sender: httpx.BaseTransport | None,
+    async_sender: httpx.AsyncBaseTransport | None,
+) -> tuple[CompiledRoute, httpx.Request] | None:
+    route = snapshot.routes.match(request)
+    if route is None:
+        if snapshot.passthrough:
+            return None
+        raise RouteNotFoundError(
+            f"no route or cluster for host {request.url.host!r} and outbound_policy is registry_only",
+            request=request,
+        )
+    ctx = CallContext(original=request, route=route, sender=sender, async_sender=async_sender)
+    extensions = dict(request.extensions)
+    extensions[EXTENSION] = ctx
+    upstream = httpx.Request(
+        request.method, request.url, headers=request.headers.copy(), stream=request.stream, extensions=extensions
+    )
+    return route, upstream
+
+
+def handle(snapshot: Snapshot, request: httpx.Request, sender: httpx.BaseTransport) -> httpx.Response:
+    """Send ``request`` through the mesh, using ``sender`` for the network (sync)."""
+    prepared = _prepare(snapshot, request, sender, None)
+    if prepared is None:
+        return sender.handle_request(request)
+    route, upstream = prepared
+    return route.handle(upstream)
+
+
+async def handle_async(
+    snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport
+) -> httpx.Response:
+    """The async twin of :func:`handle`."""
+    prepared = _prepare(snapshot, request, None, sender)
+    if prepared is None:
+        return await sender.handle_async_request(request)
+    route, upstream = prepared
+    return await route.handle_async(upstream)

@@ -1,0 +1,53 @@
+"""Response body wrappers: run a callback once when the body is closed (or never opened)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+
+__all__ = ["OnCloseStream"]
+
+
+class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Passes a response body through and calls ``on_close`` exactly once when it closes.
+
+    A request is in flight until its response body is done, as in Envoy, so
+    least-request balancing and (later) concurrency limits see streamed
+    responses as busy.
+    """
+
+    __slots__ = ("_closed", "_on_close", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, on_close: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_close = on_close
+        self._closed = False
+
+    def _done(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert isinstance(self._stream, httpx.SyncByteStream)
+        yield from self._stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self._stream, httpx.AsyncByteStream)
+        async for chunk in self._stream:
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.SyncByteStream):
+                self._stream.close()
+        finally:
+            self._done()
+
+    async def aclose(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.AsyncByteStream):
+                await self._stream.aclose()
+        finally:
+            self._done()

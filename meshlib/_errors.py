@@ -1,0 +1,76 @@
+"""Errors a caller can meet, each a subclass of the httpx exception that fits.
+
+The hierarchy::
+
+    Exception
+    └── ConfigError                 a config failed validation; names each field path
+
+    httpx.TransportError
+    └── MeshError                   base of every error the mesh raises for a request
+        ├── RouteNotFoundError      code ``route_not_found``
+        └── NoHealthyUpstreamError  code ``no_healthy_upstream``
+
+Because every ``MeshError`` is an ``httpx.TransportError``, existing
+``except httpx.HTTPError`` code keeps working when a client is put through the
+mesh. Each class carries a ``code``, the value the sidecar sends in its
+``x-meshlib-error`` header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import httpx
+
+__all__ = ["ConfigError", "MeshError", "NoHealthyUpstreamError", "RouteNotFoundError"]
+
+
+class ConfigError(Exception):
+    """A mesh config is invalid.
+
+    ``errors`` lists ``(field_path, message)`` pairs, e.g.
+    ``("routes[1].split[0].cluster", "unknown cluster 'reviews-v3'")``; the
+    message shows one ``path: message`` line per error.
+    """
+
+    def __init__(self, errors: Sequence[tuple[str, str]], *, source: str | None = None) -> None:
+        self.errors: list[tuple[str, str]] = list(errors)
+        self.source = source
+        lines = [f"{path}: {message}" if path else message for path, message in self.errors]
+        head = f"invalid mesh config{f' in {source}' if source else ''}"
+        super().__init__(f"{head}:\n  " + "\n  ".join(lines) if lines else head)
+
+
+class MeshError(httpx.TransportError):
+    """Base of the errors the mesh raises while handling a request.
+
+    Attributes: ``code`` (the wire name of the cause), ``route`` and
+    ``cluster`` (names, when known), and ``request``.
+    """
+
+    code: ClassVar[str] = "mesh_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.route = route
+        self.cluster = cluster
+
+
+class RouteNotFoundError(MeshError):
+    """No route or cluster claims the request's host and ``outbound_policy`` is ``registry_only``."""
+
+    code = "route_not_found"
+
+
+class NoHealthyUpstreamError(MeshError):
+    """The chosen cluster has no endpoint that can take the request."""
+
+    code = "no_healthy_upstream"

@@ -1,0 +1,161 @@
+"""Mesh: holds the current Snapshot and the live state, and makes clients and transports that use them."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from meshlib._config.load import config_from_dict, load_file
+from meshlib._config.models import MeshConfig
+from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport
+from meshlib._snapshot.compile import compile_snapshot
+from meshlib._snapshot.snapshot import Snapshot
+from meshlib._upstream.registry import StateRegistry
+
+__all__ = ["Mesh"]
+
+# Client keyword arguments that httpx uses only to build its default transport.
+# The mesh builds that transport itself (as its inner sender), so they must go there.
+_TRANSPORT_KWARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
+
+
+class Mesh:
+    """A service mesh in your process: routes, splits and load-balances httpx traffic.
+
+    Build it from a config, then make clients that send through it::
+
+        mesh = meshlib.Mesh.from_file("mesh.yaml")
+        with mesh, mesh.client() as client:
+            client.get("http://reviews/api/reviews/1")
+
+    Parameters:
+
+    * **config** - a :class:`MeshConfig` (``Mesh()`` is an empty mesh that
+      passes everything through).
+    * **rng** - the random source for splits and random load balancing
+      (a seeded ``random.Random`` makes them reproducible in tests).
+
+    Raises :class:`meshlib.ConfigError` (from the ``from_*`` constructors) when the config is invalid.
+    """
+
+    def __init__(self, config: MeshConfig | None = None, *, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._registry = StateRegistry()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._snapshot = compile_snapshot(config or MeshConfig(), self._registry, rng=self._rng, version=1)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Mesh:
+        """A mesh from a YAML or JSON config file."""
+        return cls(load_file(path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Mesh:
+        """A mesh from a config already parsed into a dict."""
+        return cls(config_from_dict(data), **kwargs)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The compiled config in force now (replaced whole by :meth:`reload`)."""
+        return self._snapshot
+
+    @property
+    def config(self) -> MeshConfig:
+        """The config in force now."""
+        return self._snapshot.config
+
+    def reload(self, config: MeshConfig | dict[str, Any]) -> Snapshot:
+        """Compile ``config`` and swap it in; requests in flight finish on the old snapshot.
+
+        Live state (in-flight counts, counters) of clusters and endpoints that
+        still exist is kept. An invalid config raises :class:`meshlib.ConfigError`
+        and the current config stays in force.
+        """
+        if not isinstance(config, MeshConfig):
+            config = config_from_dict(config)
+        with self._lock:
+            snapshot = compile_snapshot(config, self._registry, rng=self._rng, version=self._snapshot.version + 1)
+            self._snapshot = snapshot
+        return snapshot
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Mesh is closed")
+
+    def transport(self, inner: httpx.BaseTransport | None = None, **transport_kwargs: Any) -> MeshTransport:
+        """An ``httpx.BaseTransport`` through this mesh; ``inner`` (default ``httpx.HTTPTransport(**transport_kwargs)``) does the I/O."""
+        self._check_open()
+        return MeshTransport(self, inner if inner is not None else httpx.HTTPTransport(**transport_kwargs))
+
+    def async_transport(
+        self, inner: httpx.AsyncBaseTransport | None = None, **transport_kwargs: Any
+    ) -> AsyncMeshTransport:
+        """The async twin of :meth:`transport`."""
+        self._check_open()
+        return AsyncMeshTransport(self, inner if inner is not None else httpx.AsyncHTTPTransport(**transport_kwargs))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose requests go through this mesh; keyword arguments pass to httpx.
+
+        ``transport=`` becomes the mesh's inner transport; ``verify``, ``cert``,
+        ``http2``, ``limits``, ``proxy`` and ``trust_env`` configure it.
+        """
+        inner = kwargs.pop("transport", None)
+        transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
+        if "trust_env" in transport_kwargs:
+            kwargs["trust_env"] = transport_kwargs["trust_env"]
+        return httpx.Client(transport=self.transport(inner, **transport_kwargs), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose requests go through this mesh (see :meth:`client`)."""
+        inner = kwargs.pop("transport", None)
+        transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
+        if "trust_env" in transport_kwargs:
+            kwargs["trust_env"] = transport_kwargs["trust_env"]
+        return httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        """Live state per cluster: endpoints with requests in flight and in total, plus counters."""
+        snapshot = self._snapshot
+        return {
+            "version": snapshot.version,
+            "clusters": {
+                name: {
+                    "endpoints": {
+                        e.url: {"in_flight": e.state.in_flight, "requests": e.state.total} for e in cluster.endpoints
+                    },
+                    "counters": cluster.state.counters(),
+                }
+                for name, cluster in snapshot.clusters.items()
+            },
+        }
+
+    def close(self) -> None:
+        """Close the mesh; clients made from it keep working until closed themselves, new ones are refused."""
+        self._closed = True
+
+    async def aclose(self) -> None:
+        """The async twin of :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

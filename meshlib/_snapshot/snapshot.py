@@ -1,0 +1,27 @@
+"""Snapshot: everything one config compiles to. Immutable; a reload swaps in a new one whole."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshlib._config.models import MeshConfig
+from meshlib._engine.cluster_stack import CompiledCluster
+from meshlib._snapshot.route_table import RouteTable
+
+__all__ = ["Snapshot"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """The route table and clusters of one config version.
+
+    ``passthrough`` is true under ``outbound_policy: allow_any``: requests no
+    route claims go to their own host untouched.
+    """
+
+    config: MeshConfig
+    version: int
+    routes: RouteTable
+    clusters: Mapping[str, CompiledCluster]
+    passthrough: bool

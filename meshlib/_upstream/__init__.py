@@ -1,0 +1,1 @@
+"""Clusters, endpoints and their live state, which survives config reloads."""

@@ -1,0 +1,210 @@
+"""Load balancers: pick one endpoint of a cluster for a request. One small class each.
+
+Every picker takes ``exclude`` (endpoints the caller does not want, e.g. those
+already tried) and falls back to an excluded endpoint only when nothing else
+is left, so a one-endpoint cluster still works.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import random
+from collections.abc import Collection, Sequence
+from functools import reduce
+from typing import ClassVar, Protocol
+
+import httpx
+
+from meshlib._upstream.endpoint import Endpoint
+
+__all__ = ["LoadBalancer", "LeastRequest", "RandomLB", "RingHash", "RoundRobin", "build_lb"]
+
+
+class LoadBalancer(Protocol):
+    """Chooses an endpoint for a request."""
+
+    name: ClassVar[str]
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None: ...
+
+
+def _smooth_wrr_schedule(weights: Sequence[int], limit: int = 10_000) -> list[int]:
+    """nginx's smooth weighted round robin, unrolled into one cycle of endpoint indexes.
+
+    Weights 5, 1, 1 give ``0 0 1 0 2 0 0``: heavy endpoints are spread out,
+    not sent bursts. Weights are divided by their gcd and scaled down if one
+    cycle would exceed ``limit`` entries.
+    """
+    divisor = reduce(math.gcd, weights)
+    ws = [w // divisor for w in weights]
+    total = sum(ws)
+    if total > limit:
+        ws = [max(1, round(w * limit / total)) for w in ws]
+        total = sum(ws)
+    current = [0] * len(ws)
+    schedule = []
+    for _ in range(total):
+        for i, w in enumerate(ws):
+            current[i] += w
+        best = max(range(len(ws)), key=current.__getitem__)
+        current[best] -= total
+        schedule.append(best)
+    return schedule
+
+
+class RoundRobin:
+    """Weighted round robin: each endpoint gets its weight's share, spread evenly in turn."""
+
+    name = "round_robin"
+
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints = tuple(endpoints)
+        self._schedule = tuple(self._endpoints[i] for i in _smooth_wrr_schedule([e.weight for e in endpoints]))
+        # itertools.count's next() is atomic under the GIL: no lock on the hot path.
+        self._counter = itertools.count()
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        schedule = self._schedule
+        start = next(self._counter)
+        if not exclude:
+            return schedule[start % len(schedule)]
+        for step in range(len(schedule)):
+            endpoint = schedule[(start + step) % len(schedule)]
+            if endpoint not in exclude:
+                return endpoint
+        return schedule[start % len(schedule)]
+
+
+class RandomLB:
+    """Weighted random: each pick is independent, with probability proportional to weight."""
+
+    name = "random"
+
+    def __init__(self, endpoints: Sequence[Endpoint], rng: random.Random) -> None:
+        self._endpoints = tuple(endpoints)
+        self._cum = list(itertools.accumulate(e.weight for e in endpoints))
+        self._rng = rng
+
+    def _draw(self, endpoints: Sequence[Endpoint], cum: Sequence[int]) -> Endpoint:
+        return endpoints[bisect.bisect_right(cum, self._rng.random() * cum[-1])]
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        if exclude:
+            rest = [e for e in self._endpoints if e not in exclude]
+            if rest:
+                return self._draw(rest, list(itertools.accumulate(e.weight for e in rest)))
+        return self._draw(self._endpoints, self._cum)
+
+
+class LeastRequest:
+    """Power of two choices: draw two endpoints by weight, send to the one with fewer in flight.
+
+    Load is compared as ``(in_flight + 1) / weight``, so a weight-3 endpoint
+    takes about three times the concurrent requests of a weight-1 one.
+    """
+
+    name = "least_request"
+
+    def __init__(self, endpoints: Sequence[Endpoint], rng: random.Random) -> None:
+        self._random = RandomLB(endpoints, rng)
+        self._single = len(endpoints) == 1
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        first = self._random.pick(request, exclude)
+        if self._single or first is None:
+            return first
+        second = self._random.pick(request, (*exclude, first))
+        if second is None or second is first:
+            return first
+        if (second.in_flight + 1) / second.weight < (first.in_flight + 1) / first.weight:
+            return second
+        return first
+
+
+def _hash64(data: str) -> int:
+    return int.from_bytes(hashlib.md5(data.encode(), usedforsecurity=False).digest()[:8], "big")
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+class RingHash:
+    """Consistent hashing (ketama): the same key always reaches the same endpoint.
+
+    Each endpoint owns ``POINTS_PER_WEIGHT × weight`` points on a 64-bit ring,
+    placed by hashing its URL, so removing an endpoint only remaps the keys it
+    owned. A request without the key is sent to a random endpoint (as Envoy does).
+    """
+
+    name = "ring_hash"
+    POINTS_PER_WEIGHT: ClassVar[int] = 160
+    MAX_POINTS: ClassVar[int] = 100_000
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        rng: random.Random,
+        *,
+        header: str | None = None,
+        cookie: str | None = None,
+    ) -> None:
+        self._header = header
+        self._cookie = cookie
+        self._fallback = RandomLB(endpoints, rng)
+        total = sum(e.weight for e in endpoints) * self.POINTS_PER_WEIGHT
+        scale = min(1.0, self.MAX_POINTS / total)
+        points = sorted(
+            (_hash64(f"{e.url}#{i}"), n)
+            for n, e in enumerate(endpoints)
+            for i in range(max(1, round(e.weight * self.POINTS_PER_WEIGHT * scale)))
+        )
+        self._hashes = [h for h, _ in points]
+        self._owners = [endpoints[n] for _, n in points]
+
+    def key(self, request: httpx.Request) -> str | None:
+        """The value this ring hashes for ``request``, or None when the request lacks it."""
+        if self._header is not None:
+            return request.headers.get(self._header)
+        assert self._cookie is not None
+        header = request.headers.get("cookie")
+        return _cookie(header, self._cookie) if header else None
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        key = self.key(request)
+        if key is None:
+            return self._fallback.pick(request, exclude)
+        start = bisect.bisect_left(self._hashes, _hash64(key))
+        owners = self._owners
+        for step in range(len(owners)):
+            endpoint = owners[(start + step) % len(owners)]
+            if endpoint not in exclude:
+                return endpoint
+        return owners[start % len(owners)]
+
+
+def build_lb(
+    kind: str,
+    endpoints: Sequence[Endpoint],
+    rng: random.Random,
+    *,
+    header: str | None = None,
+    cookie: str | None = None,
+) -> LoadBalancer:
+    """The load balancer named ``kind`` (a config ``lb`` value) over ``endpoints``."""
+    if kind == "round_robin":
+        return RoundRobin(endpoints)
+    if kind == "random":
+        return RandomLB(endpoints, rng)
+    if kind == "least_request":
+        return LeastRequest(endpoints, rng)
+    if kind == "ring_hash":
+        return RingHash(endpoints, rng, header=header, cookie=cookie)
+    raise ValueError(f"unknown load balancer {kind!r}")
