@@ -89,7 +89,10 @@ class Mesh:
             raise RuntimeError("this Mesh is closed")
 
     def transport(self, inner: httpx.BaseTransport | None = None, **transport_kwargs: Any) -> MeshTransport:
-        """An ``httpx.BaseTransport`` through this mesh; ``inner`` (default ``httpx.HTTPTransport(**transport_kwargs)``) does the I/O."""
+        """An ``httpx.BaseTransport`` through this mesh.
+
+        ``inner`` does the I/O; by default ``httpx.HTTPTransport(**transport_kwargs)``.
+        """
         self._check_open()
         return MeshTransport(self, inner if inner is not None else httpx.HTTPTransport(**transport_kwargs))
 

@@ -21,9 +21,7 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected a duration string such as '250ms' or '2s', got {value!r}")
     match = _DURATION.match(value)
     if match is None:
-        raise ValueError(
-            f"invalid duration {value!r}: use a number and a unit (us, ms, s, m, h), e.g. '250ms'"
-        )
+        raise ValueError(f"invalid duration {value!r}: use a number and a unit (us, ms, s, m, h), e.g. '250ms'")
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 

@@ -67,11 +67,11 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     loader.flatten_mapping(node)
     mapping: dict[Hashable, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in mapping:
             mark = key_node.start_mark
             raise ConfigError([("", f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}")])
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+        mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
 
@@ -92,11 +92,13 @@ def parse_text(text: str, *, source: str | None = None, fmt: str | None = None) 
     try:
         if fmt == "json":
             return json.loads(text, object_pairs_hook=_unique_json_object)
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as exc:
         raise ConfigError(exc.errors, source=source) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")], source=source) from None
+        raise ConfigError(
+            [("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")], source=source
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"invalid YAML: {exc}")], source=source) from None
 

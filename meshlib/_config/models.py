@@ -100,9 +100,7 @@ class EndpointConfig(_Model):
         if not url.host:
             raise ValueError(f"URL {value!r} has no host")
         if url.raw_path not in (b"", b"/") or url.fragment or url.userinfo:
-            raise ValueError(
-                f"URL {value!r} must be scheme://host[:port] only: no path, query, fragment or user"
-            )
+            raise ValueError(f"URL {value!r} must be scheme://host[:port] only: no path, query, fragment or user")
         return str(url.copy_with(raw_path=b"/")).rstrip("/")
 
 
@@ -199,9 +197,7 @@ class RouteMatchConfig(_Model):
             return None
         host = value.lower()
         if not _HOST.match(host):
-            raise ValueError(
-                f"invalid host {value!r}: a host name, '*.suffix' or '*' (no scheme, port or path)"
-            )
+            raise ValueError(f"invalid host {value!r}: a host name, '*.suffix' or '*' (no scheme, port or path)")
         return host
 
     @field_validator("path", "path_prefix")
@@ -330,8 +326,7 @@ class RouteConfig(_Model):
         given = [k for k in ("cluster", "split", "direct_response") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of cluster, split, direct_response"
-                + (f" (got {', '.join(given)})" if given else "")
+                "set exactly one of cluster, split, direct_response" + (f" (got {', '.join(given)})" if given else "")
             )
         if self.direct_response is not None and self.rewrite is not None:
             raise ValueError("rewrite has no effect on a direct_response route")
@@ -384,15 +379,17 @@ class MeshConfig(_Model):
         errors: list[InitErrorDetails] = []
 
         def error(loc: tuple[str | int, ...], message: str, value: object) -> None:
-            errors.append(
-                InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value)
-            )
+            errors.append(InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value))
 
         names: dict[str, int] = {}
         for i, route in enumerate(self.routes):
             if route.name is not None:
                 if route.name in names:
-                    error(("routes", i, "name"), f"duplicate route name {route.name!r} (also routes[{names[route.name]}])", route.name)
+                    error(
+                        ("routes", i, "name"),
+                        f"duplicate route name {route.name!r} (also routes[{names[route.name]}])",
+                        route.name,
+                    )
                 names.setdefault(route.name, i)
             if route.cluster is not None and route.cluster not in self.clusters:
                 error(("routes", i, "cluster"), f"unknown cluster {route.cluster!r}", route.cluster)
@@ -402,7 +399,11 @@ class MeshConfig(_Model):
             seen_legs = [leg.cluster for leg in route.split or ()]
             for j, leg in enumerate(route.split or ()):
                 if seen_legs.index(leg.cluster) != j:
-                    error(("routes", i, "split", j, "cluster"), f"cluster {leg.cluster!r} appears twice in this split", leg.cluster)
+                    error(
+                        ("routes", i, "split", j, "cluster"),
+                        f"cluster {leg.cluster!r} appears twice in this split",
+                        leg.cluster,
+                    )
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self

@@ -12,7 +12,8 @@ __all__ = ["send", "send_async"]
 def send(request: Request) -> Response:
     """Send through the sync inner transport; the endpoint counts as busy until the body closes."""
     ctx = context_of(request)
-    assert ctx.sender is not None and ctx.endpoint is not None
+    assert ctx.sender is not None
+    assert ctx.endpoint is not None
     state = ctx.endpoint.state
     state.acquire()
     try:
@@ -27,7 +28,8 @@ def send(request: Request) -> Response:
 async def send_async(request: Request) -> Response:
     """The async twin of :func:`send`."""
     ctx = context_of(request)
-    assert ctx.async_sender is not None and ctx.endpoint is not None
+    assert ctx.async_sender is not None
+    assert ctx.endpoint is not None
     state = ctx.endpoint.state
     state.acquire()
     try:

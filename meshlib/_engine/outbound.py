@@ -50,9 +50,7 @@ def handle(snapshot: Snapshot, request: httpx.Request, sender: httpx.BaseTranspo
     return route.handle(upstream)
 
 
-async def handle_async(
-    snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport
-) -> httpx.Response:
+async def handle_async(snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport) -> httpx.Response:
     """The async twin of :func:`handle`."""
     prepared = _prepare(snapshot, request, None, sender)
     if prepared is None:

@@ -38,9 +38,7 @@ def with_origin(url: httpx.URL, origin: httpx.URL) -> httpx.URL:
     if _FAST:
         o = origin._uri_reference
         new = httpx.URL.__new__(httpx.URL)
-        new._uri_reference = url._uri_reference._replace(
-            scheme=o.scheme, userinfo="", host=o.host, port=o.port
-        )
+        new._uri_reference = url._uri_reference._replace(scheme=o.scheme, userinfo="", host=o.host, port=o.port)
         return new
     return url.copy_with(scheme=origin.scheme, host=origin.host, port=origin.port)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httpx
 
@@ -40,7 +41,7 @@ class HeaderOpsPolicy:
 class HeadersFilter:
     """Applies a route's request header edits before sending and response edits after."""
 
-    name = "headers"
+    name: ClassVar[str] = "headers"
 
     def __init__(self, request: HeaderOpsPolicy, response: HeaderOpsPolicy) -> None:
         self.request = request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from meshlib._config.models import RouteConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
@@ -38,7 +39,7 @@ class RewritePolicy:
 class RewriteFilter:
     """Applies a :class:`RewritePolicy` to the outgoing request."""
 
-    name = "rewrite"
+    name: ClassVar[str] = "rewrite"
 
     def __init__(self, policy: RewritePolicy) -> None:
         self.policy = policy

@@ -25,16 +25,18 @@ class RouteTable:
         self.routes = tuple(routes)
         # Routes whose host is a pattern (or absent) must be checked against any host.
         self._generic = tuple(r for r in self.routes if r.host is None or "*" in r.host)
+        self._any_wildcard = any(r.host is not None for r in self._generic)
         hosts = {r.host for r in self.routes if r.host is not None and "*" not in r.host}
         self._by_host = {
-            host: tuple(r for r in self.routes if r.host is None or host_matches(r.host, host))
-            for host in hosts
+            host: tuple(r for r in self.routes if r.host is None or host_matches(r.host, host)) for host in hosts
         }
 
     def candidates(self, host: str) -> tuple[CompiledRoute, ...]:
         found = self._by_host.get(host)
         if found is not None:
             return found
+        if not self._any_wildcard:
+            return self._generic
         return tuple(r for r in self._generic if r.host is None or host_matches(r.host, host))
 
     def match(self, request: httpx.Request) -> CompiledRoute | None:

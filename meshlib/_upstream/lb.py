@@ -20,7 +20,7 @@ import httpx
 
 from meshlib._upstream.endpoint import Endpoint
 
-__all__ = ["LoadBalancer", "LeastRequest", "RandomLB", "RingHash", "RoundRobin", "build_lb"]
+__all__ = ["LeastRequest", "LoadBalancer", "RandomLB", "RingHash", "RoundRobin", "build_lb"]
 
 
 class LoadBalancer(Protocol):
@@ -58,7 +58,7 @@ def _smooth_wrr_schedule(weights: Sequence[int], limit: int = 10_000) -> list[in
 class RoundRobin:
     """Weighted round robin: each endpoint gets its weight's share, spread evenly in turn."""
 
-    name = "round_robin"
+    name: ClassVar[str] = "round_robin"
 
     def __init__(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = tuple(endpoints)
@@ -81,7 +81,7 @@ class RoundRobin:
 class RandomLB:
     """Weighted random: each pick is independent, with probability proportional to weight."""
 
-    name = "random"
+    name: ClassVar[str] = "random"
 
     def __init__(self, endpoints: Sequence[Endpoint], rng: random.Random) -> None:
         self._endpoints = tuple(endpoints)
@@ -106,7 +106,7 @@ class LeastRequest:
     takes about three times the concurrent requests of a weight-1 one.
     """
 
-    name = "least_request"
+    name: ClassVar[str] = "least_request"
 
     def __init__(self, endpoints: Sequence[Endpoint], rng: random.Random) -> None:
         self._random = RandomLB(endpoints, rng)
@@ -144,7 +144,7 @@ class RingHash:
     owned. A request without the key is sent to a random endpoint (as Envoy does).
     """
 
-    name = "ring_hash"
+    name: ClassVar[str] = "ring_hash"
     POINTS_PER_WEIGHT: ClassVar[int] = 160
     MAX_POINTS: ClassVar[int] = 100_000
 
@@ -172,7 +172,8 @@ class RingHash:
     def key(self, request: httpx.Request) -> str | None:
         """The value this ring hashes for ``request``, or None when the request lacks it."""
         if self._header is not None:
-            return request.headers.get(self._header)
+            value: str | None = request.headers.get(self._header)
+            return value
         assert self._cookie is not None
         header = request.headers.get("cookie")
         return _cookie(header, self._cookie) if header else None
