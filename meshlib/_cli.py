@@ -38,7 +38,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from meshlib._demo import run_demo
 
-    return run_demo(requests=args.requests, concurrency=args.concurrency)
+    return run_demo(requests=args.requests, concurrency=args.concurrency, print_config=args.print_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run local upstreams and send traffic through a built-in mesh config")
     demo.add_argument("--requests", type=int, default=3000, help="how many requests to send (default 3000)")
     demo.add_argument("--concurrency", type=int, default=8, help="concurrent async requests (default 8)")
+    demo.add_argument("--print-config", action="store_true", help="print the demo's mesh config as YAML and exit")
     demo.set_defaults(func=_demo)
 
     validate = commands.add_parser("validate", help="check config files: prints ok, or the errors and exits 2")

@@ -12,7 +12,7 @@ import httpx
 
 from meshlib._config.load import config_from_dict, load_file
 from meshlib._config.models import MeshConfig
-from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport
+from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
 from meshlib._snapshot.compile import compile_snapshot
 from meshlib._snapshot.snapshot import Snapshot
 from meshlib._upstream.registry import StateRegistry
@@ -22,6 +22,20 @@ __all__ = ["Mesh"]
 # Client keyword arguments that httpx uses only to build its default transport.
 # The mesh builds that transport itself (as its inner sender), so they must go there.
 _TRANSPORT_KWARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
+
+
+def _split_client_kwargs(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Take the inner transport and its settings out of client ``kwargs`` (which keep the rest)."""
+    inner = kwargs.pop("transport", None)
+    transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
+    if inner is not None and transport_kwargs:
+        raise TypeError(
+            f"give either transport= or {', '.join(sorted(transport_kwargs))}=, not both: "
+            "with your own transport, configure it directly"
+        )
+    if "trust_env" in transport_kwargs:
+        kwargs["trust_env"] = transport_kwargs["trust_env"]
+    return inner, transport_kwargs
 
 
 class Mesh:
@@ -108,20 +122,15 @@ class Mesh:
 
         ``transport=`` becomes the mesh's inner transport; ``verify``, ``cert``,
         ``http2``, ``limits``, ``proxy`` and ``trust_env`` configure it.
+        Transports in ``mounts=`` are put behind the mesh too, as :func:`meshlib.wrap` does.
         """
-        inner = kwargs.pop("transport", None)
-        transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
-        if "trust_env" in transport_kwargs:
-            kwargs["trust_env"] = transport_kwargs["trust_env"]
-        return httpx.Client(transport=self.transport(inner, **transport_kwargs), **kwargs)
+        inner, transport_kwargs = _split_client_kwargs(kwargs)
+        return wrap(httpx.Client(transport=self.transport(inner, **transport_kwargs), **kwargs), self)
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` whose requests go through this mesh (see :meth:`client`)."""
-        inner = kwargs.pop("transport", None)
-        transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
-        if "trust_env" in transport_kwargs:
-            kwargs["trust_env"] = transport_kwargs["trust_env"]
-        return httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs)
+        inner, transport_kwargs = _split_client_kwargs(kwargs)
+        return wrap(httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs), self)
 
     def stats(self) -> dict[str, Any]:
         """Live state per cluster: endpoints with requests in flight and in total, plus counters."""

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)\s*$")
+# Exact scales, so that "100000us", "100ms" and "0.1s" all give the same float.
+_UNITS = {
+    "us": Fraction(1, 1_000_000),
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)\s*$", re.ASCII)
 
 
 def parse_duration(value: object) -> float:
@@ -22,16 +32,26 @@ def parse_duration(value: object) -> float:
     match = _DURATION.match(value)
     if match is None:
         raise ValueError(f"invalid duration {value!r}: use a number and a unit (us, ms, s, m, h), e.g. '250ms'")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        # Fraction → float rounds once, correctly; multiplying floats would round twice.
+        return float(Fraction(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"invalid duration {value!r}: too large") from None
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact string that :func:`parse_duration` reads back as ``seconds``."""
-    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3)):
-        count = seconds / scale
-        if count >= 1 and abs(count - round(count)) < 1e-9:
-            return f"{round(count)}{unit}"
-    return f"{round(seconds * 1e6)}us"
+    """The shortest string, in the largest whole unit, that :func:`parse_duration` reads back as ``seconds``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"cannot format {seconds!r} as a duration")
+    if seconds == 0:
+        return "0s"
+    exact = Fraction(seconds)
+    for unit in ("h", "m", "s", "ms", "us"):
+        count = round(exact / _UNITS[unit])
+        if count >= 1 and parse_duration(f"{count}{unit}") == seconds:
+            return f"{count}{unit}"
+    # Not a whole number of any unit: repr is the shortest decimal that reads back as the same float.
+    return f"{Decimal(repr(float(seconds))):f}s"
 
 
 Duration = Annotated[

@@ -4,46 +4,58 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from meshlib._config.models import MeshConfig
+from meshlib._config.models import MeshConfig, _type_name
 from meshlib._errors import ConfigError
 
 __all__ = ["config_error_from", "config_from_dict", "format_loc", "load_file", "parse_text"]
 
 # Friendlier words for pydantic's most common error types.
 _MESSAGES = {
-    "extra_forbidden": "unknown key",
     "missing": "required",
 }
+# A mapping key that reads unambiguously in a dotted path; any other key is quoted: clusters['a b'].
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
     """``("routes", 1, "split", 0, "cluster")`` → ``routes[1].split[0].cluster``."""
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for "the key itself is bad"; the key is the part before
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not _PLAIN_KEY.match(part):
+            out += f"[{part!r}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{part}" if out else part
     return out
+
+
+def _message(err: ErrorDetails) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r}"
+    if kind == "model_type":  # pydantic says "... or instance of ClusterConfig", a class users never see
+        return f"expected a mapping, got {_type_name(err['input'])}"
+    if kind == "too_short" and err.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    message = _MESSAGES.get(kind, err["msg"])
+    return message.removeprefix("Value error, ")
 
 
 def config_error_from(exc: ValidationError, *, source: str | None = None) -> ConfigError:
     """Turn pydantic's errors into one ConfigError with a ``path: message`` pair each."""
-    errors = []
-    for err in exc.errors(include_url=False):
-        message = _MESSAGES.get(err["type"], err["msg"])
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if err["type"] == "extra_forbidden":
-            message = f"unknown key {err['loc'][-1]!r}"
-        errors.append((format_loc(err["loc"]), message))
+    errors = [(format_loc(err["loc"]), _message(err)) for err in exc.errors(include_url=False)]
     return ConfigError(errors, source=source)
 
 
@@ -52,7 +64,7 @@ def config_from_dict(data: Any, *, source: str | None = None) -> MeshConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([("", f"the config must be a mapping, got {type(data).__name__}")], source=source)
+        raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")], source=source)
     try:
         return MeshConfig.model_validate(data)
     except ConfigError as exc:  # MeshConfig.__init__ already turned pydantic's errors into ours
@@ -64,15 +76,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+    # Only keys written in this mapping must be unique: keys it writes over a merge (<<: *base) win, as in YAML.
+    written: set[Hashable] = set()
+    for key_node, _ in node.value:
+        where = f"line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}"
+        key = "<<" if key_node.tag == "tag:yaml.org,2002:merge" else loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            raise ConfigError([("", f"a mapping key cannot be a list or a mapping, at {where}")])
+        if key in written:
+            raise ConfigError([("", f"duplicate key {key!r} at {where}")])
+        written.add(key)
     loader.flatten_mapping(node)
-    mapping: dict[Hashable, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            mark = key_node.start_mark
-            raise ConfigError([("", f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}")])
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
+    return {loader.construct_object(k, deep=deep): loader.construct_object(v, deep=deep) for k, v in node.value}
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -87,11 +102,25 @@ def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _json_duplicate(text: str, error: ConfigError) -> ConfigError:
+    """The json module gives no position, so find the duplicate's line with the YAML loader (JSON is YAML)."""
+    try:
+        yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as located:
+        return located
+    except yaml.YAMLError:  # the rare JSON PyYAML can't read: keep the message without a position
+        pass
+    return error
+
+
 def parse_text(text: str, *, source: str | None = None, fmt: str | None = None) -> Any:
     """Parse YAML (the default) or JSON text, refusing duplicate keys."""
     try:
         if fmt == "json":
-            return json.loads(text, object_pairs_hook=_unique_json_object)
+            try:
+                return json.loads(text, object_pairs_hook=_unique_json_object)
+            except ConfigError as exc:
+                raise _json_duplicate(text, exc) from None
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as exc:
         raise ConfigError(exc.errors, source=source) from None
@@ -99,18 +128,30 @@ def parse_text(text: str, *, source: str | None = None, fmt: str | None = None) 
         raise ConfigError(
             [("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")], source=source
         ) from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([("", _yaml_message(exc))], source=source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"invalid YAML: {exc}")], source=source) from None
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+    """``invalid YAML at line 3, column 5: PROBLEM (CONTEXT)``, in the same shape as the JSON errors."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = exc.problem or exc.context or "unreadable"
+    context = f" ({exc.context})" if exc.problem and exc.context else ""
+    return f"invalid YAML{where}: {problem}{context}"
 
 
 def load_file(path: str | os.PathLike[str]) -> MeshConfig:
     """Read a ``.yaml``/``.yml``/``.json`` file into a MeshConfig; raises :class:`ConfigError`."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is dropped, not parsed
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file: {exc.strerror or exc}")], source=str(file)) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([("", f"config file is not UTF-8: {exc.reason}")], source=str(file)) from None
+        message = f"config file is not UTF-8: {exc.reason} at byte {exc.start}"
+        raise ConfigError([("", message)], source=str(file)) from None
     fmt = "json" if file.suffix.lower() == ".json" else None
     return config_from_dict(parse_text(text, source=str(file), fmt=fmt), source=str(file))

@@ -2,25 +2,33 @@
 
 Every model forbids unknown keys and is frozen. Field-level checks live on the
 fields; cross-references (clusters named by routes, duplicate route names) are
-checked once on :class:`MeshConfig`, reported at the exact field path.
+checked once on :class:`MeshConfig`, reported at the exact field path, and
+alongside any field errors, so one run reports every error.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal, Self
 
 import httpx
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
+    GetJsonSchemaHandler,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
+
+from meshlib._errors import ConfigError
 
 __all__ = [
     "ClusterConfig",
@@ -41,14 +49,39 @@ __all__ = [
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # A cluster name is also a host name clients use (http://ratings/), so it must be one.
 _CLUSTER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*$"
-_HOST = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|[0-9a-f:]*:[0-9a-f:.]*)$")
+_CLUSTER_NAME_RE = re.compile(_CLUSTER_NAME)
+# A host name, '*.suffix', '*', or an IPv4 address; IPv6 addresses are checked by ipaddress.
+_HOST = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?)$")
+# What httpx leaves in URL.host for a name or an IPv4 address (anything else comes back percent-encoded).
+_URL_HOST = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
-ClusterName = Annotated[str, StringConstraints(pattern=_CLUSTER_NAME, max_length=253)]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _fail(loc: tuple[str | int, ...], message: str, value: object = None) -> ValidationError:
+    """An error at ``loc`` inside the model being validated (pydantic prefixes the model's own path)."""
+    details = InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("config", [details])
+
+
+def _check_cluster_name(name: str) -> str:
+    if len(name) > 253 or not _CLUSTER_NAME_RE.match(name):
+        raise ValueError(
+            f"invalid cluster name {name!r}: clients use it as a host name, so use letters, digits, '-' and '_',"
+            " with '.' between parts, at most 253 characters"
+        )
+    return name
+
+
+ClusterName = Annotated[
+    str,
+    AfterValidator(_check_cluster_name),
+    WithJsonSchema({"type": "string", "pattern": _CLUSTER_NAME, "maxLength": 253}),
+]
 
 
 def _check_header_name(name: str) -> str:
@@ -63,12 +96,57 @@ def _check_header_value(value: str) -> str:
     return value
 
 
+def _check_method(method: str) -> str:
+    if not _TOKEN.match(method):
+        raise ValueError(f"invalid method {method!r}")
+    return method.upper()
+
+
+# As dict keys and list items, these report errors at the offending key or item, not at the whole field.
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_check_header_value)]
+Method = Annotated[str, AfterValidator(_check_method)]
+# ``method: GET`` is shorthand for ``method: [GET]``.
+_METHOD_SCHEMA = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}],
+    "default": None,
+}
+
+
+def _unique_header_names(value: Any) -> Any:
+    """Refuse a mapping that names one header twice in different case (they would silently merge)."""
+    if isinstance(value, dict):
+        seen: dict[str, object] = {}
+        for key in value:
+            if isinstance(key, str) and key.lower() in seen:
+                raise ValueError(f"header {key!r} is also written as {seen[key.lower()]!r}: header names ignore case")
+            seen[key.lower() if isinstance(key, str) else key] = key
+    return value
+
+
+HeaderMap = Annotated[dict[HeaderName, HeaderValue], BeforeValidator(_unique_header_names)]
+
+
+def _type_name(value: object) -> str:
+    """The YAML/JSON word for a value's type, for error messages."""
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def _compile_regex(pattern: str) -> str:
     try:
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
     return pattern
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_path(path: str) -> str:
@@ -83,10 +161,19 @@ class EndpointConfig(_Model):
     url: str
     weight: PositiveInt = 1
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # The schema must accept the string shorthand that _from_string accepts.
+        return {"anyOf": [{"type": "string", "description": "the endpoint's URL, with weight 1"}, handler(schema)]}
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
-        return {"url": data} if isinstance(data, str) else data
+        if isinstance(data, str):
+            return {"url": data}
+        if not isinstance(data, dict | EndpointConfig):
+            raise ValueError(f"expected a URL string or {{url: URL, weight: N}}, got {_type_name(data)}")
+        return data
 
     @field_validator("url")
     @classmethod
@@ -99,6 +186,11 @@ class EndpointConfig(_Model):
             raise ValueError(f"URL {value!r} must start with http:// or https://")
         if not url.host:
             raise ValueError(f"URL {value!r} has no host")
+        host = url.raw_host.decode("ascii")  # IDNA-encoded, so international names pass as xn--...
+        if not _URL_HOST.match(host) and not _is_ipv6(host):
+            raise ValueError(f"URL {value!r} has an invalid host")
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise ValueError(f"URL {value!r} has an invalid port: use 1 to 65535")
         if url.raw_path not in (b"", b"/") or url.fragment or url.userinfo:
             raise ValueError(f"URL {value!r} must be scheme://host[:port] only: no path, query, fragment or user")
         return str(url.copy_with(raw_path=b"/")).rstrip("/")
@@ -107,13 +199,8 @@ class EndpointConfig(_Model):
 class HashOnConfig(_Model):
     """What ``ring_hash`` hashes: exactly one of a request header or a cookie."""
 
-    header: str | None = None
+    header: HeaderName | None = None
     cookie: str | None = None
-
-    @field_validator("header")
-    @classmethod
-    def _header_name(cls, value: str | None) -> str | None:
-        return None if value is None else _check_header_name(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -135,14 +222,15 @@ class ClusterConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.lb == "ring_hash" and self.hash_on is None:
-            raise ValueError("lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}")
+            raise _fail(("hash_on",), "lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}")
         if self.lb != "ring_hash" and self.hash_on is not None:
-            raise ValueError(f"hash_on applies only to lb 'ring_hash', not {self.lb!r}")
-        seen: set[str] = set()
-        for endpoint in self.endpoints:
+            raise _fail(("hash_on",), f"hash_on applies only to lb 'ring_hash', not {self.lb!r}")
+        seen: dict[str, int] = {}
+        for i, endpoint in enumerate(self.endpoints):
             if endpoint.url in seen:
-                raise ValueError(f"duplicate endpoint {endpoint.url!r}")
-            seen.add(endpoint.url)
+                message = f"duplicate endpoint {endpoint.url!r} (also endpoints[{seen[endpoint.url]}])"
+                raise _fail(("endpoints", i), message, endpoint.url)
+            seen[endpoint.url] = i
         return self
 
 
@@ -158,10 +246,22 @@ class StringMatchConfig(_Model):
     present: Literal[True] | None = None
     absent: Literal[True] | None = None
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # The schema must accept the string shorthand that _from_string accepts.
+        return {"anyOf": [{"type": "string", "description": "shorthand for {exact: STRING}"}, handler(schema)]}
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
-        return {"exact": data} if isinstance(data, str) else data
+        if isinstance(data, str):
+            return {"exact": data}
+        if not isinstance(data, dict | StringMatchConfig):
+            raise ValueError(
+                f"expected a string or one of {{exact|prefix|regex: STRING}}, {{present: true}}, {{absent: true}},"
+                f" got {_type_name(data)}"
+            )
+        return data
 
     @field_validator("regex")
     @classmethod
@@ -186,8 +286,10 @@ class RouteMatchConfig(_Model):
     path: str | None = None
     path_prefix: str | None = None
     path_regex: str | None = None
-    method: list[str] | None = None
-    headers: dict[str, StringMatchConfig] = Field(default_factory=dict)
+    method: Annotated[list[Method] | None, WithJsonSchema(_METHOD_SCHEMA)] = None
+    headers: Annotated[dict[HeaderName, StringMatchConfig], BeforeValidator(_unique_header_names)] = Field(
+        default_factory=dict
+    )
     query: dict[str, StringMatchConfig] = Field(default_factory=dict)
 
     @field_validator("host")
@@ -196,7 +298,7 @@ class RouteMatchConfig(_Model):
         if value is None:
             return None
         host = value.lower()
-        if not _HOST.match(host):
+        if not _HOST.match(host) and not _is_ipv6(host):
             raise ValueError(f"invalid host {value!r}: a host name, '*.suffix' or '*' (no scheme, port or path)")
         return host
 
@@ -218,19 +320,9 @@ class RouteMatchConfig(_Model):
     @field_validator("method")
     @classmethod
     def _methods(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
+        if value is not None and not value:
             raise ValueError("list at least one method, or leave method out to match any")
-        for method in value:
-            if not _TOKEN.match(method):
-                raise ValueError(f"invalid method {method!r}")
-        return [m.upper() for m in value]
-
-    @field_validator("headers")
-    @classmethod
-    def _header_names(cls, value: dict[str, StringMatchConfig]) -> dict[str, StringMatchConfig]:
-        return {_check_header_name(k): v for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _one_path(self) -> Self:
@@ -275,19 +367,9 @@ class RewriteConfig(_Model):
 class HeaderOpsConfig(_Model):
     """Header edits, applied in the order remove, set (replace), add (append)."""
 
-    set: dict[str, str] = Field(default_factory=dict)
-    add: dict[str, str] = Field(default_factory=dict)
-    remove: list[str] = Field(default_factory=list)
-
-    @field_validator("set", "add")
-    @classmethod
-    def _pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_check_header_name(k): _check_header_value(v) for k, v in value.items()}
-
-    @field_validator("remove")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        return [_check_header_name(k) for k in value]
+    set: HeaderMap = Field(default_factory=dict)
+    add: HeaderMap = Field(default_factory=dict)
+    remove: list[HeaderName] = Field(default_factory=list)
 
 
 class RouteHeadersConfig(_Model):
@@ -302,12 +384,7 @@ class DirectResponseConfig(_Model):
 
     status: Annotated[int, Field(strict=True, ge=200, le=599)]
     body: str = ""
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("headers")
-    @classmethod
-    def _pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_check_header_name(k): _check_header_value(v) for k, v in value.items()}
+    headers: HeaderMap = Field(default_factory=dict)
 
 
 class RouteConfig(_Model):
@@ -329,9 +406,10 @@ class RouteConfig(_Model):
                 "set exactly one of cluster, split, direct_response" + (f" (got {', '.join(given)})" if given else "")
             )
         if self.direct_response is not None and self.rewrite is not None:
-            raise ValueError("rewrite has no effect on a direct_response route")
+            raise _fail(("rewrite",), "rewrite has no effect on a direct_response route")
         if self.rewrite and self.rewrite.path_prefix is not None and self.match.path_regex:
-            raise ValueError("rewrite.path_prefix needs match.path_prefix or match.path, not path_regex")
+            message = "needs match.path_prefix or match.path to replace, not match.path_regex"
+            raise _fail(("rewrite", "path_prefix"), message, self.rewrite.path_prefix)
         return self
 
 
@@ -349,16 +427,25 @@ class MeshConfig(_Model):
 
     service: str = Field(default="default", min_length=1)
     outbound_policy: Literal["allow_any", "registry_only"] = "allow_any"
-    clusters: dict[ClusterName, ClusterConfig] = Field(default_factory=dict)
+    # additionalProperties: the schema's patternProperties alone would let any other name through.
+    clusters: dict[ClusterName, ClusterConfig] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
     routes: list[RouteConfig] = Field(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
-        from meshlib._config.load import config_error_from
+        from meshlib._config.load import config_error_from, format_loc
 
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise config_error_from(exc) from None
+            error = config_error_from(exc)
+            # Field errors stop pydantic before _cross_references runs; check the references in
+            # the raw input too, so that one run reports every error.
+            for loc, message, _ in _reference_errors(data.get("clusters"), data.get("routes")):
+                if (format_loc(loc), message) not in error.errors:
+                    error.errors.append((format_loc(loc), message))
+            raise ConfigError(error.errors) from None
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> MeshConfig:
@@ -374,36 +461,64 @@ class MeshConfig(_Model):
 
         return load_file(path)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        # A ConfigError (not a ValueError) passes through pydantic as is, so model_validate([...]) raises it too.
+        if not isinstance(data, dict | MeshConfig):
+            raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")])
+        return data
+
     @model_validator(mode="after")
     def _cross_references(self) -> Self:
-        errors: list[InitErrorDetails] = []
-
-        def error(loc: tuple[str | int, ...], message: str, value: object) -> None:
-            errors.append(InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value))
-
-        names: dict[str, int] = {}
-        for i, route in enumerate(self.routes):
-            if route.name is not None:
-                if route.name in names:
-                    error(
-                        ("routes", i, "name"),
-                        f"duplicate route name {route.name!r} (also routes[{names[route.name]}])",
-                        route.name,
-                    )
-                names.setdefault(route.name, i)
-            if route.cluster is not None and route.cluster not in self.clusters:
-                error(("routes", i, "cluster"), f"unknown cluster {route.cluster!r}", route.cluster)
-            for j, leg in enumerate(route.split or ()):
-                if leg.cluster not in self.clusters:
-                    error(("routes", i, "split", j, "cluster"), f"unknown cluster {leg.cluster!r}", leg.cluster)
-            seen_legs = [leg.cluster for leg in route.split or ()]
-            for j, leg in enumerate(route.split or ()):
-                if seen_legs.index(leg.cluster) != j:
-                    error(
-                        ("routes", i, "split", j, "cluster"),
-                        f"cluster {leg.cluster!r} appears twice in this split",
-                        leg.cluster,
-                    )
+        errors = _reference_errors(self.clusters, self.routes)
         if errors:
-            raise ValidationError.from_exception_data(type(self).__name__, errors)
+            details = [
+                InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value)
+                for loc, message, value in errors
+            ]
+            raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
+
+
+def _field(obj: object, key: str) -> object:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None) if isinstance(obj, BaseModel) else None
+
+
+def _reference_errors(clusters: object, routes: object) -> list[tuple[tuple[str | int, ...], str, object]]:
+    """Route names that repeat and cluster names no cluster has, as ``(loc, message, value)``.
+
+    Works on validated models and, best effort, on raw input that failed validation elsewhere.
+    """
+    if not isinstance(clusters, dict) or not isinstance(routes, list | tuple):
+        return []
+    errors: list[tuple[tuple[str | int, ...], str, object]] = []
+    names: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        name = _field(route, "name")
+        if isinstance(name, str):
+            if name in names:
+                message = f"duplicate route name {name!r} (also routes[{names[name]}])"
+                errors.append((("routes", i, "name"), message, name))
+            names.setdefault(name, i)
+        cluster = _field(route, "cluster")
+        if isinstance(cluster, str) and cluster not in clusters:
+            errors.append((("routes", i, "cluster"), f"unknown cluster {cluster!r}", cluster))
+        split = _field(route, "split")
+        if not isinstance(split, list | tuple):
+            continue
+        legs: dict[str, int] = {}
+        for j, leg in enumerate(split):
+            leg_cluster = _field(leg, "cluster")
+            if not isinstance(leg_cluster, str):
+                continue
+            loc = ("routes", i, "split", j, "cluster")
+            if leg_cluster not in clusters:
+                errors.append((loc, f"unknown cluster {leg_cluster!r}", leg_cluster))
+            if leg_cluster in legs:
+                message = f"cluster {leg_cluster!r} appears twice in this split (also split[{legs[leg_cluster]}])"
+                errors.append((loc, message, leg_cluster))
+            legs.setdefault(leg_cluster, j)
+    return errors

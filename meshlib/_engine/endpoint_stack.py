@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from meshlib._engine.base import Request, Response
 from meshlib._engine.context import context_of
 from meshlib._engine.streams import OnCloseStream
 
 __all__ = ["send", "send_async"]
+
+
+def _release_on_close(response: Response, release: Callable[[], None]) -> Response:
+    if response.is_closed:
+        # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
+        # return): nobody will close it again, so the request is over now.
+        release()
+    else:
+        response.stream = OnCloseStream(response.stream, release)
+    return response
 
 
 def send(request: Request) -> Response:
@@ -21,8 +33,7 @@ def send(request: Request) -> Response:
     except BaseException:
         state.release()
         raise
-    response.stream = OnCloseStream(response.stream, state.release)
-    return response
+    return _release_on_close(response, state.release)
 
 
 async def send_async(request: Request) -> Response:
@@ -37,5 +48,4 @@ async def send_async(request: Request) -> Response:
     except BaseException:
         state.release()
         raise
-    response.stream = OnCloseStream(response.stream, state.release)
-    return response
+    return _release_on_close(response, state.release)

@@ -33,11 +33,11 @@ def _prepare(
             request=request,
         )
     ctx = CallContext(original=request, route=route, sender=sender, async_sender=async_sender)
-    extensions = dict(request.extensions)
-    extensions[EXTENSION] = ctx
+    # httpx.Request copies headers and extensions itself, so the caller's request stays untouched.
     upstream = httpx.Request(
-        request.method, request.url, headers=request.headers.copy(), stream=request.stream, extensions=extensions
+        request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions
     )
+    upstream.extensions[EXTENSION] = ctx
     return route, upstream
 
 

@@ -27,4 +27,8 @@ class DirectResponsePolicy:
         return cls(config.status, config.body.encode(), tuple(headers.items()))
 
     def respond(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            # RFC 9110 §9.3.2: the same headers as GET (content-length included), no body.
+            headers = (*self.headers, ("content-length", str(len(self.body))))
+            return httpx.Response(self.status, headers=headers, request=request)
         return httpx.Response(self.status, headers=self.headers, content=self.body, request=request)

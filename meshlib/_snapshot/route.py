@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from meshlib._engine.base import AsyncHandler, Filter, SyncHandler
-from meshlib._snapshot.matchers import Predicate
+from meshlib._engine.urls import path_of
+from meshlib._snapshot.matchers import MatchInput, Predicate
 
 __all__ = ["CompiledRoute"]
 
@@ -31,11 +32,10 @@ class CompiledRoute:
     handle_async: AsyncHandler = field(repr=False)
     implicit: bool = False
 
-    def matches(self, request: httpx.Request, path: str) -> bool:
-        for predicate in self.predicates:  # noqa: SIM110 - a plain loop beats all(genexpr) on the hot path
-            if not predicate(request, path):
-                return False
-        return True
+    def matches(self, request: httpx.Request) -> bool:
+        """Whether every predicate but the host holds (the route table checks hosts)."""
+        m = MatchInput(request, path_of(request.url))
+        return all(predicate(m) for predicate in self.predicates)
 
     @property
     def filter_names(self) -> list[str]:

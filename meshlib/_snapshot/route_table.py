@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import httpx
 
 from meshlib._engine.urls import path_of
-from meshlib._snapshot.matchers import host_matches
+from meshlib._snapshot.matchers import MatchInput, host_matches
 from meshlib._snapshot.route import CompiledRoute
 
 __all__ = ["RouteTable"]
@@ -40,8 +40,12 @@ class RouteTable:
         return tuple(r for r in self._generic if r.host is None or host_matches(r.host, host))
 
     def match(self, request: httpx.Request) -> CompiledRoute | None:
-        path = path_of(request.url)
+        m = MatchInput(request, path_of(request.url))
         for route in self.candidates(request.url.host):
-            if route.matches(request, path):
+            # Inlined CompiledRoute.matches: this loop is the hottest in the engine.
+            for predicate in route.predicates:
+                if not predicate(m):
+                    break
+            else:
                 return route
         return None

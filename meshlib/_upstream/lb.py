@@ -102,8 +102,9 @@ class RandomLB:
 class LeastRequest:
     """Power of two choices: draw two endpoints by weight, send to the one with fewer in flight.
 
-    Load is compared as ``(in_flight + 1) / weight``, so a weight-3 endpoint
-    takes about three times the concurrent requests of a weight-1 one.
+    Load is compared as ``in_flight / weight``, so a weight-3 endpoint takes
+    about three times the concurrent requests of a weight-1 one; a tie (such as
+    two idle endpoints) keeps the first draw, so light traffic is shared by weight.
     """
 
     name: ClassVar[str] = "least_request"
@@ -116,10 +117,15 @@ class LeastRequest:
         first = self._random.pick(request, exclude)
         if self._single or first is None:
             return first
-        second = self._random.pick(request, (*exclude, first))
+        # Two distinct endpoints: draw again from all first (cheap), and only when that repeats `first`
+        # pay for a weight table without it, so a two-endpoint cluster always compares both.
+        second = self._random.pick(request, exclude)
+        if second is first:
+            second = self._random.pick(request, (*exclude, first))
         if second is None or second is first:
             return first
-        if (second.in_flight + 1) / second.weight < (first.in_flight + 1) / first.weight:
+        # second.in_flight / second.weight < first.in_flight / first.weight, without division.
+        if second.in_flight * first.weight < first.in_flight * second.weight:
             return second
         return first
 
@@ -175,8 +181,9 @@ class RingHash:
             value: str | None = request.headers.get(self._header)
             return value
         assert self._cookie is not None
-        header = request.headers.get("cookie")
-        return _cookie(header, self._cookie) if header else None
+        # HTTP/2 allows one cookie header per cookie (RFC 9113 §8.2.3); httpx would join them with ", ".
+        headers = request.headers.get_list("cookie")
+        return _cookie("; ".join(headers), self._cookie) if headers else None
 
     def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         key = self.key(request)

@@ -1,0 +1,1 @@
+"""meshlib's test suite."""

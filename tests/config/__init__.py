@@ -1,0 +1,1 @@
+"""The config contract: loading, validation errors and durations."""

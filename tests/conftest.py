@@ -1,0 +1,248 @@
+"""Shared fixtures: mesh factory, sync/async modes, free ports and real uvicorn upstreams on loopback."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import pytest
+import respx
+import uvicorn
+
+import meshlib
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+MakeMesh = Callable[..., meshlib.Mesh]
+
+# The upstream services the integration tests route between (reviews v1 has two endpoints).
+UPSTREAM_NAMES = ("reviews-v1-a", "reviews-v1-b", "reviews-v2", "ratings")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def make_mesh() -> Iterator[MakeMesh]:
+    """``make_mesh(config_dict, seed=0)`` → a Mesh with a seeded rng, closed after the test."""
+    meshes: list[meshlib.Mesh] = []
+
+    def make(config: Mapping[str, Any], *, seed: int | None = 0) -> meshlib.Mesh:
+        rng = random.Random(seed) if seed is not None else None
+        mesh = meshlib.Mesh.from_dict(dict(config), rng=rng)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        mesh.close()
+
+
+class MeshCaller:
+    """One async API over a mesh's sync or async client, so each scenario is written once for both modes.
+
+    In ``sync`` mode the calls block the test's event loop, which is harmless: the
+    upstreams are respx mocks or servers in other threads.
+    """
+
+    def __init__(self, mode: str, mesh: meshlib.Mesh, **client_kwargs: Any) -> None:
+        self.mode = mode
+        self.sync_client: httpx.Client | None = None
+        self.async_client: httpx.AsyncClient | None = None
+        if mode == "sync":
+            self.sync_client = mesh.client(**client_kwargs)
+        else:
+            self.async_client = mesh.async_client(**client_kwargs)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self.sync_client is not None:
+            return self.sync_client.request(method, url, **kwargs)
+        assert self.async_client is not None
+        return await self.async_client.request(method, url, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def open_stream(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send and return the response with its body unread (close it with :meth:`close_response`)."""
+        if self.sync_client is not None:
+            return self.sync_client.send(self.sync_client.build_request(method, url, **kwargs), stream=True)
+        assert self.async_client is not None
+        return await self.async_client.send(self.async_client.build_request(method, url, **kwargs), stream=True)
+
+    async def read_response(self, response: httpx.Response) -> bytes:
+        if self.sync_client is not None:
+            return response.read()
+        return await response.aread()
+
+    async def close_response(self, response: httpx.Response) -> None:
+        if self.sync_client is not None:
+            response.close()
+        else:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        if self.sync_client is not None:
+            self.sync_client.close()
+        if self.async_client is not None:
+            await self.async_client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+Caller = Callable[..., MeshCaller]
+"""The ``caller`` fixture's type: ``caller(mesh, **client_kwargs)`` → a :class:`MeshCaller`."""
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test once with an ``httpx.Client`` and once with an ``httpx.AsyncClient``."""
+    param: str = request.param
+    return param
+
+
+@pytest.fixture
+def caller(mode: str) -> Caller:
+    """``caller(mesh, **client_kwargs)`` → a :class:`MeshCaller` in this test's mode (use ``async with``)."""
+
+    def make(mesh: meshlib.Mesh, **client_kwargs: Any) -> MeshCaller:
+        return MeshCaller(mode, mesh, **client_kwargs)
+
+    return make
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def echo_app(name: str) -> ASGIApp:
+    """A tiny ASGI upstream answering JSON: its own name, and the method, path, query, headers and body it got."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        payload = {
+            "name": name,
+            "method": scope["method"],
+            "path": scope["path"],
+            "raw_path": scope["raw_path"].decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            "body": body.decode("latin-1"),
+        }
+        data = json.dumps(payload).encode()
+        headers = [(b"content-type", b"application/json"), (b"x-upstream", name.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
+
+
+@dataclass
+class RunningServer:
+    """A uvicorn server serving one app on 127.0.0.1 from a background thread."""
+
+    name: str
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        if self.thread.is_alive():  # pragma: no cover - only when uvicorn hangs
+            raise RuntimeError(f"uvicorn server {self.name!r} did not stop")
+
+
+def start_server(app: ASGIApp, name: str, *, timeout: float = 10.0) -> RunningServer:
+    """Start ``app`` under uvicorn on an ephemeral loopback port and wait until it accepts connections."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http="h11",
+        ws="none",
+        lifespan="off",
+        loop="asyncio",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"uvicorn server {name!r} exited during startup")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn server {name!r} did not start within {timeout} s")
+        time.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningServer(name, f"http://127.0.0.1:{port}", server, thread)
+
+
+@pytest.fixture(scope="session")
+def upstreams() -> Iterator[dict[str, str]]:
+    """Real echo servers for :data:`UPSTREAM_NAMES`, as ``{name: "http://127.0.0.1:PORT"}``; one set per session."""
+    running: list[RunningServer] = []
+    try:
+        for name in UPSTREAM_NAMES:
+            running.append(start_server(echo_app(name), name))
+        yield {s.name: s.url for s in running}
+    finally:
+        for server in running:  # ask all to exit first: each takes one uvicorn tick (0.1 s) to notice
+            server.server.should_exit = True
+        for server in running:
+            server.stop()
+
+
+def echo_response(request: httpx.Request) -> httpx.Response:
+    """A respx side effect: answer with what the endpoint received, as JSON (``port`` tells which endpoint)."""
+    return httpx.Response(
+        200,
+        json={
+            "url": str(request.url),
+            "port": request.url.port,
+            "method": request.method,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.decode("ascii"),
+            "query": request.url.query.decode("ascii"),
+            "headers": [[k, v] for k, v in request.headers.multi_items()],
+            "body": request.read().decode("latin-1"),
+        },
+    )
+
+
+@pytest.fixture
+def loopback(respx_mock: respx.MockRouter) -> respx.Route:
+    """A respx route that answers every request to 127.0.0.1 (any port) with :func:`echo_response`."""
+    return respx_mock.route(host="127.0.0.1").mock(side_effect=echo_response)

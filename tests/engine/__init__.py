@@ -1,0 +1,1 @@
+"""The engine: outbound entry, stacks, in-flight accounting and its import boundaries."""

@@ -1,0 +1,106 @@
+"""Architecture checks: the engine imports no front door, and each route's stack is in the documented order."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import meshlib._engine
+from meshlib._engine import route_stack
+from tests.conftest import MakeMesh
+
+ENGINE_DIR = Path(meshlib._engine.__file__).parent
+FORBIDDEN = ("meshlib._frontdoors", "meshlib._sidecar", "meshlib.asgi", "meshlib.wsgi", "meshlib._mesh")
+
+
+def _imported_modules(source: str, package: str = "meshlib._engine") -> set[str]:
+    """Every module ``source`` imports, anywhere in the file (also inside functions and TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import: resolve against the package
+                parent = package.rsplit(".", node.level - 1)[0]
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _forbidden(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)}
+
+
+ENGINE_MODULES = sorted(ENGINE_DIR.glob("*.py"))
+
+
+def test_the_engine_package_has_modules_to_check() -> None:
+    assert {p.name for p in ENGINE_MODULES} >= {
+        "outbound.py",
+        "route_stack.py",
+        "cluster_stack.py",
+        "endpoint_stack.py",
+    }
+
+
+@pytest.mark.parametrize("path", ENGINE_MODULES, ids=lambda p: p.name)
+def test_engine_module_imports_no_front_door(path: Path) -> None:
+    bad = _forbidden(_imported_modules(path.read_text()))
+    assert not bad, f"{path.name} imports {sorted(bad)}: the engine must not know about front doors"
+
+
+def test_the_import_scan_catches_every_spelling_of_a_forbidden_import() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from meshlib._frontdoors import httpx_transport\n"
+        "def f():\n    import meshlib.asgi\n"
+        "from .._sidecar import listener\n"
+        "from meshlib import wsgi\n"
+        "from meshlib._engine import base\n"
+    )
+    assert _forbidden(_imported_modules(source)) == {
+        "meshlib._frontdoors",
+        "meshlib._frontdoors.httpx_transport",
+        "meshlib.asgi",
+        "meshlib._sidecar",
+        "meshlib._sidecar.listener",
+        "meshlib.wsgi",
+    }
+
+
+def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
+    """route_stack.py documents: header edits → rewrite → split or direct response."""
+    assert route_stack.__doc__ is not None
+    assert route_stack.__doc__.startswith("Route level: header edits → rewrite → split")
+    mesh = make_mesh(
+        {
+            "clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}},
+            "routes": [
+                {
+                    "name": "full",
+                    "match": {"host": "a", "path_prefix": "/api/"},
+                    "cluster": "a",
+                    "rewrite": {"path_prefix": "/"},
+                    "headers": {"request": {"set": {"x-a": "1"}}},
+                },
+                {"name": "rewrite-only", "match": {"host": "b"}, "cluster": "a", "rewrite": {"host": "x"}},
+                {"name": "plain", "match": {"host": "c"}, "cluster": "a"},
+                {
+                    "name": "direct",
+                    "match": {"host": "d"},
+                    "direct_response": {"status": 503},
+                    "headers": {"response": {"set": {"x-b": "1"}}},
+                },
+            ],
+        }
+    )
+    names = {route.name: [f.name for f in route.filters] for route in mesh.snapshot.routes.routes}
+    assert names["full"] == ["headers", "rewrite"]
+    assert names["rewrite-only"] == ["rewrite"]
+    assert names["plain"] == []
+    assert names["direct"] == ["headers"]
+    assert names["cluster:a"] == []

@@ -1,0 +1,1 @@
+"""The in-process front door: mesh clients, transports and wrap()."""

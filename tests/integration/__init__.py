@@ -1,0 +1,1 @@
+"""End to end through the mesh to real uvicorn servers on 127.0.0.1."""

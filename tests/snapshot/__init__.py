@@ -1,0 +1,1 @@
+"""Route table and matchers: what a compiled snapshot decides before any I/O."""

@@ -1,0 +1,62 @@
+"""The public surface: ``meshlib.__all__`` and the error family's place under httpx's exceptions."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import meshlib
+
+PUBLIC_NAMES = [
+    "AsyncMeshTransport",
+    "ConfigError",
+    "Mesh",
+    "MeshConfig",
+    "MeshError",
+    "MeshTransport",
+    "NoHealthyUpstreamError",
+    "RouteNotFoundError",
+    "__version__",
+    "wrap",
+]
+
+
+def test_all_is_the_sorted_list_of_public_names() -> None:
+    assert meshlib.__all__ == sorted(meshlib.__all__)
+    assert meshlib.__all__ == PUBLIC_NAMES
+
+
+def test_every_public_name_is_documented() -> None:
+    for name in meshlib.__all__:
+        if name != "__version__":
+            assert getattr(meshlib, name).__doc__, f"meshlib.{name} has no docstring"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (meshlib.MeshError, "mesh_error"),
+        (meshlib.RouteNotFoundError, "route_not_found"),
+        (meshlib.NoHealthyUpstreamError, "no_healthy_upstream"),
+    ],
+)
+def test_request_errors_are_httpx_transport_errors_with_a_code(error: type[meshlib.MeshError], code: str) -> None:
+    assert issubclass(error, meshlib.MeshError)
+    assert issubclass(error, httpx.TransportError)
+    assert issubclass(error, httpx.RequestError)
+    assert error.code == code
+    request = httpx.Request("GET", "http://reviews/")
+    instance = error("boom", request=request, route="r", cluster="c")
+    assert (str(instance), instance.request, instance.route, instance.cluster) == ("boom", request, "r", "c")
+
+
+def test_config_error_is_not_an_httpx_error_and_lists_field_paths() -> None:
+    assert not issubclass(meshlib.ConfigError, httpx.HTTPError)
+    error = meshlib.ConfigError([("routes[1].split[0].cluster", "unknown cluster 'reviews-v3'")])
+    assert error.errors == [("routes[1].split[0].cluster", "unknown cluster 'reviews-v3'")]
+    assert "routes[1].split[0].cluster: unknown cluster 'reviews-v3'" in str(error)
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(meshlib.__version__, str)
+    assert meshlib.__version__

@@ -1,0 +1,1 @@
+"""Load balancers and the live state that survives reloads."""
