@@ -6,9 +6,18 @@ The hierarchy::
     └── ConfigError                 a config failed validation; names each field path
 
     httpx.TransportError
-    └── MeshError                   base of every error the mesh raises for a request
-        ├── RouteNotFoundError      code ``route_not_found``
-        └── NoHealthyUpstreamError  code ``no_healthy_upstream``
+    └── MeshError                    base of every error the mesh raises for a request
+        ├── RouteNotFoundError       code ``route_not_found``        no route or cluster for the host
+        ├── NoHealthyUpstreamError   code ``no_healthy_upstream``    every endpoint ejected or unhealthy
+        ├── RateLimitedError         code ``rate_limited``           over the route's or cluster's rate
+        ├── CircuitOpenError         code ``circuit_open``           the cluster's breaker is open
+        ├── OverloadedError          code ``overloaded``             max_concurrent_requests reached
+        ├── UpstreamConnectError     code ``upstream_connect_failure``  (also an httpx.ConnectError)
+        ├── UpstreamResetError       code ``upstream_reset``         (also an httpx.NetworkError)
+        └── RequestTimeoutError      code ``timeout``                (also an httpx.TimeoutException)
+
+The last three wrap what httpx raised (as ``__cause__``), so code that
+catches ``httpx.ConnectError`` or ``httpx.TimeoutException`` keeps working.
 
 Because every ``MeshError`` is an ``httpx.TransportError``, existing
 ``except httpx.HTTPError`` code keeps working when a client is put through the
@@ -23,7 +32,18 @@ from typing import ClassVar
 
 import httpx
 
-__all__ = ["ConfigError", "MeshError", "NoHealthyUpstreamError", "RouteNotFoundError"]
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "MeshError",
+    "NoHealthyUpstreamError",
+    "OverloadedError",
+    "RateLimitedError",
+    "RequestTimeoutError",
+    "RouteNotFoundError",
+    "UpstreamConnectError",
+    "UpstreamResetError",
+]
 
 
 class ConfigError(Exception):
@@ -74,3 +94,45 @@ class NoHealthyUpstreamError(MeshError):
     """The chosen cluster has no endpoint that can take the request."""
 
     code = "no_healthy_upstream"
+
+
+class RateLimitedError(MeshError):
+    """The route's or cluster's ``rate_limit`` is used up; nothing was sent."""
+
+    code = "rate_limited"
+
+
+class CircuitOpenError(MeshError):
+    """The cluster's circuit breaker is open (or testing recovery with its one trial); nothing was sent."""
+
+    code = "circuit_open"
+
+
+class OverloadedError(MeshError):
+    """The cluster already has ``max_concurrent_requests`` in flight; nothing was sent."""
+
+    code = "overloaded"
+
+
+class UpstreamConnectError(MeshError, httpx.ConnectError):
+    """No connection could be made to the endpoint (refused, unreachable, or ``connect_timeout``)."""
+
+    code = "upstream_connect_failure"
+
+
+class UpstreamResetError(MeshError, httpx.NetworkError):
+    """The connection failed after the request was sent: reset, closed early, or a malformed response."""
+
+    code = "upstream_reset"
+
+
+class RequestTimeoutError(MeshError, httpx.TimeoutException):
+    """The request's ``timeout`` (all tries) or a ``per_try_timeout`` ran out.
+
+    ``per_try`` is True when only one try ran out of time (the request may be
+    retried with ``retry_on: [per-try-timeout]``), False when the whole
+    request's ``timeout`` did.
+    """
+
+    code = "timeout"
+    per_try: bool = True

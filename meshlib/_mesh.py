@@ -10,12 +10,12 @@ from typing import Any, Self
 
 import httpx
 
+from meshlib._clock import Clock
 from meshlib._config.load import config_from_dict, load_file
 from meshlib._config.models import MeshConfig
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
-from meshlib._snapshot.compile import compile_snapshot
+from meshlib._snapshot.compile import Runtime, compile_snapshot
 from meshlib._snapshot.snapshot import Snapshot
-from meshlib._upstream.registry import StateRegistry
 
 __all__ = ["Mesh"]
 
@@ -51,18 +51,21 @@ class Mesh:
 
     * **config** - a :class:`MeshConfig` (``Mesh()`` is an empty mesh that
       passes everything through).
-    * **rng** - the random source for splits and random load balancing
+    * **rng** - the random source for splits, load balancing, backoff jitter and faults
       (a seeded ``random.Random`` makes them reproducible in tests).
+    * **clock** - the clock for backoff, budgets, deadlines, ejection and breaker recovery
+      (``meshlib.testing.FakeClock`` moves them along without sleeping).
 
     Raises :class:`meshlib.ConfigError` (from the ``from_*`` constructors) when the config is invalid.
     """
 
-    def __init__(self, config: MeshConfig | None = None, *, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()
-        self._registry = StateRegistry()
+    def __init__(
+        self, config: MeshConfig | None = None, *, rng: random.Random | None = None, clock: Clock | None = None
+    ) -> None:
+        self._runtime = Runtime.create(clock=clock, rng=rng)
         self._lock = threading.Lock()
         self._closed = False
-        self._snapshot = compile_snapshot(config or MeshConfig(), self._registry, rng=self._rng, version=1)
+        self._snapshot = compile_snapshot(config or MeshConfig(), self._runtime, version=1)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Mesh:
@@ -94,7 +97,7 @@ class Mesh:
         if not isinstance(config, MeshConfig):
             config = config_from_dict(config)
         with self._lock:
-            snapshot = compile_snapshot(config, self._registry, rng=self._rng, version=self._snapshot.version + 1)
+            snapshot = compile_snapshot(config, self._runtime, version=self._snapshot.version + 1)
             self._snapshot = snapshot
         return snapshot
 

@@ -134,7 +134,7 @@ def test_schema_accepts_the_issue_example_with_its_shorthands(capsys: pytest.Cap
     [
         pytest.param(lambda d: d.update(bogus=1), [], id="unknown-top-level-key"),
         pytest.param(
-            lambda d: d["clusters"]["ratings"].update(timeout="1s"), ["clusters", "ratings"], id="unknown-cluster-key"
+            lambda d: d["clusters"]["ratings"].update(weight=1), ["clusters", "ratings"], id="unknown-cluster-key"
         ),
         pytest.param(lambda d: d.update(outbound_policy="deny"), ["outbound_policy"], id="unknown-outbound-policy"),
         # The schema's anyOf (a list or null) reports at the list, not at the leg.

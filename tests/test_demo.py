@@ -111,8 +111,8 @@ def test_demo_fails_when_requests_fail(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert _demo.run_demo(requests=100) == _demo.EXIT_CHECK_FAILED
 
     out = capsys.readouterr().out
-    assert re.search(r"FAIL\s+all 100 requests answered 200 by an upstream \(\d+× ConnectError", out)
-    assert _row(out, "FAILED", "ConnectError:.*", r"10", r"10\.0%")
+    assert re.search(r"FAIL\s+all 100 requests answered 200 by an upstream \(\d+× UpstreamConnectError", out)
+    assert _row(out, "FAILED", "UpstreamConnectError:.*", r"10", r"10\.0%")
     assert _new_threads(before) == []
 
 

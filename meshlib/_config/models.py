@@ -17,7 +17,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     GetJsonSchemaHandler,
     ValidationError,
@@ -28,6 +27,18 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
+from meshlib._config.base import ConfigModel, PositiveInt, fail
+from meshlib._config.durations import Duration
+from meshlib._config.resilience import (
+    CircuitBreakerConfig,
+    FaultConfig,
+    HealthCheckConfig,
+    HedgeConfig,
+    MirrorConfig,
+    OutlierDetectionConfig,
+    RateLimitConfig,
+    RetryConfig,
+)
 from meshlib._errors import ConfigError
 
 __all__ = [
@@ -54,18 +65,6 @@ _CLUSTER_NAME_RE = re.compile(_CLUSTER_NAME)
 _HOST = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?)$")
 # What httpx leaves in URL.host for a name or an IPv4 address (anything else comes back percent-encoded).
 _URL_HOST = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
-
-PositiveInt = Annotated[int, Field(strict=True, ge=1)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _fail(loc: tuple[str | int, ...], message: str, value: object = None) -> ValidationError:
-    """An error at ``loc`` inside the model being validated (pydantic prefixes the model's own path)."""
-    details = InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value)
-    return ValidationError.from_exception_data("config", [details])
 
 
 def _check_cluster_name(name: str) -> str:
@@ -155,7 +154,7 @@ def _check_path(path: str) -> str:
     return path
 
 
-class EndpointConfig(_Model):
+class EndpointConfig(ConfigModel):
     """One upstream address: ``"http://127.0.0.1:9081"`` or ``{url: ..., weight: 3}``."""
 
     url: str
@@ -196,7 +195,7 @@ class EndpointConfig(_Model):
         return str(url.copy_with(raw_path=b"/")).rstrip("/")
 
 
-class HashOnConfig(_Model):
+class HashOnConfig(ConfigModel):
     """What ``ring_hash`` hashes: exactly one of a request header or a cookie."""
 
     header: HeaderName | None = None
@@ -212,29 +211,37 @@ class HashOnConfig(_Model):
 LbName = Literal["round_robin", "random", "least_request", "ring_hash"]
 
 
-class ClusterConfig(_Model):
-    """A named group of endpoints and how to balance load across them."""
+class ClusterConfig(ConfigModel):
+    """A named group of endpoints, how to balance load across them, and its resilience defaults."""
 
     endpoints: list[EndpointConfig] = Field(min_length=1)
     lb: LbName = "round_robin"
     hash_on: HashOnConfig | None = None
+    connect_timeout: Duration | None = None
+    timeout: Duration | None = None
+    retry: RetryConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    outlier_detection: OutlierDetectionConfig | None = None
+    health_check: HealthCheckConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    hedge: HedgeConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.lb == "ring_hash" and self.hash_on is None:
-            raise _fail(("hash_on",), "lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}")
+            raise fail(("hash_on",), "lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}")
         if self.lb != "ring_hash" and self.hash_on is not None:
-            raise _fail(("hash_on",), f"hash_on applies only to lb 'ring_hash', not {self.lb!r}")
+            raise fail(("hash_on",), f"hash_on applies only to lb 'ring_hash', not {self.lb!r}")
         seen: dict[str, int] = {}
         for i, endpoint in enumerate(self.endpoints):
             if endpoint.url in seen:
                 message = f"duplicate endpoint {endpoint.url!r} (also endpoints[{seen[endpoint.url]}])"
-                raise _fail(("endpoints", i), message, endpoint.url)
+                raise fail(("endpoints", i), message, endpoint.url)
             seen[endpoint.url] = i
         return self
 
 
-class StringMatchConfig(_Model):
+class StringMatchConfig(ConfigModel):
     """How to match a header or query value: exactly one of exact, prefix, regex, present, absent.
 
     A plain string is shorthand for ``{exact: STRING}``. Regexes must match the whole value.
@@ -279,7 +286,7 @@ class StringMatchConfig(_Model):
         return self
 
 
-class RouteMatchConfig(_Model):
+class RouteMatchConfig(ConfigModel):
     """Conditions a request must meet, all of them, for its route to apply."""
 
     host: str | None = None
@@ -332,14 +339,14 @@ class RouteMatchConfig(_Model):
         return self
 
 
-class SplitConfig(_Model):
+class SplitConfig(ConfigModel):
     """One leg of a weighted split. Weights are relative: 95 and 5 send 95% and 5%."""
 
     cluster: str
     weight: PositiveInt
 
 
-class RewriteConfig(_Model):
+class RewriteConfig(ConfigModel):
     """Changes made to the request before it goes upstream."""
 
     path_prefix: str | None = None
@@ -364,7 +371,7 @@ class RewriteConfig(_Model):
         return self
 
 
-class HeaderOpsConfig(_Model):
+class HeaderOpsConfig(ConfigModel):
     """Header edits, applied in the order remove, set (replace), add (append)."""
 
     set: HeaderMap = Field(default_factory=dict)
@@ -372,14 +379,14 @@ class HeaderOpsConfig(_Model):
     remove: list[HeaderName] = Field(default_factory=list)
 
 
-class RouteHeadersConfig(_Model):
+class RouteHeadersConfig(ConfigModel):
     """Header edits on the way upstream (``request``) and back (``response``)."""
 
     request: HeaderOpsConfig = Field(default_factory=HeaderOpsConfig)
     response: HeaderOpsConfig = Field(default_factory=HeaderOpsConfig)
 
 
-class DirectResponseConfig(_Model):
+class DirectResponseConfig(ConfigModel):
     """Answer locally, without any upstream."""
 
     status: Annotated[int, Field(strict=True, ge=200, le=599)]
@@ -387,7 +394,7 @@ class DirectResponseConfig(_Model):
     headers: HeaderMap = Field(default_factory=dict)
 
 
-class RouteConfig(_Model):
+class RouteConfig(ConfigModel):
     """A route: when ``match`` holds, send to ``cluster``, a ``split``, or answer with ``direct_response``."""
 
     name: str | None = Field(default=None, min_length=1)
@@ -397,6 +404,22 @@ class RouteConfig(_Model):
     direct_response: DirectResponseConfig | None = None
     rewrite: RewriteConfig | None = None
     headers: RouteHeadersConfig | None = None
+    # Route-level overrides of the cluster's defaults, and route-only policies.
+    timeout: Duration | None = None
+    retry: RetryConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    hedge: HedgeConfig | None = None
+    fault: FaultConfig | None = None
+    mirror: MirrorConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_only_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("circuit_breaker", "outlier_detection", "health_check", "connect_timeout"):
+                if key in data:
+                    raise fail((key,), f"{key} is set per cluster, not per route: put it under clusters.NAME")
+        return data
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
@@ -405,15 +428,19 @@ class RouteConfig(_Model):
             raise ValueError(
                 "set exactly one of cluster, split, direct_response" + (f" (got {', '.join(given)})" if given else "")
             )
+        if self.direct_response is not None:
+            for key in ("retry", "timeout", "hedge", "mirror"):
+                if getattr(self, key) is not None:
+                    raise fail((key,), f"{key} has no effect on a direct_response route")
         if self.direct_response is not None and self.rewrite is not None:
-            raise _fail(("rewrite",), "rewrite has no effect on a direct_response route")
+            raise fail(("rewrite",), "rewrite has no effect on a direct_response route")
         if self.rewrite and self.rewrite.path_prefix is not None and self.match.path_regex:
             message = "needs match.path_prefix or match.path to replace, not match.path_regex"
-            raise _fail(("rewrite", "path_prefix"), message, self.rewrite.path_prefix)
+            raise fail(("rewrite", "path_prefix"), message, self.rewrite.path_prefix)
         return self
 
 
-class MeshConfig(_Model):
+class MeshConfig(ConfigModel):
     """A whole mesh config: this workload's name, its clusters and its routes.
 
     Build one from a file or a dict (:meth:`from_file`, :meth:`from_dict`) or
@@ -506,6 +533,9 @@ def _reference_errors(clusters: object, routes: object) -> list[tuple[tuple[str 
         cluster = _field(route, "cluster")
         if isinstance(cluster, str) and cluster not in clusters:
             errors.append((("routes", i, "cluster"), f"unknown cluster {cluster!r}", cluster))
+        mirror_cluster = _field(_field(route, "mirror"), "cluster")
+        if isinstance(mirror_cluster, str) and mirror_cluster not in clusters:
+            errors.append((("routes", i, "mirror", "cluster"), f"unknown cluster {mirror_cluster!r}", mirror_cluster))
         split = _field(route, "split")
         if not isinstance(split, list | tuple):
             continue

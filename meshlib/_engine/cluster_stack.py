@@ -1,8 +1,13 @@
-"""Cluster level: pick an endpoint with the cluster's load balancer, then hand over to the endpoint level.
+"""Cluster level: the way one route's requests take into one cluster, down to the endpoint.
 
-Built once per cluster per snapshot. Later policies (rate limit, concurrency,
-breaker) sit in front of the pick, so that an admission refusal never costs an
-endpoint choice.
+Built once per (route, cluster) pair per snapshot: the *leg*. In order,
+outermost first:
+
+    timeout → rate_limit → retry → hedge → circuit_breaker → [pick endpoint] → outlier → per_try_timeout → send
+
+The policies' live state (breaker, budget, limiter, ejections) belongs to the
+cluster and is shared by every leg into it; only the filters are per leg,
+because a route may override the cluster's timeout, retry, rate_limit and hedge.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from meshlib._clock import Clock
 from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
 from meshlib._engine.context import context_of
 from meshlib._engine.endpoint_stack import send, send_async
@@ -19,43 +25,83 @@ from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint
 from meshlib._upstream.lb import LoadBalancer
 
-__all__ = ["CompiledCluster"]
+__all__ = ["CompiledCluster", "Leg"]
 
 
 @dataclass(eq=False)
 class CompiledCluster:
-    """A cluster as compiled into a snapshot: its endpoints, load balancer, filters and handlers."""
+    """A cluster as compiled into a snapshot: its endpoints, load balancer and live state.
+
+    ``checks_health`` is set when outlier detection or health checks can take
+    endpoints out; without them the pick skips the usability scan.
+    """
 
     name: str
     endpoints: tuple[Endpoint, ...]
     lb: LoadBalancer
     state: ClusterState
-    filters: Sequence[Filter] = ()
-    handle: SyncHandler = field(init=False, repr=False)
-    handle_async: AsyncHandler = field(init=False, repr=False)
+    clock: Clock
+    checks_health: bool = False
 
-    def __post_init__(self) -> None:
-        self.handle = compose(self.filters, self._pick_and_send)
-        self.handle_async = compose_async(self.filters, self._pick_and_send_async)
+    def usable(self) -> list[Endpoint]:
+        now = self.clock.monotonic()
+        return [e for e in self.endpoints if e.state.usable(now)]
 
-    def _pick(self, request: Request) -> None:
+    def pick(self, request: Request) -> None:
+        """Choose the endpoint for this try, preferring one the request has not tried yet."""
         ctx = context_of(request)
-        endpoint = self.lb.pick(request)
+        down: list[Endpoint] = []
+        if self.checks_health:
+            now = self.clock.monotonic()
+            down = [e for e in self.endpoints if not e.state.usable(now)]
+        endpoint = None
+        if len(down) < len(self.endpoints):
+            avoid = [*down, *ctx.tried]
+            endpoint = self.lb.pick(request, avoid) if avoid else self.lb.pick(request)
+            if endpoint is None and ctx.tried:
+                # Every usable endpoint was tried already: a repeat beats giving up.
+                endpoint = self.lb.pick(request, down)
         if endpoint is None:
+            self.state.count("no_healthy_upstream")
             raise NoHealthyUpstreamError(
-                f"cluster {self.name!r} has no endpoint to take the request",
+                f"cluster {self.name!r} has no usable endpoint ({len(down)} of {len(self.endpoints)} ejected or"
+                " unhealthy)",
                 request=ctx.original,
                 route=ctx.route.name,
                 cluster=self.name,
             )
         ctx.cluster = self.name
         ctx.endpoint = endpoint
+        ctx.tried.append(endpoint)
         request.url = with_origin(request.url, endpoint.origin)
 
-    def _pick_and_send(self, request: Request) -> Response:
-        self._pick(request)
-        return send(request)
 
-    async def _pick_and_send_async(self, request: Request) -> Response:
-        self._pick(request)
-        return await send_async(request)
+@dataclass(eq=False)
+class Leg:
+    """One route's composed way into one cluster: ``filters`` → pick → ``endpoint_filters`` → send."""
+
+    cluster: CompiledCluster
+    filters: Sequence[Filter] = ()
+    endpoint_filters: Sequence[Filter] = ()
+    handle: SyncHandler = field(init=False, repr=False)
+    handle_async: AsyncHandler = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        to_endpoint = compose(self.endpoint_filters, send)
+        to_endpoint_async = compose_async(self.endpoint_filters, send_async)
+        pick = self.cluster.pick
+
+        def pick_and_send(request: Request) -> Response:
+            pick(request)
+            return to_endpoint(request)
+
+        async def pick_and_send_async(request: Request) -> Response:
+            pick(request)
+            return await to_endpoint_async(request)
+
+        self.handle = compose(self.filters, pick_and_send)
+        self.handle_async = compose_async(self.filters, pick_and_send_async)
+
+    @property
+    def filter_names(self) -> list[str]:
+        return [f.name for f in (*self.filters, *self.endpoint_filters)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
 
 if TYPE_CHECKING:
+    from meshlib._clock import Clock
     from meshlib._snapshot.route import CompiledRoute
     from meshlib._upstream.endpoint import Endpoint
 
@@ -18,19 +20,27 @@ EXTENSION = "meshlib"
 
 @dataclass(slots=True)
 class CallContext:
-    """What the engine knows about one call: where it came from and where it went.
+    """What the engine knows about one call: where it came from, where it went, and its budget of time.
 
     ``sender``/``async_sender`` are the front door's innermost transports; the
     endpoint stage sends through whichever matches the stack that runs.
+    ``deadline`` is an absolute time on the mesh's clock, or None.
     """
 
     original: httpx.Request
     route: CompiledRoute
+    clock: Clock
     sender: httpx.BaseTransport | None = None
     async_sender: httpx.AsyncBaseTransport | None = None
     cluster: str | None = None
     endpoint: Endpoint | None = None
-    attempt: int = 0
+    attempt: int = 1
+    deadline: float | None = None
+    tried: list[Endpoint] = field(default_factory=list)
+
+    def fork(self) -> CallContext:
+        """A copy for a concurrent try (hedging, mirroring) that shares nothing mutable with this one."""
+        return dataclasses.replace(self, tried=list(self.tried))
 
 
 def context_of(request: httpx.Request) -> CallContext:

@@ -1,39 +1,34 @@
-"""Endpoint level: the last step, sending one try to one endpoint through the front door's transport."""
+"""Endpoint level: the last step, sending one try to one endpoint through the front door's transport.
+
+Errors from httpx are mapped to the mesh's typed errors here, at the one
+boundary where they come in; the endpoint (and the cluster's in-flight cap,
+in circuit_breaker.py) counts the request as busy until its body closes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from meshlib._engine.base import Request, Response
 from meshlib._engine.context import context_of
-from meshlib._engine.streams import OnCloseStream
+from meshlib._engine.errors import map_upstream_errors
+from meshlib._engine.streams import release_when_closed
 
 __all__ = ["send", "send_async"]
 
 
-def _release_on_close(response: Response, release: Callable[[], None]) -> Response:
-    if response.is_closed:
-        # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
-        # return): nobody will close it again, so the request is over now.
-        release()
-    else:
-        response.stream = OnCloseStream(response.stream, release)
-    return response
-
-
 def send(request: Request) -> Response:
-    """Send through the sync inner transport; the endpoint counts as busy until the body closes."""
+    """Send through the sync inner transport."""
     ctx = context_of(request)
     assert ctx.sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state
     state.acquire()
     try:
-        response = ctx.sender.handle_request(request)
+        with map_upstream_errors(ctx):
+            response = ctx.sender.handle_request(request)
     except BaseException:
         state.release()
         raise
-    return _release_on_close(response, state.release)
+    return release_when_closed(response, state.release)
 
 
 async def send_async(request: Request) -> Response:
@@ -44,8 +39,9 @@ async def send_async(request: Request) -> Response:
     state = ctx.endpoint.state
     state.acquire()
     try:
-        response = await ctx.async_sender.handle_async_request(request)
+        with map_upstream_errors(ctx):
+            response = await ctx.async_sender.handle_async_request(request)
     except BaseException:
         state.release()
         raise
-    return _release_on_close(response, state.release)
+    return release_when_closed(response, state.release)

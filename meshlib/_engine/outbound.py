@@ -32,7 +32,7 @@ def _prepare(
             f"no route or cluster for host {request.url.host!r} and outbound_policy is registry_only",
             request=request,
         )
-    ctx = CallContext(original=request, route=route, sender=sender, async_sender=async_sender)
+    ctx = CallContext(original=request, route=route, clock=snapshot.clock, sender=sender, async_sender=async_sender)
     # httpx.Request copies headers and extensions itself, so the caller's request stays untouched.
     upstream = httpx.Request(
         request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions

@@ -1,7 +1,9 @@
 """Route level: header edits → rewrite → split (dispatch to a cluster) or direct response.
 
 Built once per route per snapshot. The terminal handler of this level is the
-dispatcher, which calls the chosen cluster's own stack (cluster_stack.py).
+dispatcher, which calls the route's leg into the chosen cluster
+(cluster_stack.py). The split draws once per request: like Envoy's weighted
+clusters, retries stay in the cluster that was drawn.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Mapping
 
 from meshlib._config.models import RouteConfig
 from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
-from meshlib._engine.cluster_stack import CompiledCluster
+from meshlib._engine.cluster_stack import Leg
 from meshlib._policies.direct_response import DirectResponsePolicy
 from meshlib._policies.headers import HeadersFilter
 from meshlib._policies.rewrite import RewriteFilter, RewritePolicy
@@ -36,7 +38,7 @@ def route_filters(config: RouteConfig) -> list[Filter]:
 def build_route_handlers(
     config: RouteConfig,
     filters: list[Filter],
-    clusters: Mapping[str, CompiledCluster],
+    legs: Mapping[str, Leg],
     split: SplitPolicy | None,
 ) -> tuple[SyncHandler, AsyncHandler]:
     """Compose ``filters`` over the route's terminal: a direct response or a split dispatch."""
@@ -54,13 +56,13 @@ def build_route_handlers(
     assert split is not None
     if len(split.clusters) == 1:
         # No draw needed: call the cluster's stack directly.
-        only = clusters[split.clusters[0]]
+        only = legs[split.clusters[0]]
         return compose(filters, only.handle), compose_async(filters, only.handle_async)
 
     def dispatch(request: Request) -> Response:
-        return clusters[split.pick()].handle(request)
+        return legs[split.pick()].handle(request)
 
     async def dispatch_async(request: Request) -> Response:
-        return await clusters[split.pick()].handle_async(request)
+        return await legs[split.pick()].handle_async(request)
 
     return compose(filters, dispatch), compose_async(filters, dispatch_async)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
-__all__ = ["OnCloseStream"]
+__all__ = ["OnCloseStream", "release_when_closed"]
 
 
 class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
@@ -51,3 +51,14 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 await self._stream.aclose()
         finally:
             self._done()
+
+
+def release_when_closed(response: httpx.Response, release: Callable[[], None]) -> httpx.Response:
+    """Call ``release`` when ``response``'s body is closed: now if it already is, else through its stream."""
+    if response.is_closed:
+        # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
+        # return): nobody will close it again, so the request is over now.
+        release()
+    else:
+        response.stream = OnCloseStream(response.stream, release)
+    return response

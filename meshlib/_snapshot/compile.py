@@ -1,15 +1,28 @@
-"""MeshConfig → Snapshot: the only place config meets runtime types."""
+"""MeshConfig → Snapshot: the only place config meets runtime types.
+
+Live state comes from the registry, so it survives reloads; filters and
+handlers are built fresh for every snapshot.
+"""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import httpx
 
+from meshlib._background import Background
+from meshlib._clock import Clock, SystemClock
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
-from meshlib._engine.cluster_stack import CompiledCluster
+from meshlib._engine.base import Filter
+from meshlib._engine.cluster_stack import CompiledCluster, Leg
 from meshlib._engine.route_stack import build_route_handlers, route_filters
+from meshlib._policies.circuit_breaker import BreakerState, CircuitBreakerFilter
+from meshlib._policies.rate_limit import RateLimiter, RateLimitFilter, StorageRegistry
+from meshlib._policies.retry import RetryFilter, RetryPolicy
+from meshlib._policies.retry_budget import RetryBudget
 from meshlib._policies.split import SplitPolicy
+from meshlib._policies.timeout import DeadlineFilter, PerTryTimeoutFilter, TryTimeouts
 from meshlib._snapshot.matchers import compile_match
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
@@ -18,72 +31,129 @@ from meshlib._upstream.endpoint import Endpoint
 from meshlib._upstream.lb import build_lb
 from meshlib._upstream.registry import StateRegistry
 
-__all__ = ["compile_snapshot"]
+__all__ = ["Runtime", "compile_snapshot"]
 
 
-def _compile_cluster(name: str, config: ClusterConfig, registry: StateRegistry, rng: random.Random) -> CompiledCluster:
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a mesh lends every snapshot it compiles: state, clock, randomness, background work."""
+
+    registry: StateRegistry
+    clock: Clock
+    rng: random.Random
+    background: Background
+    storages: StorageRegistry
+
+    @classmethod
+    def create(cls, *, clock: Clock | None = None, rng: random.Random | None = None) -> Runtime:
+        return cls(StateRegistry(), clock or SystemClock(), rng or random.Random(), Background(), StorageRegistry())
+
+
+def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledCluster:
     endpoints = tuple(
-        Endpoint(e.url, e.weight, httpx.URL(e.url), registry.endpoint(name, e.url)) for e in config.endpoints
+        Endpoint(e.url, e.weight, httpx.URL(e.url), rt.registry.endpoint(name, e.url)) for e in config.endpoints
     )
     hash_on = config.hash_on
     lb = build_lb(
         config.lb,
         endpoints,
-        rng,
+        rt.rng,
         header=hash_on.header if hash_on else None,
         cookie=hash_on.cookie if hash_on else None,
     )
-    return CompiledCluster(name, endpoints, lb, registry.cluster(name))
+    checks_health = config.outlier_detection is not None or config.health_check is not None
+    return CompiledCluster(name, endpoints, lb, rt.registry.cluster(name), rt.clock, checks_health)
+
+
+def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: ClusterConfig, rt: Runtime) -> Leg:
+    """The filters of one route's way into one cluster; the route's keys override the cluster's."""
+    state = cluster.state
+    timeout = route.timeout if route.timeout is not None else config.timeout
+    retry = route.retry or config.retry
+    rate_limit = route.rate_limit or config.rate_limit
+    filters: list[Filter] = []
+    endpoint_filters: list[Filter] = []
+
+    # The deadline is outermost so that it spans every try and every backoff below it.
+    if timeout is not None:
+        filters.append(DeadlineFilter(timeout, rt.clock))
+    # Rate limit above the retries: a request costs one hit however many tries it takes.
+    if rate_limit is not None:
+        key = f"route:{route_name}" if route.rate_limit else f"cluster:{cluster.name}"
+        limiter = rt.registry.component(
+            "rate_limit", key, rate_limit, lambda: RateLimiter(rate_limit, key, rt.storages)
+        )
+        filters.append(RateLimitFilter(limiter, state))
+    # Retry above the breaker: every try is admitted (or refused) by the breaker on its own.
+    if retry is not None and retry.attempts > 1:
+        budget = None
+        if retry.budget is not None:
+            budget_config = retry.budget
+            budget_key = (cluster.name, route_name if route.retry else None)
+            budget = rt.registry.component(
+                "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock)
+            )
+        filters.append(RetryFilter(RetryPolicy.from_config(retry), budget, rt.clock, state))
+    # The breaker is the cluster's: admission before any I/O, outcome of each try after.
+    if config.circuit_breaker is not None:
+        breaker_config = config.circuit_breaker
+        breaker = rt.registry.component(
+            "circuit_breaker", cluster.name, breaker_config, lambda: BreakerState(breaker_config, state, rt.clock)
+        )
+        filters.append(CircuitBreakerFilter(breaker))
+    # Per try, below the endpoint pick: bounds this try by per_try_timeout, connect_timeout and the deadline.
+    per_try = retry.per_try_timeout if retry is not None else None
+    if per_try is not None or config.connect_timeout is not None or timeout is not None:
+        endpoint_filters.append(PerTryTimeoutFilter(TryTimeouts(per_try, config.connect_timeout), rt.clock))
+    return Leg(cluster, filters, endpoint_filters)
 
 
 def _compile_route(
     config: RouteConfig,
     index: int,
     clusters: dict[str, CompiledCluster],
-    rng: random.Random,
+    mesh: MeshConfig,
+    rt: Runtime,
     *,
     implicit: bool = False,
 ) -> CompiledRoute:
+    name = config.name or f"route-{index}"
     filters = route_filters(config)
-    split = None if config.direct_response is not None else SplitPolicy.from_route(config, rng)
-    handle, handle_async = build_route_handlers(config, filters, clusters, split)
+    split = None if config.direct_response is not None else SplitPolicy.from_route(config, rt.rng)
+    legs = {c: _leg(config, name, clusters[c], mesh.clusters[c], rt) for c in (split.clusters if split else ())}
+    handle, handle_async = build_route_handlers(config, filters, legs, split)
     return CompiledRoute(
-        name=config.name or f"route-{index}",
+        name=name,
         index=index,
         host=config.match.host,
         predicates=compile_match(config.match),
         filters=filters,
         clusters=split.clusters if split else (),
+        legs=legs,
         handle=handle,
         handle_async=handle_async,
         implicit=implicit,
     )
 
 
-def compile_snapshot(
-    config: MeshConfig,
-    registry: StateRegistry,
-    *,
-    rng: random.Random | None = None,
-    version: int = 1,
-) -> Snapshot:
-    """Compile ``config`` against the live state in ``registry``.
+def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Snapshot:
+    """Compile ``config`` against the live state in ``rt.registry``.
 
     Every cluster is also reachable by its own name as host, through an
     implicit route placed after the configured ones (so a configured route for
     that host wins).
     """
-    rng = rng or random.Random()
-    clusters = {name: _compile_cluster(name, c, registry, rng) for name, c in config.clusters.items()}
-    routes = [_compile_route(r, i, clusters, rng) for i, r in enumerate(config.routes)]
+    clusters = {name: _compile_cluster(name, c, rt) for name, c in config.clusters.items()}
+    routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
     for name in config.clusters:
         implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
-        routes.append(_compile_route(implicit, len(routes), clusters, rng, implicit=True))
-    registry.retain((name, e.url) for name, c in clusters.items() for e in c.endpoints)
+        routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
+    rt.registry.retain((name, e.url) for name, c in clusters.items() for e in c.endpoints)
     return Snapshot(
         config=config,
         version=version,
         routes=RouteTable(routes),
         clusters=clusters,
         passthrough=config.outbound_policy == "allow_any",
+        clock=rt.clock,
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
 from meshlib._engine.base import AsyncHandler, Filter, SyncHandler
+from meshlib._engine.cluster_stack import Leg
 from meshlib._engine.urls import path_of
 from meshlib._snapshot.matchers import MatchInput, Predicate
 
@@ -28,6 +29,7 @@ class CompiledRoute:
     predicates: tuple[Predicate, ...]
     filters: Sequence[Filter]
     clusters: tuple[str, ...]
+    legs: Mapping[str, Leg] = field(repr=False)
     handle: SyncHandler = field(repr=False)
     handle_async: AsyncHandler = field(repr=False)
     implicit: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from meshlib._clock import Clock
 from meshlib._config.models import MeshConfig
 from meshlib._engine.cluster_stack import CompiledCluster
 from meshlib._snapshot.route_table import RouteTable
@@ -25,3 +26,4 @@ class Snapshot:
     routes: RouteTable
     clusters: Mapping[str, CompiledCluster]
     passthrough: bool
+    clock: Clock

@@ -9,7 +9,11 @@ __all__ = ["ClusterState"]
 
 
 class ClusterState:
-    """Live, thread-safe counters of one cluster (what ``Mesh.stats()`` reports)."""
+    """Live, thread-safe counters of one cluster (what ``Mesh.stats()`` reports).
+
+    Policies count what they did here: ``retries``, ``retry_budget_exhausted``,
+    ``breaker_open``, ``rate_limited``, ``ejections``, ``hedges`` and so on.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name

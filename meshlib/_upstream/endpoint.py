@@ -11,14 +11,27 @@ __all__ = ["Endpoint", "EndpointState"]
 
 
 class EndpointState:
-    """Live state of one endpoint: requests in flight (until the response body closes)."""
+    """Live state of one endpoint: requests in flight (until the response body closes), health, ejection.
 
-    __slots__ = ("_lock", "in_flight", "total")
+    ``healthy`` is set by active health checks; ``ejected_until`` (a time on
+    the mesh's clock) and ``times_ejected`` by outlier detection;
+    ``consecutive_failures`` counts 5xx answers and connection failures in a row.
+    """
+
+    __slots__ = ("_lock", "consecutive_failures", "ejected_until", "healthy", "in_flight", "times_ejected", "total")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.total = 0
+        self.healthy = True
+        self.ejected_until = 0.0
+        self.times_ejected = 0
+        self.consecutive_failures = 0
+
+    def usable(self, now: float) -> bool:
+        """Whether the load balancer may pick this endpoint at ``now``."""
+        return self.healthy and self.ejected_until <= now
 
     def acquire(self) -> None:
         with self._lock:

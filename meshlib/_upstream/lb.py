@@ -1,8 +1,8 @@
 """Load balancers: pick one endpoint of a cluster for a request. One small class each.
 
-Every picker takes ``exclude`` (endpoints the caller does not want, e.g. those
-already tried) and falls back to an excluded endpoint only when nothing else
-is left, so a one-endpoint cluster still works.
+Every picker takes ``exclude`` (endpoints the caller does not want: ejected,
+unhealthy, or already tried by this request) and returns None when it
+excludes them all; the cluster decides what to do then.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class RoundRobin:
             endpoint = schedule[(start + step) % len(schedule)]
             if endpoint not in exclude:
                 return endpoint
-        return schedule[start % len(schedule)]
+        return None
 
 
 class RandomLB:
@@ -94,8 +94,7 @@ class RandomLB:
     def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         if exclude:
             rest = [e for e in self._endpoints if e not in exclude]
-            if rest:
-                return self._draw(rest, list(itertools.accumulate(e.weight for e in rest)))
+            return self._draw(rest, list(itertools.accumulate(e.weight for e in rest))) if rest else None
         return self._draw(self._endpoints, self._cum)
 
 
@@ -195,7 +194,7 @@ class RingHash:
             endpoint = owners[(start + step) % len(owners)]
             if endpoint not in exclude:
                 return endpoint
-        return owners[start % len(owners)]
+        return None
 
 
 def build_lb(

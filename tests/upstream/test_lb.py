@@ -185,7 +185,7 @@ def test_least_request_honours_exclude_and_single_endpoints() -> None:
     (only,) = _endpoints(1)
     single = LeastRequest([only], random.Random(11))
     assert single.pick(REQUEST) is only
-    assert single.pick(REQUEST, exclude={only}) is only
+    assert single.pick(REQUEST, exclude={only}) is None
 
 
 # --- ring hash ---------------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_ring_hash_excluded_owner_moves_the_key_to_the_next_endpoint_on_the_ring
         assert fallback is not None
         assert fallback is not owner
         assert ring.pick(_keyed(key), exclude={owner}) is fallback
-        assert ring.pick(_keyed(key), exclude=set(endpoints)) is owner
+        assert ring.pick(_keyed(key), exclude=set(endpoints)) is None
 
 
 def test_ring_hash_without_the_key_honours_exclude() -> None:
@@ -318,15 +318,16 @@ def test_ring_hash_without_the_key_honours_exclude() -> None:
 
 
 @pytest.mark.parametrize("kind", ["round_robin", "random", "least_request", "ring_hash"])
-def test_every_picker_falls_back_to_an_excluded_endpoint_only_when_nothing_else_is_left(kind: str) -> None:
+def test_every_picker_returns_none_when_everything_is_excluded(kind: str) -> None:
+    """The cluster, not the picker, decides what to do then (retry a tried endpoint, or no healthy upstream)."""
     endpoints = _endpoints(1, 1, 1)
     lb = build_lb(kind, endpoints, random.Random(25), header="x-user")
     keyed = _keyed("bob")
     assert all(lb.pick(keyed, exclude=set(endpoints[:2])) is endpoints[2] for _ in range(50))
-    assert all(lb.pick(keyed, exclude=set(endpoints)) in endpoints for _ in range(50))
+    assert all(lb.pick(keyed, exclude=set(endpoints)) is None for _ in range(50))
     (only,) = _endpoints(1)
     single = build_lb(kind, [only], random.Random(26), header="x-user")
-    assert single.pick(keyed, exclude={only}) is only
+    assert single.pick(keyed, exclude={only}) is None
 
 
 def test_build_lb_names_match_the_config_values() -> None:

@@ -1,0 +1,37 @@
+"""Clock: the one source of time for meshlib-owned timing (backoff, budgets, deadlines, ejection, breakers).
+
+Tests swap in ``meshlib.testing.FakeClock`` to move time forward without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import anyio
+
+__all__ = ["Clock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Monotonic time in seconds, and sleeping by it in both modes."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    async def asleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock: ``time.monotonic``, ``time.sleep`` and ``anyio.sleep``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await anyio.sleep(max(seconds, 0))

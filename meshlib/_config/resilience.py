@@ -1,0 +1,193 @@
+"""Config models of the resilience policies: retries, timeouts, breakers, ejection, health, limits, faults.
+
+Set on a cluster they are that cluster's defaults; the same keys on a route
+(``timeout``, ``retry``, ``rate_limit``, ``hedge``) replace the cluster's for
+requests that route sends there. Each key maps to one module in ``_policies/``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+import limits
+from pydantic import Field, field_validator, model_validator
+
+from meshlib._config.base import ConfigModel, NonNegativeInt, Percent, PositiveInt, StatusCode, fail
+from meshlib._config.durations import Duration
+
+__all__ = [
+    "DEFAULT_RETRY_ON",
+    "BackoffConfig",
+    "CircuitBreakerConfig",
+    "FaultAbortConfig",
+    "FaultConfig",
+    "FaultDelayConfig",
+    "HealthCheckConfig",
+    "HedgeConfig",
+    "MirrorConfig",
+    "OutlierDetectionConfig",
+    "RateLimitConfig",
+    "RetryBudgetConfig",
+    "RetryConfig",
+    "RetryOn",
+]
+
+RetryOn = Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes", "per-try-timeout"]
+# Conditions where a retry cannot make things worse for an idempotent request (Istio's default set, minus 503).
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset", "gateway-error")
+
+
+def _check_storage(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "memory://")):
+        raise ValueError(f"unsupported storage {value!r}: use memory:// or redis://HOST:PORT[/DB]")
+    return value
+
+
+class BackoffConfig(ConfigModel):
+    """Exponential backoff with full jitter: try n waits a random time in [0, min(max, base × 2ⁿ⁻¹)]."""
+
+    base: Duration = 0.025
+    max: Duration = 0.25
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.max < self.base:
+            raise fail(("max",), "must be at least backoff.base", self.max)
+        return self
+
+
+class RetryBudgetConfig(ConfigModel):
+    """Retries may add at most ``ratio`` of recent requests, plus ``min_retries_per_second``."""
+
+    ratio: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False)
+    min_retries_per_second: NonNegativeInt = 10
+    window: Duration = 10.0
+
+
+class RetryConfig(ConfigModel):
+    """When and how often to try a request again."""
+
+    attempts: PositiveInt = 2
+    per_try_timeout: Duration | None = None
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+    # Listing codes is enough to retry them (as if retry_on had retriable-status-codes).
+    retriable_status_codes: list[StatusCode] = Field(default_factory=list)
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    budget: RetryBudgetConfig | None = Field(default_factory=RetryBudgetConfig)
+    # Methods retried on any condition, besides the idempotent ones (RFC 9110 §9.2.2).
+    methods: list[str] = Field(default_factory=list)
+    # Request bodies up to this size are kept for replay; larger or streamed bodies are sent once.
+    buffer_limit_bytes: NonNegativeInt = 65536
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [m.upper() for m in value]
+
+    @model_validator(mode="after")
+    def _codes(self) -> Self:
+        if "retriable-status-codes" in self.retry_on and not self.retriable_status_codes:
+            raise fail(("retriable_status_codes",), "retry_on lists retriable-status-codes: name at least one code")
+        return self
+
+
+class CircuitBreakerConfig(ConfigModel):
+    """Opens after consecutive failures; fails fast while open; one trial request after recovery_timeout."""
+
+    failure_threshold: PositiveInt = 5
+    recovery_timeout: Duration = 30.0
+    max_concurrent_requests: PositiveInt | None = 1024
+    # redis://HOST:PORT[/DB] shares the breaker's state between processes (pybreaker's Redis storage).
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        return _check_storage(value)
+
+
+class OutlierDetectionConfig(ConfigModel):
+    """Ejects an endpoint after consecutive 5xx/connect failures, for base_ejection_time × times ejected."""
+
+    consecutive_5xx: PositiveInt = 5
+    interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: Percent = 10.0
+
+
+class HealthCheckConfig(ConfigModel):
+    """Probes each endpoint in the background; unhealthy ones leave the load balancer."""
+
+    path: str = "/healthz"
+    interval: Duration = 5.0
+    timeout: Duration = 1.0
+    unhealthy_threshold: PositiveInt = 3
+    healthy_threshold: PositiveInt = 2
+    expected_statuses: list[StatusCode] = Field(default_factory=lambda: [200])
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path {value!r} must start with '/'")
+        return value
+
+
+class RateLimitConfig(ConfigModel):
+    """A request rate in the ``limits`` notation (``100/second``, ``10 per minute``), in memory or in Redis."""
+
+    rate: str
+    storage: str | None = None
+    strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = "moving-window"
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            limits.parse_many(value)
+        except ValueError:
+            raise ValueError(f"invalid rate {value!r}: use the limits notation, e.g. '100/second'") from None
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        return _check_storage(value)
+
+
+class HedgeConfig(ConfigModel):
+    """Sends another try of an idempotent request that has not answered after ``after``."""
+
+    after: Duration
+    max_extra: PositiveInt = 1
+
+
+class FaultDelayConfig(ConfigModel):
+    duration: Duration
+    percent: Percent = 100.0
+
+
+class FaultAbortConfig(ConfigModel):
+    status: Annotated[int, Field(strict=True, ge=200, le=599)]
+    percent: Percent = 100.0
+
+
+class FaultConfig(ConfigModel):
+    """Injected delays and aborts, each for a percentage of the route's requests."""
+
+    delay: FaultDelayConfig | None = None
+    abort: FaultAbortConfig | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.delay is None and self.abort is None:
+            raise ValueError("set delay, abort, or both")
+        return self
+
+
+class MirrorConfig(ConfigModel):
+    """Sends a copy of a percentage of the route's requests to a shadow cluster, ignoring its answers."""
+
+    cluster: str
+    percent: Percent = 100.0

@@ -1,0 +1,116 @@
+"""``timeout`` and ``retry.per_try_timeout``: a deadline for the whole request and a bound on each try.
+
+The deadline is data: an absolute time on the mesh's clock in the
+CallContext, set once above the retries. Each try passes
+``min(per_try_timeout, time left, the client's own timeout)`` to httpx as the
+request's timeout, so the socket operations enforce it in both modes (for a
+sync caller a read timeout bounds each read, not the total). Async callers are
+also cut off by ``anyio.fail_after`` around each try and the whole request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import anyio
+
+from meshlib._clock import Clock
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
+from meshlib._engine.context import CallContext, context_of
+from meshlib._errors import RequestTimeoutError
+
+__all__ = ["DeadlineFilter", "PerTryTimeoutFilter", "TryTimeouts", "timeout_error"]
+
+
+def timeout_error(ctx: CallContext, message: str) -> RequestTimeoutError:
+    """A RequestTimeoutError that says whether the whole request's deadline is what ran out."""
+    error = RequestTimeoutError(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
+    # A millisecond of slack: timers fire a hair early or late.
+    error.per_try = ctx.deadline is None or ctx.clock.monotonic() < ctx.deadline - 0.001
+    return error
+
+
+class DeadlineFilter:
+    """Sets the request's deadline, so every try and backoff below it fits inside ``timeout``."""
+
+    name: ClassVar[str] = "timeout"
+
+    def __init__(self, timeout: float, clock: Clock) -> None:
+        self.timeout = timeout
+        self.clock = clock
+
+    def _start(self, request: Request) -> CallContext:
+        ctx = context_of(request)
+        deadline = self.clock.monotonic() + self.timeout
+        ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
+        return ctx
+
+    def handle(self, request: Request, call_next: SyncHandler) -> Response:
+        self._start(request)
+        return call_next(request)
+
+    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+        ctx = self._start(request)
+        try:
+            with anyio.fail_after(self.timeout):
+                return await call_next(request)
+        except TimeoutError:
+            raise timeout_error(ctx, f"request timeout of {self.timeout:g}s ran out") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TryTimeouts:
+    """The time limits of one try: per_try_timeout and connect_timeout (seconds, or None)."""
+
+    per_try: float | None
+    connect: float | None
+
+    def limits(self, ctx: CallContext, clock: Clock, client: dict[str, float | None] | None) -> dict[str, float]:
+        """httpx's per-request timeout dict for this try, never looser than the client's own."""
+        budget = math.inf if self.per_try is None else self.per_try
+        if ctx.deadline is not None:
+            budget = min(budget, ctx.deadline - clock.monotonic())
+        if budget <= 0:
+            raise timeout_error(ctx, "request timeout ran out before the next try")
+        client = client or {}
+        out = {}
+        for key in ("connect", "read", "write", "pool"):
+            mine = min(budget, self.connect) if key == "connect" and self.connect is not None else budget
+            theirs = client.get(key)
+            value = mine if theirs is None else min(mine, theirs)
+            if value != math.inf:
+                out[key] = value
+        return out
+
+
+class PerTryTimeoutFilter:
+    """Bounds one try by per_try_timeout, connect_timeout and what is left of the deadline."""
+
+    name: ClassVar[str] = "per_try_timeout"
+
+    def __init__(self, timeouts: TryTimeouts, clock: Clock) -> None:
+        self.timeouts = timeouts
+        self.clock = clock
+
+    def _apply(self, request: Request) -> tuple[CallContext, float | None]:
+        ctx = context_of(request)
+        limits = self.timeouts.limits(ctx, self.clock, request.extensions.get("timeout"))
+        request.extensions["timeout"] = {**request.extensions.get("timeout", {}), **limits}
+        # The whole try (headers included) is bounded by the read budget; connect is within it.
+        return ctx, limits.get("read")
+
+    def handle(self, request: Request, call_next: SyncHandler) -> Response:
+        self._apply(request)
+        return call_next(request)
+
+    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+        ctx, budget = self._apply(request)
+        if budget is None:
+            return await call_next(request)
+        try:
+            with anyio.fail_after(budget):
+                return await call_next(request)
+        except TimeoutError:
+            raise timeout_error(ctx, f"try {ctx.attempt} ran out of time after {budget:g}s") from None
