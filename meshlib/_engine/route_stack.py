@@ -1,4 +1,4 @@
-"""Route level: header edits → rewrite → split (dispatch to a cluster) or direct response.
+"""Route level: fault → header edits → rewrite → mirror → split (dispatch to a cluster) or direct response.
 
 Built once per route per snapshot. The terminal handler of this level is the
 dispatcher, which calls the route's leg into the chosen cluster
@@ -21,17 +21,24 @@ from meshlib._policies.split import SplitPolicy
 __all__ = ["build_route_handlers", "route_filters"]
 
 
-def route_filters(config: RouteConfig) -> list[Filter]:
+def route_filters(config: RouteConfig, *, fault: Filter | None = None, mirror: Filter | None = None) -> list[Filter]:
     """The route's filters, outermost first; a policy that is not configured is left out."""
     filters: list[Filter] = []
+    # Faults first: an injected abort must not reach a mirror, spend retry budget or trip a breaker.
+    if fault is not None:
+        filters.append(fault)
     # Header edits wrap everything below, so response edits also apply to direct responses.
     headers = HeadersFilter.from_config(config.headers)
     if headers is not None:
         filters.append(headers)
-    # Rewrite runs last before dispatch: it changes what the upstream sees, not what matched.
+    # Rewrite changes what the upstream sees, not what matched.
     rewrite = RewritePolicy.from_route(config)
     if rewrite is not None:
         filters.append(RewriteFilter(rewrite))
+    # Mirror last, so the shadow gets the request exactly as the primary cluster does (edited, rewritten),
+    # and outside the cluster's timeout and retries, so the copy never eats the caller's time.
+    if mirror is not None:
+        filters.append(mirror)
     return filters
 
 

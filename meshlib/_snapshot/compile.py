@@ -18,6 +18,9 @@ from meshlib._engine.base import Filter
 from meshlib._engine.cluster_stack import CompiledCluster, Leg
 from meshlib._engine.route_stack import build_route_handlers, route_filters
 from meshlib._policies.circuit_breaker import BreakerState, CircuitBreakerFilter
+from meshlib._policies.fault import FaultFilter
+from meshlib._policies.hedge import HedgeFilter
+from meshlib._policies.mirror import MirrorFilter
 from meshlib._policies.rate_limit import RateLimiter, RateLimitFilter, StorageRegistry
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
@@ -28,7 +31,9 @@ from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
 from meshlib._snapshot.snapshot import Snapshot
 from meshlib._upstream.endpoint import Endpoint
+from meshlib._upstream.health import HealthChecker
 from meshlib._upstream.lb import build_lb
+from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
 from meshlib._upstream.registry import StateRegistry
 
 __all__ = ["Runtime", "compile_snapshot"]
@@ -61,8 +66,23 @@ def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledC
         header=hash_on.header if hash_on else None,
         cookie=hash_on.cookie if hash_on else None,
     )
-    checks_health = config.outlier_detection is not None or config.health_check is not None
-    return CompiledCluster(name, endpoints, lb, rt.registry.cluster(name), rt.clock, checks_health)
+    state = rt.registry.cluster(name)
+    health = config.health_check
+    if health is not None:
+        # Keyed by the endpoint set too: a reload that changes the endpoints starts a new prober.
+        identity = (health, tuple(e.url for e in endpoints))
+
+        def start_checker() -> HealthChecker:
+            checker = HealthChecker(health, state, endpoints, rt.clock)
+            checker.start()
+            return checker
+
+        rt.registry.component("health_check", name, identity, start_checker)
+    checks_health = config.outlier_detection is not None or health is not None
+    return CompiledCluster(name, endpoints, lb, state, rt.clock, checks_health)
+
+
+_NO_OVERRIDES = RouteConfig(cluster="-")
 
 
 def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: ClusterConfig, rt: Runtime) -> Leg:
@@ -71,6 +91,7 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
     timeout = route.timeout if route.timeout is not None else config.timeout
     retry = route.retry or config.retry
     rate_limit = route.rate_limit or config.rate_limit
+    hedge = route.hedge or config.hedge
     filters: list[Filter] = []
     endpoint_filters: list[Filter] = []
 
@@ -94,6 +115,9 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
                 "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock)
             )
         filters.append(RetryFilter(RetryPolicy.from_config(retry), budget, rt.clock, state))
+    # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
+    if hedge is not None:
+        filters.append(HedgeFilter(hedge, state, rt.background))
     # The breaker is the cluster's: admission before any I/O, outcome of each try after.
     if config.circuit_breaker is not None:
         breaker_config = config.circuit_breaker
@@ -101,6 +125,13 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
             "circuit_breaker", cluster.name, breaker_config, lambda: BreakerState(breaker_config, state, rt.clock)
         )
         filters.append(CircuitBreakerFilter(breaker))
+    # Outlier detection sees every try's outcome on its endpoint, timeouts of this try included.
+    if config.outlier_detection is not None:
+        outlier_config = config.outlier_detection
+        detector = rt.registry.component(
+            "outlier_detection", cluster.name, outlier_config, lambda: OutlierDetector(outlier_config, state, rt.clock)
+        )
+        endpoint_filters.append(OutlierFilter(detector, cluster.endpoints))
     # Per try, below the endpoint pick: bounds this try by per_try_timeout, connect_timeout and the deadline.
     per_try = retry.per_try_timeout if retry is not None else None
     if per_try is not None or config.connect_timeout is not None or timeout is not None:
@@ -118,7 +149,17 @@ def _compile_route(
     implicit: bool = False,
 ) -> CompiledRoute:
     name = config.name or f"route-{index}"
-    filters = route_filters(config)
+    fault = mirror = None
+    if config.fault is not None:
+        targets = [
+            clusters[c].state for c in ([config.cluster] if config.cluster else [s.cluster for s in config.split or ()])
+        ]
+        fault = FaultFilter(config.fault, rt.rng, rt.clock, targets)
+    if config.mirror is not None:
+        shadow = config.mirror.cluster
+        shadow_leg = _leg(_NO_OVERRIDES, name, clusters[shadow], mesh.clusters[shadow], rt)
+        mirror = MirrorFilter(config.mirror, shadow_leg, rt.rng, rt.background)
+    filters = route_filters(config, fault=fault, mirror=mirror)
     split = None if config.direct_response is not None else SplitPolicy.from_route(config, rt.rng)
     legs = {c: _leg(config, name, clusters[c], mesh.clusters[c], rt) for c in (split.clusters if split else ())}
     handle, handle_async = build_route_handlers(config, filters, legs, split)

@@ -73,9 +73,9 @@ def test_the_import_scan_catches_every_spelling_of_a_forbidden_import() -> None:
 
 
 def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
-    """route_stack.py documents: header edits → rewrite → split or direct response."""
+    """route_stack.py documents: fault → header edits → rewrite → mirror → split or direct response."""
     assert route_stack.__doc__ is not None
-    assert route_stack.__doc__.startswith("Route level: header edits → rewrite → split")
+    assert route_stack.__doc__.startswith("Route level: fault → header edits → rewrite → mirror → split")
     mesh = make_mesh(
         {
             "clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}},
