@@ -37,3 +37,4 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: print tables of ratios against baselines measured in the same run."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
+    session.run("python", "benchmarks/bench_resilience.py", *session.posargs)

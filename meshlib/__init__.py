@@ -13,19 +13,36 @@ from __future__ import annotations
 
 from meshlib.__version__ import __version__
 from meshlib._config.models import MeshConfig
-from meshlib._errors import ConfigError, MeshError, NoHealthyUpstreamError, RouteNotFoundError
+from meshlib._errors import (
+    CircuitOpenError,
+    ConfigError,
+    MeshError,
+    NoHealthyUpstreamError,
+    OverloadedError,
+    RateLimitedError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+    UpstreamConnectError,
+    UpstreamResetError,
+)
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
 from meshlib._mesh import Mesh
 
 __all__ = [
     "AsyncMeshTransport",
+    "CircuitOpenError",
     "ConfigError",
     "Mesh",
     "MeshConfig",
     "MeshError",
     "MeshTransport",
     "NoHealthyUpstreamError",
+    "OverloadedError",
+    "RateLimitedError",
+    "RequestTimeoutError",
     "RouteNotFoundError",
+    "UpstreamConnectError",
+    "UpstreamResetError",
     "__version__",
     "wrap",
 ]

@@ -136,24 +136,49 @@ class Mesh:
         return wrap(httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs), self)
 
     def stats(self) -> dict[str, Any]:
-        """Live state per cluster: endpoints with requests in flight and in total, plus counters."""
+        """Live state per cluster, as plain data (what an admin endpoint or a test reads).
+
+        For each cluster: ``endpoints`` (per URL: ``in_flight``, ``requests``,
+        ``healthy``, ``ejected``, ``times_ejected``), ``counters`` (what the
+        policies did: ``retries``, ``retry_budget_exhausted``, ``rate_limited``,
+        ``breaker_open``, ``ejections``, ``hedges``, ``faults_aborted``, ...) and,
+        when configured, ``circuit_breaker`` (``state``, ``in_flight``).
+        """
         snapshot = self._snapshot
-        return {
-            "version": snapshot.version,
-            "clusters": {
-                name: {
-                    "endpoints": {
-                        e.url: {"in_flight": e.state.in_flight, "requests": e.state.total} for e in cluster.endpoints
-                    },
-                    "counters": cluster.state.counters(),
-                }
-                for name, cluster in snapshot.clusters.items()
-            },
-        }
+        now = self._runtime.clock.monotonic()
+        registry = self._runtime.registry
+        clusters: dict[str, Any] = {}
+        for name, cluster in snapshot.clusters.items():
+            entry: dict[str, Any] = {
+                "endpoints": {
+                    e.url: {
+                        "in_flight": e.state.in_flight,
+                        "requests": e.state.total,
+                        "healthy": e.state.healthy,
+                        "ejected": e.state.ejected_until > now,
+                        "times_ejected": e.state.times_ejected,
+                    }
+                    for e in cluster.endpoints
+                },
+                "counters": cluster.state.counters(),
+            }
+            breaker = registry.get("circuit_breaker", name)
+            if breaker is not None:
+                entry["circuit_breaker"] = {"state": breaker.state, "in_flight": breaker.in_flight}
+            clusters[name] = entry
+        return {"version": snapshot.version, "clusters": clusters}
 
     def close(self) -> None:
-        """Close the mesh; clients made from it keep working until closed themselves, new ones are refused."""
+        """Close the mesh: stop its background work (health checks, mirrors) and refuse new clients.
+
+        Clients made from it keep working until closed themselves.
+        """
+        if self._closed:
+            return
         self._closed = True
+        self._runtime.registry.close()
+        self._runtime.storages.close()
+        self._runtime.background.close()
 
     async def aclose(self) -> None:
         """The async twin of :meth:`close`."""

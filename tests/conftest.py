@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -18,6 +19,7 @@ import respx
 import uvicorn
 
 import meshlib
+from meshlib.testing import Clock
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -36,12 +38,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def make_mesh() -> Iterator[MakeMesh]:
-    """``make_mesh(config_dict, seed=0)`` → a Mesh with a seeded rng, closed after the test."""
+    """``make_mesh(config_dict, seed=0, clock=None)`` → a Mesh with a seeded rng, closed after the test.
+
+    The clock is the real one unless given (e.g. ``clock=mesh_clock``, the plugin's FakeClock).
+    """
     meshes: list[meshlib.Mesh] = []
 
-    def make(config: Mapping[str, Any], *, seed: int | None = 0) -> meshlib.Mesh:
+    def make(config: Mapping[str, Any], *, seed: int | None = 0, clock: Clock | None = None) -> meshlib.Mesh:
         rng = random.Random(seed) if seed is not None else None
-        mesh = meshlib.Mesh.from_dict(dict(config), rng=rng)
+        mesh = meshlib.Mesh.from_dict(dict(config), rng=rng, clock=clock)
         meshes.append(mesh)
         return mesh
 
@@ -246,3 +251,108 @@ def echo_response(request: httpx.Request) -> httpx.Response:
 def loopback(respx_mock: respx.MockRouter) -> respx.Route:
     """A respx route that answers every request to 127.0.0.1 (any port) with :func:`echo_response`."""
     return respx_mock.route(host="127.0.0.1").mock(side_effect=echo_response)
+
+
+# Raw TCP upstreams that misbehave on purpose (stall, close mid-response): what uvicorn won't do.
+ConnectionHandler = Callable[[socket.socket, threading.Event], None]
+"""Serves one accepted connection; must return soon after the event is set (the server is stopping)."""
+
+
+def read_request_head(conn: socket.socket, *, timeout: float = 5.0) -> bytes:
+    """Read from ``conn`` until the end of an HTTP request head (or EOF, or ``timeout``)."""
+    conn.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+@dataclass
+class RawServer:
+    """A running :func:`raw_server`: its URL and the connections it accepted so far."""
+
+    url: str
+    accepted: list[socket.socket]
+
+    @property
+    def connections(self) -> int:
+        return len(self.accepted)
+
+
+@contextmanager
+def raw_server(handle: ConnectionHandler, *, max_connections: int = 64) -> Iterator[RawServer]:
+    """A plain socket server on 127.0.0.1:0 running ``handle`` per connection in threads.
+
+    Bounded: at most ``max_connections`` connections are served, and on exit the
+    listening socket and every connection are closed and every thread joined.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.02)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+    workers: list[threading.Thread] = []
+
+    def serve(conn: socket.socket) -> None:
+        try:
+            handle(conn, stop)
+        except OSError:
+            pass  # the client gave up (timed out) first
+        finally:
+            conn.close()
+
+    def accept() -> None:
+        while not stop.is_set() and len(conns) < max_connections:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conns.append(conn)
+            worker = threading.Thread(target=serve, args=(conn,), daemon=True)
+            workers.append(worker)
+            worker.start()
+
+    acceptor = threading.Thread(target=accept, name="raw-server", daemon=True)
+    acceptor.start()
+    try:
+        yield RawServer(f"http://127.0.0.1:{listener.getsockname()[1]}", conns)
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listener.close()
+        for conn in conns:
+            conn.close()
+        for worker in workers:
+            worker.join(timeout=5)
+
+
+def stall(conn: socket.socket, stop: threading.Event) -> None:
+    """Accept the request and never answer (until the server stops)."""
+    read_request_head(conn)
+    stop.wait(10)
+
+
+def close_before_response(conn: socket.socket, stop: threading.Event) -> None:
+    """Read the request, then close the connection without a byte of response."""
+    read_request_head(conn)
+
+
+def close_mid_body(conn: socket.socket, stop: threading.Event) -> None:
+    """Promise 1000 bytes of body, send 10, then close the connection."""
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n0123456789")
+
+
+def answer_ok(conn: socket.socket, stop: threading.Event) -> None:
+    """Answer 200 ``ok`` and close the connection."""
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")

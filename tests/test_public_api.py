@@ -9,13 +9,19 @@ import meshlib
 
 PUBLIC_NAMES = [
     "AsyncMeshTransport",
+    "CircuitOpenError",
     "ConfigError",
     "Mesh",
     "MeshConfig",
     "MeshError",
     "MeshTransport",
     "NoHealthyUpstreamError",
+    "OverloadedError",
+    "RateLimitedError",
+    "RequestTimeoutError",
     "RouteNotFoundError",
+    "UpstreamConnectError",
+    "UpstreamResetError",
     "__version__",
     "wrap",
 ]
@@ -38,6 +44,12 @@ def test_every_public_name_is_documented() -> None:
         (meshlib.MeshError, "mesh_error"),
         (meshlib.RouteNotFoundError, "route_not_found"),
         (meshlib.NoHealthyUpstreamError, "no_healthy_upstream"),
+        (meshlib.RateLimitedError, "rate_limited"),
+        (meshlib.CircuitOpenError, "circuit_open"),
+        (meshlib.OverloadedError, "overloaded"),
+        (meshlib.UpstreamConnectError, "upstream_connect_failure"),
+        (meshlib.UpstreamResetError, "upstream_reset"),
+        (meshlib.RequestTimeoutError, "timeout"),
     ],
 )
 def test_request_errors_are_httpx_transport_errors_with_a_code(error: type[meshlib.MeshError], code: str) -> None:
@@ -48,6 +60,19 @@ def test_request_errors_are_httpx_transport_errors_with_a_code(error: type[meshl
     request = httpx.Request("GET", "http://reviews/")
     instance = error("boom", request=request, route="r", cluster="c")
     assert (str(instance), instance.request, instance.route, instance.cluster) == ("boom", request, "r", "c")
+
+
+@pytest.mark.parametrize(
+    ("error", "httpx_error"),
+    [
+        (meshlib.UpstreamConnectError, httpx.ConnectError),
+        (meshlib.UpstreamResetError, httpx.NetworkError),
+        (meshlib.RequestTimeoutError, httpx.TimeoutException),
+    ],
+)
+def test_upstream_errors_keep_their_httpx_family(error: type[meshlib.MeshError], httpx_error: type[Exception]) -> None:
+    """Code that catches httpx.ConnectError or httpx.TimeoutException keeps working through the mesh."""
+    assert issubclass(error, httpx_error)
 
 
 def test_config_error_is_not_an_httpx_error_and_lists_field_paths() -> None:

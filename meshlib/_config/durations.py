@@ -8,7 +8,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 # Exact scales, so that "100000us", "100ms" and "0.1s" all give the same float.
 _UNITS = {
@@ -61,3 +61,13 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["250ms", "2s"]}),
 ]
 """A config field written as a duration string and held as float seconds."""
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A duration that must be longer than zero (timeouts, intervals)."""

@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from meshlib._config.base import ConfigModel, PositiveInt, fail
-from meshlib._config.durations import Duration
+from meshlib._config.durations import PositiveDuration
 from meshlib._config.resilience import (
     CircuitBreakerConfig,
     FaultConfig,
@@ -217,8 +217,8 @@ class ClusterConfig(ConfigModel):
     endpoints: list[EndpointConfig] = Field(min_length=1)
     lb: LbName = "round_robin"
     hash_on: HashOnConfig | None = None
-    connect_timeout: Duration | None = None
-    timeout: Duration | None = None
+    connect_timeout: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
     retry: RetryConfig | None = None
     circuit_breaker: CircuitBreakerConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -405,7 +405,7 @@ class RouteConfig(ConfigModel):
     rewrite: RewriteConfig | None = None
     headers: RouteHeadersConfig | None = None
     # Route-level overrides of the cluster's defaults, and route-only policies.
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = None
     retry: RetryConfig | None = None
     rate_limit: RateLimitConfig | None = None
     hedge: HedgeConfig | None = None

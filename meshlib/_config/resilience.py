@@ -13,7 +13,7 @@ import limits
 from pydantic import Field, field_validator, model_validator
 
 from meshlib._config.base import ConfigModel, NonNegativeInt, Percent, PositiveInt, StatusCode, fail
-from meshlib._config.durations import Duration
+from meshlib._config.durations import Duration, PositiveDuration
 
 __all__ = [
     "DEFAULT_RETRY_ON",
@@ -61,14 +61,14 @@ class RetryBudgetConfig(ConfigModel):
 
     ratio: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False)
     min_retries_per_second: NonNegativeInt = 10
-    window: Duration = 10.0
+    window: PositiveDuration = 10.0
 
 
 class RetryConfig(ConfigModel):
     """When and how often to try a request again."""
 
     attempts: PositiveInt = 2
-    per_try_timeout: Duration | None = None
+    per_try_timeout: PositiveDuration | None = None
     retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     # Listing codes is enough to retry them (as if retry_on had retriable-status-codes).
     retriable_status_codes: list[StatusCode] = Field(default_factory=list)
@@ -95,7 +95,7 @@ class CircuitBreakerConfig(ConfigModel):
     """Opens after consecutive failures; fails fast while open; one trial request after recovery_timeout."""
 
     failure_threshold: PositiveInt = 5
-    recovery_timeout: Duration = 30.0
+    recovery_timeout: PositiveDuration = 30.0
     max_concurrent_requests: PositiveInt | None = 1024
     # redis://HOST:PORT[/DB] shares the breaker's state between processes (pybreaker's Redis storage).
     storage: str | None = None
@@ -110,9 +110,9 @@ class OutlierDetectionConfig(ConfigModel):
     """Ejects an endpoint after consecutive 5xx/connect failures, for base_ejection_time × times ejected."""
 
     consecutive_5xx: PositiveInt = 5
-    interval: Duration = 10.0
-    base_ejection_time: Duration = 30.0
-    max_ejection_time: Duration = 300.0
+    interval: PositiveDuration = 10.0
+    base_ejection_time: PositiveDuration = 30.0
+    max_ejection_time: PositiveDuration = 300.0
     max_ejection_percent: Percent = 10.0
 
 
@@ -120,8 +120,8 @@ class HealthCheckConfig(ConfigModel):
     """Probes each endpoint in the background; unhealthy ones leave the load balancer."""
 
     path: str = "/healthz"
-    interval: Duration = 5.0
-    timeout: Duration = 1.0
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 1.0
     unhealthy_threshold: PositiveInt = 3
     healthy_threshold: PositiveInt = 2
     expected_statuses: list[StatusCode] = Field(default_factory=lambda: [200])
@@ -159,12 +159,12 @@ class RateLimitConfig(ConfigModel):
 class HedgeConfig(ConfigModel):
     """Sends another try of an idempotent request that has not answered after ``after``."""
 
-    after: Duration
+    after: PositiveDuration
     max_extra: PositiveInt = 1
 
 
 class FaultDelayConfig(ConfigModel):
-    duration: Duration
+    duration: PositiveDuration
     percent: Percent = 100.0
 
 

@@ -28,7 +28,7 @@ def send(request: Request) -> Response:
     except BaseException:
         state.release()
         raise
-    return release_when_closed(response, state.release)
+    return release_when_closed(response, state.release, ctx)
 
 
 async def send_async(request: Request) -> Response:
@@ -44,4 +44,4 @@ async def send_async(request: Request) -> Response:
     except BaseException:
         state.release()
         raise
-    return release_when_closed(response, state.release)
+    return release_when_closed(response, state.release, ctx)

@@ -1,10 +1,16 @@
-"""Response body wrappers: run a callback once when the body is closed (or never opened)."""
+"""Response body wrappers: run a callback once when the body is closed, and map errors while reading it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import httpx
+
+from meshlib._engine.errors import map_upstream_errors
+
+if TYPE_CHECKING:
+    from meshlib._engine.context import CallContext
 
 __all__ = ["OnCloseStream", "release_when_closed"]
 
@@ -13,15 +19,22 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """Passes a response body through and calls ``on_close`` exactly once when it closes.
 
     A request is in flight until its response body is done, as in Envoy, so
-    least-request balancing and (later) concurrency limits see streamed
-    responses as busy.
+    least-request balancing and concurrency limits see streamed responses as
+    busy. With ``ctx``, httpx errors raised while the body is read (an upstream
+    that resets or closes mid-body) become the mesh's typed errors too.
     """
 
-    __slots__ = ("_closed", "_on_close", "_stream")
+    __slots__ = ("_closed", "_ctx", "_on_close", "_stream")
 
-    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+        on_close: Callable[[], None],
+        ctx: CallContext | None = None,
+    ) -> None:
         self._stream = stream
         self._on_close = on_close
+        self._ctx = ctx
         self._closed = False
 
     def _done(self) -> None:
@@ -31,12 +44,21 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         assert isinstance(self._stream, httpx.SyncByteStream)
-        yield from self._stream
+        if self._ctx is None:
+            yield from self._stream
+            return
+        with map_upstream_errors(self._ctx):
+            yield from self._stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert isinstance(self._stream, httpx.AsyncByteStream)
-        async for chunk in self._stream:
-            yield chunk
+        if self._ctx is None:
+            async for chunk in self._stream:
+                yield chunk
+            return
+        with map_upstream_errors(self._ctx):
+            async for chunk in self._stream:
+                yield chunk
 
     def close(self) -> None:
         try:
@@ -53,12 +75,14 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._done()
 
 
-def release_when_closed(response: httpx.Response, release: Callable[[], None]) -> httpx.Response:
+def release_when_closed(
+    response: httpx.Response, release: Callable[[], None], ctx: CallContext | None = None
+) -> httpx.Response:
     """Call ``release`` when ``response``'s body is closed: now if it already is, else through its stream."""
     if response.is_closed:
         # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
         # return): nobody will close it again, so the request is over now.
         release()
     else:
-        response.stream = OnCloseStream(response.stream, release)
+        response.stream = OnCloseStream(response.stream, release, ctx)
     return response

@@ -2,20 +2,32 @@
 
 Admission happens before any I/O (tower's ``poll_ready``): an open breaker
 or a full cluster fails the try at once with CircuitOpenError or
-OverloadedError. A try counts as a failure when it raises (connect failure,
-reset, timeout) or answers 5xx; pybreaker opens after ``failure_threshold``
-failures in a row. After ``recovery_timeout`` exactly one trial request is let
-through; its outcome closes or reopens the breaker, and other requests keep
-failing fast meanwhile.
+OverloadedError. A try counts as a failure when the upstream or the network
+failed it (connect failure, reset, timeout) or it answered 5xx; pybreaker
+opens after ``failure_threshold`` failures in a row. After
+``recovery_timeout`` exactly one trial request is let through; its outcome
+closes or reopens the breaker, and other requests keep failing fast meanwhile.
+
+With ``storage: redis://…`` the breaker's state lives in Redis (pybreaker's
+Redis storage, namespace ``meshlib:<cluster>``), so every process using that
+cluster opens and closes together; the in-flight cap and the one-trial rule
+stay per process. A Redis that is down reads as a closed breaker (fail open).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import anyio
+import anyio.to_thread
+import httpx
 import pybreaker
 
 from meshlib._clock import Clock
@@ -23,10 +35,27 @@ from meshlib._config.resilience import CircuitBreakerConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
 from meshlib._engine.streams import release_when_closed
-from meshlib._errors import CircuitOpenError, OverloadedError
+from meshlib._errors import (
+    CircuitOpenError,
+    NoHealthyUpstreamError,
+    OverloadedError,
+    RateLimitedError,
+    RouteNotFoundError,
+)
+from meshlib._policies.rate_limit import REDIS_TIMEOUT, is_redis, redacted, require_redis
 from meshlib._upstream.cluster import ClusterState
 
-__all__ = ["BreakerState", "CircuitBreakerFilter", "ClockedMemoryStorage"]
+__all__ = ["BreakerState", "CircuitBreakerFilter", "ClockedMemoryStorage", "RedisBreakerStorage", "is_failure"]
+
+logger = logging.getLogger("meshlib")
+
+# The mesh's own refusals: they say nothing about the upstream, so they neither open nor close a breaker.
+_LOCAL_REFUSALS = (NoHealthyUpstreamError, RateLimitedError, CircuitOpenError, OverloadedError, RouteNotFoundError)
+
+
+def is_failure(error: BaseException) -> bool:
+    """Whether a try that raised ``error`` counts against the upstream: a transport error the mesh did not make."""
+    return isinstance(error, httpx.TransportError) and not isinstance(error, _LOCAL_REFUSALS)
 
 
 class ClockedMemoryStorage(pybreaker.CircuitMemoryStorage):
@@ -44,13 +73,104 @@ class ClockedMemoryStorage(pybreaker.CircuitMemoryStorage):
 
     @property
     def opened_at(self) -> datetime | None:
-        if self._opened_mono is None:
-            return None
-        return datetime.now(UTC) - timedelta(seconds=self._clock.monotonic() - self._opened_mono)
+        open_for = self.open_for()
+        return None if open_for is None else datetime.now(UTC) - timedelta(seconds=open_for)
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
         self._opened_mono = self._clock.monotonic()
+
+    def open_for(self) -> float | None:
+        """Seconds since the breaker last opened, or None if it never did."""
+        return None if self._opened_mono is None else self._clock.monotonic() - self._opened_mono
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _StorageErrors(logging.Logger):
+    """Stands in for pybreaker's logger of Redis errors: counts each one, and logs a warning at most once a minute."""
+
+    def __init__(self, cluster: ClusterState, url: str) -> None:
+        super().__init__("meshlib.breaker_storage")
+        self.cluster = cluster
+        self.url = redacted(url)
+        self._lock = threading.Lock()
+        self._next_log = 0.0
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """pybreaker calls this in an ``except RedisError`` block, after falling back (closed, count 0)."""
+        self.cluster.count("breaker_storage_errors")
+        now = time.monotonic()
+        with self._lock:
+            due = now >= self._next_log
+            if due:
+                self._next_log = now + 60
+        if due:
+            logger.warning(
+                "circuit breaker of cluster %r: storage %s failed (%s); it reads as closed until Redis answers",
+                self.cluster.name,
+                self.url,
+                sys.exc_info()[1],
+            )
+
+
+class RedisBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, with the time of opening kept to the microsecond.
+
+    pybreaker stores ``opened_at`` in whole seconds, which would end a 200 ms
+    ``recovery_timeout`` at once; this keeps a float timestamp (wall clock:
+    processes on several hosts need synchronised clocks) in its own key. A
+    Redis that is down, even when the mesh starts, reads as a closed breaker
+    (pybreaker's fallback state): failures are counted as
+    ``breaker_storage_errors`` and logged once a minute.
+    """
+
+    def __init__(self, url: str, cluster: ClusterState) -> None:
+        redis = require_redis(f"clusters.{cluster.name}.circuit_breaker.storage")
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        # Shadows pybreaker's class-level logger, which logs a traceback for every failed command.
+        self.logger = _StorageErrors(cluster, url)
+        # pybreaker decodes the bytes it reads; options in the URL's query win over these defaults.
+        self.client = redis.Redis.from_url(
+            url, decode_responses=False, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
+        self._opened_key = f"meshlib:{cluster.name}:opened_at"
+        super().__init__(pybreaker.STATE_CLOSED, self.client, namespace=f"meshlib:{cluster.name}")
+
+    def _initialize_redis_state(self, state: str) -> None:
+        try:
+            super()._initialize_redis_state(state)
+        except self._errors:
+            self.logger.exception("RedisError")
+
+    def _opened_timestamp(self) -> float | None:
+        try:
+            value = self.client.get(self._opened_key)
+        except self._errors:
+            self.logger.exception("RedisError")
+            return None
+        return None if value is None else float(value)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        timestamp = self._opened_timestamp()
+        return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        try:
+            self.client.set(self._opened_key, repr(now.timestamp()))
+        except self._errors:
+            self.logger.exception("RedisError")
+
+    def open_for(self) -> float | None:
+        """Seconds since the breaker last opened (in any process), or None if it never did."""
+        timestamp = self._opened_timestamp()
+        return None if timestamp is None else time.time() - timestamp
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
@@ -61,29 +181,43 @@ class _Listener(pybreaker.CircuitBreakerListener):
         self.state.count(f"breaker_{new_state.name.replace('-', '_')}")
 
 
-class _FailedResponseError(Exception):
-    """Carries a 5xx response through pybreaker as a failure; unwrapped right after."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
+class _TryFailedError(Exception):
+    """Reports a failed try to pybreaker; never leaves this module."""
 
 
 class BreakerState:
-    """A cluster's breaker and in-flight cap: live state that survives reloads while the config is unchanged."""
+    """A cluster's breaker and in-flight cap: live state that survives reloads while the config is unchanged.
 
-    def __init__(self, config: CircuitBreakerConfig, cluster: ClusterState, clock: Clock, storage: Any = None) -> None:
+    The storage follows ``config.storage`` (memory, timed by the mesh's
+    clock, or Redis) unless one is given. ``shared`` is True for Redis: its
+    methods then do network I/O, which async callers run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        cluster: ClusterState,
+        clock: Clock,
+        storage: ClockedMemoryStorage | RedisBreakerStorage | None = None,
+    ) -> None:
         self.config = config
         self.cluster = cluster
         self.clock = clock
+        if storage is None:
+            if is_redis(config.storage):
+                assert config.storage is not None
+                storage = RedisBreakerStorage(config.storage, cluster)
+            else:
+                storage = ClockedMemoryStorage(pybreaker.STATE_CLOSED, clock)
+        self.storage = storage
+        self.shared = isinstance(storage, RedisBreakerStorage)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=config.failure_threshold,
             reset_timeout=config.recovery_timeout,
-            state_storage=storage or ClockedMemoryStorage(pybreaker.STATE_CLOSED, clock),
-            # The caller's own cancellation is no verdict on the upstream.
-            exclude=[lambda exc: not isinstance(exc, Exception)],
+            state_storage=storage,
             listeners=[_Listener(cluster)],
             name=cluster.name,
-            # Re-raise the tripping call's own error, so the caller sees what really happened.
+            # Let the tripping report raise our own marker rather than CircuitBreakerError.
             throw_new_error_on_trip=False,
         )
         self._lock = threading.Lock()
@@ -96,24 +230,33 @@ class BreakerState:
         return str(self.breaker.current_state)
 
     def _recovered(self) -> bool:
-        opened_at = self.breaker._state_storage.opened_at
-        return opened_at is None or datetime.now(UTC) >= opened_at + timedelta(seconds=self.config.recovery_timeout)
+        open_for = self.storage.open_for()
+        return open_for is None or open_for >= self.config.recovery_timeout
+
+    def _refuse(self, ctx: CallContext, state: str) -> CircuitOpenError:
+        self.cluster.count("breaker_rejected")
+        return CircuitOpenError(
+            f"circuit breaker of cluster {self.cluster.name!r} is {state}",
+            request=ctx.original,
+            route=ctx.route.name,
+            cluster=self.cluster.name,
+        )
 
     def admit(self, ctx: CallContext) -> tuple[bool, Callable[[], None]]:
-        """Let one try in, or raise; returns (is the recovery trial, release callback)."""
+        """Let one try in, or raise; returns (is the recovery trial, release callback).
+
+        The caller must call :meth:`end_trial` once a trial is over, however it ends.
+        """
+        # Storage reads stay outside the lock: with Redis they are network round trips.
+        state = self.breaker.current_state
+        recovered = state == pybreaker.STATE_HALF_OPEN or (state == pybreaker.STATE_OPEN and self._recovered())
         limit = self.config.max_concurrent_requests
+        trial = False
         with self._lock:
-            state = self.breaker.current_state
-            trial = False
             if state != pybreaker.STATE_CLOSED:
-                if self._trial or (state == pybreaker.STATE_OPEN and not self._recovered()):
-                    self.cluster.count("breaker_rejected")
-                    raise CircuitOpenError(
-                        f"circuit breaker of cluster {self.cluster.name!r} is {state}",
-                        request=ctx.original,
-                        route=ctx.route.name,
-                        cluster=self.cluster.name,
-                    )
+                # One trial at a time; everything else fails fast until it has decided.
+                if self._trial or not recovered:
+                    raise self._refuse(ctx, state)
                 trial = self._trial = True
             if limit is not None and self.in_flight >= limit:
                 if trial:
@@ -126,6 +269,8 @@ class BreakerState:
                     cluster=self.cluster.name,
                 )
             self.in_flight += 1
+        if trial and state == pybreaker.STATE_OPEN:
+            self.breaker.half_open()
         released = False
 
         def release() -> None:
@@ -137,9 +282,29 @@ class BreakerState:
 
         return trial, release
 
+    def record(self, trial: bool, *, failed: bool) -> None:
+        """Tell pybreaker how a try ended: a failure counts towards opening, a success resets the count.
+
+        Only the trial's outcome decides a breaker that is not closed: a try let
+        in before the breaker opened answers too late to count.
+        """
+        try:
+            if not trial and self.breaker.current_state != pybreaker.STATE_CLOSED:
+                return
+            with self.breaker.calling():
+                if failed:
+                    raise _TryFailedError
+        except (_TryFailedError, pybreaker.CircuitBreakerError):
+            # CircuitBreakerError: another thread or process opened it meanwhile; the try no longer counts.
+            pass
+
     def end_trial(self) -> None:
         with self._lock:
             self._trial = False
+
+    def close(self) -> None:
+        """Release the storage's connections (Redis)."""
+        self.storage.close()
 
 
 class CircuitBreakerFilter:
@@ -151,40 +316,47 @@ class CircuitBreakerFilter:
         self.breaker = breaker
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
-        ctx = context_of(request)
-        trial, release = self.breaker.admit(ctx)
+        breaker = self.breaker
+        trial, release = breaker.admit(context_of(request))
         try:
             try:
-                with self.breaker.breaker.calling():
-                    response = call_next(request)
-                    if response.status_code >= 500:
-                        raise _FailedResponseError(response)
-            except _FailedResponseError as failed:
-                response = failed.response
-        except BaseException:
-            release()
-            raise
+                response = call_next(request)
+            except BaseException as error:
+                release()
+                # Anything else (the caller's own cancellation, a bug) is no verdict on the upstream.
+                if is_failure(error):
+                    breaker.record(trial, failed=True)
+                raise
+            breaker.record(trial, failed=response.status_code >= 500)
         finally:
             if trial:
-                self.breaker.end_trial()
+                breaker.end_trial()
         return release_when_closed(response, release)
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+        breaker = self.breaker
         ctx = context_of(request)
-        trial, release = self.breaker.admit(ctx)
+        # With Redis, admission and reports are network round trips: a worker thread keeps the loop free.
+        trial, release = await anyio.to_thread.run_sync(breaker.admit, ctx) if breaker.shared else breaker.admit(ctx)
         try:
             try:
-                # pybreaker.calling() holds no lock while the block runs (its call() would; notes §1.5).
-                with self.breaker.breaker.calling():
-                    response = await call_next(request)
-                    if response.status_code >= 500:
-                        raise _FailedResponseError(response)
-            except _FailedResponseError as failed:
-                response = failed.response
-        except BaseException:
-            release()
-            raise
+                response = await call_next(request)
+            except BaseException as error:
+                release()
+                if is_failure(error):
+                    await self._record(trial, failed=True)
+                raise
+            await self._record(trial, failed=response.status_code >= 500)
         finally:
+            # Even when the report itself was cancelled: a trial that never ends would block recovery for good.
             if trial:
-                self.breaker.end_trial()
+                breaker.end_trial()
         return release_when_closed(response, release)
+
+    async def _record(self, trial: bool, *, failed: bool) -> None:
+        if self.breaker.shared:
+            # Shielded: a cancelled caller must not lose the verdict (nor, after a good answer, the response).
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(functools.partial(self.breaker.record, trial, failed=failed))
+        else:
+            self.breaker.record(trial, failed=failed)

@@ -1,27 +1,272 @@
-"""``hedge``: a second try for an idempotent request that has not answered after ``after``."""
+"""``hedge``: another try for an idempotent request that has not answered after ``after`` (leg filter, below retry).
+
+The tail-at-scale hedged request: send the first try; every ``after`` seconds
+(real time) that no good answer has come, send one more (up to ``max_extra``),
+to an endpoint the earlier tries did not use when there is one. The first good
+answer (a response below 500) wins and the other tries are dropped: async
+tries are cancelled; sync tries run on threads, which cannot be cancelled, so
+their responses are closed when they arrive. If every try fails, the last
+failure is the outcome (a response, or an error raised), for the retry filter
+above to judge: a hedged request is one try to it. A try that fails while no
+other is running ends the race at once, so hedging never turns into retrying
+without the retry budget's consent.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from meshlib._background import Background
 from meshlib._config.resilience import HedgeConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
+from meshlib._engine.context import EXTENSION, CallContext, context_of
+from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._upstream.cluster import ClusterState
 
-__all__ = ["HedgeFilter"]
+__all__ = ["HedgeFilter", "HedgePolicy"]
+
+T = TypeVar("T")
+# One try's outcome: (its index, its response, its error); exactly one of the last two is set.
+_Outcome = tuple[int, Response | None, BaseException | None]
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """When to send another try, how many, and what a good answer is; pure decisions, no I/O."""
+
+    after: float
+    max_extra: int
+
+    @classmethod
+    def from_config(cls, config: HedgeConfig) -> HedgePolicy:
+        return cls(config.after, config.max_extra)
+
+    @staticmethod
+    def hedgeable(request: Request) -> bool:
+        """Idempotent (RFC 9110 §9.2.2) with a body held in memory: sending it twice is safe and possible."""
+        return request.method in IDEMPOTENT_METHODS and isinstance(request.stream, httpx.ByteStream)
+
+    @staticmethod
+    def good(response: Response) -> bool:
+        """An answer worth keeping: anything but a server error."""
+        return response.status_code < 500
+
+    def settles(self, response: Response | None, running: int) -> bool:
+        """Whether an outcome ends the race: a good answer, or a failure with no other try left to wait for."""
+        return (response is not None and self.good(response)) or running == 0
+
+    @staticmethod
+    def try_request(request: Request, earlier: list[CallContext]) -> Request:
+        """A copy of ``request`` for one try, with its own context that avoids the endpoints of ``earlier`` tries."""
+        ctx = context_of(request).fork()
+        for other in earlier:
+            ctx.tried.extend(e for e in list(other.tried) if e not in ctx.tried)
+        return httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            stream=request.stream,
+            extensions={**request.extensions, EXTENSION: ctx},
+        )
+
+
+class _Race:
+    """One request's tries and their outcomes so far; what the drivers of both modes share.
+
+    Per request (never kept on the filter). Times are real monotonic seconds,
+    passed in by the driver.
+    """
+
+    def __init__(self, policy: HedgePolicy, request: Request, state: ClusterState) -> None:
+        self.policy = policy
+        self.request = request
+        self.state = state
+        self.contexts: list[CallContext] = []
+        self.limit = 1 + policy.max_extra
+        self.running = 0
+        self.next_at = 0.0
+        self.outcome: _Outcome | None = None  # the last failure until decided, then the result
+        self.done = False
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next try is due, or None when no more tries may be sent."""
+        return max(0.0, self.next_at - now) if len(self.contexts) < self.limit else None
+
+    def launch(self, start: Callable[[int, Request], T], now: float) -> T | None:
+        """Send one more try through ``start(index, copy)``; None if the mesh's background refused it."""
+        copy = self.policy.try_request(self.request, self.contexts)
+        try:
+            handle = start(len(self.contexts), copy)
+        except RuntimeError:  # the mesh was closed: no more tries
+            self.limit = len(self.contexts)
+            return None
+        self.contexts.append(context_of(copy))
+        self.running += 1
+        self.next_at = now + self.policy.after
+        if len(self.contexts) > 1:
+            self.state.count("hedges")
+        return handle
+
+    def record(self, outcome: _Outcome) -> Response | None:
+        """Take one try's outcome; returns a response that is no longer needed (the caller closes it)."""
+        self.running -= 1
+        _, response, _ = outcome
+        previous = self.outcome[1] if self.outcome is not None else None
+        self.outcome = outcome
+        self.done = self.policy.settles(response, self.running)
+        return previous
+
+    def finish(self) -> Response:
+        """The winner (or the last failure, raised if an error); the caller's context learns where it went."""
+        assert self.outcome is not None
+        index, response, error = self.outcome
+        ctx, won = context_of(self.request), self.contexts[index]
+        ctx.endpoint, ctx.cluster = won.endpoint, won.cluster
+        for other in self.contexts:
+            ctx.tried.extend(e for e in list(other.tried) if e not in ctx.tried)
+        if error is not None:
+            raise error
+        assert response is not None
+        if index > 0 and self.policy.good(response):
+            self.state.count("hedge_wins")
+        return response
+
+
+def _close_quietly(response: Response) -> None:
+    with contextlib.suppress(Exception):  # a dropped answer's close is nobody's concern
+        response.close()
+
+
+def _discard(future: Future[Response]) -> None:
+    """Done-callback of a losing sync try: close its response when it arrives."""
+    if not future.cancelled() and future.exception() is None:
+        _close_quietly(future.result())
+
+
+def _outcome_of(future: Future[Response], index: int) -> _Outcome:
+    error = future.exception()
+    return (index, None, error) if error is not None else (index, future.result(), None)
+
+
+async def _close_unused(receive: MemoryObjectReceiveStream[_Outcome]) -> None:
+    """Close responses of tries that answered after the race was decided (async)."""
+    while True:
+        try:
+            _, response, _ = receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return
+        if response is not None:
+            with contextlib.suppress(Exception):
+                await response.aclose()
+
+
+async def _run_try(call_next: AsyncHandler, copy: Request, index: int, send: MemoryObjectSendStream[_Outcome]) -> None:
+    try:
+        response = await call_next(copy)
+    except Exception as exc:
+        send.send_nowait((index, None, exc))
+    else:
+        send.send_nowait((index, response, None))
 
 
 class HedgeFilter:
-    """SKELETON (helper replaces)."""
+    """Hedges idempotent requests per :class:`HedgePolicy`; counts ``hedges`` and ``hedge_wins``."""
 
     name: ClassVar[str] = "hedge"
 
     def __init__(self, config: HedgeConfig, state: ClusterState, background: Background) -> None:
-        self.config = config
+        self.policy = HedgePolicy.from_config(config)
+        self.state = state
+        self.background = background
+
+    def _race(self, race: _Race, call_next: SyncHandler, futures: dict[Future[Response], int]) -> None:
+        """Sync driver: each try on a worker thread; the caller waits for the next outcome or hedge time."""
+
+        def start(index: int, copy: Request) -> Future[Response]:
+            future = self.background.submit_try(call_next, copy)
+            futures[future] = index
+            return future
+
+        if race.launch(start, time.monotonic()) is None:
+            return
+        while not race.done:
+            done, _ = wait(futures, timeout=race.wait(time.monotonic()), return_when=FIRST_COMPLETED)
+            if not done:
+                race.launch(start, time.monotonic())
+            for future in done:
+                stale = race.record(_outcome_of(future, futures.pop(future)))
+                if stale is not None:
+                    _close_quietly(stale)
+                if race.done:
+                    return
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
-        raise NotImplementedError
+        if not self.policy.hedgeable(request) or self.background.closed:
+            return call_next(request)
+        race = _Race(self.policy, request, self.state)
+        futures: dict[Future[Response], int] = {}
+        try:
+            self._race(race, call_next, futures)
+        finally:
+            # Threads cannot be cancelled: drop tries not started yet, close the others' answers when they come.
+            for future in futures:
+                future.cancel()
+                future.add_done_callback(_discard)
+        if not race.contexts:  # the mesh closed before the first try could start
+            return call_next(request)
+        return race.finish()
+
+    @staticmethod
+    async def _race_async(
+        race: _Race,
+        call_next: AsyncHandler,
+        tg: TaskGroup,
+        send: MemoryObjectSendStream[_Outcome],
+        receive: MemoryObjectReceiveStream[_Outcome],
+    ) -> None:
+        """Async driver: each try is a task; the caller waits for the next outcome or hedge time."""
+
+        def start(index: int, copy: Request) -> bool:
+            tg.start_soon(_run_try, call_next, copy, index, send)
+            return True
+
+        race.launch(start, time.monotonic())
+        while not race.done:
+            outcome: _Outcome | None = None
+            delay = race.wait(time.monotonic())
+            with anyio.move_on_after(math.inf if delay is None else delay):
+                outcome = await receive.receive()
+            if outcome is None:
+                race.launch(start, time.monotonic())
+                continue
+            stale = race.record(outcome)
+            if stale is not None:
+                with contextlib.suppress(Exception):
+                    await stale.aclose()
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
-        raise NotImplementedError
+        if not self.policy.hedgeable(request):
+            return await call_next(request)
+        race = _Race(self.policy, request, self.state)
+        send, receive = anyio.create_memory_object_stream[_Outcome](race.limit)
+        with send, receive:
+            try:
+                async with anyio.create_task_group() as tg:
+                    await self._race_async(race, call_next, tg, send, receive)
+                    tg.cancel_scope.cancel()  # the other tries are not needed any more
+            finally:
+                # Tries that answered after the race was decided (all tasks are done by now).
+                with anyio.CancelScope(shield=True):
+                    await _close_unused(receive)
+        return race.finish()

@@ -2,93 +2,193 @@
 
 The counting is the ``limits`` library's (moving window by default). One
 request costs one hit, whatever its retries: the filter sits above the retry
-loop, as Envoy's local rate limit sits before its router.
+loop, as Envoy's local rate limit sits before its router. A refused request
+raises RateLimitedError before any I/O to the upstream.
+
+With ``storage: redis://…`` every process (and every Mesh) that uses the same
+route or cluster name, rate and strategy counts in the same Redis keys. When
+Redis cannot be reached the limit *fails open*: requests go through, counted
+as ``rate_limit_errors``, as Envoy's global rate limit does by default
+(``failure_mode_deny: false``) — an outage of the limiter must not become an
+outage of the service.
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import logging
 import threading
+from types import ModuleType
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
+import anyio.to_thread
 import limits
-import limits.aio.strategies
+import limits.errors
 import limits.storage
 import limits.strategies
 
 from meshlib._config.resilience import RateLimitConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
-from meshlib._errors import RateLimitedError
+from meshlib._errors import ConfigError, RateLimitedError
 from meshlib._upstream.cluster import ClusterState
 
-__all__ = ["RateLimitFilter", "RateLimiter", "StorageRegistry"]
+__all__ = [
+    "REDIS_TIMEOUT",
+    "RateLimitFilter",
+    "RateLimiter",
+    "StorageRegistry",
+    "is_redis",
+    "redacted",
+    "require_redis",
+]
 
-_SYNC_STRATEGIES: dict[str, type[limits.strategies.RateLimiter]] = {
+logger = logging.getLogger("meshlib")
+
+# Seconds to connect to Redis and to wait for each answer, unless the URL says otherwise
+# (``?socket_timeout=0.5&socket_connect_timeout=0.5``). Past it, Redis counts as down and the
+# policy fails open; a short bound keeps a hung Redis from stalling every request.
+REDIS_TIMEOUT = 0.1
+
+_STRATEGIES: dict[str, type[limits.strategies.RateLimiter]] = {
     "moving-window": limits.strategies.MovingWindowRateLimiter,
     "fixed-window": limits.strategies.FixedWindowRateLimiter,
     "sliding-window-counter": limits.strategies.SlidingWindowCounterRateLimiter,
 }
-_ASYNC_STRATEGIES: dict[str, type[limits.aio.strategies.RateLimiter]] = {
-    "moving-window": limits.aio.strategies.MovingWindowRateLimiter,
-    "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
-    "sliding-window-counter": limits.aio.strategies.SlidingWindowCounterRateLimiter,
-}
+
+# Tells apart in-memory limiters that share a key, so that a limiter built anew starts over.
+_generations = itertools.count(1)
+
+
+def is_redis(url: str | None) -> bool:
+    """True for a ``redis://`` or ``rediss://`` storage URL (the config admits those and ``memory://``)."""
+    return url is not None and url.startswith(("redis://", "rediss://"))
+
+
+def redacted(url: str) -> str:
+    """``url`` without its user and password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def require_redis(where: str) -> ModuleType:
+    """The ``redis`` package, or a ConfigError at ``where`` saying how to install it."""
+    try:
+        return importlib.import_module("redis")
+    except ImportError:
+        raise ConfigError(
+            [(where, "a redis:// storage needs the redis package: pip install 'meshlib[redis]'")]
+        ) from None
 
 
 class StorageRegistry:
-    """One ``limits`` storage per URL for the whole mesh: one memory storage serves both modes.
+    """The ``limits`` storages of one mesh: one in-memory storage, and one Redis client per URL.
 
-    For Redis, the sync path uses ``limits.storage`` and the async path
-    ``limits.aio.storage`` (so it never blocks the event loop); both use the
-    same keys, so sync and async clients share one count.
+    Callers in both modes share them: limits' memory storage never blocks,
+    and the async path runs Redis hits in a worker thread (see
+    :class:`RateLimitFilter`), so sync and async clients count in one place.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._memory = limits.storage.MemoryStorage()
-        self._sync: dict[str, Any] = {}
-        self._async: dict[str, Any] = {}
+        self._memory: limits.storage.MemoryStorage | None = None
+        self._redis: dict[str, limits.storage.RedisStorage] = {}
 
-    def sync(self, url: str | None) -> Any:
-        if url is None or url.startswith("memory://"):
-            return self._memory
+    def get(self, url: str | None, *, where: str = "rate_limit.storage") -> limits.storage.Storage:
+        """The storage for ``url`` (None or ``memory://`` for memory), made on first use."""
         with self._lock:
-            if url not in self._sync:
-                self._sync[url] = limits.storage.storage_from_string(url)
-            return self._sync[url]
+            if not is_redis(url):
+                if self._memory is None:
+                    self._memory = limits.storage.MemoryStorage()
+                return self._memory
+            assert url is not None
+            storage = self._redis.get(url)
+            if storage is None:
+                require_redis(where)
+                # wrap_exceptions: every Redis failure arrives as limits.errors.StorageError (failing open).
+                # Options given in the URL's query win over these defaults (redis.from_url).
+                storage = self._redis[url] = limits.storage.RedisStorage(
+                    url,
+                    wrap_exceptions=True,
+                    socket_timeout=REDIS_TIMEOUT,
+                    socket_connect_timeout=REDIS_TIMEOUT,
+                )
+            return storage
 
-    def async_(self, url: str | None) -> Any:
-        if url is None or url.startswith("memory://"):
-            # limits' memory storage never blocks: the async path shares the sync one (notes §1.6).
-            return None
+    def close(self) -> None:
+        """Disconnect the Redis clients (a client still in use connects again)."""
         with self._lock:
-            if url not in self._async:
-                self._async[url] = limits.storage.storage_from_string(f"async+{url}")
-            return self._async[url]
+            storages = list(self._redis.values())
+        for storage in storages:
+            client: Any = storage.get_connection()  # a redis.Redis (limits types it as a protocol)
+            client.close()
+
+
+def _where(key: str) -> str:
+    kind, _, name = key.partition(":")
+    return f"clusters.{name}.rate_limit.storage" if kind == "cluster" else f"route {name!r}: rate_limit.storage"
 
 
 class RateLimiter:
-    """The limit of one route or cluster: ``items`` (parsed rates) counted under ``key``."""
+    """The limit of one route or cluster: ``items`` (parsed rates) counted under ``key``.
+
+    In memory each limiter counts on its own, so one built anew (its config
+    changed) starts from zero. In Redis the keys are the same in every process
+    — that is what shares the limit — and name the strategy, so that two
+    strategies never read each other's counts.
+    """
 
     def __init__(self, config: RateLimitConfig, key: str, storages: StorageRegistry) -> None:
         self.config = config
         self.key = key
-        self.items = limits.parse_many(config.rate)
-        self._sync = _SYNC_STRATEGIES[config.strategy](storages.sync(config.storage))
-        storage = storages.async_(config.storage)
-        self._async = None if storage is None else _ASYNC_STRATEGIES[config.strategy](storage)
+        self.items = tuple(limits.parse_many(config.rate))
+        self.shared = is_redis(config.storage)
+        self._strategy = _STRATEGIES[config.strategy](storages.get(config.storage, where=_where(key)))
+        identity = ["meshlib", key, config.strategy]
+        if not self.shared:
+            identity.append(str(next(_generations)))
+        self._identity = tuple(identity)
+        self._lock = threading.Lock()
+        self._failing = False
 
     def hit(self) -> bool:
-        """Take one request from every rate; False when any is used up."""
-        return all(self._sync.hit(item, "meshlib", self.key) for item in self.items)
+        """Take one request from every rate; False when one is used up.
 
-    async def hit_async(self) -> bool:
-        if self._async is None:
-            return self.hit()
-        for item in self.items:
-            if not await self._async.hit(item, "meshlib", self.key):
-                return False
-        return True
+        Raises ``limits.errors.StorageError`` when the storage (Redis) fails.
+        The rates are hit in order and the first refusal stops, so a refused
+        request does not use up the rates after it.
+        """
+        return all(self._strategy.hit(item, *self._identity) for item in self.items)
+
+    def storage_failed(self, error: Exception) -> None:
+        """Log the first failure of a run of storage failures (not every request's)."""
+        with self._lock:
+            first, self._failing = not self._failing, True
+        if first:
+            logger.warning(
+                "rate limit of %s: storage %s failed (%s); letting requests through until it answers again",
+                self.key,
+                redacted(self.config.storage or "memory://"),
+                error,
+            )
+
+    def storage_answered(self) -> None:
+        """Note a storage that answers again after failing."""
+        if self._failing:
+            with self._lock:
+                was, self._failing = self._failing, False
+            if was:
+                logger.info("rate limit of %s: storage answers again", self.key)
+
+    def close(self) -> None:
+        """Forget this limiter's counts (in memory only: Redis counts belong to every process)."""
+        if not self.shared:
+            for item in self.items:
+                self._strategy.clear(item, *self._identity)
 
 
 class RateLimitFilter:
@@ -100,6 +200,17 @@ class RateLimitFilter:
         self.limiter = limiter
         self.state = state
 
+    def _allows(self) -> bool:
+        """Whether the rate admits one more request; True when the storage fails (fail open)."""
+        try:
+            allowed = self.limiter.hit()
+        except limits.errors.StorageError as error:
+            self.state.count("rate_limit_errors")
+            self.limiter.storage_failed(error)
+            return True
+        self.limiter.storage_answered()
+        return allowed
+
     def _refuse(self, ctx: CallContext) -> RateLimitedError:
         self.state.count("rate_limited")
         return RateLimitedError(
@@ -110,11 +221,14 @@ class RateLimitFilter:
         )
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
-        if not self.limiter.hit():
+        if not self._allows():
             raise self._refuse(context_of(request))
         return call_next(request)
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
-        if not await self.limiter.hit_async():
+        # A Redis round trip must not block the event loop: it runs in a worker thread. (limits.aio's
+        # clients are bound to the loop that first used them and warn when collected unclosed.)
+        allowed = await anyio.to_thread.run_sync(self._allows) if self.limiter.shared else self._allows()
+        if not allowed:
             raise self._refuse(context_of(request))
         return await call_next(request)

@@ -12,6 +12,7 @@ never need a second try (benchmarks/bench_core.py).
 from __future__ import annotations
 
 import email.utils
+import random
 import time
 import typing
 from collections.abc import Callable
@@ -30,7 +31,14 @@ from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamR
 from meshlib._policies.retry_budget import RetryBudget
 from meshlib._upstream.cluster import ClusterState
 
-__all__ = ["IDEMPOTENT_METHODS", "RetryFilter", "RetryPolicy", "stop_when_budget_exhausted", "wait_retry_after"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "RetryFilter",
+    "RetryPolicy",
+    "stop_when_budget_exhausted",
+    "wait_full_jitter",
+    "wait_retry_after",
+]
 
 # RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -70,6 +78,22 @@ class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801 - named like tena
         return float(self.fallback(retry_state))
 
 
+class wait_full_jitter(tenacity.wait_random_exponential):  # noqa: N801 - named like tenacity's strategies
+    """tenacity's ``wait_random_exponential`` (a random time in [0, min(max, base × 2ⁿ⁻¹)]) drawing from ``rng``.
+
+    tenacity draws from the ``random`` module; the mesh's own rng makes the
+    jitter reproducible with ``Mesh(rng=random.Random(seed))``.
+    """
+
+    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
+        super().__init__(multiplier=base, max=cap)
+        self.rng = rng
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        high = tenacity.wait_exponential.__call__(self, retry_state)
+        return self.rng.uniform(self.min, high)
+
+
 class stop_when_budget_exhausted(tenacity.stop.stop_base):  # noqa: N801 - named like tenacity's strategies
     """Stop when the retry budget refuses to pay for another try (each call that says go spends one)."""
 
@@ -94,7 +118,8 @@ class RetryPolicy:
     template: tenacity.Retrying
 
     @classmethod
-    def from_config(cls, config: RetryConfig) -> RetryPolicy:
+    def from_config(cls, config: RetryConfig, rng: random.Random | None = None) -> RetryPolicy:
+        """The policy of ``config``; ``rng`` draws the backoff jitter (the mesh's, so a seed reproduces it)."""
         conditions = set(config.retry_on)
         statuses = set(config.retriable_status_codes)
         if "5xx" in conditions:
@@ -102,7 +127,7 @@ class RetryPolicy:
         if "gateway-error" in conditions:
             statuses.update(_GATEWAY_ERRORS)
         wait = wait_retry_after(
-            tenacity.wait_random_exponential(multiplier=config.backoff.base, max=config.backoff.max),
+            wait_full_jitter(config.backoff.base, config.backoff.max, rng or random.Random()),
             cap=config.backoff.max,
         )
         template = tenacity.Retrying(
@@ -218,13 +243,29 @@ class RetryFilter:
         return True
 
     def _next(self, retrying: tenacity.Retrying, state: RetryCallState, ctx: CallContext) -> Any:
-        """tenacity's decision after an outcome: DoSleep(seconds), or the final result (raised if an error)."""
-        action = retrying.iter(state)
-        if isinstance(action, DoSleep):
-            if ctx.deadline is not None and self.clock.monotonic() + float(action) >= ctx.deadline:
-                raise _deadline_error(ctx)
-            self.state.count("retries")
+        """tenacity's decision after an outcome, or a RequestTimeoutError when the backoff would overrun the deadline.
+
+        The decision is DoSleep(seconds) or the final response (a final error is
+        raised). Counts ``retries`` for each retry and ``retried_requests`` once
+        when a retried request ends, however it ends (response, error or deadline).
+        """
+        try:
+            action = retrying.iter(state)
+        except BaseException:
+            self._ended(state)
+            raise
+        if not isinstance(action, DoSleep):
+            self._ended(state)
+            return action
+        if ctx.deadline is not None and self.clock.monotonic() + float(action) >= ctx.deadline:
+            self._ended(state)
+            return _deadline_error(ctx)
+        self.state.count("retries")
         return action
+
+    def _ended(self, state: RetryCallState) -> None:
+        if state.attempt_number > 1:
+            self.state.count("retried_requests")
 
     def _final(self, request: Request, response: Response | None, error: BaseException | None) -> bool:
         """Whether a first outcome needs no retry (so no tenacity objects are built)."""
@@ -258,8 +299,13 @@ class RetryFilter:
             assert state is not None
             _record(state, response, error)
             action = self._next(retrying, state, ctx)
+            if isinstance(action, RequestTimeoutError):
+                # The response in hand is dropped: close it, or its endpoint and breaker stay busy forever.
+                if response is not None:
+                    response.close()
+                raise action from error
             if not isinstance(action, DoSleep):
-                return self._finish(action, state)
+                return self._finish(action)
             if response is not None:
                 response.close()
             self.clock.sleep(float(action))
@@ -291,18 +337,21 @@ class RetryFilter:
             assert state is not None
             _record(state, response, error)
             action = self._next(retrying, state, ctx)
+            if isinstance(action, RequestTimeoutError):
+                # The response in hand is dropped: close it, or its endpoint and breaker stay busy forever.
+                if response is not None:
+                    await response.aclose()
+                raise action from error
             if not isinstance(action, DoSleep):
-                return self._finish(action, state)
+                return self._finish(action)
             if response is not None:
                 await response.aclose()
             await self.clock.asleep(float(action))
             state.prepare_for_next_attempt()
             ctx.attempt += 1
 
-    def _finish(self, action: Any, state: RetryCallState) -> Response:
+    def _finish(self, action: Any) -> Response:
         # tenacity returned the final outcome: a response (an error was raised by iter() already).
-        if state.attempt_number > 1:
-            self.state.count("retried_requests")
         if isinstance(action, DoAttempt):  # pragma: no cover - iter() only asks for an attempt before the first
             raise RuntimeError("unexpected DoAttempt from tenacity")
         assert isinstance(action, httpx.Response)

@@ -114,7 +114,7 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
             budget = rt.registry.component(
                 "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock)
             )
-        filters.append(RetryFilter(RetryPolicy.from_config(retry), budget, rt.clock, state))
+        filters.append(RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state))
     # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
     if hedge is not None:
         filters.append(HedgeFilter(hedge, state, rt.background))

@@ -14,7 +14,9 @@ class EndpointState:
     """Live state of one endpoint: requests in flight (until the response body closes), health, ejection.
 
     ``healthy`` is set by active health checks; ``ejected_until`` (a time on
-    the mesh's clock) and ``times_ejected`` by outlier detection;
+    the mesh's clock) and ``times_ejected`` (the ejection multiplier, which
+    decays by one every outlier ``interval`` back in service: not a lifetime
+    count) by outlier detection;
     ``consecutive_failures`` counts 5xx answers and connection failures in a row.
     """
 

@@ -60,9 +60,20 @@ class StateRegistry:
             old[1].close()
         return made
 
-    def components(self, kind: str) -> list[Any]:
+    def get(self, kind: str, key: Hashable) -> Any:
+        """The live ``kind`` object for ``key``, or None."""
         with self._lock:
-            return [obj for (k, _), (_, obj) in self._components.items() if k == kind]
+            found = self._components.get((kind, key))
+        return None if found is None else found[1]
+
+    def close(self) -> None:
+        """Close every component that has background work (health checkers) and forget them all."""
+        with self._lock:
+            objects = [obj for _, obj in self._components.values()]
+            self._components = {}
+        for obj in objects:
+            if hasattr(obj, "close"):
+                obj.close()
 
     def retain(self, endpoints: Iterable[tuple[str, str]]) -> None:
         """Forget every cluster and endpoint not in ``endpoints`` ((cluster, url) pairs), and unused components."""

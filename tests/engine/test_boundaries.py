@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import meshlib._engine
-from meshlib._engine import route_stack
+from meshlib._engine import cluster_stack, route_stack
 from tests.conftest import MakeMesh
 
 ENGINE_DIR = Path(meshlib._engine.__file__).parent
@@ -72,14 +72,30 @@ def test_the_import_scan_catches_every_spelling_of_a_forbidden_import() -> None:
     }
 
 
+def _documented_order(doc: str | None, first: str) -> list[str]:
+    """The stages of the ``a → b → c`` line of a module docstring that starts with ``first``."""
+    assert doc is not None
+    line = next(line.strip() for line in doc.splitlines() if line.strip().startswith(first))
+    return [stage.strip() for stage in line.split("→")]
+
+
 def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
     """route_stack.py documents: fault → header edits → rewrite → mirror → split or direct response."""
     assert route_stack.__doc__ is not None
     assert route_stack.__doc__.startswith("Route level: fault → header edits → rewrite → mirror → split")
     mesh = make_mesh(
         {
-            "clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}},
+            "clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}, "s": {"endpoints": ["http://127.0.0.1:9002"]}},
             "routes": [
+                {
+                    "name": "everything",
+                    "match": {"host": "e"},
+                    "cluster": "a",
+                    "mirror": {"cluster": "s"},
+                    "rewrite": {"path_prefix": "/"},
+                    "headers": {"request": {"set": {"x-a": "1"}}},
+                    "fault": {"abort": {"status": 503, "percent": 0}},
+                },
                 {
                     "name": "full",
                     "match": {"host": "a", "path_prefix": "/api/"},
@@ -95,12 +111,59 @@ def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
                     "direct_response": {"status": 503},
                     "headers": {"response": {"set": {"x-b": "1"}}},
                 },
+                {
+                    "name": "fault-mirror",
+                    "match": {"host": "f"},
+                    "cluster": "a",
+                    "mirror": {"cluster": "s"},
+                    "fault": {"delay": {"duration": "1s", "percent": 0}},
+                },
             ],
         }
     )
     names = {route.name: [f.name for f in route.filters] for route in mesh.snapshot.routes.routes}
+    assert names["everything"] == ["fault", "headers", "rewrite", "mirror"]
+    assert names["fault-mirror"] == ["fault", "mirror"]
     assert names["full"] == ["headers", "rewrite"]
     assert names["rewrite-only"] == ["rewrite"]
     assert names["plain"] == []
     assert names["direct"] == ["headers"]
     assert names["cluster:a"] == []
+
+
+def test_leg_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
+    """cluster_stack.py documents the leg: timeout → rate_limit → retry → hedge → circuit_breaker → … → send."""
+    documented = _documented_order(cluster_stack.__doc__, "timeout →")
+    assert documented[0] == "timeout"
+    assert documented[-1] == "send"
+    every_policy = {
+        "endpoints": ["http://127.0.0.1:9001"],
+        "timeout": "2s",
+        "rate_limit": {"rate": "100/second"},
+        "retry": {"attempts": 3, "per_try_timeout": "500ms"},
+        "hedge": {"after": "50ms"},
+        "circuit_breaker": {},
+        "outlier_detection": {},
+    }
+    mesh = make_mesh(
+        {
+            "clusters": {"full": every_policy, "bare": {"endpoints": ["http://127.0.0.1:9002"]}},
+            "routes": [
+                {"name": "to-full", "match": {"host": "full"}, "cluster": "full"},
+                # A route's own retry and hedge take the same places as the cluster's would.
+                {
+                    "name": "hedged",
+                    "match": {"host": "bare"},
+                    "cluster": "bare",
+                    "hedge": {"after": "10ms"},
+                    "retry": {"attempts": 2},
+                },
+            ],
+        }
+    )
+    routes = {route.name: route for route in mesh.snapshot.routes.routes}
+    expected = ["timeout", "rate_limit", "retry", "hedge", "circuit_breaker", "outlier", "per_try_timeout"]
+    assert [s for s in documented if s not in ("[pick endpoint]", "send")] == expected
+    assert routes["to-full"].legs["full"].filter_names == expected
+    assert routes["hedged"].legs["bare"].filter_names == ["retry", "hedge"]
+    assert routes["cluster:bare"].legs["bare"].filter_names == []

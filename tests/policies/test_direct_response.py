@@ -90,7 +90,9 @@ async def test_direct_response_is_not_an_error_and_not_in_flight(make_mesh: Make
     async with caller(mesh) as client:
         response = await client.get("http://reviews/admin")
     assert response.is_server_error
-    assert mesh.stats()["clusters"]["reviews"]["endpoints"]["http://127.0.0.1:9081"] == {"in_flight": 0, "requests": 0}
+    assert {"in_flight": 0, "requests": 0}.items() <= mesh.stats()["clusters"]["reviews"]["endpoints"][
+        "http://127.0.0.1:9081"
+    ].items()
 
 
 async def test_head_to_a_direct_response_has_its_headers_but_no_body(make_mesh: MakeMesh, caller: Caller) -> None:

@@ -86,7 +86,7 @@ async def test_a_response_open_across_a_reload_is_released_on_the_kept_state(
         mesh.reload(_config("v1", v1=[A], v2=[B]))
         assert mesh.stats()["clusters"]["v1"]["endpoints"][A]["in_flight"] == 1
         await client.close_response(held)
-    assert mesh.stats()["clusters"]["v1"]["endpoints"][A] == {"in_flight": 0, "requests": 1}
+    assert {"in_flight": 0, "requests": 1}.items() <= mesh.stats()["clusters"]["v1"]["endpoints"][A].items()
 
 
 def test_invalid_reload_raises_config_error_and_keeps_the_current_config(make_mesh: MakeMesh) -> None:

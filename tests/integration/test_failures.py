@@ -1,0 +1,147 @@
+"""Real sockets on loopback: an upstream that stalls, one that closes mid-response, a closed port; sync and async.
+
+The servers are plain sockets in threads (tests/conftest.py ``raw_server``),
+because a well-behaved server can't misbehave on cue. The real clock runs
+here: timeouts are 100-150 ms and the elapsed-time bounds are loose.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
+from meshlib.testing import assert_counters, stats_of
+from tests.conftest import (
+    Caller,
+    MakeMesh,
+    answer_ok,
+    close_before_response,
+    close_mid_body,
+    raw_server,
+    stall,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+FAST_BACKOFF = {"base": "1ms", "max": "2ms"}
+
+
+def mesh_config(*endpoints: str, **cluster: Any) -> dict[str, Any]:
+    return {"clusters": {"up": {"endpoints": list(endpoints), **cluster}}}
+
+
+async def test_a_stalled_upstream_is_cut_off_by_per_try_timeout(make_mesh: MakeMesh, caller: Caller) -> None:
+    with raw_server(stall) as stalled:
+        mesh = make_mesh(mesh_config(stalled.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
+        async with caller(mesh) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError) as raised:
+                await client.get("http://up/x")
+            elapsed = time.monotonic() - started
+    assert raised.value.per_try is True
+    assert isinstance(raised.value, httpx.TimeoutException)
+    assert 0.12 <= elapsed < 1.5
+
+
+async def test_a_stalled_upstream_is_cut_off_by_the_request_timeout(make_mesh: MakeMesh, caller: Caller) -> None:
+    with raw_server(stall) as stalled:
+        mesh = make_mesh(mesh_config(stalled.url, timeout="150ms", retry={"attempts": 1}))
+        async with caller(mesh) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError) as raised:
+                await client.get("http://up/x")
+            elapsed = time.monotonic() - started
+    assert raised.value.per_try is False
+    assert 0.12 <= elapsed < 1.5
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["per-try-timeout-listed", "not-listed"])
+async def test_a_try_that_stalls_is_retried_on_the_other_endpoint_only_under_per_try_timeout(
+    make_mesh: MakeMesh, caller: Caller, retried: bool
+) -> None:
+    retry_on = ["per-try-timeout"] if retried else ["connect-failure", "reset", "5xx"]
+    with raw_server(stall) as stalled, raw_server(answer_ok) as working:
+        retry = {"attempts": 2, "per_try_timeout": "100ms", "retry_on": retry_on, "backoff": FAST_BACKOFF}
+        mesh = make_mesh(mesh_config(stalled.url, working.url, timeout="2s", retry=retry))
+        async with caller(mesh) as client:
+            started = time.monotonic()
+            if retried:
+                assert (await client.get("http://up/x")).text == "ok"  # round robin starts on the stalled one
+            else:
+                with pytest.raises(RequestTimeoutError):
+                    await client.get("http://up/x")
+            elapsed = time.monotonic() - started
+        assert (stalled.connections, working.connections) == (1, 1 if retried else 0)
+    assert 0.08 <= elapsed < 1.5
+
+
+async def test_a_connection_closed_before_the_response_is_a_reset_retried_for_get(
+    make_mesh: MakeMesh, caller: Caller
+) -> None:
+    with raw_server(close_before_response) as closing, raw_server(answer_ok) as working:
+        mesh = make_mesh(
+            mesh_config(closing.url, working.url, retry={"attempts": 2, "retry_on": ["reset"], "backoff": FAST_BACKOFF})
+        )
+        async with caller(mesh) as client:
+            assert (await client.get("http://up/x")).text == "ok"
+            # A POST may have been acted on before the connection dropped: not retried.
+            with pytest.raises(UpstreamResetError) as raised:
+                await client.request("POST", "http://up/x", content=b"order")
+        assert (closing.connections, working.connections) == (2, 1)
+    assert isinstance(raised.value, httpx.NetworkError)
+    assert_counters(mesh, "up", retries=1)
+
+
+async def test_a_connection_closed_mid_body_is_a_reset_and_is_not_retried(make_mesh: MakeMesh, caller: Caller) -> None:
+    """The response head was already handed to the caller, so reading the body fails; no second try is made."""
+    with raw_server(close_mid_body) as closing, raw_server(answer_ok) as working:
+        retry = {"attempts": 2, "retry_on": ["reset"], "backoff": FAST_BACKOFF}
+        mesh = make_mesh(mesh_config(closing.url, working.url, retry=retry))
+        async with caller(mesh) as client:
+            with pytest.raises(UpstreamResetError, match="received 10 bytes, expected 1000") as raised:
+                await client.get("http://up/x")
+        assert (closing.connections, working.connections) == (1, 0)
+    assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError)
+    assert mesh.stats()["clusters"]["up"]["endpoints"][closing.url]["in_flight"] == 0
+
+
+async def test_a_closed_port_is_a_connect_error_retried_on_the_other_endpoint(
+    make_mesh: MakeMesh, caller: Caller, free_port: int
+) -> None:
+    closed = f"http://127.0.0.1:{free_port}"
+    with raw_server(answer_ok) as working:
+        mesh = make_mesh(
+            mesh_config(
+                closed, working.url, retry={"attempts": 2, "retry_on": ["connect-failure"], "backoff": FAST_BACKOFF}
+            )
+        )
+        async with caller(mesh) as client:
+            # Even a POST: a refused connection never reached the upstream.
+            responses = [await client.request("POST", "http://up/x", content=b"order") for _ in range(2)]
+        assert working.connections == 2
+    assert [r.text for r in responses] == ["ok", "ok"]
+    retries = stats_of(mesh, "up")["retries"]
+    assert retries >= 1  # the balancer starts at least the first request on the closed port
+    assert_counters(mesh, "up", retried_requests=retries)
+
+
+async def test_a_closed_port_alone_raises_upstream_connect_error(
+    make_mesh: MakeMesh, caller: Caller, free_port: int
+) -> None:
+    mesh = make_mesh(
+        mesh_config(
+            f"http://127.0.0.1:{free_port}",
+            retry={"attempts": 2, "retry_on": ["connect-failure"], "backoff": FAST_BACKOFF},
+        )
+    )
+    async with caller(mesh) as client:
+        with pytest.raises(UpstreamConnectError) as raised:
+            await client.get("http://up/x")
+    assert isinstance(raised.value, httpx.ConnectError)
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+    assert_counters(mesh, "up", retries=1, retried_requests=1)

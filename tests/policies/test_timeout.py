@@ -1,0 +1,218 @@
+"""Timeouts through the whole engine with respx: the request deadline over all tries, per-try and connect limits.
+
+The fake clock stands in for time passing at the upstream (a side effect
+advances it), so the deadline arithmetic is exact and nothing waits. Real
+stalls and sockets are in tests/integration/test_failures.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+import meshlib
+from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError
+from meshlib.testing import FakeClock, MeshFactory, assert_counters
+from tests.conftest import Caller
+
+pytestmark = pytest.mark.anyio
+
+A, B = "http://127.0.0.1:9081", "http://127.0.0.1:9082"
+URL = "http://reviews/x"
+FAST_BACKOFF = {"base": "1ms", "max": "2ms"}
+
+
+def mesh_config(*, endpoints: tuple[str, ...] = (A,), **cluster: Any) -> dict[str, Any]:
+    return {"clusters": {"reviews": {"endpoints": list(endpoints), **cluster}}}
+
+
+def slow_upstream(
+    clock: FakeClock, seconds: float, outcome: Callable[[], httpx.Response | Exception], seen: list[dict[str, float]]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A respx side effect that records the try's timeouts, takes ``seconds`` of fake time, then answers or raises."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.extensions["timeout"]))
+        clock.advance(seconds)
+        result = outcome()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return respond
+
+
+def endpoints_in_flight(mesh: meshlib.Mesh) -> int:
+    return sum(e["in_flight"] for e in mesh.stats()["clusters"]["reviews"]["endpoints"].values())
+
+
+async def test_the_request_deadline_spans_every_try_and_backoff(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """Tries of 0.3 s under a 1 s timeout: the 4th try gets only what is left, and then the request times out."""
+    seen: list[dict[str, float]] = []
+    upstream = respx_mock.get(f"{A}/x").mock(
+        side_effect=slow_upstream(mesh_clock, 0.3, lambda: httpx.Response(503), seen)
+    )
+    retry = {"attempts": 10, "retry_on": ["5xx"], "backoff": FAST_BACKOFF, "budget": None}
+    mesh = mesh_factory(mesh_config(timeout="1s", retry=retry))
+    async with caller(mesh) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    error = raised.value
+    assert isinstance(error, httpx.TimeoutException)
+    assert isinstance(error, MeshError)
+    assert error.per_try is False  # the whole request's timeout ran out, not one try's
+    assert (error.route, error.cluster) == ("cluster:reviews", "reviews")
+    assert upstream.call_count == 4
+    # Each try may use only what is left of the deadline: 1 s, then about 0.7, 0.4 and 0.1 s.
+    reads = [t["read"] for t in seen]
+    for read, expected in zip(reads, [1.0, 0.7, 0.4, 0.1], strict=True):
+        assert expected - 0.01 <= read <= expected
+    assert_counters(mesh, "reviews", retries=3, retried_requests=1)
+    assert endpoints_in_flight(mesh) == 0  # the 503 in hand when time ran out was closed
+
+
+async def test_a_backoff_that_would_overrun_the_deadline_fails_at_once(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """A Retry-After of 1 s cannot fit in a 500 ms timeout: no pointless sleep, a timeout error now."""
+    upstream = respx_mock.get(f"{A}/x").mock(return_value=httpx.Response(503, headers={"Retry-After": "1"}))
+    retry = {"attempts": 3, "retry_on": ["5xx"], "backoff": {"base": "10ms", "max": "2s"}}
+    mesh = mesh_factory(mesh_config(timeout="500ms", retry=retry))
+    async with caller(mesh) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    assert raised.value.per_try is False
+    assert upstream.call_count == 1
+    assert mesh_clock.sleeps == []
+    assert endpoints_in_flight(mesh) == 0
+
+
+async def test_a_timeout_without_retries_still_bounds_the_try(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    seen: list[dict[str, float]] = []
+    respx_mock.get(f"{A}/x").mock(
+        side_effect=slow_upstream(mesh_clock, 0.25, lambda: httpx.ReadTimeout("timed out"), seen)
+    )
+    mesh = mesh_factory(mesh_config(timeout="250ms"))
+    async with caller(mesh) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    assert raised.value.per_try is False
+    assert seen == [{"connect": 0.25, "read": 0.25, "write": 0.25, "pool": 0.25}]
+
+
+async def test_per_try_timeout_bounds_each_try_within_the_deadline(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """Each try times out after 0.5 s and is retried (per-try-timeout) until the 2 s deadline runs out."""
+    seen: list[dict[str, float]] = []
+    upstream = respx_mock.get(f"{A}/x").mock(
+        side_effect=slow_upstream(mesh_clock, 0.5, lambda: httpx.ReadTimeout("timed out"), seen)
+    )
+    retry = {"attempts": 10, "per_try_timeout": "500ms", "retry_on": ["per-try-timeout"], "backoff": FAST_BACKOFF}
+    mesh = mesh_factory(mesh_config(timeout="2s", retry=retry))
+    async with caller(mesh) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    # Tries 1-3 ran out of their own 0.5 s and were retried; try 4 had less than 0.5 s left and ended the request.
+    assert raised.value.per_try is False
+    assert upstream.call_count == 4
+    reads = [t["read"] for t in seen]
+    assert reads[:3] == [0.5, 0.5, 0.5]
+    assert 0.49 <= reads[3] < 0.5
+    assert_counters(mesh, "reviews", retries=3)
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["with-per-try-timeout", "without"])
+async def test_a_per_try_timeout_is_retried_only_under_per_try_timeout(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller, retried: bool
+) -> None:
+    upstream = respx_mock.get(f"{A}/x").mock(side_effect=[httpx.ReadTimeout("timed out"), httpx.Response(200)])
+    retry_on = ["per-try-timeout"] if retried else ["connect-failure", "reset", "5xx"]
+    retry = {"attempts": 2, "per_try_timeout": "200ms", "retry_on": retry_on}
+    mesh = mesh_factory(mesh_config(timeout="2s", retry=retry))
+    async with caller(mesh) as client:
+        if retried:
+            assert (await client.get(URL)).status_code == 200
+        else:
+            with pytest.raises(RequestTimeoutError) as raised:
+                await client.get(URL)
+            assert raised.value.per_try is True  # only this try ran out; the request had time left
+    assert upstream.call_count == (2 if retried else 1)
+
+
+async def test_connect_timeout_bounds_the_connection_and_is_a_connect_failure(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    """connect_timeout limits connecting only; a connect timeout never reached the upstream, so it is retried."""
+    seen: list[dict[str, float]] = []
+
+    def timing_out(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.extensions["timeout"]))
+        raise httpx.ConnectTimeout("connect timed out")
+
+    respx_mock.post(f"{A}/x").mock(side_effect=timing_out)
+    working = respx_mock.post(f"{B}/x").mock(return_value=httpx.Response(201))
+    retry = {"attempts": 2, "per_try_timeout": "500ms", "retry_on": ["connect-failure"]}
+    mesh = mesh_factory(mesh_config(endpoints=(A, B), connect_timeout="250ms", retry=retry))
+    async with caller(mesh) as client:
+        # Round robin starts on A, which times out connecting; even a POST is retried, on B.
+        assert (await client.request("POST", URL, content=b"order")).status_code == 201
+    assert seen == [{"connect": 0.25, "read": 0.5, "write": 0.5, "pool": 0.5}]
+    assert working.call_count == 1
+    assert_counters(mesh, "reviews", retries=1)
+
+
+async def test_connect_timeout_alone_raises_a_connect_error(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    respx_mock.get(f"{A}/x").mock(side_effect=httpx.ConnectTimeout("connect timed out"))
+    mesh = mesh_factory(mesh_config(connect_timeout="250ms", retry={"attempts": 1}))
+    async with caller(mesh) as client:
+        with pytest.raises(UpstreamConnectError) as raised:
+            await client.get(URL)
+    assert isinstance(raised.value, httpx.ConnectError)
+    assert isinstance(raised.value.__cause__, httpx.ConnectTimeout)
+
+
+@pytest.mark.parametrize(("client_timeout", "read"), [(0.1, 0.1), (5.0, 0.5)], ids=["client-tighter", "mesh-tighter"])
+async def test_a_try_is_never_given_more_time_than_the_clients_own_timeout(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller, client_timeout: float, read: float
+) -> None:
+    seen: list[dict[str, float]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.extensions["timeout"]))
+        return httpx.Response(200)
+
+    respx_mock.get(f"{A}/x").mock(side_effect=record)
+    mesh = mesh_factory(mesh_config(retry={"attempts": 2, "per_try_timeout": "500ms"}))
+    async with caller(mesh, timeout=client_timeout) as client:
+        assert (await client.get(URL)).status_code == 200
+    assert seen[0]["read"] == read
+
+
+async def test_a_routes_timeout_replaces_the_clusters(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    seen: list[dict[str, float]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.extensions["timeout"]))
+        return httpx.Response(200)
+
+    respx_mock.get(url__startswith=A).mock(side_effect=record)
+    config = mesh_config(timeout="2s")
+    config["routes"] = [{"match": {"host": "reviews", "path": "/quick"}, "cluster": "reviews", "timeout": "100ms"}]
+    mesh = mesh_factory(config)
+    async with caller(mesh) as client:
+        await client.get("http://reviews/quick")
+        await client.get("http://reviews/other")
+    assert [t["read"] for t in seen] == [0.1, 2.0]

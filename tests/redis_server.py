@@ -1,0 +1,104 @@
+"""A real ``redis-server`` on a free loopback port, for the global rate limit and shared breaker tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+
+MISSING = (
+    "redis-server is not installed: the global rate limit and shared circuit breaker tests need a real one. "
+    "`.ci/run` installs it (apt-get install redis-server); on a dev machine install it the same way or with brew."
+)
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    """A running redis-server: ``url`` is ``redis://127.0.0.1:PORT/0``."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - only when redis-server ignores SIGTERM
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _start(binary: str, directory: str, port: int, timeout: float) -> RedisServer | None:
+    """Start redis-server on ``port`` and wait until it answers PING; None if it exited (port taken)."""
+    # No persistence: the server lives in a temp dir for one test session.
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory]
+    process = subprocess.Popen(
+        [binary, *options, "--loglevel", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    server = RedisServer(port, process)
+    client = server.client()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                return None
+            try:
+                if client.ping():
+                    return server
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not answer PING within {timeout} s")
+            time.sleep(0.01)
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        client.close()
+
+
+@contextmanager
+def redis_server(*, timeout: float = 10.0, attempts: int = 3) -> Iterator[RedisServer]:
+    """Run redis-server on a free 127.0.0.1 port in a temp dir; stop it on exit.
+
+    Raises RuntimeError with :data:`MISSING` when redis-server is not installed.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(MISSING)
+    with tempfile.TemporaryDirectory(prefix="meshlib-redis-") as directory:
+        server = None
+        # The free port can be taken between our probe and redis-server's bind: try another.
+        for _ in range(attempts):
+            server = _start(binary, directory, _free_port(), timeout)
+            if server is not None:
+                break
+        if server is None:
+            raise RuntimeError(f"redis-server failed to start {attempts} times")
+        try:
+            yield server
+        finally:
+            _stop(server.process)
