@@ -169,9 +169,10 @@ class Mesh:
         return {"version": snapshot.version, "clusters": clusters}
 
     def close(self) -> None:
-        """Close the mesh: stop its background work (health checks, mirrors) and refuse new clients.
+        """Close the mesh: stop its background work and refuse new clients and transports.
 
-        Clients made from it keep working until closed themselves.
+        Health checks stop; mirroring and hedging stop too, but requests from
+        clients made earlier still go through until those clients are closed.
         """
         if self._closed:
             return

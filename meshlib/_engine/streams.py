@@ -33,14 +33,19 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         ctx: CallContext | None = None,
     ) -> None:
         self._stream = stream
-        self._on_close = on_close
+        self._on_close = [on_close]
         self._ctx = ctx
         self._closed = False
+
+    def also(self, on_close: Callable[[], None]) -> None:
+        """Call ``on_close`` too when the body closes (one wrapper per response, however many policies wait)."""
+        self._on_close.append(on_close)
 
     def _done(self) -> None:
         if not self._closed:
             self._closed = True
-            self._on_close()
+            for on_close in reversed(self._on_close):
+                on_close()
 
     def __iter__(self) -> Iterator[bytes]:
         assert isinstance(self._stream, httpx.SyncByteStream)
@@ -83,6 +88,8 @@ def release_when_closed(
         # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
         # return): nobody will close it again, so the request is over now.
         release()
+    elif isinstance(response.stream, OnCloseStream) and not response.stream._closed:
+        response.stream.also(release)
     else:
         response.stream = OnCloseStream(response.stream, release, ctx)
     return response

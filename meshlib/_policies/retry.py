@@ -202,6 +202,14 @@ def _deadline_error(ctx: CallContext) -> RequestTimeoutError:
     return error
 
 
+@dataclass(slots=True)
+class _Run:
+    """One request's retry run: its tenacity object and call state, built on the first retry."""
+
+    retrying: tenacity.Retrying
+    state: RetryCallState
+
+
 def _record(state: RetryCallState, outcome: Response | None, error: BaseException | None) -> None:
     if error is not None:
         state.set_exception((type(error), error, error.__traceback__))
@@ -273,81 +281,80 @@ class RetryFilter:
             return not self.policy.retriable_error(request, error)
         return response is not None and not self.policy.retriable_response(request, response)
 
+    def _step(
+        self, request: Request, ctx: CallContext, run: _Run | None, response: Response | None, error: Exception | None
+    ) -> tuple[_Run | None, Response | Exception | DoSleep]:
+        """The sans-I/O part of one turn of the loop: what to do with this try's outcome.
+
+        Returns the response to return, an error to raise (after closing the
+        response in hand, which is being dropped), or DoSleep(seconds) before
+        the next try. tenacity objects are built only when a first outcome
+        calls for a retry: the fast path costs nothing.
+        """
+        if run is None:
+            if self._final(request, response, error):
+                outcome = error if error is not None else response
+                assert outcome is not None
+                return None, outcome
+            retrying = self.policy.retrying(request, ctx, self._withdraw)
+            retrying.begin()
+            run = _Run(retrying, RetryCallState(retrying, fn=None, args=(), kwargs={}))
+        _record(run.state, response, error)
+        action = self._next(run.retrying, run.state, ctx)
+        if isinstance(action, RequestTimeoutError):
+            action.__cause__ = error
+            return run, action
+        if isinstance(action, DoSleep):
+            return run, action
+        return run, self._finish(action)
+
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
         if not self._first(request):
             return call_next(request)
         ctx = context_of(request)
-        retrying: tenacity.Retrying | None = None
-        state: RetryCallState | None = None
+        run: _Run | None = None
         while True:
             response: Response | None = None
-            error: BaseException | None = None
+            error: Exception | None = None
             try:
                 response = call_next(request)
             except Exception as exc:
                 error = exc
-            if retrying is None:
-                # Fast path: a first try that needs no retry never builds tenacity objects.
-                if self._final(request, response, error):
-                    if error is not None:
-                        raise error
-                    assert response is not None
-                    return response
-                retrying = self.policy.retrying(request, ctx, self._withdraw)
-                retrying.begin()
-                state = RetryCallState(retrying, fn=None, args=(), kwargs={})
-            assert state is not None
-            _record(state, response, error)
-            action = self._next(retrying, state, ctx)
-            if isinstance(action, RequestTimeoutError):
-                # The response in hand is dropped: close it, or its endpoint and breaker stay busy forever.
-                if response is not None:
-                    response.close()
-                raise action from error
-            if not isinstance(action, DoSleep):
-                return self._finish(action)
+            run, action = self._step(request, ctx, run, response, error)
+            if isinstance(action, Response):
+                return action
+            # Dropping the response in hand: close it, or its endpoint and breaker stay busy forever.
             if response is not None:
                 response.close()
+            if isinstance(action, Exception):
+                raise action
+            assert run is not None
             self.clock.sleep(float(action))
-            state.prepare_for_next_attempt()
+            run.state.prepare_for_next_attempt()
             ctx.attempt += 1
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
         if not self._first(request):
             return await call_next(request)
         ctx = context_of(request)
-        retrying: tenacity.Retrying | None = None
-        state: RetryCallState | None = None
+        run: _Run | None = None
         while True:
             response: Response | None = None
-            error: BaseException | None = None
+            error: Exception | None = None
             try:
                 response = await call_next(request)
             except Exception as exc:
                 error = exc
-            if retrying is None:
-                if self._final(request, response, error):
-                    if error is not None:
-                        raise error
-                    assert response is not None
-                    return response
-                retrying = self.policy.retrying(request, ctx, self._withdraw)
-                retrying.begin()
-                state = RetryCallState(retrying, fn=None, args=(), kwargs={})
-            assert state is not None
-            _record(state, response, error)
-            action = self._next(retrying, state, ctx)
-            if isinstance(action, RequestTimeoutError):
-                # The response in hand is dropped: close it, or its endpoint and breaker stay busy forever.
-                if response is not None:
-                    await response.aclose()
-                raise action from error
-            if not isinstance(action, DoSleep):
-                return self._finish(action)
+            run, action = self._step(request, ctx, run, response, error)
+            if isinstance(action, Response):
+                return action
             if response is not None:
                 await response.aclose()
+            if isinstance(action, Exception):
+                raise action
+            assert run is not None
             await self.clock.asleep(float(action))
-            state.prepare_for_next_attempt()
+            run.state.prepare_for_next_attempt()
             ctx.attempt += 1
 
     def _finish(self, action: Any) -> Response:

@@ -14,7 +14,7 @@ import pytest
 import respx
 
 import meshlib
-from meshlib._errors import UpstreamConnectError
+from meshlib import UpstreamConnectError
 from tests.conftest import (
     Caller,
     MakeMesh,
