@@ -356,3 +356,14 @@ def answer_ok(conn: socket.socket, stop: threading.Event) -> None:
     """Answer 200 ``ok`` and close the connection."""
     read_request_head(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+async def outcomes(client: Any, url: str, n: int) -> list[int | str]:
+    """Send ``n`` GETs through a ``caller`` client: each one's status, or the code of the MeshError it raised."""
+    out: list[int | str] = []
+    for _ in range(n):
+        try:
+            out.append((await client.get(url)).status_code)
+        except meshlib.MeshError as error:
+            out.append(error.code)
+    return out

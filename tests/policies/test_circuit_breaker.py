@@ -15,7 +15,7 @@ import respx
 
 import meshlib
 from meshlib.testing import FakeClock
-from tests.conftest import Caller, MakeMesh
+from tests.conftest import Caller, MakeMesh, outcomes
 
 pytestmark = pytest.mark.anyio
 
@@ -44,14 +44,7 @@ def _counters(mesh: meshlib.Mesh, *keys: str) -> dict[str, int]:
 
 
 async def _outcomes(client: Any, n: int, url: str = URL) -> list[int | str]:
-    """Send ``n`` GETs: each one's status, or the code of the MeshError it raised."""
-    out: list[int | str] = []
-    for _ in range(n):
-        try:
-            out.append((await client.get(url)).status_code)
-        except meshlib.MeshError as error:
-            out.append(error.code)
-    return out
+    return await outcomes(client, url, n)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import time_machine
 
 import meshlib
 from meshlib.testing import FakeClock
-from tests.conftest import Caller, MakeMesh
+from tests.conftest import Caller, MakeMesh, outcomes
 
 pytestmark = pytest.mark.anyio
 
@@ -44,15 +44,7 @@ def _counters(mesh: meshlib.Mesh) -> dict[str, int]:
     return counters
 
 
-async def _outcomes(client: Any, url: str, n: int) -> list[int | str]:
-    """Send ``n`` GETs: each one's status, or the code of the MeshError it raised."""
-    out: list[int | str] = []
-    for _ in range(n):
-        try:
-            out.append((await client.get(url)).status_code)
-        except meshlib.MeshError as error:
-            out.append(error.code)
-    return out
+_outcomes = outcomes
 
 
 async def test_requests_over_the_rate_are_refused_without_touching_the_network(
