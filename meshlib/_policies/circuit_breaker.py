@@ -288,11 +288,11 @@ class BreakerState:
         Only the trial's outcome decides a breaker that is not closed: a try let
         in before the breaker opened answers too late to count.
         """
-        if not failed and not trial and not self.shared and self.breaker.fail_counter == 0:
-            # The common case, a success with no failure counted: pybreaker would only reset a zero count
-            # (about 3 µs). Memory storage only: with Redis these reads are round trips.
-            if self.breaker.current_state == pybreaker.STATE_CLOSED:
-                return
+        # The common case, a success with no failure counted: pybreaker would only reset a zero count
+        # (about 3 µs). Memory storage only: with Redis these reads are round trips.
+        quiet = not failed and not trial and not self.shared and self.breaker.fail_counter == 0
+        if quiet and self.breaker.current_state == pybreaker.STATE_CLOSED:
+            return
         try:
             if not trial and self.breaker.current_state != pybreaker.STATE_CLOSED:
                 return
