@@ -20,13 +20,23 @@ class EndpointState:
     ``consecutive_failures`` counts 5xx answers and connection failures in a row.
     """
 
-    __slots__ = ("_lock", "consecutive_failures", "ejected_until", "healthy", "in_flight", "times_ejected", "total")
+    __slots__ = (
+        "_lock",
+        "consecutive_failures",
+        "ejected_until",
+        "health_owner",
+        "healthy",
+        "in_flight",
+        "times_ejected",
+        "total",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.total = 0
         self.healthy = True
+        self.health_owner: object | None = None  # the health checker that judges this endpoint now
         self.ejected_until = 0.0
         self.times_ejected = 0
         self.consecutive_failures = 0

@@ -37,11 +37,11 @@ _JOIN_TIMEOUT = 0.5
 # A floor on the wait between rounds, so that a zero interval cannot make the thread spin.
 _MIN_INTERVAL = 0.001
 
-# Which checker judges each endpoint's health now. A reload that changes a cluster's health check
-# builds the new checker before closing the old one; the new one takes the endpoints over (and
-# inherits their health), and the old one may neither write their health nor, on close, reset it.
+# Guards EndpointState.health_owner: which checker judges each endpoint's health now. A reload that
+# changes a cluster's health check builds the new checker before closing the old one; the new one takes
+# the endpoints over (and inherits their health), and the old one may neither write their health nor,
+# on close, reset it.
 _LOCK = threading.Lock()
-_owners: dict[EndpointState, HealthChecker] = {}
 
 
 class HealthChecker:
@@ -76,7 +76,7 @@ class HealthChecker:
         self._failures: dict[EndpointState, int] = {}
         with _LOCK:
             for endpoint in self.endpoints:
-                _owners[endpoint.state] = self
+                endpoint.state.health_owner = self
 
     @property
     def running(self) -> bool:
@@ -125,7 +125,7 @@ class HealthChecker:
         state = endpoint.state
         config = self.config
         with _LOCK:
-            if _owners.get(state) is not self:
+            if state.health_owner is not self:
                 return  # closed, or a newer checker judges this endpoint now
             self.cluster.count("health_checks")
             if passed:
@@ -155,8 +155,8 @@ class HealthChecker:
                 return
             self._closed = True
             for endpoint in self.endpoints:
-                if _owners.get(endpoint.state) is self:
-                    del _owners[endpoint.state]
+                if endpoint.state.health_owner is self:
+                    endpoint.state.health_owner = None
                     # Nothing judges this endpoint any more (health check removed, cluster dropped).
                     endpoint.state.healthy = True
             thread = self._thread
