@@ -55,9 +55,10 @@ class CompiledCluster:
             now = self.clock.monotonic()
             down = [e for e in self.endpoints if not e.state.usable(now)]
         endpoint = None
-        if len(down) < len(self.endpoints):
-            avoid = [*down, *ctx.tried]
-            endpoint = self.lb.pick(request, avoid) if avoid else self.lb.pick(request)
+        if not down and not ctx.tried:
+            endpoint = self.lb.pick(request)  # the common case: a first try, every endpoint usable
+        elif len(down) < len(self.endpoints):
+            endpoint = self.lb.pick(request, [*down, *ctx.tried])
             if endpoint is None and ctx.tried:
                 # Every usable endpoint was tried already: a repeat beats giving up.
                 endpoint = self.lb.pick(request, down)

@@ -1,15 +1,18 @@
 """Endpoint level: the last step, sending one try to one endpoint through the front door's transport.
 
-Errors from httpx are mapped to the mesh's typed errors here, at the one
-boundary where they come in; the endpoint (and the cluster's in-flight cap,
-in circuit_breaker.py) counts the request as busy until its body closes.
+Errors from httpx are mapped to the mesh's typed errors here (``upstream_error``),
+at the one boundary where they come in; the endpoint (and the cluster's
+in-flight cap, in circuit_breaker.py) counts the request as busy until its
+body closes.
 """
 
 from __future__ import annotations
 
+import httpx
+
 from meshlib._engine.base import Request, Response
 from meshlib._engine.context import context_of
-from meshlib._engine.errors import map_upstream_errors
+from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
 
 __all__ = ["send", "send_async"]
@@ -23,8 +26,13 @@ def send(request: Request) -> Response:
     state = ctx.endpoint.state
     state.acquire()
     try:
-        with map_upstream_errors(ctx):
-            response = ctx.sender.handle_request(request)
+        response = ctx.sender.handle_request(request)
+    except httpx.TransportError as exc:
+        state.release()
+        mapped = upstream_error(exc, ctx)
+        if mapped is None:
+            raise
+        raise mapped from exc
     except BaseException:
         state.release()
         raise
@@ -39,8 +47,13 @@ async def send_async(request: Request) -> Response:
     state = ctx.endpoint.state
     state.acquire()
     try:
-        with map_upstream_errors(ctx):
-            response = await ctx.async_sender.handle_async_request(request)
+        response = await ctx.async_sender.handle_async_request(request)
+    except httpx.TransportError as exc:
+        state.release()
+        mapped = upstream_error(exc, ctx)
+        if mapped is None:
+            raise
+        raise mapped from exc
     except BaseException:
         state.release()
         raise

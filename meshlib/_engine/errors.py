@@ -6,15 +6,12 @@ the original error stays as ``__cause__``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import httpx
 
 from meshlib._engine.context import CallContext
 from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 
-__all__ = ["map_upstream_errors", "upstream_error"]
+__all__ = ["upstream_error"]
 
 # Order matters: ConnectTimeout is a TimeoutException, but the request never left, so it is a connect failure.
 _MAPPING: tuple[tuple[type[httpx.TransportError], type[MeshError]], ...] = (
@@ -44,15 +41,3 @@ def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | N
                 error.per_try = ctx.deadline is None or ctx.clock.monotonic() < ctx.deadline - 0.001
             return error
     return None
-
-
-@contextmanager
-def map_upstream_errors(ctx: CallContext) -> Iterator[None]:
-    """Re-raise httpx transport errors from the block as the mesh's typed errors."""
-    try:
-        yield
-    except httpx.TransportError as exc:
-        mapped = upstream_error(exc, ctx)
-        if mapped is None:
-            raise
-        raise mapped from exc

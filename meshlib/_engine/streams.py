@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from meshlib._engine.errors import map_upstream_errors
+from meshlib._engine.errors import upstream_error
 
 if TYPE_CHECKING:
     from meshlib._engine.context import CallContext
@@ -49,21 +49,27 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         assert isinstance(self._stream, httpx.SyncByteStream)
-        if self._ctx is None:
+        try:
             yield from self._stream
-            return
-        with map_upstream_errors(self._ctx):
-            yield from self._stream
+        except httpx.TransportError as exc:
+            mapped = self._mapped(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert isinstance(self._stream, httpx.AsyncByteStream)
-        if self._ctx is None:
+        try:
             async for chunk in self._stream:
                 yield chunk
-            return
-        with map_upstream_errors(self._ctx):
-            async for chunk in self._stream:
-                yield chunk
+        except httpx.TransportError as exc:
+            mapped = self._mapped(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _mapped(self, exc: httpx.TransportError) -> httpx.TransportError | None:
+        return upstream_error(exc, self._ctx) if self._ctx is not None else None
 
     def close(self) -> None:
         try:
