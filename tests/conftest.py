@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -367,3 +368,21 @@ async def outcomes(client: Any, url: str, n: int) -> list[int | str]:
         except meshlib.MeshError as error:
             out.append(error.code)
     return out
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll ``condition`` (background work: health probes, mirrors, hedges) for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
+async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None:
+    """The async twin of :func:`wait_for`: polls without blocking the event loop."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await anyio.sleep(0.005)

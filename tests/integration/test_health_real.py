@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import meshlib
-from tests.conftest import ASGIApp, Caller, MakeMesh, MeshCaller, Receive, Scope, Send, start_server
+from tests.conftest import ASGIApp, Caller, MakeMesh, MeshCaller, Receive, Scope, Send, start_server, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -75,14 +74,6 @@ def _healthy(mesh: meshlib.Mesh, url: str) -> bool:
     return state.healthy
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
-
-
 async def _names(client: MeshCaller, n: int) -> list[str]:
     return [(await client.get("http://reviews/")).json()["name"] for _ in range(n)]
 
@@ -95,10 +86,10 @@ async def test_a_flipping_health_endpoint_takes_its_server_out_and_back(
     async with caller(mesh) as client:
         assert sorted(await _names(client, 2)) == ["a", "b"]
         a.health_status = 503
-        _wait_for(lambda: not _healthy(mesh, a.url))
+        wait_for(lambda: not _healthy(mesh, a.url))
         assert await _names(client, 4) == ["b"] * 4
         a.health_status = 200
-        _wait_for(lambda: _healthy(mesh, a.url))
+        wait_for(lambda: _healthy(mesh, a.url))
         assert sorted(await _names(client, 2)) == ["a", "b"]
     counters = mesh.stats()["clusters"]["reviews"]["counters"]
     assert counters["endpoints_marked_unhealthy"] == counters["endpoints_marked_healthy"] == 1

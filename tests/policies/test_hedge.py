@@ -23,6 +23,7 @@ from tests.conftest import (
     Scope,
     Send,
     echo_app,
+    eventually,
     start_server,
 )
 
@@ -44,14 +45,6 @@ def _counters(mesh: meshlib.Mesh) -> dict[str, int]:
 
 def _in_flight(mesh: meshlib.Mesh) -> int:
     return sum(e["in_flight"] for e in mesh.stats()["clusters"]["reviews"]["endpoints"].values())
-
-
-async def _eventually(condition: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll ``condition`` for up to ``within`` seconds (losing tries finish on their own threads or tasks)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await anyio.sleep(0.005)
 
 
 def stall_first(seconds: float) -> Callable[[int], float]:
@@ -132,9 +125,9 @@ async def test_a_stalled_try_is_hedged_to_another_endpoint(
         assert slow != fast
         assert _counters(mesh) == {"hedges": 1, "hedge_wins": 1}
         # The stalled try's answer is dropped and closed: async cancels it, sync closes it when it comes.
-        await _eventually(lambda: _in_flight(mesh) == 0)
+        await eventually(lambda: _in_flight(mesh) == 0)
     mesh.close()
-    await _eventually(lambda: _background_threads() <= threads and _other_tasks() <= tasks)
+    await eventually(lambda: _background_threads() <= threads and _other_tasks() <= tasks)
     assert upstream.ports == [slow, fast]
 
 
@@ -180,7 +173,7 @@ async def test_max_extra_bounds_the_tries_and_each_goes_to_a_new_endpoint(
     mesh = make_mesh(_config(endpoints=3, after="15ms", max_extra=2))
     async with caller(mesh) as client:
         response = await client.get("http://reviews/x")
-        await _eventually(lambda: _in_flight(mesh) == 0)
+        await eventually(lambda: _in_flight(mesh) == 0)
     assert response.status_code == 200
     # Without the bound, tries would go out every 15 ms until the first answer at 200 ms.
     assert len(upstream.ports) == 3
@@ -256,7 +249,7 @@ async def test_hedging_between_real_servers(make_mesh: MakeMesh, caller: Caller)
                 response = await client.get("http://reviews/x")
                 assert time.monotonic() - started < 0.25
                 assert response.json()["name"] == "fast"
-            await _eventually(lambda: _in_flight(mesh) == 0)
+            await eventually(lambda: _in_flight(mesh) == 0)
         assert _counters(mesh) == {"hedges": 2, "hedge_wins": 2}
     finally:
         for server in servers:

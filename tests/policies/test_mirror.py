@@ -15,7 +15,7 @@ import respx
 import meshlib
 from meshlib._engine.context import CallContext, context_of
 from meshlib._policies.mirror import MirrorPolicy, shadow_host
-from tests.conftest import Caller, MakeMesh, echo_response
+from tests.conftest import Caller, MakeMesh, echo_response, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -45,14 +45,6 @@ def _counters(mesh: meshlib.Mesh, cluster: str = "reviews-v2") -> dict[str, int]
 def _shadow_endpoint(mesh: meshlib.Mesh) -> dict[str, Any]:
     stats: dict[str, Any] = mesh.stats()["clusters"]["reviews-v2"]["endpoints"][SHADOW]
     return stats
-
-
-async def _eventually(condition: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll ``condition`` (the background send happens on another thread or task) for up to ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the background send did not happen in time"
-        await anyio.sleep(0.005)
 
 
 def _slow(mode: str, seconds: float) -> Handler:
@@ -93,7 +85,7 @@ async def test_the_shadow_gets_the_same_request_with_a_shadow_host(
         response = await client.request(
             "POST", "http://reviews/api/reviews/1?q=1", content=b"hello", headers={"x-user": "ann"}
         )
-        await _eventually(lambda: shadow.call_count == 1 and _shadow_endpoint(mesh)["in_flight"] == 0)
+        await eventually(lambda: shadow.call_count == 1 and _shadow_endpoint(mesh)["in_flight"] == 0)
     assert response.status_code == 200
     assert primary.call_count == 1
     assert primary.calls.last.request.headers["host"] == "reviews"
@@ -119,7 +111,7 @@ async def test_a_slow_shadow_does_not_delay_the_primary(
         elapsed = time.monotonic() - started
         assert response.text == "primary"
         assert elapsed < 0.1
-        await _eventually(lambda: shadow.call_count == 1 and _shadow_endpoint(mesh)["in_flight"] == 0)
+        await eventually(lambda: shadow.call_count == 1 and _shadow_endpoint(mesh)["in_flight"] == 0)
     assert _shadow_endpoint(mesh)["requests"] == 1
     assert _counters(mesh) == {"mirrored": 1}
 
@@ -138,7 +130,7 @@ async def test_a_failing_shadow_does_not_affect_the_primary(
     async with caller(mesh) as client:
         for _ in range(3):
             assert (await client.get("http://reviews/x")).text == "primary"
-        await _eventually(lambda: _counters(mesh).get("mirror_failed") == 3)
+        await eventually(lambda: _counters(mesh).get("mirror_failed") == 3)
     assert shadow.call_count == 3
     assert _counters(mesh) == {"mirrored": 3, "mirror_failed": 3}
     assert _counters(mesh, "reviews") == {}
@@ -164,7 +156,7 @@ async def test_a_streaming_body_is_not_mirrored(
         response = await client.request("PUT", "http://reviews/x", content=body)
         # Nothing is sent in the background: the next (in-memory) request's copy is the only one.
         await client.request("PUT", "http://reviews/x", content=b"again")
-        await _eventually(lambda: shadow.call_count == 1)
+        await eventually(lambda: shadow.call_count == 1)
     assert response.json()["body"] == "hello"
     assert primary.call_count == 2
     assert shadow.calls.last.request.content == b"again"
@@ -207,7 +199,7 @@ async def test_percent_of_requests_are_mirrored(
         for _ in range(n):
             await client.get("http://reviews/x")
         mirrored = _counters(mesh)["mirrored"]
-        await _eventually(lambda: shadow.call_count == mirrored)
+        await eventually(lambda: shadow.call_count == mirrored)
     assert abs(mirrored / n - 0.30) < 0.02
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from meshlib._config.resilience import HealthCheckConfig
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint, EndpointState
 from meshlib._upstream.health import HealthChecker
-from tests.conftest import Caller, MakeMesh, MeshCaller
+from tests.conftest import Caller, MakeMesh, MeshCaller, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -41,14 +40,6 @@ def _states(mesh: meshlib.Mesh, cluster: str = "reviews") -> dict[str, EndpointS
 def _counters(mesh: meshlib.Mesh, cluster: str = "reviews") -> dict[str, int]:
     counters: dict[str, int] = mesh.stats()["clusters"][cluster]["counters"]
     return counters
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 async def _ports(client: MeshCaller, n: int) -> list[int]:
@@ -163,9 +154,9 @@ async def test_the_background_thread_probes_every_interval_and_stops_on_close(
     mesh = make_mesh(_config(interval="20ms", unhealthy_threshold=2, healthy_threshold=1))
     checker = _checker(mesh)
     assert checker.running
-    _wait_for(lambda: not _states(mesh)[A].healthy)
+    wait_for(lambda: not _states(mesh)[A].healthy)
     probe_a.mock(return_value=httpx.Response(200))
-    _wait_for(lambda: _states(mesh)[A].healthy)
+    wait_for(lambda: _states(mesh)[A].healthy)
 
     started = time.monotonic()
     checker.close()
