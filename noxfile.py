@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests lint typecheck bench` (each runs alone)."""
+"""Developer sessions: `nox -s tests lint typecheck coverage bench` (each runs alone)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def coverage(session: nox.Session) -> None:
+    """The test suite under coverage, with a report of the lines it misses."""
+    session.install("-e", ".[test]", "coverage[toml]")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report", "--skip-covered", "--show-missing")
 
 
 @nox.session(python=PYTHON)

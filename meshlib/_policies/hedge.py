@@ -259,7 +259,7 @@ class HedgeFilter:
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
         if not self.policy.hedgeable(request):
             return await call_next(request)
-        if asyncio._get_running_loop() is not None:
+        if _inline_possible():
             return await _InlineHedge(self.policy, request, self.state, call_next).run()
         return await self._race_with_tasks(request, call_next)
 
@@ -277,6 +277,11 @@ class HedgeFilter:
                 with anyio.CancelScope(shield=True):
                     await _close_unused(receive)
         return race.finish()
+
+
+def _inline_possible() -> bool:
+    """Whether the caller runs on asyncio, where the inline hedge works (it uses asyncio's task API)."""
+    return asyncio._get_running_loop() is not None
 
 
 class _InlineHedge:

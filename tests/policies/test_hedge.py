@@ -14,6 +14,7 @@ import pytest
 import respx
 
 import meshlib
+import meshlib._policies.hedge as hedge_module
 from meshlib import UpstreamConnectError
 from tests.conftest import (
     Caller,
@@ -98,6 +99,14 @@ class Upstream:
     @property
     def side_effect(self) -> Handler:
         return self.sync if self.mode == "sync" else self.async_
+
+
+@pytest.fixture(autouse=True, params=["inline", "task-group"])
+def async_race(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Async hedging has two drivers: asyncio's inline one, and the task-group race other anyio backends use."""
+    if request.param == "task-group":
+        monkeypatch.setattr(hedge_module, "_inline_possible", lambda: False)
+    return str(request.param)
 
 
 def _background_threads() -> set[threading.Thread]:
