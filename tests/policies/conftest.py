@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_server import MISSING, RedisServer, redis_server
+from tests.redis_server import MISSING, MissingRedisError, RedisServer, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +15,11 @@ def redis_session() -> Iterator[RedisServer]:
 
     Fails, never skips, when redis-server is missing: a skip would hide a missing tool in CI.
     """
-    if shutil.which("redis-server") is None:
+    try:
+        with redis_server() as server:
+            yield server
+    except MissingRedisError:
         pytest.fail(MISSING, pytrace=False)
-    with redis_server() as server:
-        yield server
 
 
 @pytest.fixture
