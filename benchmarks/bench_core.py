@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import math
 import os
 import platform
 import pstats
@@ -387,12 +388,13 @@ def live_rows(sizes: Sizes) -> list[Row]:
         mesh = meshlib.Mesh.from_dict(generate_config(lambda i: [upstream]))
         bare_url = upstream + TARGET_PATH
         mesh_url = f"http://{TARGET_HOST}{TARGET_PATH}"
+        cpu = CpuPerRequest()
         with httpx.Client(trust_env=False) as bare_client, mesh.client(trust_env=False) as mesh_client:
             n = sizes.sync_batch
             rates = interleave(
                 sizes,
-                lambda: sync_batch(bare_client, bare_url, n, cap),
-                lambda: sync_batch(mesh_client, mesh_url, n, cap),
+                cpu.measure("sync", 0, lambda: sync_batch(bare_client, bare_url, n, cap)),
+                cpu.measure("sync", 1, lambda: sync_batch(mesh_client, mesh_url, n, cap)),
             )
         sync_row = _client_row("httpx.Client, sequential", rates)
         print(f"  {sync_row.case}: done", flush=True)
@@ -406,13 +408,48 @@ def live_rows(sizes: Sizes) -> list[Row]:
                 n = sizes.async_batch
                 return await interleave_async(
                     sizes,
-                    lambda: async_batch(bare_client, bare_url, n, cap, CONCURRENCY),
-                    lambda: async_batch(mesh_client, mesh_url, n, cap, CONCURRENCY),
+                    cpu.measure_async("async", 0, lambda: async_batch(bare_client, bare_url, n, cap, CONCURRENCY)),
+                    cpu.measure_async("async", 1, lambda: async_batch(mesh_client, mesh_url, n, cap, CONCURRENCY)),
                 )
 
         async_row = _client_row(f"httpx.AsyncClient, {CONCURRENCY} concurrent", asyncio.run(run_async()))
         print(f"  {async_row.case}: done", flush=True)
+    cpu.report()
     return [sync_row, async_row]
+
+
+class CpuPerRequest:
+    """The client process's CPU per request, bare and mesh: steadier than requests/s on a shared 2-core machine.
+
+    Requests/s also depends on the upstream process, which shares the cores;
+    CPU time of this process is what the mesh itself adds.
+    """
+
+    def __init__(self) -> None:
+        self.samples: dict[tuple[str, int], list[float]] = {}
+
+    def measure(self, case: str, side: int, batch: Batch) -> Batch:
+        def run() -> tuple[int, float]:
+            start = time.process_time()
+            n, seconds = batch()
+            self.samples.setdefault((case, side), []).append((time.process_time() - start) / n * 1e6)
+            return n, seconds
+
+        return run
+
+    def measure_async(self, case: str, side: int, batch: AsyncBatch) -> AsyncBatch:
+        async def run() -> tuple[int, float]:
+            start = time.process_time()
+            n, seconds = await batch()
+            self.samples.setdefault((case, side), []).append((time.process_time() - start) / n * 1e6)
+            return n, seconds
+
+        return run
+
+    def report(self) -> None:
+        for case in ("sync", "async"):
+            bare, mesh = (statistics.median(self.samples.get((case, side), [math.nan])) for side in (0, 1))
+            print(f"  client CPU per request, {case}: bare {bare:.0f} µs, mesh {mesh:.0f} µs ({mesh - bare:+.0f} µs)")
 
 
 def _engine_setup() -> tuple[meshlib.Mesh, list[httpx.Request]]:
