@@ -6,6 +6,9 @@
    detection, health checks, rate limit, hedging, faults and mirroring at 0%).
    Nothing fails, so the policies only pay their bookkeeping. Target: at most
    2× the core engine's cost.
+   Also printed, without a target: sync hedging over a sender the mesh cannot
+   interrupt (a worker thread per hedged request), and the in-memory moving
+   window's cost per hit, meshlib's against the ``limits`` library's.
 2. A retry storm: an upstream failing every request (503), 3 attempts, a retry
    budget of 20% plus 10 retries/s, at 1,000 requests/s of simulated time.
    Upstream calls per request, against the same without a budget (3.0).
@@ -21,10 +24,14 @@ import copy
 import math
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import limits
+import limits.storage
+import limits.strategies
 from bench_core import (
     FULL,
     QUICK,
@@ -41,6 +48,7 @@ from bench_core import (
 )
 
 import meshlib
+from meshlib._policies.rate_limit import MovingWindow
 
 TARGET_IDLE_RATIO = 2.0
 
@@ -95,6 +103,20 @@ class FakeClock:
         self.advance(max(seconds, 0))
 
 
+class InterruptibleZeroIO(ZeroIO):
+    """A zero-I/O sender that a hedge may run inline, as it runs tries over the mesh's own ``httpx.HTTPTransport``.
+
+    The mesh lets a winning hedge interrupt a sync try blocked in a socket read
+    of httpx's HTTP/1.1 transport (``_engine/interrupt.py``), so it runs first
+    tries inline there; senders it cannot interrupt (respx, custom transports)
+    get a worker thread per hedged request instead. This sender never blocks,
+    so the mark is true of it; the "uninterruptible sender" row shows the
+    worker-thread path's cost.
+    """
+
+    _meshlib_interruptible = True
+
+
 def _with_policies(config: dict[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:
     config = copy.deepcopy(config)
     for i, cluster in enumerate(config["clusters"].values()):
@@ -119,7 +141,7 @@ def idle_rows(sizes: Sizes, skip: Sequence[str] = ()) -> list[tuple[str, float, 
         rates: Rates = interleave(
             sizes,
             lambda: engine_batch(core.transport(inner=ZeroIO()), requests, n, cap),
-            lambda: engine_batch(with_policies.transport(inner=ZeroIO()), requests, n, cap),
+            lambda: engine_batch(with_policies.transport(inner=InterruptibleZeroIO()), requests, n, cap),
         )
         zero = 1e6 / max(base_rates[0])
         sync = _engine_row("sync", rates)
@@ -151,6 +173,53 @@ def idle_rows(sizes: Sizes, skip: Sequence[str] = ()) -> list[tuple[str, float, 
     finally:
         core.close()
         with_policies.close()
+
+
+def uninterruptible_row(sizes: Sizes) -> tuple[str, float, float]:
+    """Sync, all policies, over a sender a hedge cannot interrupt: every hedged request takes a worker thread."""
+    core, requests = _engine_setup()
+    with_policies = meshlib.Mesh.from_dict(_with_policies(core.config.model_dump(mode="json", exclude_none=True)))
+    n, cap = sizes.engine_batch, sizes.budget
+    try:
+        bare = ZeroIO()
+        base_rates = interleave(sizes, lambda: engine_batch(bare, requests, n, cap), lambda: (n, 1.0))
+        rates = interleave(
+            sizes,
+            lambda: engine_batch(core.transport(inner=ZeroIO()), requests, n, cap),
+            lambda: engine_batch(with_policies.transport(inner=ZeroIO()), requests, n, cap),
+        )
+        zero = 1e6 / max(base_rates[0])
+        row = _engine_row("sync", rates)
+        return ("engine, sync, all policies, uninterruptible sender", row.bare - zero, row.mesh - zero)
+    finally:
+        core.close()
+        with_policies.close()
+
+
+def limiter_rows(hits: int) -> list[tuple[str, float, float]]:
+    """(rate, limits µs per hit, meshlib µs per hit) for the in-memory moving window, best of 3."""
+    rows = []
+    for rate in ("100/second", "10000/second", "1000000/second"):
+        item = limits.parse(rate)
+
+        def limits_batch(item: limits.RateLimitItem = item) -> float:
+            strategy = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+            start = time.perf_counter()
+            for _ in range(hits):
+                strategy.hit(item, "bench")
+            return (time.perf_counter() - start) / hits * 1e6
+
+        def meshlib_batch(item: limits.RateLimitItem = item) -> float:
+            window, lock = MovingWindow(item), threading.Lock()  # the limiter takes a lock per hit too
+            start = time.perf_counter()
+            for _ in range(hits):
+                now = time.time()
+                with lock:
+                    window.hit(now)
+            return (time.perf_counter() - start) / hits * 1e6
+
+        rows.append((rate, min(limits_batch() for _ in range(3)), min(meshlib_batch() for _ in range(3))))
+    return rows
 
 
 class Failing(httpx.BaseTransport):
@@ -252,7 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "yes" if ok else "NO",
             ]
         )
+    case, core, policies = uninterruptible_row(sizes)
+    body.append([case, f"{core:.1f}", f"{policies:.1f}", f"{policies / core:.2f}×", "(info)", ""])
     _table(["case", "core µs", "all policies µs", "ratio", "target", "ok"], body, {1, 2, 3})
+
+    hits = 20_000 if args.quick else 200_000
+    print(f"\nin-memory moving-window rate limit, µs per hit ({hits:,} hits as fast as possible):\n")
+    body = [[rate, f"{old:.2f}", f"{new:.2f}", f"{old / new:.1f}×"] for rate, old, new in limiter_rows(hits)]
+    _table(["rate", "limits MemoryStorage", "meshlib MovingWindow", "speed-up"], body, {1, 2, 3})
 
     requests = 2000 if args.quick else 10000
     print(f"\nretry storm: upstream failing 100%, 3 attempts, {requests:,} requests at 1,000/s (simulated time):\n")

@@ -8,21 +8,125 @@ take every thread and starve the tries they wait for. Work submitted from a
 thread runs in a copy of that thread's ``contextvars`` context, as asyncio
 tasks do, so tracing context follows it. Async callers get tasks on their
 own event loop, held here so they are not garbage-collected mid-flight.
-``close()`` stops both; the mesh calls it from ``Mesh.close()``.
+``call_later`` runs a function on one timer thread after a delay (the sync
+hedge's "this try is slow" alarm), without a thread per timer.
+``close()`` stops all of it; the mesh calls it from ``Mesh.close()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Background"]
+__all__ = ["Background", "TimerHandle"]
 
 T = TypeVar("T")
+logger = logging.getLogger("meshlib")
+
+
+class TimerHandle:
+    """A call scheduled by :meth:`Background.call_later`; ``cancel()`` stops it if it has not run."""
+
+    __slots__ = ("cancelled", "fn")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Timers:
+    """One thread that runs calls when they are due.
+
+    Built for many short-lived timers of a few fixed delays (one per hedge
+    policy), nearly all cancelled before they are due: calls of one delay are
+    due in the order they were made, so each delay keeps a FIFO queue. A new
+    call appends to its queue and first drops the cancelled calls at the
+    queue's head, so when tries answer in time the queues stay short and the
+    thread wakes about once per delay, not once per call. Scheduling costs a
+    lock and two deque operations; no heap, no thread per timer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queues: dict[float, deque[tuple[float, TimerHandle]]] = {}
+        self._wake_at = math.inf  # when the thread will look next; -inf while it is awake
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> TimerHandle:
+        handle = TimerHandle(fn)
+        when = time.monotonic() + delay
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the mesh is closed")
+            queue = self._queues.get(delay)
+            if queue is None:
+                queue = self._queues[delay] = deque()
+            while queue and queue[0][1].cancelled:
+                queue.popleft()
+            queue.append((when, handle))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="meshlib-timer", daemon=True)
+                self._thread.start()
+            elif when < self._wake_at:
+                self._cond.notify()
+        return handle
+
+    def _due(self, now: float) -> tuple[list[TimerHandle], float]:
+        """Take the calls due at ``now`` off the queues (lock held); and when the next one is due."""
+        due = []
+        next_at = math.inf
+        for queue in self._queues.values():
+            while queue and (queue[0][1].cancelled or queue[0][0] <= now):
+                _, handle = queue.popleft()
+                if not handle.cancelled:
+                    due.append(handle)
+            if queue:
+                next_at = min(next_at, queue[0][0])
+        return due, next_at
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                due, next_at = self._due(now)
+                if due:
+                    self._cond.release()
+                    try:
+                        for handle in due:
+                            if not handle.cancelled:
+                                self._call(handle)
+                    finally:
+                        self._cond.acquire()
+                    continue
+                self._wake_at = next_at
+                self._cond.wait(None if next_at == math.inf else next_at - now)
+                self._wake_at = -math.inf  # awake: a new call needs no notify, the loop looks again
+
+    @staticmethod
+    def _call(handle: TimerHandle) -> None:
+        try:
+            handle.fn()
+        except Exception:  # one bad callback must not stop every later timer
+            logger.exception("meshlib timer callback failed")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._queues.clear()
+            self._cond.notify()
 
 
 class Background:
@@ -40,6 +144,7 @@ class Background:
         self._executor: ThreadPoolExecutor | None = None
         self._try_executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers = _Timers()
         self._closed = False
 
     @property
@@ -67,6 +172,13 @@ class Background:
                 self._try_executor = ThreadPoolExecutor(self._try_workers, thread_name_prefix="meshlib-try")
             return self._try_executor.submit(context.run, fn, *args)
 
+    def call_later(self, delay: float, fn: Callable[[], object]) -> TimerHandle:
+        """Run ``fn()`` on the mesh's timer thread after ``delay`` seconds (real time), unless cancelled first.
+
+        ``fn`` must be quick (it delays every later timer): hand real work to :meth:`submit_try`.
+        """
+        return self._timers.call_later(delay, fn)
+
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``coro`` as a task on the running event loop, keeping it referenced until done."""
         if self._closed:
@@ -91,5 +203,6 @@ class Background:
             executor.shutdown(wait=False, cancel_futures=True)
         if try_executor is not None:
             try_executor.shutdown(wait=False)
+        self._timers.close()
         for task in list(self._tasks):
             task.cancel()

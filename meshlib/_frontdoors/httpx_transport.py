@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 from meshlib._engine import outbound
+from meshlib._engine.interrupt import make_interruptible
 
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
@@ -20,12 +21,15 @@ class MeshTransport(httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that routes each request through a :class:`meshlib.Mesh`.
 
     ``inner`` does the network I/O (default: ``httpx.HTTPTransport()``); since
-    it is httpx's own transport, respx mocks sit under the whole mesh.
+    it is httpx's own transport, respx mocks sit under the whole mesh. An
+    ``httpx.HTTPTransport`` gets a network backend that lets a winning hedge
+    interrupt a try blocked in a read (see ``_engine/interrupt.py``).
     """
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else httpx.HTTPTransport()
+        make_interruptible(self.inner)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         # One read of the current snapshot: a reload mid-request does not change this request's view.

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -28,10 +30,12 @@ import httpx
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from meshlib._background import Background
+from meshlib._background import Background, TimerHandle
 from meshlib._config.resilience import HedgeConfig
+from meshlib._engine.alarms import Alarm, set_alarm
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import EXTENSION, CallContext, context_of
+from meshlib._engine.interrupt import CURRENT, Interrupt, TryInterrupted, interruptible
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._upstream.cluster import ClusterState
 
@@ -215,6 +219,12 @@ class HedgeFilter:
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
         if not self.policy.hedgeable(request) or self.background.closed:
             return call_next(request)
+        if interruptible(context_of(request).sender):
+            return _InlineSyncHedge(self.policy, request, self.state, call_next, self.background).run()
+        return self._race_with_threads(request, call_next)
+
+    def _race_with_threads(self, request: Request, call_next: SyncHandler) -> Response:
+        """The general sync race, for senders a hedge cannot interrupt: every try on a worker thread."""
         race = _Race(self.policy, request, self.state)
         futures: dict[Future[Response], int] = {}
         try:
@@ -279,6 +289,169 @@ class HedgeFilter:
         return race.finish()
 
 
+class _InlineSyncHedge:
+    """The sync hedge for interruptible senders: the first try runs in the caller's thread, hedges on workers.
+
+    An idle hedge costs one timer on the mesh's timer thread. If the inline try
+    has not answered after ``after``, the timer sends a hedged try to a worker
+    thread (in a copy of the caller's context, for tracing). A hedge that
+    answers well while the inline try still runs wins and interrupts it; the
+    other hedges' answers are closed when they come.
+    """
+
+    __slots__ = (
+        "background",
+        "call_next",
+        "context",
+        "first_done",
+        "hedges",
+        "interrupt",
+        "lock",
+        "policy",
+        "request",
+        "state",
+        "timer",
+        "winner",
+    )
+
+    def __init__(
+        self, policy: HedgePolicy, request: Request, state: ClusterState, call_next: SyncHandler, background: Background
+    ) -> None:
+        self.policy = policy
+        self.request = request
+        self.state = state
+        self.call_next = call_next
+        self.background = background
+        self.lock = threading.Lock()  # orders the caller, the timer thread and the hedges' done-callbacks
+        self.interrupt = Interrupt()
+        self.context = contextvars.copy_context()
+        self.hedges: list[tuple[Future[Response], CallContext]] = []
+        self.winner: tuple[Response, CallContext] | None = None
+        self.first_done = False
+        self.timer: TimerHandle | None = None
+
+    def run(self) -> Response:
+        try:
+            self.timer = self.background.call_later(self.policy.after, self._launch)
+        except RuntimeError:  # the mesh was closed: no hedges
+            return self.call_next(self.request)
+        response: Response | None = None
+        error: Exception | None = None
+        token = CURRENT.set(self.interrupt)
+        try:
+            response = self.call_next(self.request)
+        except TryInterrupted:
+            pass  # a hedge won (the only reason for an interrupt)
+        except Exception as exc:
+            error = exc
+        except BaseException:
+            self._end_inline()
+            self._drop()
+            raise
+        finally:
+            CURRENT.reset(token)
+        self._end_inline()
+        if self.winner is not None:
+            if response is not None:
+                _close_quietly(response)
+            return self._won()
+        if (response is not None and self.policy.good(response)) or not self.hedges:
+            self._drop()
+            if error is not None:
+                raise error
+            assert response is not None
+            return response
+        return self._settle(response, error)
+
+    def _end_inline(self) -> None:
+        with self.lock:
+            self.first_done = True
+            timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _launch(self) -> None:
+        """Timer thread: the inline try (and earlier hedges) are slow; send one more try."""
+        with self.lock:
+            self.timer = None
+            if self.first_done or self.winner is not None:
+                return
+            earlier = [context_of(self.request), *(ctx for _, ctx in self.hedges)]
+            copy = self.policy.try_request(self.request, earlier)
+            try:
+                future = self.background.submit_try(self.context.copy().run, self.call_next, copy)
+            except RuntimeError:  # the mesh was closed: no more tries
+                return
+            self.hedges.append((future, context_of(copy)))
+            if len(self.hedges) < self.policy.max_extra:
+                self.timer = self.background.call_later(self.policy.after, self._launch)
+        self.state.count("hedges")
+        future.add_done_callback(self._hedge_done)
+
+    def _hedge_done(self, future: Future[Response]) -> None:
+        """A hedge answered: if well and first, it wins and interrupts the inline try."""
+        if future.cancelled() or future.exception() is not None or not self.policy.good(future.result()):
+            return
+        with self.lock:
+            if self.winner is not None or self.first_done:
+                return  # the caller decides (and closes what it does not keep)
+            self.winner = (future.result(), next(ctx for f, ctx in self.hedges if f is future))
+        self.interrupt.interrupt()
+
+    def _settle(self, response: Response | None, error: Exception | None) -> Response:
+        """The inline try failed while hedges run: the first good hedge wins, else the last failure."""
+        contexts = dict(self.hedges)
+        last: tuple[Response | None, BaseException | None] = (response, error)
+        # Hedges done already: a good one answered after the inline try failed and wins; failed ones
+        # failed earlier, so the inline failure is the latest so far.
+        for future in contexts:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                if self.policy.good(future.result()):
+                    if response is not None:
+                        _close_quietly(response)
+                    self.winner = (future.result(), contexts[future])
+                    return self._won()
+                _close_quietly(future.result())
+        pending = {future for future in contexts if not future.done()}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.cancelled():
+                    continue
+                outcome = _outcome_of(future, 0)
+                if last[0] is not None:
+                    _close_quietly(last[0])
+                if outcome[1] is not None and self.policy.good(outcome[1]):
+                    self.winner = (outcome[1], contexts[future])
+                    return self._won()
+                last = (outcome[1], outcome[2])
+        final, failure = last
+        if failure is not None:
+            raise failure
+        assert final is not None
+        return final
+
+    def _won(self) -> Response:
+        assert self.winner is not None
+        response, won = self.winner
+        self._drop(keep=response)
+        ctx = context_of(self.request)
+        ctx.endpoint, ctx.cluster = won.endpoint, won.cluster
+        ctx.tried.extend(e for e in list(won.tried) if e not in ctx.tried)
+        self.state.count("hedge_wins")
+        return response
+
+    def _drop(self, keep: Response | None = None) -> None:
+        """Hedges not kept: cancel those not started, close the others' answers when they come."""
+        with self.lock:
+            hedges = list(self.hedges)
+        for future, _ in hedges:
+            if future.done() and not future.cancelled() and future.exception() is None and future.result() is keep:
+                continue
+            future.cancel()
+            future.add_done_callback(_discard)
+
+
 def _inline_possible() -> bool:
     """Whether the caller runs on asyncio, where the inline hedge works (it uses asyncio's task API)."""
     return asyncio._get_running_loop() is not None
@@ -296,6 +469,20 @@ class _InlineHedge:
     does. Other anyio backends use the task-group race.
     """
 
+    __slots__ = (
+        "call_next",
+        "first_done",
+        "hedges",
+        "interrupted",
+        "loop",
+        "policy",
+        "request",
+        "state",
+        "task",
+        "timer",
+        "winner",
+    )
+
     def __init__(self, policy: HedgePolicy, request: Request, state: ClusterState, call_next: AsyncHandler) -> None:
         self.policy = policy
         self.request = request
@@ -307,7 +494,7 @@ class _InlineHedge:
         self.winner: tuple[Response, CallContext] | None = None
         self.first_done = False
         self.interrupted = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Alarm | None = None
 
     def _launch(self) -> None:
         """Timer callback: the inline try (and earlier hedges) are slow; send one more try."""
@@ -321,9 +508,13 @@ class _InlineHedge:
         task.add_done_callback(self._hedge_done)
         self.state.count("hedges")
         if len(self.hedges) < self.policy.max_extra:
-            self.timer = self.loop.call_later(self.policy.after, self._launch)
+            self.timer = set_alarm(self.loop, self.policy.after, self._launch)
 
     def _hedge_done(self, task: asyncio.Task[Response]) -> None:
+        """A hedge answered: if well and before the inline try, it wins and interrupts it.
+
+        Anything else is left to the caller's paths, which close what they do not keep.
+        """
         if task.cancelled() or task.exception() is not None:
             return
         response = task.result()
@@ -332,11 +523,9 @@ class _InlineHedge:
             if self.task is not None:
                 self.interrupted = True
                 self.task.cancel()  # interrupt the inline try: the hedge answered first
-        elif self.winner is None or response is not self.winner[0]:
-            self.loop.create_task(_aclose_quietly(response))
 
     async def run(self) -> Response:
-        self.timer = self.loop.call_later(self.policy.after, self._launch)
+        self.timer = set_alarm(self.loop, self.policy.after, self._launch)
         response: Response | None = None
         error: Exception | None = None
         try:
@@ -355,7 +544,8 @@ class _InlineHedge:
         if self.winner is not None:
             return await self._won()
         if (response is not None and self.policy.good(response)) or not self.hedges:
-            await self._cancel_hedges()
+            if self.hedges:
+                await self._cancel_hedges()
             if error is not None:
                 raise error
             assert response is not None
@@ -374,16 +564,23 @@ class _InlineHedge:
 
     async def _settle(self, response: Response | None, error: Exception | None) -> Response:
         """The inline try failed while hedges run: the first good hedge wins, else the last failure."""
-        # Hedges already done failed before the inline try did (a good one would have won): the inline
-        # failure is the latest so far; only hedges still running can come later.
-        for task, _ in self.hedges:
+        # Hedges done already: a good one answered after the inline try failed (before, it would have won
+        # there) and wins now; failed ones failed earlier, so the inline failure is the latest so far.
+        for task, ctx in self.hedges:
             if task.done() and not task.cancelled() and task.exception() is None:
+                if self.policy.good(task.result()):
+                    if response is not None:
+                        await _aclose_quietly(response)
+                    self.winner = (task.result(), ctx)
+                    return await self._won()
                 await _aclose_quietly(task.result())
         pending = {task for task, _ in self.hedges if not task.done()}
         last: tuple[Response | None, BaseException | None, CallContext | None] = (response, error, None)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
+                if task.cancelled():
+                    continue
                 ctx = next(c for t, c in self.hedges if t is task)
                 failure = task.exception()
                 if failure is not None:
@@ -407,14 +604,17 @@ class _InlineHedge:
         return final
 
     async def _cancel_hedges(self, keep: Response | None = None) -> None:
+        """Cancel the hedges still running and close every hedge's answer but ``keep``."""
         for task, _ in self.hedges:
             if not task.done():
                 task.cancel()
-            elif not task.cancelled() and task.exception() is None and task.result() is not keep:
-                await _aclose_quietly(task.result())
         pending = [task for task, _ in self.hedges if not task.done()]
         if pending:
             await asyncio.wait(pending)
+        for task, _ in self.hedges:
+            # A task may answer before its cancellation lands: its response too is closed.
+            if not task.cancelled() and task.exception() is None and task.result() is not keep:
+                await _aclose_quietly(task.result())
 
 
 async def _call(call_next: AsyncHandler, request: Request) -> Response:

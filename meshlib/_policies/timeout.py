@@ -18,6 +18,7 @@ from typing import ClassVar
 import anyio
 
 from meshlib._clock import Clock
+from meshlib._engine.alarms import Alarm, schedule
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
 from meshlib._errors import RequestTimeoutError
@@ -66,22 +67,29 @@ class TryTimeouts:
     per_try: float | None
     connect: float | None
 
-    def limits(self, ctx: CallContext, clock: Clock, client: dict[str, float | None] | None) -> dict[str, float]:
-        """httpx's per-request timeout dict for this try, never looser than the client's own."""
+    def limits(self, ctx: CallContext, clock: Clock, client: dict[str, float | None] | None) -> dict[str, float | None]:
+        """httpx's per-request timeout dict for this try, never looser than the client's own (None: no limit)."""
         budget = math.inf if self.per_try is None else self.per_try
         if ctx.deadline is not None:
             budget = min(budget, ctx.deadline - clock.monotonic())
         if budget <= 0:
             raise timeout_error(ctx, "request timeout ran out before the next try")
+        connect = budget if self.connect is None else min(budget, self.connect)
         client = client or {}
-        out = {}
-        for key in ("connect", "read", "write", "pool"):
-            mine = min(budget, self.connect) if key == "connect" and self.connect is not None else budget
-            theirs = client.get(key)
-            value = mine if theirs is None else min(mine, theirs)
-            if value != math.inf:
-                out[key] = value
+        out = {
+            "connect": _tighter(connect, client.get("connect")),
+            "read": _tighter(budget, client.get("read")),
+            "write": _tighter(budget, client.get("write")),
+            "pool": _tighter(budget, client.get("pool")),
+        }
         return out
+
+
+def _tighter(mine: float, theirs: float | None) -> float | None:
+    """The tighter of two limits, where infinity (ours) and None (the client's) mean none."""
+    if theirs is not None and theirs < mine:
+        return theirs
+    return None if mine == math.inf else mine
 
 
 class PerTryTimeoutFilter:
@@ -96,9 +104,9 @@ class PerTryTimeoutFilter:
     def _apply(self, request: Request) -> tuple[CallContext, float | None]:
         ctx = context_of(request)
         limits = self.timeouts.limits(ctx, self.clock, request.extensions.get("timeout"))
-        request.extensions["timeout"] = {**request.extensions.get("timeout", {}), **limits}
+        request.extensions["timeout"] = limits
         # The whole try (headers included) is bounded by the read budget; connect is within it.
-        return ctx, limits.get("read")
+        return ctx, limits["read"]
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
         self._apply(request)
@@ -108,12 +116,52 @@ class PerTryTimeoutFilter:
         ctx, budget = self._apply(request)
         if budget is None:
             return await call_next(request)
-        try:
-            # asyncio's own timeout costs about 4 µs, anyio's about 12 µs (it also serves trio): once per try.
-            if asyncio._get_running_loop() is not None:
-                async with asyncio.timeout(budget):
+        loop = asyncio._get_running_loop()
+        task = asyncio.current_task(loop) if loop is not None else None
+        if loop is None or task is None:  # another anyio backend (trio): its own cancel scope
+            try:
+                with anyio.fail_after(budget):
                     return await call_next(request)
-            with anyio.fail_after(budget):
-                return await call_next(request)
-        except TimeoutError:
-            raise timeout_error(ctx, f"try {ctx.attempt} ran out of time after {budget:g}s") from None
+            except TimeoutError:
+                raise timeout_error(ctx, _ran_out(ctx, budget)) from None
+        # What asyncio.timeout does (cancel the task when due, take the cancellation back), without its
+        # context manager: one timer per try, about 2 µs against 5.
+        alarm = _TryAlarm(task)
+        # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; a budget cut
+        # short by the deadline is not.
+        handle = (
+            schedule(loop, budget, alarm) if budget == self.timeouts.per_try else loop.call_later(budget, alarm.ring)
+        )
+        try:
+            response = await call_next(request)
+        except asyncio.CancelledError:
+            if alarm.rang and task.uncancel() <= alarm.cancelling:
+                raise timeout_error(ctx, _ran_out(ctx, budget)) from None
+            raise
+        finally:
+            handle.cancel()
+        if alarm.rang:  # the try swallowed the cancellation and answered anyway: take it back
+            task.uncancel()
+        return response
+
+
+def _ran_out(ctx: CallContext, budget: float) -> str:
+    return f"try {ctx.attempt} ran out of time after {budget:g}s"
+
+
+class _TryAlarm(Alarm):
+    """A try's timer on asyncio: cancels the task when due, and remembers that it did."""
+
+    __slots__ = ("cancelling", "rang", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.when = 0.0  # Alarm's fields, set here: no super().__init__() call on the hot path
+        self.callback = None
+        self.cancelled = False
+        self.task = task
+        self.cancelling = task.cancelling()  # cancellations already requested by others
+        self.rang = False
+
+    def ring(self) -> None:
+        self.rang = True
+        self.task.cancel()

@@ -1,0 +1,178 @@
+"""Interrupting a sync try that blocks in a socket read: how a hedge that won stops the try still running inline.
+
+A sync hedge runs its first try in the caller's own thread, because handing
+every request to a worker thread costs more than the rest of the engine (about
+60 µs per request). When a hedged try answers first, the inline try may be
+blocked in ``recv``: the hedge calls :meth:`Interrupt.interrupt`, which shuts
+the socket down, so the read returns at once and :class:`TryInterrupted` is
+raised in its place. httpcore then drops that connection, as it does for a
+cancelled async request.
+
+This works for httpx's own ``HTTPTransport`` (HTTP/1.1), whose connection
+pool gets an :class:`InterruptibleBackend` that tells the current try which
+socket it is reading (:func:`make_interruptible`). Other senders, and an
+``HTTPTransport`` whose pool respx has patched (no sockets at all), are not
+interruptible: the hedge then runs each try on a worker thread instead
+(:func:`interruptible`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from contextvars import ContextVar
+from typing import Any
+
+import httpcore
+import httpx
+
+__all__ = ["CURRENT", "Interrupt", "InterruptibleBackend", "TryInterrupted", "interruptible", "make_interruptible"]
+
+# The Interrupt of the try running inline in this thread (set by the sync hedge around its inline try).
+CURRENT: ContextVar[Interrupt | None] = ContextVar("meshlib_interrupt", default=None)
+
+# Set on a sender whose blocking calls honour CURRENT (or that never block).
+_MARK = "_meshlib_interruptible"
+
+
+class TryInterrupted(BaseException):
+    """Raised in a sync try that a winning hedge interrupted.
+
+    A BaseException, like ``asyncio.CancelledError``: no policy counts it as
+    the upstream's failure, and only the hedge that interrupted catches it.
+    """
+
+
+class Interrupt:
+    """One inline try's interruption: a flag, and the socket the try is blocked on, if any."""
+
+    __slots__ = ("_lock", "_sock", "interrupted")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Stop the try: shut its socket down if it is in a read or write; any later one raises at once."""
+        with self._lock:
+            self.interrupted = True
+            sock = self._sock
+            if sock is not None:
+                _shutdown(sock)
+
+    def enter(self, sock: socket.socket | None) -> None:
+        """Called before a blocking read or write on ``sock``; raises if the try was interrupted already."""
+        with self._lock:
+            if self.interrupted:
+                raise TryInterrupted
+            self._sock = sock
+
+    def leave(self) -> None:
+        with self._lock:
+            self._sock = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for an SSLSocket: its own would tear down TLS state that the
+    # blocked reader is using. OSError: already closed, so nothing is blocked on it.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Stream(httpcore.NetworkStream):
+    """A network stream whose reads and writes the current try's Interrupt can cut short."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+        self._sock: socket.socket | None = inner.get_extra_info("socket")
+
+    def _guarded(self, interrupt: Interrupt, fn: Any, *args: Any) -> Any:
+        interrupt.enter(self._sock)
+        try:
+            result = fn(*args)
+        except Exception:
+            if interrupt.interrupted:
+                raise TryInterrupted from None
+            raise
+        finally:
+            interrupt.leave()
+        if interrupt.interrupted:  # the read ended because the socket was shut down: nothing to trust
+            raise TryInterrupted
+        return result
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        interrupt = CURRENT.get()
+        if interrupt is None:
+            return self._inner.read(max_bytes, timeout)
+        data: bytes = self._guarded(interrupt, self._inner.read, max_bytes, timeout)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        interrupt = CURRENT.get()
+        if interrupt is None:
+            self._inner.write(buffer, timeout)
+        else:
+            self._guarded(interrupt, self._inner.write, buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class InterruptibleBackend(httpcore.NetworkBackend):
+    """Wraps a connection pool's network backend so that its streams honour the current try's Interrupt."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def make_interruptible(transport: httpx.BaseTransport) -> None:
+    """Let a hedge interrupt ``transport``'s blocked tries, when it is httpx's HTTP/1.1 transport.
+
+    Anything else is left alone (and its tries run on worker threads when hedged).
+    """
+    if type(transport).handle_request is not httpx.HTTPTransport.handle_request:
+        return  # a subclass that sends its own way, or another transport
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(pool, httpcore.ConnectionPool) or backend is None or getattr(pool, "_http2", True):
+        return  # HTTP/2 multiplexes tries over one socket: shutting it down would cut the others
+    if not isinstance(backend, InterruptibleBackend):
+        pool._network_backend = InterruptibleBackend(backend)
+    setattr(transport, _MARK, True)
+
+
+def interruptible(sender: httpx.BaseTransport | None) -> bool:
+    """Whether a try through ``sender`` can be interrupted (see the module docstring)."""
+    if not getattr(sender, _MARK, False):
+        return False
+    pool = getattr(sender, "_pool", None)
+    # respx patches the pool class's handle_request: no socket is ever read, so nothing could be interrupted.
+    return pool is None or type(pool).handle_request.__module__.startswith("httpcore.")
