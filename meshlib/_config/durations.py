@@ -57,7 +57,7 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    PlainSerializer(format_duration, return_type=str),  # also in python mode: a dump validates back
     WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["250ms", "2s"]}),
 ]
 """A config field written as a duration string and held as float seconds."""

@@ -39,6 +39,7 @@ from meshlib._config.resilience import (
     RateLimitConfig,
     RetryConfig,
 )
+from meshlib._config.sidecar import SidecarConfig
 from meshlib._errors import ConfigError
 
 __all__ = [
@@ -459,6 +460,7 @@ class MeshConfig(ConfigModel):
         default_factory=dict, json_schema_extra={"additionalProperties": False}
     )
     routes: list[RouteConfig] = Field(default_factory=list)
+    sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
 
     def __init__(self, **data: Any) -> None:
         from meshlib._config.load import config_error_from, format_loc

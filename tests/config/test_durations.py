@@ -139,11 +139,14 @@ def test_a_bad_duration_field_error_shows_example_units(value: object) -> None:
     assert "'250ms'" in error["msg"]
 
 
-def test_duration_serialises_to_a_string_in_json_mode_and_a_float_otherwise() -> None:
+def test_duration_is_float_seconds_in_code_and_a_string_in_every_dump() -> None:
     timeouts = Timeouts.model_validate({"connect": "250ms", "total": "90s"})
+    assert (timeouts.connect, timeouts.total) == (0.25, 90.0)
     assert timeouts.model_dump(mode="json") == {"connect": "250ms", "total": "90s"}
     assert json.loads(timeouts.model_dump_json()) == {"connect": "250ms", "total": "90s"}
-    assert timeouts.model_dump() == {"connect": 0.25, "total": 90.0}
+    # A python-mode dump validates back too (bare numbers are refused as input).
+    assert timeouts.model_dump() == {"connect": "250ms", "total": "90s"}
+    assert Timeouts.model_validate(timeouts.model_dump()) == timeouts
     assert Timeouts.model_validate_json(timeouts.model_dump_json()) == timeouts
 
 
