@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -43,6 +45,10 @@ def coverage(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: print tables of ratios against baselines measured in the same run."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[bench]")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
     session.run("python", "benchmarks/bench_resilience.py", *session.posargs)
+    session.run("python", "benchmarks/bench_upstream_client.py", *session.posargs)
+    if shutil.which("wrk") is None:
+        session.skip("bench_sidecar needs wrk: apt-get install -y wrk")
+    session.run("python", "benchmarks/bench_sidecar.py", *session.posargs)

@@ -1,4 +1,4 @@
-"""The ``meshlib`` command: ``demo``, ``validate``, ``schema``."""
+"""The ``meshlib`` command: ``demo``, ``proxy``, ``validate``, ``schema``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(requests=args.requests, concurrency=args.concurrency, print_config=args.print_config)
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    from meshlib._sidecar.process import parse_args_to_options, run_proxy
+
+    if args.workers < 1:
+        print("meshlib proxy: --workers must be at least 1", file=sys.stderr)
+        return EXIT_INVALID
+    return run_proxy(parse_args_to_options(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshlib", description="A service mesh you pip install.")
     parser.add_argument("--version", action="version", version=f"meshlib {__version__}")
@@ -51,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8, help="concurrent async requests (default 8)")
     demo.add_argument("--print-config", action="store_true", help="print the demo's mesh config as YAML and exit")
     demo.set_defaults(func=_demo)
+
+    proxy = commands.add_parser(
+        "proxy",
+        help="run the sidecar: an HTTP proxy on loopback applying the mesh (outbound, inbound, admin listeners)",
+    )
+    proxy.add_argument("--config", required=True, help="the mesh config (YAML or JSON); reloaded when it changes")
+    proxy.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener (default: sidecar.outbound.listen)")
+    proxy.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener (default: sidecar.inbound.listen)")
+    proxy.add_argument("--admin", metavar="HOST:PORT", help="admin listener, loopback (default: sidecar.admin.listen)")
+    proxy.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the ports with SO_REUSEPORT (default 1)"
+    )
+    proxy.add_argument(
+        "--watch-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to check the config file for changes (default 1; 0 turns watching off)",
+    )
+    proxy.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    proxy.set_defaults(func=_proxy)
 
     validate = commands.add_parser("validate", help="check config files: prints ok, or the errors and exits 2")
     validate.add_argument("config", nargs="+", help="a YAML or JSON mesh config")

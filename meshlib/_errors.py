@@ -22,7 +22,7 @@ catches ``httpx.ConnectError`` or ``httpx.TimeoutException`` keeps working.
 Because every ``MeshError`` is an ``httpx.TransportError``, existing
 ``except httpx.HTTPError`` code keeps working when a client is put through the
 mesh. Each class carries a ``code``, the value the sidecar sends in its
-``x-meshlib-error`` header.
+``x-meshlib-error`` header, and the ``status`` it answers with (see _wire.py).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class MeshError(httpx.TransportError):
     """
 
     code: ClassVar[str] = "mesh_error"
+    status: ClassVar[int] = 500  # what the sidecar answers in its place (Envoy's local reply for the cause)
 
     def __init__(
         self,
@@ -88,42 +89,49 @@ class RouteNotFoundError(MeshError):
     """No route or cluster claims the request's host and ``outbound_policy`` is ``registry_only``."""
 
     code = "route_not_found"
+    status = 404
 
 
 class NoHealthyUpstreamError(MeshError):
     """The chosen cluster has no endpoint that can take the request."""
 
     code = "no_healthy_upstream"
+    status = 503
 
 
 class RateLimitedError(MeshError):
     """The route's or cluster's ``rate_limit`` is used up; nothing was sent."""
 
     code = "rate_limited"
+    status = 429
 
 
 class CircuitOpenError(MeshError):
     """The cluster's circuit breaker is open (or testing recovery with its one trial); nothing was sent."""
 
     code = "circuit_open"
+    status = 503
 
 
 class OverloadedError(MeshError):
     """The cluster already has ``max_concurrent_requests`` in flight; nothing was sent."""
 
     code = "overloaded"
+    status = 503
 
 
 class UpstreamConnectError(MeshError, httpx.ConnectError):
     """No connection could be made to the endpoint (refused, unreachable, or ``connect_timeout``)."""
 
     code = "upstream_connect_failure"
+    status = 503
 
 
 class UpstreamResetError(MeshError, httpx.NetworkError):
     """The connection failed after the request was sent: reset, closed early, or a malformed response."""
 
     code = "upstream_reset"
+    status = 502
 
 
 class RequestTimeoutError(MeshError, httpx.TimeoutException):
@@ -135,4 +143,5 @@ class RequestTimeoutError(MeshError, httpx.TimeoutException):
     """
 
     code = "timeout"
+    status = 504
     per_try: bool = True

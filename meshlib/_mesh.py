@@ -6,7 +6,7 @@ import os
 import random
 import threading
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 
@@ -14,6 +14,7 @@ from meshlib._clock import Clock
 from meshlib._config.load import config_from_dict, load_file
 from meshlib._config.models import MeshConfig
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
+from meshlib._frontdoors.sidecar_client import AsyncSidecarTransport, SidecarTransport
 from meshlib._snapshot.compile import Runtime, compile_snapshot
 from meshlib._snapshot.snapshot import Snapshot
 
@@ -36,6 +37,33 @@ def _split_client_kwargs(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     if "trust_env" in transport_kwargs:
         kwargs["trust_env"] = transport_kwargs["trust_env"]
     return inner, transport_kwargs
+
+
+Mode = Literal["in-process", "sidecar"]
+
+
+def _sidecar_mode(mode: str, sidecar: str | None) -> bool:
+    """Whether a client is to send through the sidecar; refuses a mode that is neither."""
+    if mode == "sidecar":
+        return True
+    if mode != "in-process":
+        raise ValueError(f"mode must be 'in-process' or 'sidecar', not {mode!r}")
+    if sidecar is not None:
+        raise TypeError("sidecar= needs mode='sidecar'")
+    return False
+
+
+def _split_sidecar_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the settings of the transport to the sidecar out of client ``kwargs`` (which keep the rest)."""
+    # Each of these would send some requests past the sidecar, or to it in a way it does not expect.
+    refused = sorted(k for k in ("transport", "mounts", "proxy") if k in kwargs)
+    if refused:
+        raise TypeError(f"{', '.join(refused)}= cannot be used with mode='sidecar': every request goes to the sidecar")
+    transport_kwargs = {k: kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in kwargs}
+    if "trust_env" in transport_kwargs:
+        # The client uses it for .netrc; since it gets a transport, it reads no proxy from the environment.
+        kwargs["trust_env"] = transport_kwargs["trust_env"]
+    return transport_kwargs
 
 
 class Mesh:
@@ -120,18 +148,36 @@ class Mesh:
         self._check_open()
         return AsyncMeshTransport(self, inner if inner is not None else httpx.AsyncHTTPTransport(**transport_kwargs))
 
-    def client(self, **kwargs: Any) -> httpx.Client:
+    def client(self, *, mode: Mode = "in-process", sidecar: str | None = None, **kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` whose requests go through this mesh; keyword arguments pass to httpx.
 
         ``transport=`` becomes the mesh's inner transport; ``verify``, ``cert``,
         ``http2``, ``limits``, ``proxy`` and ``trust_env`` configure it.
         Transports in ``mounts=`` are put behind the mesh too, as :func:`meshlib.wrap` does.
+
+        ``mode="sidecar"`` sends every request through a running ``meshlib proxy``
+        instead, at ``sidecar`` (default: ``$MESHLIB_SIDECAR``, else
+        ``http://127.0.0.1:15001``); its error answers raise the same
+        :class:`meshlib.MeshError` classes. The sidecar runs its own engine and
+        config, so this mesh's config is not applied to these requests. There
+        ``transport=``, ``mounts=`` and ``proxy=`` are refused, and proxies in the
+        environment are ignored: every request goes to the sidecar.
         """
+        self._check_open()
+        if _sidecar_mode(mode, sidecar):
+            return httpx.Client(transport=SidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs)
         inner, transport_kwargs = _split_client_kwargs(kwargs)
         return wrap(httpx.Client(transport=self.transport(inner, **transport_kwargs), **kwargs), self)
 
-    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """An ``httpx.AsyncClient`` whose requests go through this mesh (see :meth:`client`)."""
+    def async_client(
+        self, *, mode: Mode = "in-process", sidecar: str | None = None, **kwargs: Any
+    ) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose requests go through this mesh, or the sidecar (see :meth:`client`)."""
+        self._check_open()
+        if _sidecar_mode(mode, sidecar):
+            return httpx.AsyncClient(
+                transport=AsyncSidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs
+            )
         inner, transport_kwargs = _split_client_kwargs(kwargs)
         return wrap(httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs), self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -156,7 +157,7 @@ def test_mesh_from_file_routes_like_from_dict(tmp_path: Path, suffix: str, respx
 def test_a_custom_transport_with_transport_options_is_refused(make_mesh: MakeMesh, option: str) -> None:
     """httpx would silently ignore verify= etc. next to transport=; the mesh says so instead."""
     mesh = make_mesh({})
-    value = "http://127.0.0.1:3128" if option == "proxy" else False
+    value: Any = "http://127.0.0.1:3128" if option == "proxy" else False
     with pytest.raises(TypeError, match=f"transport= or {option}="):
         mesh.client(transport=httpx.HTTPTransport(), **{option: value})
     with pytest.raises(TypeError, match=f"transport= or {option}="):

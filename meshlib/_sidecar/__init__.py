@@ -1,0 +1,1 @@
+"""The sidecar process: listeners, the upstream client, admin, reload and drain."""

@@ -1,0 +1,156 @@
+"""The admin listener's handler: readiness, health, the active config, clusters, stats, reload and drain.
+
+Served by the same HTTP server as the proxy listeners, on loopback only (the
+config refuses anything else), because it can reload and drain the proxy:
+
+* ``GET /ready`` - 200 while serving, 503 while starting or draining
+* ``GET /healthz`` - 200 while the process runs
+* ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
+* ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
+* ``GET /stats`` - counters of the clusters and the listeners, as JSON
+* ``POST /reload`` - load the config file again (200, or 400 and the old config keeps serving)
+* ``POST /drain`` - stop accepting, let requests in flight finish, then exit
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from meshlib._errors import ConfigError
+from meshlib._mesh import Mesh
+
+__all__ = ["AdminTarget", "admin_handler", "redact"]
+
+# Header names whose configured values are credentials: shown as "[redacted]" in /config_dump.
+_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+
+
+class AdminTarget(Protocol):
+    """What the admin endpoints act on: the running proxy."""
+
+    mesh: Mesh
+
+    @property
+    def ready(self) -> bool: ...
+
+    def listener_stats(self) -> dict[str, Any]: ...
+
+    def reload(self) -> tuple[bool, str]:
+        """Reload the config file: (True, message) when the new config serves, (False, why) when refused."""
+        ...
+
+    def drain(self) -> str:
+        """Start a graceful drain; returns what was done."""
+        ...
+
+
+def _redact_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.password is None and parts.username is None:
+        return value
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"[redacted]@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+def redact(data: Any, key: str = "") -> Any:
+    """``data`` (a config dump) with credentials replaced: URL user info, and values of secret-looking headers."""
+    if isinstance(data, dict):
+        return {k: redact(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v, key) for v in data]
+    if isinstance(data, str):
+        if any(word in key.lower() for word in _SECRET_HEADER_WORDS):
+            return "[redacted]"
+        if "://" in data and "@" in data:
+            return _redact_url(data)
+    return data
+
+
+def _json(status: int, body: Any) -> httpx.Response:
+    return httpx.Response(status, content=json.dumps(body, indent=2).encode() + b"\n", headers=_JSON)
+
+
+def _text(status: int, body: str) -> httpx.Response:
+    return httpx.Response(status, content=body.encode() + b"\n", headers=_TEXT)
+
+
+_JSON = {"content-type": "application/json"}
+_TEXT = {"content-type": "text/plain; charset=utf-8"}
+
+
+def config_dump(mesh: Mesh) -> dict[str, Any]:
+    """The active config (redacted) and how it compiled: each route's filters and legs."""
+    snapshot = mesh.snapshot
+    routes = []
+    for route in snapshot.routes.routes:
+        routes.append(
+            {
+                "name": route.name,
+                "filters": [f.name for f in route.filters],
+                "legs": {name: leg.filter_names for name, leg in route.legs.items()},
+            }
+        )
+    return {
+        "version": snapshot.version,
+        "config": redact(mesh.config.model_dump(mode="json")),
+        "routes": routes,
+    }
+
+
+def clusters(mesh: Mesh) -> dict[str, Any]:
+    """Per cluster: endpoints (weight, health, ejection, in-flight) and breaker state, from the live stats."""
+    stats = mesh.stats()["clusters"]
+    out: dict[str, Any] = {}
+    for name, cluster in mesh.config.clusters.items():
+        live = stats.get(name, {})
+        endpoints = live.get("endpoints", {})
+        out[name] = {
+            "lb": cluster.lb,
+            "endpoints": {redact(e.url): {"weight": e.weight, **endpoints.get(e.url, {})} for e in cluster.endpoints},
+            "circuit_breaker": live.get("circuit_breaker"),
+        }
+    return out
+
+
+def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    """The admin listener's request handler."""
+
+    routes: dict[tuple[str, str], Callable[[], httpx.Response]] = {
+        ("GET", "/ready"): lambda: _text(200, "ready") if target.ready else _text(503, "not ready"),
+        ("GET", "/healthz"): lambda: _text(200, "ok"),
+        ("GET", "/config_dump"): lambda: _json(200, config_dump(target.mesh)),
+        ("GET", "/clusters"): lambda: _json(200, clusters(target.mesh)),
+        ("GET", "/stats"): lambda: _json(200, {**target.mesh.stats(), "listeners": target.listener_stats()}),
+    }
+
+    def reload() -> httpx.Response:
+        ok, message = target.reload()
+        return _json(200 if ok else 400, {"reloaded": ok, "message": message})
+
+    def drain() -> httpx.Response:
+        return _json(202, {"draining": True, "message": target.drain()})
+
+    routes[("POST", "/reload")] = reload
+    routes[("POST", "/drain")] = drain
+    paths = {path for _, path in routes}
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        action = routes.get((request.method, path))
+        if action is not None:
+            try:
+                return action()
+            except ConfigError as exc:  # pragma: no cover - reload() reports these itself
+                return _json(400, {"reloaded": False, "message": str(exc)})
+        if path in paths:
+            allowed = ", ".join(sorted(m for m, p in routes if p == path))
+            return httpx.Response(405, content=b"method not allowed\n", headers={**_TEXT, "allow": allowed})
+        return _text(404, f"no admin endpoint {path}; try /ready, /healthz, /config_dump, /clusters, /stats")
+
+    return handle

@@ -1,0 +1,346 @@
+"""``meshlib proxy``: one sidecar process, or a supervisor of N worker processes sharing the ports.
+
+A proxy process loads the config, binds its listeners (outbound, inbound when
+configured, admin), serves them with :class:`HttpServer`, and then:
+
+* **hot reload** - on a change of the config file (polled), ``SIGHUP`` or
+  ``POST /reload``, compiles a new snapshot and swaps it in (``Mesh.reload``):
+  requests in flight finish on the old one and live state of clusters that
+  still exist is kept. An invalid config is refused with one log line and the
+  old config keeps serving.
+* **graceful drain** - on ``SIGTERM`` (or ``POST /drain``): stop accepting,
+  let requests in flight finish up to ``sidecar.limits.drain_timeout``, exit 0.
+
+With ``--workers N`` the parent binds nothing itself: it starts N workers
+that each bind the outbound and inbound ports with ``SO_REUSEPORT`` (the
+kernel spreads connections across them), relays ``SIGHUP``/``SIGTERM`` to
+them, and exits when they have. Worker 0 also serves the admin listener; its
+``POST /reload`` and ``POST /drain`` go to the supervisor, which relays them to
+every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshlib._config.load import load_file
+from meshlib._config.models import MeshConfig
+from meshlib._config.sidecar import Address, parse_address
+from meshlib._errors import ConfigError
+from meshlib._frontdoors.sidecar_listeners import connect_policy, inbound_handler, outbound_handler
+from meshlib._mesh import Mesh
+from meshlib._sidecar.admin import admin_handler
+from meshlib._sidecar.server import HttpServer
+from meshlib._sidecar.upstream import PooledTransport
+
+__all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "ProxyOptions", "run_proxy"]
+
+logger = logging.getLogger("meshlib")
+
+EXIT_CONFIG = 2  # as `meshlib validate`
+EXIT_LISTEN = 3  # a port is taken or cannot be bound
+
+
+class ListenError(Exception):
+    """A listener could not bind its address."""
+
+
+@dataclass
+class ProxyOptions:
+    """What ``meshlib proxy`` was asked to do (the CLI's flags)."""
+
+    config: Path
+    outbound: str | None = None
+    inbound: str | None = None
+    admin: str | None = None
+    workers: int = 1
+    watch_interval: float = 1.0  # seconds between checks of the config file; 0 turns watching off
+    worker_index: int | None = None  # set in a worker started by the supervisor
+
+
+def _say(message: str) -> None:
+    """One line on stderr, flushed (readiness lines are what scripts and tests wait for)."""
+    print(f"meshlib proxy: {message}", file=sys.stderr, flush=True)
+
+
+def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``address``; ListenError with a clear reason when it cannot be had."""
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot resolve {address.host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ListenError(f"cannot listen on {address}: {reason}") from None
+    return sock
+
+
+class Proxy:
+    """One proxy process: the mesh, its listeners, reload and drain (the admin endpoints' target)."""
+
+    def __init__(self, options: ProxyOptions, config: MeshConfig) -> None:
+        self.options = options
+        self.mesh = Mesh(config)
+        self.sender = PooledTransport()
+        self.servers: dict[str, HttpServer] = {}
+        self._draining = False
+        self._started = False
+        self._stopped = asyncio.Event()
+        self._reload_lock = threading.Lock()
+        self._mtime = _mtime(options.config)
+        self._under_supervisor = options.worker_index is not None
+
+    # --- AdminTarget -------------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._draining
+
+    def listener_stats(self) -> dict[str, Any]:
+        return {
+            name: {"connections": s.connections, "in_flight": s.in_flight, "address": _shown(*s.address)}
+            for name, s in self.servers.items()
+        }
+
+    def reload(self) -> tuple[bool, str]:
+        if self._under_supervisor:  # every worker must reload: the supervisor relays a SIGHUP to all
+            os.kill(os.getppid(), signal.SIGHUP)
+            return True, "reload requested from every worker"
+        return self._reload_now()
+
+    def _reload_now(self) -> tuple[bool, str]:
+        """Load the config file and swap the new snapshot in, or keep the old one serving."""
+        with self._reload_lock:
+            try:
+                config = load_file(self.options.config)
+                snapshot = self.mesh.reload(config)
+            except ConfigError as exc:
+                why = str(exc).replace("\n", " ")
+                _say(f"reload refused, still serving config version {self.mesh.snapshot.version}: {why}")
+                return False, str(exc)
+            except OSError as exc:
+                _say(f"reload refused, still serving config version {self.mesh.snapshot.version}: {exc}")
+                return False, str(exc)
+            if config.sidecar != self._listening_config:
+                _say("the sidecar section changed: listeners and limits apply after a restart")
+            _say(f"reloaded {self.options.config}: config version {snapshot.version}")
+            return True, f"config version {snapshot.version}"
+
+    def drain(self) -> str:
+        if self._under_supervisor:
+            os.kill(os.getppid(), signal.SIGTERM)
+            return "drain requested from every worker"
+        self._begin_drain()
+        return "draining: no new connections; requests in flight finish"
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def _begin_drain(self) -> None:
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        timeout = self.mesh.config.sidecar.limits.drain_timeout
+        _say(f"draining (up to {timeout:g}s)")
+        results = await asyncio.gather(*(s.drain(timeout) for s in self.servers.values() if s is not self._admin))
+        _say("drained" if all(results) else "drain timeout: aborted the requests still in flight")
+        self._stopped.set()
+
+    async def run(self) -> int:
+        config = self.mesh.config
+        self._listening_config = config.sidecar
+        sidecar = config.sidecar
+        limits = sidecar.limits
+        reuse = self.options.workers > 1 or self._under_supervisor
+        outbound = parse_address(self.options.outbound or sidecar.outbound.listen)
+        plan: list[tuple[str, Address]] = [("outbound", outbound)]
+        inbound_app = sidecar.inbound.app if sidecar.inbound is not None else None
+        if self.options.inbound or sidecar.inbound is not None:
+            if inbound_app is None:
+                _say("--inbound needs sidecar.inbound.app in the config (where the local app listens)")
+                return EXIT_CONFIG
+            listen = self.options.inbound or (sidecar.inbound.listen if sidecar.inbound else "")
+            plan.append(("inbound", parse_address(listen)))
+        serve_admin = self.options.worker_index in (None, 0)
+        if serve_admin:
+            plan.append(("admin", parse_address(self.options.admin or sidecar.admin.listen)))
+        sockets: dict[str, socket.socket] = {}
+        try:
+            for name, address in plan:
+                sockets[name] = bind(address, reuse_port=reuse and name != "admin")
+        except ListenError as exc:
+            for sock in sockets.values():
+                sock.close()
+            _say(f"{exc} ({name} listener)")
+            return EXIT_LISTEN
+        handlers = {
+            "outbound": outbound_handler(self.mesh, self.sender),
+            "admin": admin_handler(self),
+        }
+        if inbound_app is not None:
+            handlers["inbound"] = inbound_handler(self.mesh, inbound_app, self.sender)
+        self._admin: HttpServer | None = None
+        for name, sock in sockets.items():
+            server = HttpServer(
+                name,
+                handlers[name],
+                limits,
+                connect_tunnel=connect_policy(self.mesh) if name == "outbound" else None,
+            )
+            await server.start(sock)
+            self.servers[name] = server
+            if name == "admin":
+                self._admin = server
+        self._started = True
+        workers = f" (worker {self.options.worker_index})" if self._under_supervisor else ""
+        for name, server in self.servers.items():
+            _say(f"{name} listening on {_shown(*server.address)}{workers}")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._begin_drain)
+        loop.add_signal_handler(signal.SIGINT, self._begin_drain)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self._reload_now))
+        watcher = loop.create_task(self._watch()) if self.options.watch_interval > 0 else None
+        try:
+            await self._stopped.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            for server in self.servers.values():
+                await server.close()
+            await self.sender.aclose()
+            self.mesh.close()
+        return 0
+
+    async def _watch(self) -> None:
+        """Reload when the config file's modification time or size changes (polled: no extra dependency)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.options.watch_interval)
+            mtime = _mtime(self.options.config)
+            if mtime is not None and mtime != self._mtime:
+                self._mtime = mtime
+                await loop.run_in_executor(None, self._reload_now)
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _mtime(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _load(path: Path) -> MeshConfig | None:
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr, flush=True)
+    except OSError as exc:
+        _say(f"cannot read {path}: {exc.strerror or exc}")
+    return None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_proxy(options: ProxyOptions) -> int:
+    """Run ``meshlib proxy`` until drained; the process's exit code."""
+    config = _load(options.config)
+    if config is None:
+        return EXIT_CONFIG
+    for flag, value in (("--outbound", options.outbound), ("--inbound", options.inbound), ("--admin", options.admin)):
+        if value is not None:
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                _say(f"{flag}: {exc}")
+                return EXIT_CONFIG
+    if options.workers > 1 and options.worker_index is None:
+        return _supervise(options, config)
+    loop = _event_loop()
+    try:
+        return loop.run_until_complete(Proxy(options, config).run())
+    finally:
+        loop.close()
+
+
+def _supervise(options: ProxyOptions, config: MeshConfig) -> int:
+    """Start ``options.workers`` worker processes, relay signals to them, and wait for them all."""
+    outbound = parse_address(options.outbound or config.sidecar.outbound.listen)
+    if outbound.port == 0:
+        _say("--workers needs a fixed outbound port (workers share it with SO_REUSEPORT), not port 0")
+        return EXIT_CONFIG
+    args = [sys.executable, "-m", "meshlib", "proxy", "--config", str(options.config)]
+    for flag, value in (("--outbound", options.outbound), ("--inbound", options.inbound), ("--admin", options.admin)):
+        if value is not None:
+            args += [flag, value]
+    args += ["--watch-interval", str(options.watch_interval)]
+    workers = [
+        subprocess.Popen([*args, "--worker-index", str(i)], stdin=subprocess.DEVNULL) for i in range(options.workers)
+    ]
+
+    def relay(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, relay)
+    # A worker that fails (a port taken) takes the others down: a half-started proxy helps nobody.
+    failed = 0
+    while any(worker.poll() is None for worker in workers):
+        for worker in workers:
+            code = worker.poll()
+            if code is not None and code != 0 and not failed:
+                failed = code
+                relay(signal.SIGTERM, None)
+        time.sleep(0.05)
+    codes = [worker.wait() for worker in workers]
+    return failed or next((c for c in codes if c != 0), 0)
+
+
+def parse_args_to_options(args: Any) -> ProxyOptions:
+    """ProxyOptions from the CLI's parsed arguments."""
+    return ProxyOptions(
+        config=Path(args.config),
+        outbound=args.outbound,
+        inbound=args.inbound,
+        admin=args.admin,
+        workers=args.workers,
+        watch_interval=args.watch_interval,
+        worker_index=args.worker_index,
+    )

@@ -1,0 +1,948 @@
+"""The sidecar's listener: an asyncio HTTP/1.1 server facing untrusted clients, one handler call per request.
+
+Each connection is an asyncio ``Protocol`` (no streams) with a small state
+machine: read a head (checked strictly by :mod:`http1`), read or stream the
+body, call the handler, write the response, and then the next request —
+pipelined requests wait in the buffer until the one before is answered, so
+responses go out in order and a request is never parsed while the previous
+body's framing is still in doubt.
+
+* Bodies: a request body with a Content-Length up to 64 KiB is read whole and
+  handed over as an ``httpx.ByteStream`` (the engine can retry, hedge and
+  mirror it); larger and chunked bodies stream, pausing the socket while the
+  engine is behind. ``Expect: 100-continue`` is answered here. Responses keep
+  the upstream's Content-Length, else are chunked (HTTP/1.1) or end with the
+  connection (HTTP/1.0).
+* Errors: a ``MeshError`` becomes :func:`meshlib._wire.error_head`; other
+  httpx transport errors (passthrough traffic goes straight to the sender)
+  first become the matching ``MeshError``. Once response bytes went out, a
+  failure aborts the connection instead, so a client never sees a truncated
+  but well-framed response.
+* Limits (``sidecar.limits``): ``header_timeout`` from accept or a request's
+  first byte to the end of its head (408); ``idle_timeout`` between requests
+  on a keep-alive connection (closed quietly) and while a request body
+  stalls; ``max_connections``: a connection beyond it is accepted and closed
+  at once without a byte, as Envoy's listener connection limit does.
+* Every refusal is a whole response with ``Connection: close``, then a
+  lingering close: our side half-closes and drops whatever the client still
+  sends, so the answer isn't lost to a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Final, cast
+
+import httpx
+
+from meshlib._config.sidecar import SidecarLimitsConfig
+from meshlib._errors import (
+    MeshError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+    UpstreamConnectError,
+    UpstreamResetError,
+)
+from meshlib._sidecar import http1
+from meshlib._sidecar.http1 import ProtocolError, RequestHead
+from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
+from meshlib._wire import error_head
+
+__all__ = ["ConnectPolicy", "Handler", "HttpServer"]
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+"""``await handler(request)`` → the response to send back (its body is streamed, then closed)."""
+
+logger = logging.getLogger("meshlib")
+
+# Connection states.
+_HEAD: Final = 0  # waiting for (the rest of) a request head
+_BODY_BUFFERED: Final = 1  # reading a small body whole before the handler is called
+_BODY: Final = 2  # the handler runs while the body streams in
+_WAIT: Final = 3  # the request is complete; its response is being sent
+_TUNNEL: Final = 4  # CONNECT or upgrade: bytes both ways
+_CLOSING: Final = 5  # lingering close: our side finished, the client's bytes are dropped
+_CLOSED: Final = 6
+
+# Deadline kinds.
+_NO_DEADLINE: Final = 0
+_HEADER: Final = 1
+_IDLE: Final = 2
+_BODY_STALL: Final = 3
+_LINGER: Final = 4
+
+_LINGER_TIME: Final = 2.0
+# Request body chunks waiting for the engine, or pipelined bytes waiting for their turn, before reading pauses.
+_HIGH_WATER: Final = 256 * 1024
+_LOW_WATER: Final = 64 * 1024
+_FLUSH_SIZE: Final = 64 * 1024  # queued response bytes written at once
+_EMPTY: Final = httpx.ByteStream(b"")
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONNECTED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_LEADING_CRLF: Final = re.compile(rb"(?:\r\n)*")
+_RESPONSE_BLOCK: Final = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
+# Response headers that describe the upstream connection or its framing: never passed on as they came.
+_RESPONSE_DROP: Final = http1.HOP_BY_HOP | {b"content-length"}
+
+# Parsed absolute URLs by their bytes: httpx.URL() costs about 11 µs, and a URL object is immutable.
+_URLS: dict[bytes, httpx.URL] = {}
+_URL_CACHE_SIZE: Final = 4096
+
+
+def _url(raw: bytes) -> httpx.URL:
+    url = _URLS.get(raw)
+    if url is None:
+        url = httpx.URL(raw.decode("ascii"))
+        if len(_URLS) >= _URL_CACHE_SIZE:
+            _URLS.clear()
+        _URLS[raw] = url
+    return url
+
+
+class _BadResponseError(Exception):
+    """The handler's response can't be written as a valid HTTP/1.1 response."""
+
+
+class _ClientGoneError(Exception):
+    """The client closed the connection before its request body ended."""
+
+
+def mesh_error_for(exc: Exception, request: httpx.Request | None) -> MeshError | None:
+    """The ``MeshError`` that stands for ``exc`` on the wire, or None for an unexpected exception."""
+    if isinstance(exc, MeshError):
+        return exc
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # As the engine maps them: a connect timeout never reached the upstream, so it is a connect failure.
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return UpstreamConnectError(message, request=request)
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimeoutError(message, request=request)
+    if isinstance(exc, httpx.TransportError | _BadResponseError):
+        return UpstreamResetError(message, request=request)
+    return None
+
+
+class _StreamBody(httpx.AsyncByteStream):
+    """A request body the engine reads while it arrives; the connection pushes chunks in."""
+
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_started", "_waiter", "size")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self.size = 0
+        self._done = False
+        self._error: Exception | None = None
+        self._started = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def push(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        self._wake()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        if not self._done:
+            self._error = error
+            self._wake()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._started:
+            raise httpx.StreamConsumed()
+        self._started = True
+        self._conn.body_wanted()
+        chunks = self._chunks
+        while True:
+            if chunks:
+                chunk = chunks.popleft()
+                self.size -= len(chunk)
+                if self.size <= _LOW_WATER:
+                    self._conn.body_drained()
+                yield chunk
+            elif self._error is not None:
+                raise self._error
+            elif self._done:
+                return
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, call the handler, answer, repeat."""
+
+    __slots__ = (
+        "_body",
+        "_body_error",
+        "_body_parts",
+        "_body_remaining",
+        "_buffer",
+        "_close_after",
+        "_deadline",
+        "_deadline_kind",
+        "_decoder",
+        "_expect_continue",
+        "_flush_scheduled",
+        "_head",
+        "_loop",
+        "_out",
+        "_out_size",
+        "_reading_paused",
+        "_scanned",
+        "_sent",
+        "_server",
+        "_state",
+        "_task",
+        "_timer",
+        "_transport",
+        "_tunnel",
+        "_write_paused",
+        "_write_waiter",
+    )
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self._state = _HEAD
+        self._buffer = b""
+        self._scanned = 0  # how much of a partial head was checked already
+        self._deadline = 0.0
+        self._deadline_kind = _NO_DEADLINE
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._head: RequestHead | None = None
+        self._body: _StreamBody | None = None
+        self._body_parts: list[bytes] = []
+        self._body_remaining = 0
+        self._decoder: http1.ChunkedDecoder | None = None
+        self._body_error: ProtocolError | None = None
+        self._expect_continue = False
+        self._close_after = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._sent = False  # bytes of the current response reached the transport
+        self._tunnel: Tunnel | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's isn't a subclass
+        server = self._server
+        if len(server._connections) >= server._max_connections or server._closed:
+            self._state = _CLOSED
+            transport.close()
+            return
+        server._connections.add(self)
+        self._set_deadline(_HEADER, server._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _HEAD:
+            self._on_head_bytes(data)
+        elif state in (_BODY, _BODY_BUFFERED):
+            self._on_body_bytes(data)
+        elif state == _WAIT:
+            self._buffer += data
+            if len(self._buffer) > _HIGH_WATER:
+                self._pause_reading()
+        elif state == _TUNNEL:
+            assert self._tunnel is not None
+            self._tunnel.client_data(data)
+        # _CLOSING, _CLOSED: dropped
+
+    def eof_received(self) -> bool:
+        state = self._state
+        if state == _WAIT:
+            self._close_after = True  # answer what was asked, then close
+            return True
+        if state == _TUNNEL:
+            assert self._tunnel is not None
+            return self._tunnel.client_eof()
+        if state == _BODY and self._body is not None:
+            self._body.fail(_ClientGoneError("the client closed the connection before the request body ended"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _CLOSED
+        self._server._forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._body is not None:
+            self._body.fail(_ClientGoneError("the client closed the connection"))
+        if self._write_waiter is not None and not self._write_waiter.done():
+            self._write_waiter.cancel()
+        if self._tunnel is not None:
+            self._tunnel.client_lost()
+
+    def pause_writing(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.client_pause_writing()
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._tunnel is not None:
+            self._tunnel.client_resume_writing()
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- timers: one deadline and at most one loop timer per connection -------------------------------------------
+
+    def _set_deadline(self, kind: int, delay: float) -> None:
+        self._deadline_kind = kind
+        when = self._loop.time() + delay
+        self._deadline = when
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+        elif when < timer.when():
+            timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._deadline_kind
+        if kind == _NO_DEADLINE or self._state == _CLOSED:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline_kind = _NO_DEADLINE
+        if kind == _HEADER:
+            self._reject(408, "request head not received within the header timeout")
+        elif kind == _IDLE:
+            self._transport.close()
+        elif kind == _BODY_STALL:
+            error = ProtocolError(408, "request body stalled beyond the idle timeout")
+            if self._state == _BODY_BUFFERED:
+                self._reject(error.status, error.reason)
+            elif self._state == _BODY and self._body is not None:
+                self._body_error = error
+                self._body.fail(error)
+        else:  # _LINGER
+            self._transport.abort()
+
+    # --- reading requests -------------------------------------------------------------------------------------------
+
+    def _on_head_bytes(self, data: bytes) -> None:
+        buf = self._buffer + data if self._buffer else data
+        if self._deadline_kind == _IDLE:  # a request's first byte on a keep-alive connection
+            self._set_deadline(_HEADER, self._server._header_timeout)
+        if buf[:1] == b"\r":  # RFC 9112 §2.2: empty lines before a request line are ignored
+            skip = _LEADING_CRLF.match(buf).end()  # type: ignore[union-attr]  # (?:..)* always matches
+            if skip:
+                buf = buf[skip:]
+                self._scanned = 0
+        end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        if end < 0:
+            self._buffer = buf
+            self._check_partial_head(buf)
+            return
+        self._buffer = b""
+        self._scanned = 0
+        try:
+            head = http1.parse_head(buf[:end], self._server._max_header_bytes)
+        except ProtocolError as error:
+            self._reject(error.status, error.reason)
+            return
+        self._start_exchange(head, buf[end + 4 :])
+
+    def _check_partial_head(self, buf: bytes) -> None:
+        """Refuse a head that can't become valid without waiting for the rest of it."""
+        scanned = self._scanned
+        self._scanned = len(buf)
+        if buf.count(b"\n", scanned) != buf.count(b"\r\n", max(0, scanned - 1)):
+            self._reject(400, "bare LF in the request head: lines must end with CRLF")
+        elif len(buf) > http1.MAX_REQUEST_LINE and buf.find(b"\r\n", 0, http1.MAX_REQUEST_LINE + 2) < 0:
+            self._reject(414, "request line too long")
+        elif len(buf) > http1.MAX_REQUEST_LINE + self._server._max_header_bytes + 4:
+            self._reject(431, "request header block too large")
+
+    def _start_exchange(self, head: RequestHead, rest: bytes) -> None:
+        self._deadline_kind = _NO_DEADLINE
+        self._close_after = not head.keep_alive
+        self._sent = False
+        self._body_error = None
+        if head.connect is not None:
+            self._state = _WAIT
+            self._buffer = rest  # tunnel payload, if the CONNECT is accepted
+            self._close_after = True  # a refused CONNECT may have sent tunnel bytes already
+            self._run(self._serve_connect(head))
+            return
+        length = head.content_length
+        if length:
+            self._body_remaining = length
+            self._decoder = None
+            if length <= http1.BUFFERED_BODY_LIMIT:
+                self._state = _BODY_BUFFERED
+                self._head = head
+                self._body_parts = []
+                if head.expect_continue and head.http11:
+                    self._transport.write(_CONTINUE)
+                self._set_deadline(_BODY_STALL, self._server._idle_timeout)
+                if rest:
+                    self._on_body_bytes(rest)
+                return
+        elif head.chunked:
+            self._decoder = http1.ChunkedDecoder()
+        else:
+            self._state = _WAIT
+            self._buffer = rest
+            self._dispatch(head, _EMPTY)
+            return
+        body = self._body = _StreamBody(self)
+        self._expect_continue = head.expect_continue and head.http11
+        self._state = _BODY
+        self._set_deadline(_BODY_STALL, self._server._idle_timeout)
+        self._dispatch(head, body)
+        if rest and self._state == _BODY:
+            self._on_body_bytes(rest)
+
+    def _on_body_bytes(self, data: bytes) -> None:
+        self._deadline = self._loop.time() + self._server._idle_timeout
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                pieces, used = decoder.feed(data)
+            except ProtocolError as error:
+                self._fail_body(error)
+                return
+            done = decoder.done
+        else:
+            remaining = self._body_remaining
+            if len(data) <= remaining:
+                pieces = [data]
+                used = len(data)
+            else:
+                pieces = [data[:remaining]]
+                used = remaining
+            self._body_remaining = remaining = remaining - used
+            done = not remaining
+        if self._state == _BODY_BUFFERED:
+            self._body_parts.extend(pieces)
+            if done:
+                head = self._head
+                assert head is not None
+                self._head = None
+                parts = self._body_parts
+                self._body_parts = []
+                self._deadline_kind = _NO_DEADLINE
+                self._state = _WAIT
+                self._buffer = data[used:]
+                self._dispatch(head, httpx.ByteStream(parts[0] if len(parts) == 1 else b"".join(parts)))
+            return
+        body = self._body
+        assert body is not None
+        for piece in pieces:
+            if piece:
+                body.push(piece)
+        if done:
+            body.finish()
+            self._deadline_kind = _NO_DEADLINE
+            self._state = _WAIT
+            self._buffer = data[used:]
+            if len(self._buffer) > _HIGH_WATER:
+                self._pause_reading()
+        elif body.size > _HIGH_WATER:
+            self._pause_reading()
+
+    def _fail_body(self, error: ProtocolError) -> None:
+        """A request body's framing broke: refuse it, or fail the stream the handler reads."""
+        if self._state == _BODY_BUFFERED:
+            self._reject(error.status, error.reason)
+            return
+        self._body_error = error
+        self._close_after = True
+        self._state = _WAIT
+        self._buffer = b""
+        self._deadline_kind = _NO_DEADLINE
+        if self._body is not None:
+            self._body.fail(error)
+
+    def body_wanted(self) -> None:
+        """The handler started reading a streamed body: time for ``100 Continue`` if the client waits for it."""
+        if self._expect_continue:
+            self._expect_continue = False
+            if not self._sent and self._state not in (_CLOSING, _CLOSED):
+                self._transport.write(_CONTINUE)
+
+    def body_drained(self) -> None:
+        """The handler caught up with a streamed body: read the socket again."""
+        if self._reading_paused and self._state == _BODY:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    # --- calling the handler ----------------------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._server._in_flight += 1
+        self._task = self._loop.create_task(coro)
+
+    def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
+        try:
+            request = httpx.Request(head.method, _url(head.url), headers=head.headers, stream=stream)
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            self._reject(400, f"invalid request target: {exc}")
+            return
+        self._run(self._serve(request, head))
+
+    async def _serve(self, request: httpx.Request, head: RequestHead) -> None:
+        try:
+            try:
+                response = await self._server._handler(request)
+            except asyncio.CancelledError as exc:
+                if self._cancelled_by_us():
+                    raise
+                self._answer_error(exc, request, head)  # a cancellation that escaped the handler: its bug
+                return
+            except Exception as exc:
+                self._answer_error(exc, request, head)
+                return
+            try:
+                await self._send_response(response, head)
+            except asyncio.CancelledError as exc:
+                if self._cancelled_by_us():
+                    raise
+                self._answer_error(exc, request, head)
+            except Exception as exc:
+                self._answer_error(exc, request, head)
+            finally:
+                # A body in memory holds nothing to release (the engine wraps bodies it must count).
+                if not isinstance(response.stream, httpx.ByteStream):
+                    with contextlib.suppress(Exception):  # a failed body's error was answered above
+                        await response.aclose()
+        finally:
+            self._server._in_flight -= 1
+            self._exchange_done()
+
+    def _cancelled_by_us(self) -> bool:
+        task = asyncio.current_task()
+        return self._state == _CLOSED or (task is not None and task.cancelling() > 0)
+
+    def _answer_error(self, exc: BaseException, request: httpx.Request | None, head: RequestHead) -> None:
+        """Answer in place of the response that failed, or abort if part of it went out already."""
+        if self._state >= _CLOSING:
+            return
+        body_error = self._body_error
+        mesh_error = mesh_error_for(exc, request) if isinstance(exc, Exception) else None
+        client_side = body_error is not None or isinstance(exc, _ClientGoneError | ProtocolError)
+        if mesh_error is None and not client_side:
+            logger.error(
+                "%s listener: unexpected error handling %s %s",
+                self._server.name,
+                head.method,
+                request.url if request is not None else "",
+                exc_info=exc,
+            )
+        if self._sent:
+            # Response bytes went out: the only honest signal left is an aborted connection.
+            self._transport.abort()
+            return
+        self._out.clear()
+        self._out_size = 0
+        head_only = head.method == "HEAD"
+        if body_error is not None:
+            self._close_after = True
+            self._write(http1.plain_error(body_error.status, body_error.reason, head_only=head_only))
+            return
+        if client_side:
+            self._transport.abort()
+            return
+        # A request body not read to its end leaves the connection's framing unknown: close after answering.
+        close = self._close_after or self._state != _WAIT or self._server._draining
+        if mesh_error is None:
+            body = b"internal error in the mesh proxy\n"
+            status = 500
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
+            close = True
+        else:
+            status, headers, body = error_head(mesh_error)
+        self._close_after = close
+        response = http1.local_response(
+            status, headers, body, close=close, head_only=head_only, keep_alive_header=not head.http11
+        )
+        self._write(response)
+
+    def _exchange_done(self) -> None:
+        self._task = None
+        state = self._state
+        if state >= _TUNNEL:
+            return
+        if self._close_after or state != _WAIT or self._server._draining:
+            self._close_gracefully()
+            return
+        self._flush()
+        self._state = _HEAD
+        self._set_deadline(_IDLE, self._server._idle_timeout)
+        self._resume_reading()
+        if self._buffer:
+            data = self._buffer
+            self._buffer = b""
+            self._on_head_bytes(data)
+
+    # --- writing responses -----------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Write now (with anything queued before it)."""
+        if self._out:
+            self._out.append(data)
+            self._flush()
+        elif self._state != _CLOSED:
+            self._transport.write(data)
+            self._sent = True
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= _FLUSH_SIZE:
+            self._flush()
+        elif not self._flush_scheduled:
+            # Written once the loop turns: a head and a body that is already there go out in one write.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self._out_size = 0
+            if self._state != _CLOSED:
+                self._transport.write(data)
+                self._sent = True
+
+    async def _writable(self) -> None:
+        if self._write_paused and self._state != _CLOSED:
+            self._write_waiter = self._loop.create_future()
+            try:
+                await self._write_waiter
+            finally:
+                self._write_waiter = None
+
+    async def _send_response(self, response: httpx.Response, head: RequestHead) -> None:
+        status = response.status_code
+        if status < 200:
+            if status == 101 and head.upgrade and "network_stream" in response.extensions:
+                await self._tunnel_upgrade(response)
+                return
+            raise _BadResponseError(f"unexpected {status} response")
+        headers: list[tuple[bytes, bytes]] = []
+        length: bytes | None = None
+        named: list[bytes] | None = None
+        for name, value in response.headers.raw:
+            lname = name.lower()
+            if lname in _RESPONSE_DROP:
+                if lname == b"content-length":
+                    if length is not None and value != length:
+                        raise _BadResponseError("conflicting Content-Length in the response")
+                    length = value
+                elif lname == b"connection":
+                    named = [t.strip().lower() for t in value.split(b",")]
+                continue
+            headers.append((name, value))
+        if named:
+            drop = frozenset(named)
+            headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        if length is not None and (not length.isdigit() or len(length) > 18):
+            raise _BadResponseError("invalid Content-Length in the response")
+        no_body = head.method == "HEAD" or status == 204 or status == 304
+        # A refused upgrade: the client may have sent bytes for the new protocol already.
+        close = self._close_after or self._state != _WAIT or self._server._draining or head.upgrade
+        chunked = False
+        if no_body:
+            if length is not None and status != 204:
+                headers.append((b"content-length", length))
+        elif length is not None:
+            headers.append((b"content-length", length))
+        elif head.http11:
+            headers.append((b"transfer-encoding", b"chunked"))
+            chunked = True
+        else:
+            close = True  # HTTP/1.0 without a length: the body ends with the connection
+        if close:
+            self._close_after = True
+            headers.append((b"connection", b"close"))
+        elif not head.http11:
+            headers.append((b"connection", b"keep-alive"))
+        block = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+        if _RESPONSE_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
+            raise _BadResponseError("invalid header in the response")
+        head_bytes = http1.status_line(status) + block + b"\r\n"
+        if no_body:
+            self._write(head_bytes)
+            return
+        stream = response.stream
+        if isinstance(stream, httpx.ByteStream):  # in memory: one write with the head
+            body = b"".join(stream)  # also a SyncByteStream
+            if length is not None and len(body) != int(length):
+                raise _BadResponseError("response body does not match its Content-Length")
+            if chunked:
+                self._write(head_bytes + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"))
+            else:
+                self._write(head_bytes + body)
+            return
+        self._queue(head_bytes)
+        expected = int(length) if length is not None else -1
+        sent = 0
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
+            if not chunk:
+                continue
+            if chunked:
+                self._queue(b"%x\r\n" % len(chunk))
+                self._queue(chunk)
+                self._queue(b"\r\n")
+            else:
+                sent += len(chunk)
+                if 0 <= expected < sent:
+                    raise _BadResponseError("response body longer than its Content-Length")
+                self._queue(chunk)
+            if self._write_paused:
+                self._flush()
+                await self._writable()
+            if self._state == _CLOSED:
+                raise _ClientGoneError("the client closed the connection")
+        if 0 <= expected != sent:
+            raise _BadResponseError("response body shorter than its Content-Length")
+        if chunked:
+            self._out.append(b"0\r\n\r\n")
+        self._flush()
+
+    # --- tunnels -----------------------------------------------------------------------------------------------------
+
+    async def _tunnel_upgrade(self, response: httpx.Response) -> None:
+        headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _RESPONSE_DROP]
+        headers.append((b"connection", b"upgrade"))
+        upgrade = response.headers.get("upgrade")
+        if upgrade is not None:
+            headers.append((b"upgrade", upgrade.encode("latin-1")))
+        block = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+        if _RESPONSE_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
+            raise _BadResponseError("invalid header in the response")
+        self._write(http1.status_line(101) + block + b"\r\n")
+        tunnel = StreamTunnel(self._transport, response.extensions["network_stream"])
+        await self._enter_tunnel(tunnel)
+
+    async def _enter_tunnel(self, tunnel: StreamTunnel | TcpTunnel) -> None:
+        self._state = _TUNNEL
+        self._tunnel = tunnel
+        self._deadline_kind = _NO_DEADLINE
+        self._resume_reading()
+        if self._write_paused:
+            tunnel.client_pause_writing()
+        initial = self._buffer
+        self._buffer = b""
+        await tunnel.run(initial)
+
+    async def _serve_connect(self, head: RequestHead) -> None:
+        try:
+            assert head.connect is not None
+            host, port = head.connect
+            policy = self._server._connect_tunnel
+            try:
+                if policy is None:
+                    self._write(http1.plain_error(405, "CONNECT is not served on this listener"))
+                    return
+                if not await policy(host, port):
+                    raise RouteNotFoundError(
+                        f"CONNECT to {host}:{port} is not allowed: outbound_policy is registry_only"
+                    )
+                try:
+                    tunnel = await TcpTunnel.open(self._transport, host, port, connect_timeout=CONNECT_TIMEOUT)
+                except (OSError, TimeoutError) as exc:
+                    message = f"CONNECT {host}:{port}: {exc or type(exc).__name__}"
+                    raise UpstreamConnectError(message) from exc
+            except MeshError as error:
+                status, headers, body = error_head(error)
+                self._write(http1.local_response(status, headers, body, close=True))
+                return
+            if self._state >= _CLOSING:
+                tunnel.close()
+                return
+            self._write(_CONNECTED)
+            await self._enter_tunnel(tunnel)
+        finally:
+            self._server._in_flight -= 1
+            self._exchange_done()
+
+    # --- closing -----------------------------------------------------------------------------------------------------
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Refuse the request being read: a whole response with Connection: close, then close."""
+        if self._state >= _CLOSING:
+            return
+        self._state = _CLOSING
+        self._buffer = b""
+        self._write(http1.plain_error(status, reason))
+        self._close_gracefully()
+
+    def _close_gracefully(self) -> None:
+        """Half-close after what was written, drop what the client still sends, close at its end (or soon)."""
+        if self._state == _CLOSED:
+            return
+        self._flush()
+        self._state = _CLOSING
+        transport = self._transport
+        try:
+            if not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+                self._resume_reading()
+                self._set_deadline(_LINGER, _LINGER_TIME)
+                return
+        except (OSError, RuntimeError):
+            pass
+        transport.close()
+
+    def drain(self) -> None:
+        """The server drains: close now if idle, else close after the request being served."""
+        if self._state == _HEAD and not self._buffer:
+            self._state = _CLOSING
+            self._transport.close()
+        else:
+            self._close_after = True
+
+    def abort(self) -> None:
+        """Close at once, dropping whatever is in flight."""
+        if self._state != _CLOSED:
+            self._transport.abort()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+class HttpServer:
+    """An HTTP/1.1 listener that hands each request to ``handler`` (see the module docstring for the behaviour).
+
+    ``connect_tunnel`` enables CONNECT: the policy says whether a (host, port)
+    may be tunnelled to (False or a raised MeshError refuses). Without it,
+    CONNECT is answered 405.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        limits: SidecarLimitsConfig,
+        *,
+        connect_tunnel: ConnectPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._connect_tunnel = connect_tunnel
+        self._max_connections = limits.max_connections
+        self._max_header_bytes = limits.max_request_headers_kb * 1024
+        self._header_timeout = limits.header_timeout
+        self._idle_timeout = limits.idle_timeout
+        self._connections: set[_Connection] = set()
+        self._in_flight = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._address: tuple[str, int] = ("", 0)
+        self._draining = False
+        self._closed = False
+        self._all_closed: asyncio.Event | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``: bound and listening already (the caller reports a port taken, sets SO_REUSEPORT)."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        address = sock.getsockname()
+        self._address = (address[0], address[1])
+        self._server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=socket.SOMAXCONN)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) served."""
+        return self._address
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now (from the head read to the response's last byte; a tunnel while open)."""
+        return self._in_flight
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections go on."""
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the drain deadline is the contract
+        """Stop accepting, close idle connections, let requests in flight finish (with ``Connection: close``).
+
+        True if every connection closed within ``timeout``; otherwise the rest
+        are aborted and the answer is False.
+        """
+        self._draining = True
+        self.stop_accepting()
+        for conn in list(self._connections):
+            conn.drain()
+        if not self._connections:
+            return True
+        self._all_closed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except TimeoutError:
+            await self.close()
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Abort every connection and request now."""
+        self._closed = True
+        self.stop_accepting()
+        connections = list(self._connections)
+        self._connections.clear()
+        tasks = [c._task for c in connections if c._task is not None]
+        for conn in connections:
+            conn.abort()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._all_closed is not None:
+            self._all_closed.set()
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()

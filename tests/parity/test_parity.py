@@ -1,0 +1,202 @@
+"""The same scenarios, the same assertions, in four modes: in process and through ``meshlib proxy``, sync and async.
+
+Application code switches with one argument, ``mesh.client(mode="sidecar")``,
+and must see the same responses and the same exception classes. Each test is
+one scenario: one mesh config, real upstreams on loopback, and what the caller
+and the upstreams saw. Timing bounds are loose; counts are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+import meshlib
+from tests.conftest import raw_server, stall
+from tests.parity.conftest import OpenClient, StartUpstream
+
+pytestmark = pytest.mark.anyio
+
+FAST_BACKOFF = {"base": "1ms", "max": "2ms"}
+
+
+def answered_by(response: httpx.Response) -> str:
+    """Which echo upstream (tests/conftest.py ``echo_app``) answered."""
+    assert response.status_code == 200, response.text
+    name: str = response.json()["name"]
+    return name
+
+
+async def test_routing_by_host_path_and_header(open_client: OpenClient, upstreams: dict[str, str]) -> None:
+    config: dict[str, Any] = {
+        "clusters": {
+            "v1": {"endpoints": [upstreams["reviews-v1-a"]]},
+            "v2": {"endpoints": [upstreams["reviews-v2"]]},
+            "ratings": {"endpoints": [upstreams["ratings"]]},
+        },
+        "routes": [
+            {"name": "testers", "match": {"host": "reviews", "headers": {"x-user": "tester"}}, "cluster": "v2"},
+            {"name": "v2-api", "match": {"host": "reviews", "path_prefix": "/v2/"}, "cluster": "v2"},
+            {"name": "reviews", "match": {"host": "reviews"}, "cluster": "v1"},
+            {"name": "ratings-alias", "match": {"host": "ratings.svc"}, "cluster": "ratings"},
+        ],
+    }
+    async with open_client(config) as client:
+        plain = await client.get("http://reviews/api/1?x=1")
+        assert answered_by(plain) == "reviews-v1-a"
+        seen = plain.json()
+        assert (seen["path"], seen["query"]) == ("/api/1", "x=1")
+        assert dict(seen["headers"])["host"] == "reviews"
+        assert answered_by(await client.get("http://reviews/api/1", headers={"x-user": "tester"})) == "reviews-v2"
+        assert answered_by(await client.get("http://reviews/api/1", headers={"x-user": "someone"})) == "reviews-v1-a"
+        assert answered_by(await client.get("http://reviews/v2/api/1")) == "reviews-v2"
+        assert answered_by(await client.get("http://ratings.svc/stars")) == "ratings"
+        assert answered_by(await client.get("http://ratings/stars")) == "ratings"  # a cluster's name is a host
+
+
+async def test_a_90_10_split(open_client: OpenClient, upstreams: dict[str, str]) -> None:
+    config: dict[str, Any] = {
+        "clusters": {
+            "v1": {"endpoints": [upstreams["reviews-v1-a"]]},
+            "v2": {"endpoints": [upstreams["reviews-v2"]]},
+        },
+        "routes": [
+            {"match": {"host": "reviews"}, "split": [{"cluster": "v1", "weight": 90}, {"cluster": "v2", "weight": 10}]}
+        ],
+    }
+    requests = 200
+    async with open_client(config) as client:
+        names = [answered_by(await client.get("http://reviews/x")) for _ in range(requests)]
+    assert set(names) <= {"reviews-v1-a", "reviews-v2"}
+    # The sidecar draws from its own unseeded rng: 20 expected, and outside 6..40 is more than 3 sd away.
+    assert 0.03 * requests <= names.count("reviews-v2") <= 0.20 * requests
+
+
+async def test_retries_hide_failures_and_the_upstream_sees_every_try(
+    open_client: OpenClient, start_upstream: StartUpstream
+) -> None:
+    flaky = start_upstream(lambda n: 503 if n % 2 else 200)  # every odd-numbered request fails
+    config: dict[str, Any] = {
+        "clusters": {
+            "flaky": {
+                "endpoints": [flaky.url],
+                "retry": {"attempts": 3, "retry_on": ["5xx"], "backoff": FAST_BACKOFF},
+            }
+        },
+        "routes": [
+            {
+                "name": "no-retry",
+                "match": {"host": "flaky", "path_prefix": "/once/"},
+                "cluster": "flaky",
+                "retry": {"attempts": 1},
+            },
+        ],
+    }
+    async with open_client(config) as client:
+        for i in range(1, 6):
+            response = await client.get("http://flaky/x")
+            assert (response.status_code, response.text) == (200, f"call {2 * i}")
+        assert flaky.calls == 10
+        # Without retries the upstream's own 503 reaches the caller as a response, not an exception.
+        failed = await client.get("http://flaky/once/x")
+        assert (failed.status_code, failed.text) == (503, "call 11")
+        assert (await client.get("http://flaky/once/x")).status_code == 200
+    assert flaky.calls == 12
+
+
+async def test_a_stalled_upstream_times_out(open_client: OpenClient) -> None:
+    with raw_server(stall) as stalled:
+        config: dict[str, Any] = {
+            "clusters": {"slow": {"endpoints": [stalled.url]}},
+            "routes": [
+                {
+                    "name": "per-try",
+                    "match": {"host": "slow", "path_prefix": "/per-try"},
+                    "cluster": "slow",
+                    "retry": {"attempts": 1, "per_try_timeout": "150ms"},
+                },
+                {
+                    "name": "whole",
+                    "match": {"host": "slow", "path_prefix": "/whole"},
+                    "cluster": "slow",
+                    "timeout": "150ms",
+                    "retry": {"attempts": 1},
+                },
+            ],
+        }
+        async with open_client(config) as client:
+            for path, per_try in (("/per-try", True), ("/whole", False)):
+                started = time.monotonic()
+                with pytest.raises(meshlib.RequestTimeoutError) as raised:
+                    await client.get(f"http://slow{path}")
+                elapsed = time.monotonic() - started
+                assert isinstance(raised.value, httpx.TimeoutException)
+                assert (raised.value.per_try, raised.value.route, raised.value.cluster) == (per_try, path[1:], "slow")
+                assert 0.12 <= elapsed < 3.0
+        assert stalled.connections == 2
+
+
+async def test_the_breaker_opens_after_two_failures_and_spares_the_upstream(
+    open_client: OpenClient, start_upstream: StartUpstream
+) -> None:
+    broken = start_upstream(lambda n: 503)
+    config: dict[str, Any] = {
+        "clusters": {
+            "broken": {
+                "endpoints": [broken.url],
+                "retry": {"attempts": 1},
+                "circuit_breaker": {"failure_threshold": 2, "recovery_timeout": "60s"},
+            }
+        }
+    }
+    async with open_client(config) as client:
+        # The tries that trip the breaker still return their own answers.
+        assert [(await client.get("http://broken/x")).status_code for _ in range(2)] == [503, 503]
+        for _ in range(3):
+            with pytest.raises(meshlib.CircuitOpenError) as raised:
+                await client.get("http://broken/x")
+            assert raised.value.cluster == "broken"
+    assert broken.calls == 2
+
+
+async def test_the_fourth_request_in_a_minute_is_rate_limited(
+    open_client: OpenClient, start_upstream: StartUpstream
+) -> None:
+    upstream = start_upstream(lambda n: 200)
+    config = {"clusters": {"limited": {"endpoints": [upstream.url], "rate_limit": {"rate": "3/minute"}}}}
+    async with open_client(config) as client:
+        assert [(await client.get("http://limited/x")).text for _ in range(3)] == ["call 1", "call 2", "call 3"]
+        with pytest.raises(meshlib.RateLimitedError) as raised:
+            await client.get("http://limited/x")
+    assert raised.value.cluster == "limited"
+    assert upstream.calls == 3
+
+
+async def test_registry_only_refuses_an_unknown_host(open_client: OpenClient, upstreams: dict[str, str]) -> None:
+    config = {"outbound_policy": "registry_only", "clusters": {"ratings": {"endpoints": [upstreams["ratings"]]}}}
+    async with open_client(config) as client:
+        assert answered_by(await client.get("http://ratings/x")) == "ratings"
+        with pytest.raises(meshlib.RouteNotFoundError) as raised:
+            await client.get("http://unknown-service/x")
+    assert (raised.value.route, raised.value.cluster) == (None, None)
+    assert str(raised.value.request.url) == "http://unknown-service/x"
+
+
+async def test_a_refused_port_is_an_upstream_connect_error(open_client: OpenClient, free_port: int) -> None:
+    config = {
+        "clusters": {
+            "gone": {
+                "endpoints": [f"http://127.0.0.1:{free_port}"],
+                "retry": {"attempts": 2, "backoff": FAST_BACKOFF},
+            }
+        }
+    }
+    async with open_client(config) as client:
+        with pytest.raises(meshlib.UpstreamConnectError) as raised:
+            await client.get("http://gone/x")
+    assert isinstance(raised.value, httpx.ConnectError)
+    assert raised.value.cluster == "gone"
+    assert "meshlib sidecar at" not in str(raised.value)  # the upstream's failure, not the sidecar's

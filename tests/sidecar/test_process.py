@@ -1,0 +1,210 @@
+"""``meshlib proxy`` as a process: start-up lines and failures, admin, hot reload (also under load), drain, workers."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import meshlib
+from tests.conftest import RunningServer, echo_app, start_server
+from tests.sidecar import proxy_process
+from tests.sidecar.proxy_process import free_port, running
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[dict[str, str]]:
+    servers = [start_server(echo_app(name), name) for name in ("v1", "v2")]
+    try:
+        yield {s.name: s.url for s in servers}
+    finally:
+        for server in servers:
+            server.server.should_exit = True
+        for server in servers:
+            server.stop()
+
+
+def _to(cluster_url: str) -> dict[str, Any]:
+    return {"clusters": {"reviews": {"endpoints": [cluster_url]}}}
+
+
+def test_ready_lines_and_a_request_through_the_outbound_listener(tmp_path: Path, echo: dict[str, str]) -> None:
+    with running(tmp_path, _to(echo["v1"])) as proxy:
+        outbound = proxy.wait_for_line("outbound listening on")
+        assert outbound.endswith(f"outbound listening on 127.0.0.1:{proxy.outbound}")
+        assert proxy.wait_for_line("admin listening on").endswith(f"127.0.0.1:{proxy.admin}")
+        with proxy.client() as client:
+            response = client.get("http://reviews/x")
+        assert response.status_code == 200
+        assert response.json()["name"] == "v1"
+
+
+def test_invalid_config_exits_2_with_the_field_path(tmp_path: Path) -> None:
+    proxy = proxy_process.start(tmp_path, {"clusters": {"reviews": {"endpoints": []}}})
+    try:
+        assert proxy.wait() == 2
+        proxy.wait_for_line("clusters.reviews.endpoints")
+    finally:
+        proxy.stop()
+
+
+def test_a_taken_port_exits_3_naming_the_listener(tmp_path: Path, echo: dict[str, str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proxy = proxy_process.start(tmp_path, _to(echo["v1"]), outbound=port)
+        try:
+            assert proxy.wait() == 3
+            line = proxy.wait_for_line("address already in use")
+            assert f"127.0.0.1:{port}" in line
+            assert "outbound" in line
+        finally:
+            proxy.stop()
+
+
+def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(tmp_path: Path, echo: dict[str, str]) -> None:
+    with running(tmp_path, _to(echo["v1"]), "--watch-interval", "0") as proxy, proxy.client() as client:
+        proxy.write_config(_to(echo["v2"]))
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for_line("config version 2")
+        assert client.get("http://reviews/x").json()["name"] == "v2"
+
+        proxy.write_config({"clusters": {"reviews": {"endpoints": ["not a url"]}}})
+        proxy.signal(signal.SIGHUP)
+        line = proxy.wait_for_line("reload refused")
+        assert "still serving config version 2" in line
+        assert "clusters.reviews.endpoints[0]" in line
+        assert client.get("http://reviews/x").json()["name"] == "v2"
+
+
+def test_a_changed_file_and_post_reload_reload(tmp_path: Path, echo: dict[str, str]) -> None:
+    with running(tmp_path, _to(echo["v1"]), "--watch-interval", "0.1") as proxy, proxy.client() as client:
+        proxy.write_config(_to(echo["v2"]))
+        proxy.wait_for_line("config version 2")
+        assert client.get("http://reviews/x").json()["name"] == "v2"
+
+        proxy.write_config(_to(echo["v1"]))
+        with httpx.Client(trust_env=False) as admin:
+            response = admin.post(proxy.admin_url + "/reload")
+        assert response.status_code == 200
+        assert client.get("http://reviews/x").json()["name"] == "v1"
+
+
+def _slow_app(seconds: float) -> Any:
+    inner = echo_app("slow")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await anyio.sleep(seconds)
+        await inner(scope, receive, send)
+
+    return app
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    slow: RunningServer = start_server(_slow_app(0.5), "slow")
+    try:
+        with running(tmp_path, _to(slow.url)) as proxy:
+            result: list[int] = []
+
+            def call() -> None:
+                with proxy.client(timeout=10) as client:
+                    result.append(client.get("http://reviews/x").status_code)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(0.2)  # the request is in flight at the slow upstream
+            proxy.signal(signal.SIGTERM)
+            proxy.wait_for_line("draining")
+            assert proxy.wait() == 0
+            caller.join(timeout=10)
+            assert result == [200]
+            proxy.wait_for_line("drained")
+            with pytest.raises(httpx.ConnectError), proxy.client() as client:
+                client.get("http://reviews/x")
+    finally:
+        slow.stop()
+
+
+def test_thousands_of_requests_across_dozens_of_reloads_none_fail(tmp_path: Path, echo: dict[str, str]) -> None:
+    """Hot reload under load: 2,000 requests from 8 threads while the config flips 30 times."""
+    with running(tmp_path, _to(echo["v1"]), "--watch-interval", "0") as proxy:
+        stop = threading.Event()
+        outcomes: list[int | str] = []
+        lock = threading.Lock()
+
+        def load(n: int) -> None:
+            with proxy.client(timeout=10) as client:
+                for _ in range(n):
+                    try:
+                        status: int | str = client.get("http://reviews/x").status_code
+                    except httpx.HTTPError as exc:
+                        status = repr(exc)
+                    with lock:
+                        outcomes.append(status)
+
+        def reloads() -> None:
+            for i in range(30):
+                if stop.is_set():
+                    return
+                proxy.write_config(_to(echo["v2" if i % 2 == 0 else "v1"]))
+                proxy.signal(signal.SIGHUP)
+                time.sleep(0.03)
+
+        with ThreadPoolExecutor(9) as pool:
+            flipper = pool.submit(reloads)
+            loaders = [pool.submit(load, 250) for _ in range(8)]
+            for future in loaders:
+                future.result(timeout=60)
+            stop.set()
+            flipper.result(timeout=10)
+        assert len(outcomes) == 2000
+        assert set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
+        versions = [line for line in proxy.lines if "config version" in line]
+        assert len(versions) >= 12, proxy.log  # dozens of reloads happened (some SIGHUPs coalesce)
+
+
+def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
+    port = free_port()
+    # The flag overrides the config's address (which names another free port).
+    proxy = proxy_process.start(tmp_path, _to(echo["v1"]), "--workers", "2", "--outbound", f"127.0.0.1:{port}")
+    proxy.outbound = port
+    try:
+        proxy.wait_ready()
+        proxy.wait_for_line("(worker 1)")
+        with proxy.client() as client:
+            assert all(client.get("http://reviews/x").status_code == 200 for _ in range(20))
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait() == 0
+    finally:
+        proxy.stop()
+
+
+def test_an_upstreams_own_error_header_never_reaches_the_client(tmp_path: Path) -> None:
+    """Only the sidecar names mesh errors: an upstream's 429 with x-meshlib-error stays the upstream's 429."""
+
+    async def impostor(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"x-meshlib-error", b"rate_limited"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    upstream = start_server(impostor, "impostor")
+    try:
+        with running(tmp_path, _to(upstream.url)) as proxy:
+            mesh = meshlib.Mesh.from_dict(_to(upstream.url))
+            with mesh, mesh.client(mode="sidecar", sidecar=proxy.proxy_url) as client:
+                response = client.get("http://reviews/x")
+            assert response.status_code == 429
+            assert "x-meshlib-error" not in response.headers
+    finally:
+        upstream.stop()
