@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-import limits
 from pydantic import Field, field_validator, model_validator
 
 from meshlib._config.base import ConfigModel, NonNegativeInt, Percent, PositiveInt, StatusCode, fail
@@ -144,6 +143,8 @@ class RateLimitConfig(ConfigModel):
     @field_validator("rate")
     @classmethod
     def _rate(cls, value: str) -> str:
+        import limits  # here: only a config with rate limits loads the library
+
         try:
             limits.parse_many(value)
         except ValueError:

@@ -42,7 +42,7 @@ from meshlib._errors import (
     RateLimitedError,
     RouteNotFoundError,
 )
-from meshlib._policies.rate_limit import REDIS_TIMEOUT, is_redis, redacted, require_redis
+from meshlib._policies.storage import REDIS_TIMEOUT, is_redis, redacted, require_redis
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = ["BreakerState", "CircuitBreakerFilter", "ClockedMemoryStorage", "RedisBreakerStorage", "is_failure"]

@@ -21,15 +21,12 @@ outage of the service.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import threading
 import time
 from collections import deque
-from types import ModuleType
-from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from typing import ClassVar
 
 import anyio.to_thread
 import limits
@@ -40,7 +37,8 @@ import limits.strategies
 from meshlib._config.resilience import RateLimitConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
-from meshlib._errors import ConfigError, RateLimitedError
+from meshlib._errors import RateLimitedError
+from meshlib._policies.storage import REDIS_TIMEOUT, StorageRegistry, is_redis, redacted, require_redis
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = [
@@ -55,11 +53,6 @@ __all__ = [
 
 logger = logging.getLogger("meshlib")
 
-# Seconds to connect to Redis and to wait for each answer, unless the URL says otherwise
-# (``?socket_timeout=0.5&socket_connect_timeout=0.5``). Past it, Redis counts as down and the
-# policy fails open; a short bound keeps a hung Redis from stalling every request.
-REDIS_TIMEOUT = 0.1
-
 _STRATEGIES: dict[str, type[limits.strategies.RateLimiter]] = {
     "moving-window": limits.strategies.MovingWindowRateLimiter,
     "fixed-window": limits.strategies.FixedWindowRateLimiter,
@@ -68,72 +61,6 @@ _STRATEGIES: dict[str, type[limits.strategies.RateLimiter]] = {
 
 # Tells apart in-memory limiters that share a key, so that a limiter built anew starts over.
 _generations = itertools.count(1)
-
-
-def is_redis(url: str | None) -> bool:
-    """True for a ``redis://`` or ``rediss://`` storage URL (the config admits those and ``memory://``)."""
-    return url is not None and url.startswith(("redis://", "rediss://"))
-
-
-def redacted(url: str) -> str:
-    """``url`` without its user and password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def require_redis(where: str) -> ModuleType:
-    """The ``redis`` package, or a ConfigError at ``where`` saying how to install it."""
-    try:
-        return importlib.import_module("redis")
-    except ImportError:
-        raise ConfigError(
-            [(where, "a redis:// storage needs the redis package: pip install 'meshlib[redis]'")]
-        ) from None
-
-
-class StorageRegistry:
-    """The ``limits`` storages of one mesh: one in-memory storage, and one Redis client per URL.
-
-    Callers in both modes share them: limits' memory storage never blocks,
-    and the async path runs Redis hits in a worker thread (see
-    :class:`RateLimitFilter`), so sync and async clients count in one place.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._memory: limits.storage.MemoryStorage | None = None
-        self._redis: dict[str, limits.storage.RedisStorage] = {}
-
-    def get(self, url: str | None, *, where: str = "rate_limit.storage") -> limits.storage.Storage:
-        """The storage for ``url`` (None or ``memory://`` for memory), made on first use."""
-        with self._lock:
-            if not is_redis(url):
-                if self._memory is None:
-                    self._memory = limits.storage.MemoryStorage()
-                return self._memory
-            assert url is not None
-            storage = self._redis.get(url)
-            if storage is None:
-                require_redis(where)
-                # wrap_exceptions: every Redis failure arrives as limits.errors.StorageError (failing open).
-                # Options given in the URL's query win over these defaults (redis.from_url).
-                storage = self._redis[url] = limits.storage.RedisStorage(
-                    url,
-                    wrap_exceptions=True,
-                    socket_timeout=REDIS_TIMEOUT,
-                    socket_connect_timeout=REDIS_TIMEOUT,
-                )
-            return storage
-
-    def close(self) -> None:
-        """Disconnect the Redis clients (a client still in use connects again)."""
-        with self._lock:
-            storages = list(self._redis.values())
-        for storage in storages:
-            client: Any = storage.get_connection()  # a redis.Redis (limits types it as a protocol)
-            client.close()
 
 
 def _where(key: str) -> str:

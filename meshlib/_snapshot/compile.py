@@ -17,14 +17,13 @@ from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, Route
 from meshlib._engine.base import Filter
 from meshlib._engine.cluster_stack import CompiledCluster, Leg
 from meshlib._engine.route_stack import build_route_handlers, route_filters
-from meshlib._policies.circuit_breaker import BreakerState, CircuitBreakerFilter
 from meshlib._policies.fault import FaultFilter
 from meshlib._policies.hedge import HedgeFilter
 from meshlib._policies.mirror import MirrorFilter
-from meshlib._policies.rate_limit import RateLimiter, RateLimitFilter, StorageRegistry
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
 from meshlib._policies.split import SplitPolicy
+from meshlib._policies.storage import StorageRegistry
 from meshlib._policies.timeout import DeadlineFilter, PerTryTimeoutFilter, TryTimeouts
 from meshlib._snapshot.matchers import compile_match
 from meshlib._snapshot.route import CompiledRoute
@@ -100,11 +99,14 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
         filters.append(DeadlineFilter(timeout, rt.clock))
     # Rate limit above the retries: a request costs one hit however many tries it takes.
     if rate_limit is not None:
+        # Imported here: limits (and redis) load only for a mesh that limits rates.
+        from meshlib._policies import rate_limit as rate_limit_module
+
         key = f"route:{route_name}" if route.rate_limit else f"cluster:{cluster.name}"
         limiter = rt.registry.component(
-            "rate_limit", key, rate_limit, lambda: RateLimiter(rate_limit, key, rt.storages)
+            "rate_limit", key, rate_limit, lambda: rate_limit_module.RateLimiter(rate_limit, key, rt.storages)
         )
-        filters.append(RateLimitFilter(limiter, state))
+        filters.append(rate_limit_module.RateLimitFilter(limiter, state))
     # Retry above the breaker: every try is admitted (or refused) by the breaker on its own.
     if retry is not None and retry.attempts > 1:
         budget = None
@@ -120,11 +122,17 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
         filters.append(HedgeFilter(hedge, state, rt.background))
     # The breaker is the cluster's: admission before any I/O, outcome of each try after.
     if config.circuit_breaker is not None:
+        # Imported here: pybreaker imports redis when it is installed, about 20 MB a mesh without breakers saves.
+        from meshlib._policies import circuit_breaker as breaker_module
+
         breaker_config = config.circuit_breaker
         breaker = rt.registry.component(
-            "circuit_breaker", cluster.name, breaker_config, lambda: BreakerState(breaker_config, state, rt.clock)
+            "circuit_breaker",
+            cluster.name,
+            breaker_config,
+            lambda: breaker_module.BreakerState(breaker_config, state, rt.clock),
         )
-        filters.append(CircuitBreakerFilter(breaker))
+        filters.append(breaker_module.CircuitBreakerFilter(breaker))
     # Outlier detection sees every try's outcome on its endpoint, timeouts of this try included.
     if config.outlier_detection is not None:
         outlier_config = config.outlier_detection
