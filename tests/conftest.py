@@ -63,7 +63,7 @@ class MeshCaller:
     upstreams are respx mocks or servers in other threads.
     """
 
-    def __init__(self, mode: str, mesh: meshlib.Mesh, **client_kwargs: Any) -> None:
+    def __init__(self, mode: str, mesh: meshlib.Mesh, /, **client_kwargs: Any) -> None:
         self.mode = mode
         self.sync_client: httpx.Client | None = None
         self.async_client: httpx.AsyncClient | None = None
@@ -144,17 +144,22 @@ def free_port() -> int:
     return port
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body of an ASGI request."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body
+
+
 def echo_app(name: str) -> ASGIApp:
     """A tiny ASGI upstream answering JSON: its own name, and the method, path, query, headers and body it got."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         payload = {
             "name": name,
             "method": scope["method"],

@@ -113,6 +113,8 @@ class Proxy:
         self._reload_lock = threading.Lock()
         self._mtime = _mtime(options.config)
         self._under_supervisor = options.worker_index is not None
+        self._listening_config = config.sidecar  # what the listeners were started with (a reload can't change it)
+        self._admin: HttpServer | None = None
 
     # --- AdminTarget -------------------------------------------------------------------------------------------------
 
@@ -172,9 +174,7 @@ class Proxy:
         self._stopped.set()
 
     async def run(self) -> int:
-        config = self.mesh.config
-        self._listening_config = config.sidecar
-        sidecar = config.sidecar
+        sidecar = self._listening_config
         limits = sidecar.limits
         reuse = self.options.workers > 1 or self._under_supervisor
         outbound = parse_address(self.options.outbound or sidecar.outbound.listen)
@@ -204,7 +204,6 @@ class Proxy:
         }
         if inbound_app is not None:
             handlers["inbound"] = inbound_handler(self.mesh, inbound_app, self.sender)
-        self._admin: HttpServer | None = None
         for name, sock in sockets.items():
             server = HttpServer(
                 name,

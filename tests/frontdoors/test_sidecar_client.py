@@ -21,7 +21,7 @@ import meshlib
 from meshlib._errors import MeshError
 from meshlib._frontdoors.sidecar_client import DEFAULT_SIDECAR, SIDECAR_ENV, AsyncSidecarTransport, SidecarTransport
 from meshlib._wire import error_head
-from tests.conftest import MakeMesh, Receive, Scope, Send, raw_server, read_request_head, start_server
+from tests.conftest import MakeMesh, Receive, Scope, Send, raw_server, read_body, read_request_head, start_server
 
 pytestmark = pytest.mark.anyio
 
@@ -48,12 +48,7 @@ class FakeSidecar:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         seen = {
             "method": scope["method"],

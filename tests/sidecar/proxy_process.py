@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 import yaml
 
+from meshlib._sidecar.process import EXIT_LISTEN
+
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
 
 def free_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as sock:
@@ -91,7 +95,8 @@ class ProxyProcess:
         """An httpx client that uses the sidecar as its HTTP proxy (what HTTP_PROXY does)."""
         return httpx.Client(proxy=self.proxy_url, trust_env=False, **kwargs)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM (a drain), then kill if it takes too long; the exit code (negative: killed by that signal)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -102,6 +107,7 @@ class ProxyProcess:
         self._reader.join(timeout=5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        return self.proc.returncode
 
 
 def write_config(path: Path, config: Mapping[str, Any], outbound: int, admin: int) -> None:
@@ -122,6 +128,9 @@ def start(
     """Start ``meshlib proxy`` on free loopback ports (unless given) with ``config``; does not wait for readiness."""
     outbound = outbound if outbound is not None else free_port()
     admin = admin if admin is not None else free_port()
+    while admin == outbound:
+        admin = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "mesh.yaml"
     write_config(path, config, outbound, admin)
     proc = subprocess.Popen(
@@ -130,17 +139,35 @@ def start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # Proxy variables of the environment must not reroute the proxy's own upstream traffic.
+        env={**{k: v for k, v in os.environ.items() if k.upper() not in _PROXY_ENV}, "PYTHONUNBUFFERED": "1"},
     )
     return ProxyProcess(proc, path, outbound, admin)
+
+
+def start_ready(tmp_path: Path, config: Mapping[str, Any], *args: str, attempts: int = 3) -> ProxyProcess:
+    """:func:`start` on free ports and wait until ready; a port taken between probing and binding is retried."""
+    for attempt in range(1, attempts + 1):
+        proxy = start(tmp_path, config, *args)
+        try:
+            proxy.wait_ready()
+        except AssertionError:
+            code = proxy.stop()
+            if attempt == attempts or (code != EXIT_LISTEN and "already in use" not in proxy.log):
+                raise
+            continue
+        except BaseException:
+            proxy.stop()
+            raise
+        return proxy
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @contextmanager
 def running(tmp_path: Path, config: Mapping[str, Any], *args: str) -> Iterator[ProxyProcess]:
     """A ready ``meshlib proxy``, stopped (SIGTERM, then kill) afterwards."""
-    proxy = start(tmp_path, config, *args)
+    proxy = start_ready(tmp_path, config, *args)
     try:
-        proxy.wait_ready()
         yield proxy
     finally:
         proxy.stop()

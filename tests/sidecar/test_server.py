@@ -40,6 +40,7 @@ from tests.conftest import (
     close_before_response,
     close_mid_body,
     raw_server,
+    read_body,
     read_request_head,
     stall,
     start_server,
@@ -90,12 +91,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
     else:  # echo, as JSON
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         payload = {
             "method": scope["method"],
             "path": scope["path"],
