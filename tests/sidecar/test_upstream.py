@@ -745,7 +745,6 @@ async def test_101_hands_over_the_connection_as_a_network_stream(transport: Pool
 @pytest.fixture(scope="module")
 def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a certificate for 127.0.0.1, and a client context that trusts its CA."""
-    pytest.importorskip("cryptography")
     import datetime
     import ipaddress
     import tempfile
