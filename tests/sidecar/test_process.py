@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import threading
@@ -178,7 +180,7 @@ def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
     proxy = proxy_process.start(tmp_path, _to(echo["v1"]), "--workers", "2", "--outbound", f"127.0.0.1:{port}")
     proxy.outbound = port
     try:
-        proxy.wait_ready()
+        proxy.wait_ready()  # only once both workers listen
         proxy.wait_for_line("(worker 1)")
         with proxy.client() as client:
             assert all(client.get("http://reviews/x").status_code == 200 for _ in range(20))
@@ -186,6 +188,44 @@ def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
         assert proxy.wait() == 0
     finally:
         proxy.stop()
+
+
+@contextlib.contextmanager
+def _worker_zero(tmp_path: Path, echo_url: str) -> Iterator[tuple[proxy_process.ProxyProcess, int]]:
+    """Worker 0 of two as the supervisor starts it, with the write end of its peers' "listening" pipe."""
+    read_end, write_end = os.pipe()
+    args = ("--workers", "2", "--worker-index", "0", "--ready-fd", str(read_end))
+    try:
+        proxy = proxy_process.start(tmp_path, _to(echo_url), *args, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+    try:
+        proxy.wait_for_line("admin listening")
+        yield proxy, write_end
+    finally:
+        proxy.stop()
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+
+
+def _ready_status(proxy: proxy_process.ProxyProcess) -> int:
+    return httpx.get(proxy.admin_url + "/ready", trust_env=False, timeout=5).status_code
+
+
+def test_with_workers_ready_waits_for_every_worker(tmp_path: Path, echo: dict[str, str]) -> None:
+    with _worker_zero(tmp_path, echo["v1"]) as (proxy, write_end):
+        assert _ready_status(proxy) == 503  # worker 0 listens; worker 1 has not said so yet
+        os.write(write_end, b"1")
+        proxy.wait_ready(timeout=5)
+
+
+def test_with_workers_a_worker_gone_before_listening_keeps_ready_at_503(tmp_path: Path, echo: dict[str, str]) -> None:
+    with _worker_zero(tmp_path, echo["v1"]) as (proxy, write_end):
+        os.close(write_end)  # EOF without the byte: the peer died (the supervisor then stops everyone)
+        time.sleep(0.2)
+        assert _ready_status(proxy) == 503
+        with proxy.client(timeout=5) as client:  # worker 0 still serves what reaches it
+            assert client.get("http://reviews/x").status_code == 200
 
 
 def test_an_upstreams_own_error_header_never_reaches_the_client(tmp_path: Path) -> None:
