@@ -8,11 +8,12 @@ time, with cheap FIFO alarms for its timeouts. The mesh's async engine drives
 :class:`PooledTransport` like any httpx transport, as its innermost sender.
 
 Per origin (scheme, host, port) the pool keeps idle connections, reused last
-in first out. A connection that got bytes or an end of stream while idle is
-closed, never reused; a request that finds its reused connection closed by
-the server before any response byte is sent once more on a fresh connection
-when it is idempotent and its body can be replayed (the keep-alive race
-browsers retry).
+in first out, for at most ``keepalive_expiry`` seconds (5, as httpx's pool, so
+both modes leave an upstream's keep-alive timeout the same margin). A
+connection that got bytes or an end of stream while idle is closed, never
+reused; a request that finds its reused connection closed by the server
+before any response byte is sent once more on a fresh connection when it is
+idempotent and its body can be replayed (the keep-alive race browsers retry).
 
 llhttp has no end-of-stream signal, so truncation is judged here when the
 connection is lost: a body delimited by the close ends there; any other
@@ -221,6 +222,7 @@ class _Connection(asyncio.Protocol):
         "drain_waiter",
         "exchange",
         "idle",
+        "idle_since",
         "loop",
         "lost",
         "lost_error",
@@ -249,6 +251,7 @@ class _Connection(asyncio.Protocol):
         self.lost_error: Exception | None = None
         self.counted = True  # holds one of the origin's connection slots until lost or upgraded
         self.idle = False
+        self.idle_since = 0.0  # loop time when it last went back to the pool
         self.reused = False
         self.reading_paused = False
         self.write_paused = False
@@ -607,7 +610,19 @@ def _close_delimited(ex: _Response) -> bool:
 class _Origin:
     """The connections to one (scheme, host, port): idle ones (LIFO), a count of all, and requests waiting for one."""
 
-    __slots__ = ("count", "host", "idle", "limit", "max_idle", "pool", "port", "server_hostname", "ssl", "waiters")
+    __slots__ = (
+        "count",
+        "expiry",
+        "host",
+        "idle",
+        "limit",
+        "max_idle",
+        "pool",
+        "port",
+        "server_hostname",
+        "ssl",
+        "waiters",
+    )
 
     def __init__(self, pool: PooledTransport, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         self.pool = pool
@@ -619,16 +634,35 @@ class _Origin:
         self.count = 0
         self.limit = pool._max_connections
         self.max_idle = pool._max_idle
+        self.expiry = pool._keepalive_expiry
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     def pop_idle(self) -> _Connection | None:
         idle = self.idle
+        if idle and self.expiry is not None:
+            self._expire(idle)
         while idle:
             conn = idle.pop()
             conn.idle = False
             if conn.usable:
                 return conn
         return None
+
+    def _expire(self, idle: list[_Connection]) -> None:
+        """Close the connections idle for longer than ``expiry``: a prefix of the list, which is oldest first."""
+        assert self.expiry is not None
+        limit = idle[0].loop.time() - self.expiry
+        stale = 0
+        for conn in idle:
+            if conn.idle_since >= limit:
+                break
+            stale += 1
+        if stale:
+            expired = idle[:stale]
+            del idle[:stale]
+            for conn in expired:
+                conn.idle = False
+                conn.close()  # its connection_lost frees the slot
 
     def release(self, conn: _Connection) -> None:
         """Take back a connection whose exchange completed with keep-alive."""
@@ -643,6 +677,7 @@ class _Origin:
             conn.close()
             return
         conn.idle = True
+        conn.idle_since = conn.loop.time()
         self.idle.append(conn)
 
     def forget(self, conn: _Connection) -> None:
@@ -742,7 +777,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
     A ``101 Switching Protocols`` response carries the raw connection as
     ``extensions["network_stream"]`` (``read``, ``write``, ``aclose``).
 
-    ``max_idle_per_origin`` bounds the idle connections kept per origin;
+    ``max_idle_per_origin`` bounds the idle connections kept per origin and
+    ``keepalive_expiry`` how long one may stay idle (seconds; None: no limit),
+    checked when a request looks for one, as httpx does;
     ``max_connections_per_origin`` (default unbounded) bounds all of them,
     and requests beyond it wait up to the ``pool`` timeout.
     """
@@ -752,12 +789,16 @@ class PooledTransport(httpx.AsyncBaseTransport):
         *,
         max_idle_per_origin: int = 64,
         max_connections_per_origin: int | None = None,
+        keepalive_expiry: float | None = 5.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_idle_per_origin < 0:
             raise ValueError("max_idle_per_origin must be at least 0")
         if max_connections_per_origin is not None and max_connections_per_origin < 1:
             raise ValueError("max_connections_per_origin must be at least 1")
+        if keepalive_expiry is not None and keepalive_expiry < 0:
+            raise ValueError("keepalive_expiry must be at least 0")
+        self._keepalive_expiry = keepalive_expiry
         self._max_idle = max_idle_per_origin
         self._max_connections = max_connections_per_origin
         self._ssl_context = ssl_context

@@ -388,6 +388,50 @@ async def test_max_idle_per_origin_bounds_the_idle_connections() -> None:
     await pooled.aclose()
 
 
+async def test_a_connection_idle_past_keepalive_expiry_is_closed_not_reused() -> None:
+    pooled = PooledTransport(keepalive_expiry=0.2)
+    with raw_server(keep_alive(ok)) as server:
+        await send(pooled, "GET", f"{server.url}/1")
+        await send(pooled, "GET", f"{server.url}/2")  # well within the expiry: the same connection
+        assert server.connections == 1
+        await asyncio.sleep(0.3)
+        _, body = await send(pooled, "GET", f"{server.url}/3")
+        assert body == b"ok"
+        assert server.connections == 2
+        assert pooled.idle_connections == 1  # the expired one was closed, the new one is pooled
+    await pooled.aclose()
+
+
+async def test_expiry_closes_only_the_connections_idle_too_long() -> None:
+    pooled = PooledTransport(keepalive_expiry=0.3)
+    n = 2
+    barrier = threading.Barrier(n, timeout=5)
+    together_once = threading.Event()
+
+    def together(head: bytes) -> bytes:
+        if not together_once.is_set():
+            barrier.wait()  # two requests at once: two connections
+        return ok(head)
+
+    with raw_server(keep_alive(together)) as server:
+        await asyncio.gather(*(send(pooled, "GET", f"{server.url}/{i}") for i in range(n)))
+        together_once.set()
+        assert pooled.idle_connections == 2
+        await asyncio.sleep(0.2)
+        await send(pooled, "GET", f"{server.url}/fresh")  # reuses the newest and puts it back: idle since now
+        await asyncio.sleep(0.2)  # the other one is now idle 0.4 s, past the expiry; the reused one 0.2 s
+        await send(pooled, "GET", f"{server.url}/again")
+        assert server.connections == 2  # no new connection: the recently used one carried it
+        assert pooled.idle_connections == 1
+    await pooled.aclose()
+
+
+@pytest.mark.parametrize("bad", [{"keepalive_expiry": -1}, {"max_idle_per_origin": -1}])
+def test_bad_pool_settings_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PooledTransport(**bad)
+
+
 async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
     def once_then_close(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
