@@ -7,9 +7,10 @@
 * :class:`StreamTunnel` (``Upgrade: websocket`` answered 101): the sender's
   response carries the upstream connection as ``extensions["network_stream"]``
   (async ``read``/``write``/``aclose``, as httpcore returns it); two pumps move
-  the bytes. The tunnel ends when the upstream closes, or at the client's end
-  of stream: streams have no way to half-close (one with a ``write_eof``
-  gets the half-close instead).
+  the bytes. The tunnel ends when the upstream closes. The client's end of
+  stream is passed on as a half-close when the stream has a ``write_eof``
+  (the sidecar's pooled upstream client does); httpcore's streams have none,
+  so there it ends the tunnel.
 
 Both apply flow control: a side that can't keep up pauses reading on the other.
 The listener's connection protocol forwards its client-side events

@@ -200,6 +200,13 @@ class _NetworkStream:
         conn.transport.write(data)
         await conn.drain(None, None)
 
+    def write_eof(self) -> None:
+        """Half-close: the peer sees the end of stream and may still answer (the tunnel passes a client's on)."""
+        transport = self._conn.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            raise httpx.WriteError("The upgraded connection cannot be half-closed")
+        transport.write_eof()
+
     async def aclose(self) -> None:
         """Close the connection."""
         self._conn.close()

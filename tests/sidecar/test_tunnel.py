@@ -147,8 +147,13 @@ HANDSHAKE = (
 )
 
 
-def websocket_like(heads: list[bytes], *, accept: bool = True) -> Callable[[socket.socket, threading.Event], None]:
-    """A raw upstream: answers an upgrade with 101 (plus a greeting in the same packet) and echoes; or refuses."""
+def websocket_like(
+    heads: list[bytes], *, accept: bool = True, on_eof: bytes = b""
+) -> Callable[[socket.socket, threading.Event], None]:
+    """A raw upstream: answers an upgrade with 101 (plus a greeting in the same packet) and echoes; or refuses.
+
+    At the client's end of stream it sends ``on_eof`` (if any) before closing.
+    """
 
     def serve(conn: socket.socket, stop: threading.Event) -> None:
         head = read_request_head(conn)
@@ -167,6 +172,8 @@ def websocket_like(heads: list[bytes], *, accept: bool = True) -> Callable[[sock
             except TimeoutError:
                 continue
             if not data:
+                if on_eof:
+                    conn.sendall(on_eof)
                 return
             conn.sendall(data)
 
@@ -208,6 +215,23 @@ async def test_a_websocket_upgrade_goes_through_the_engine_and_tunnels(
     assert b"upgrade: websocket" in lower
     assert b"connection: upgrade" in lower
     assert b"sec-websocket-key: dghlihnhbxbszsbub25jzq==" in lower
+
+
+async def test_the_clients_half_close_reaches_the_upgraded_upstream(make_mesh: MakeMesh) -> None:
+    """With the sidecar's pooled client the tunnel passes a half-close on, as CONNECT tunnels do."""
+    with raw_server(websocket_like([], on_eof=b"[eof]")) as upstream:
+        mesh = make_mesh({"clusters": {"ws": {"endpoints": [upstream.url]}}})
+        async with PooledTransport() as sender, serving(outbound_handler(mesh, sender)) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(HANDSHAKE)
+            await read_head(reader)
+            assert await asyncio.wait_for(reader.readexactly(8), 5) == b"greeting"
+            writer.write(b"\x81\x03bye")
+            assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x81\x03bye"
+            writer.write_eof()  # the upstream sees the end of stream and still answers
+            assert await asyncio.wait_for(reader.read(), 5) == b"[eof]"
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_the_upstream_closing_ends_the_tunnel(make_mesh: MakeMesh) -> None:
