@@ -10,6 +10,9 @@ config refuses anything else), because it can reload and drain the proxy:
 * ``GET /stats`` - counters of the clusters and the listeners, as JSON
 * ``POST /reload`` - load the config file again (200, or 400 and the old config keeps serving)
 * ``POST /drain`` - stop accepting, let requests in flight finish, then exit
+
+Under ``--workers N``, ``/stats`` and ``/clusters`` cover every worker: the
+other workers' own ``/stats`` are fetched and merged (``aggregate.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 
 from meshlib._errors import ConfigError
 from meshlib._mesh import Mesh
+from meshlib._sidecar.aggregate import merge_stats
 
 __all__ = ["AdminTarget", "admin_handler", "redact"]
 
@@ -46,6 +50,13 @@ class AdminTarget(Protocol):
 
     def drain(self) -> str:
         """Start a graceful drain; returns what was done."""
+        ...
+
+    async def peer_stats(self) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+        """The other workers' own ``/stats`` (index, document), and the indexes of those that did not answer.
+
+        Both empty for a single process, and for a worker other than 0.
+        """
         ...
 
 
@@ -103,12 +114,12 @@ def config_dump(mesh: Mesh) -> dict[str, Any]:
     }
 
 
-def clusters(mesh: Mesh) -> dict[str, Any]:
-    """Per cluster: endpoints (weight, health, ejection, in-flight) and breaker state, from the live stats."""
-    stats = mesh.stats()["clusters"]
+def clusters(mesh: Mesh, stats: dict[str, Any]) -> dict[str, Any]:
+    """Per cluster: endpoints (weight, health, ejection, in-flight) and breaker state, from ``stats["clusters"]``."""
+    live_clusters = stats["clusters"]
     out: dict[str, Any] = {}
     for name, cluster in mesh.config.clusters.items():
-        live = stats.get(name, {})
+        live = live_clusters.get(name, {})
         endpoints = live.get("endpoints", {})
         out[name] = {
             "lb": cluster.lb,
@@ -121,12 +132,29 @@ def clusters(mesh: Mesh) -> dict[str, Any]:
 def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
     """The admin listener's request handler."""
 
+    async def stats() -> dict[str, Any]:
+        own = {**target.mesh.stats(), "listeners": target.listener_stats()}
+        peers, missing = await target.peer_stats()
+        return merge_stats([(0, own), *peers], missing) if peers or missing else own
+
+    async def stats_response() -> httpx.Response:
+        return _json(200, await stats())
+
+    async def clusters_response() -> httpx.Response:
+        merged = await stats()
+        response = _json(200, clusters(target.mesh, merged))
+        if merged.get("workers_missing"):  # the body is keyed by cluster: say it here
+            response.headers["x-meshlib-workers-missing"] = ",".join(map(str, merged["workers_missing"]))
+        return response
+
     routes: dict[tuple[str, str], Callable[[], httpx.Response]] = {
         ("GET", "/ready"): lambda: _text(200, "ready") if target.ready else _text(503, "not ready"),
         ("GET", "/healthz"): lambda: _text(200, "ok"),
         ("GET", "/config_dump"): lambda: _json(200, config_dump(target.mesh)),
-        ("GET", "/clusters"): lambda: _json(200, clusters(target.mesh)),
-        ("GET", "/stats"): lambda: _json(200, {**target.mesh.stats(), "listeners": target.listener_stats()}),
+    }
+    async_routes: dict[tuple[str, str], Callable[[], Awaitable[httpx.Response]]] = {
+        ("GET", "/clusters"): clusters_response,
+        ("GET", "/stats"): stats_response,
     }
 
     def reload() -> httpx.Response:
@@ -138,10 +166,13 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
 
     routes[("POST", "/reload")] = reload
     routes[("POST", "/drain")] = drain
-    paths = {path for _, path in routes}
+    paths = {path for _, path in [*routes, *async_routes]}
 
     async def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        gather = async_routes.get((request.method, path))
+        if gather is not None:
+            return await gather()
         action = routes.get((request.method, path))
         if action is not None:
             try:
@@ -149,7 +180,7 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
             except ConfigError as exc:  # pragma: no cover - reload() reports these itself
                 return _json(400, {"reloaded": False, "message": str(exc)})
         if path in paths:
-            allowed = ", ".join(sorted(m for m, p in routes if p == path))
+            allowed = ", ".join(sorted(m for m, p in [*routes, *async_routes] if p == path))
             return httpx.Response(405, content=b"method not allowed\n", headers={**_TEXT, "allow": allowed})
         return _text(404, f"no admin endpoint {path}; try /ready, /healthz, /config_dump, /clusters, /stats")
 

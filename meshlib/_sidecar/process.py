@@ -16,8 +16,10 @@ that each bind the outbound and inbound ports with ``SO_REUSEPORT`` (the
 kernel spreads connections across them), relays ``SIGHUP``/``SIGTERM`` to
 them, and exits when they have. Worker 0 also serves the admin listener; its
 ``POST /reload`` and ``POST /drain`` go to the supervisor, which relays them to
-every worker, and its ``GET /ready`` answers 200 only once every worker
-listens (each writes one byte to a pipe that worker 0 reads).
+every worker. Each other worker also serves the admin endpoints on a private
+loopback port and, once it listens, writes its index and that port to a pipe
+that worker 0 reads: worker 0's ``GET /ready`` answers 200 only once every
+worker has, and its ``/stats`` and ``/clusters`` merge every worker's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import json
 import logging
 import os
 import signal
@@ -37,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from meshlib._config.load import load_file
 from meshlib._config.models import MeshConfig
@@ -54,6 +59,8 @@ logger = logging.getLogger("meshlib")
 
 EXIT_CONFIG = 2  # as `meshlib validate`
 EXIT_LISTEN = 3  # a port is taken or cannot be bound
+# How long worker 0 waits for another worker's /stats (the admin answers without it past that).
+_PEER_TIMEOUTS: dict[str, float | None] = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
 
 
 class ListenError(Exception):
@@ -117,20 +124,45 @@ class Proxy:
         self._under_supervisor = options.worker_index is not None
         self._listening_config = config.sidecar  # what the listeners were started with (a reload can't change it)
         self._admin: HttpServer | None = None
-        # Worker 0 reads the other workers' "listening" bytes; everyone else has no peers to wait for.
-        self._peers_waiting = options.workers - 1 if options.worker_index == 0 and options.ready_fd is not None else 0
+        # Worker 0 of a supervised proxy waits for the others' "listening" lines: index -> private admin port.
+        self._expected_peers = options.workers - 1 if options.worker_index == 0 and options.ready_fd is not None else 0
+        self._peer_admins: dict[int, int] = {}
+        self._private_admin: HttpServer | None = None  # another worker's admin listener, for worker 0 to ask
 
     # --- AdminTarget -------------------------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._started and not self._peers_waiting and not self._draining
+        return self._started and len(self._peer_admins) >= self._expected_peers and not self._draining
 
     def listener_stats(self) -> dict[str, Any]:
         return {
             name: {"connections": s.connections, "in_flight": s.in_flight, "address": _shown(*s.address)}
             for name, s in self.servers.items()
         }
+
+    async def peer_stats(self) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+        if not self._expected_peers:
+            return [], []
+        peers = sorted(self._peer_admins.items())
+        found = await asyncio.gather(*(self._fetch_stats(port) for _, port in peers))
+        answered = [(index, doc) for (index, _), doc in zip(peers, found, strict=True) if doc is not None]
+        got = {index for index, _ in answered}
+        return answered, [i for i in range(1, self._expected_peers + 1) if i not in got]
+
+    async def _fetch_stats(self, port: int) -> dict[str, Any] | None:
+        """A worker's own ``/stats`` from its private admin port; None if it does not answer in time."""
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}/stats", extensions={"timeout": _PEER_TIMEOUTS})
+        try:
+            response = await self.sender.handle_async_request(request)
+            body = await response.aread()
+        except httpx.HTTPError:
+            return None
+        try:
+            doc = json.loads(body) if response.status_code == 200 else None
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def reload(self) -> tuple[bool, str]:
         if self._under_supervisor:  # every worker must reload: the supervisor relays a SIGHUP to all
@@ -228,7 +260,7 @@ class Proxy:
         for name, server in self.servers.items():
             _say(f"{name} listening on {_shown(*server.address)}{workers}")
         loop = asyncio.get_running_loop()
-        self._report_listening(loop)
+        await self._report_listening(loop)
         loop.add_signal_handler(signal.SIGTERM, self._begin_drain)
         loop.add_signal_handler(signal.SIGINT, self._begin_drain)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self._reload_now))
@@ -240,28 +272,42 @@ class Proxy:
                 watcher.cancel()
             for server in self.servers.values():
                 await server.close()
+            if self._private_admin is not None:
+                await self._private_admin.close()
             await self.sender.aclose()
             self.mesh.close()
         return 0
 
-    def _report_listening(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Under a supervisor: worker 0 counts the others' bytes on the pipe; the others write theirs."""
+    async def _report_listening(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under a supervisor: worker 0 reads the others' lines from the pipe; the others write theirs."""
         fd = self.options.ready_fd
         if fd is None:
             return
-        if not self._peers_waiting:
+        if not self._expected_peers:
+            # Not the admin worker: serve the admin endpoints privately, for worker 0 to merge this worker's stats.
+            server = HttpServer("admin", admin_handler(self), self._listening_config.limits)
+            await server.start(bind(Address("127.0.0.1", 0)))
+            self._private_admin = server
             with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
-                os.write(fd, b"1")
+                os.write(fd, f"{self.options.worker_index} {server.address[1]}\n".encode())
             os.close(fd)
             return
+        pending = bytearray()
 
         def on_readable() -> None:
             try:
-                data = os.read(fd, 64)
+                data = os.read(fd, 4096)
             except BlockingIOError:
                 return
-            self._peers_waiting = max(self._peers_waiting - len(data), 0)
-            if not data or not self._peers_waiting:  # EOF: a worker died before listening; the supervisor stops all
+            pending.extend(data)
+            *lines, rest = pending.split(b"\n")
+            pending[:] = rest
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    index, port = map(int, line.split())
+                    self._peer_admins[index] = port
+            if not data or len(self._peer_admins) >= self._expected_peers:
+                # Done, or EOF: a worker died before listening (the supervisor then stops every worker).
                 loop.remove_reader(fd)
                 os.close(fd)
 

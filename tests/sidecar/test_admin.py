@@ -41,6 +41,8 @@ class Target:
         self.reloads: list[str] = []
         self.drains = 0
         self.refuse = False
+        self.peers: list[tuple[int, dict[str, Any]]] = []  # other workers' /stats, as worker 0 would fetch them
+        self.missing: list[int] = []
 
     def listener_stats(self) -> dict[str, Any]:
         return {"outbound": {"connections": 2, "in_flight": 1, "address": "127.0.0.1:15001"}}
@@ -53,6 +55,9 @@ class Target:
         self.drains += 1
         self.ready = False
         return "draining"
+
+    async def peer_stats(self) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+        return self.peers, self.missing
 
 
 @pytest.fixture
@@ -106,6 +111,49 @@ async def test_stats_include_clusters_and_listeners(target: Target) -> None:
     stats = (await call(target, "GET", "/stats")).json()
     assert "reviews" in stats["clusters"]
     assert stats["listeners"]["outbound"]["in_flight"] == 1
+
+
+def _peer(requests: int, *, healthy: bool = True, state: str = "closed") -> dict[str, Any]:
+    endpoint = {"in_flight": 1, "requests": requests, "healthy": healthy, "ejected": False, "times_ejected": 0}
+    return {
+        "version": 1,
+        "clusters": {
+            "reviews": {
+                "endpoints": {"http://127.0.0.1:9081": endpoint},
+                "counters": {"retries": 2},
+                "circuit_breaker": {"state": state, "in_flight": 1},
+            }
+        },
+        "listeners": {"outbound": {"connections": 3, "in_flight": 1, "address": "127.0.0.1:15001"}},
+    }
+
+
+async def test_with_workers_stats_and_clusters_cover_every_worker(target: Target) -> None:
+    target.peers = [(1, _peer(5, healthy=False, state="open"))]
+    stats = (await call(target, "GET", "/stats")).json()
+    assert [w["worker"] for w in stats["workers"]] == [0, 1]
+    assert stats["listeners"]["outbound"] == {"connections": 5, "in_flight": 2, "address": "127.0.0.1:15001"}
+    endpoint = stats["clusters"]["reviews"]["endpoints"]["http://127.0.0.1:9081"]
+    assert endpoint["requests"] == 5  # worker 0 sent none
+    assert endpoint["healthy"] is False  # one worker sees it unhealthy
+    assert stats["clusters"]["reviews"]["counters"]["retries"] == 2
+    assert "workers_missing" not in stats
+    response = await call(target, "GET", "/clusters")
+    reviews = response.json()["reviews"]
+    assert reviews["circuit_breaker"] == {"state": "open", "in_flight": 1}  # the most severe state, in-flight summed
+    assert reviews["endpoints"]["http://127.0.0.1:9081"]["weight"] == 3
+    assert "x-meshlib-workers-missing" not in response.headers
+
+
+async def test_with_workers_a_worker_that_does_not_answer_is_named(target: Target) -> None:
+    target.peers = [(2, _peer(4))]
+    target.missing = [1]
+    stats = (await call(target, "GET", "/stats")).json()
+    assert stats["workers_missing"] == [1]
+    assert stats["clusters"]["reviews"]["endpoints"]["http://127.0.0.1:9081"]["requests"] == 4
+    response = await call(target, "GET", "/clusters")
+    assert response.status_code == 200
+    assert response.headers["x-meshlib-workers-missing"] == "1"
 
 
 async def test_reload_and_drain(target: Target) -> None:

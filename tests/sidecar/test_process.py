@@ -174,7 +174,7 @@ def test_thousands_of_requests_across_dozens_of_reloads_none_fail(tmp_path: Path
         assert len(versions) >= 12, proxy.log  # dozens of reloads happened (some SIGHUPs coalesce)
 
 
-def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
+def test_workers_share_the_port_and_admin_covers_both(tmp_path: Path, echo: dict[str, str]) -> None:
     port = free_port()
     # The flag overrides the config's address (which names another free port).
     proxy = proxy_process.start(tmp_path, _to(echo["v1"]), "--workers", "2", "--outbound", f"127.0.0.1:{port}")
@@ -182,8 +182,21 @@ def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
     try:
         proxy.wait_ready()  # only once both workers listen
         proxy.wait_for_line("(worker 1)")
-        with proxy.client() as client:
-            assert all(client.get("http://reviews/x").status_code == 200 for _ in range(20))
+        n = 40
+        for _ in range(n):  # a connection each: the kernel spreads them over both workers
+            with proxy.client() as client:
+                assert client.get("http://reviews/x").status_code == 200
+        with httpx.Client(trust_env=False, timeout=10) as admin:
+            stats = admin.get(proxy.admin_url + "/stats").json()
+            clusters = admin.get(proxy.admin_url + "/clusters").json()
+        [url] = clusters["reviews"]["endpoints"]
+        assert clusters["reviews"]["endpoints"][url]["requests"] == n  # both workers' requests
+        per_worker = [w["clusters"]["reviews"]["endpoints"][url]["requests"] for w in stats["workers"]]
+        assert [w["worker"] for w in stats["workers"]] == [0, 1]
+        assert sum(per_worker) == n
+        assert min(per_worker) > 0, per_worker  # each got some (all 40 on one worker: a 1 in 2^39 chance)
+        assert stats["clusters"]["reviews"]["endpoints"][url]["requests"] == n
+        assert "workers_missing" not in stats
         proxy.signal(signal.SIGTERM)
         assert proxy.wait() == 0
     finally:
@@ -192,7 +205,10 @@ def test_workers_share_the_port(tmp_path: Path, echo: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def _worker_zero(tmp_path: Path, echo_url: str) -> Iterator[tuple[proxy_process.ProxyProcess, int]]:
-    """Worker 0 of two as the supervisor starts it, with the write end of its peers' "listening" pipe."""
+    """Worker 0 of two as the supervisor starts it, with the write end of its peers' "listening" pipe.
+
+    A worker writes "INDEX PORT" (its private admin port) there once it listens.
+    """
     read_end, write_end = os.pipe()
     args = ("--workers", "2", "--worker-index", "0", "--ready-fd", str(read_end))
     try:
@@ -215,8 +231,18 @@ def _ready_status(proxy: proxy_process.ProxyProcess) -> int:
 def test_with_workers_ready_waits_for_every_worker(tmp_path: Path, echo: dict[str, str]) -> None:
     with _worker_zero(tmp_path, echo["v1"]) as (proxy, write_end):
         assert _ready_status(proxy) == 503  # worker 0 listens; worker 1 has not said so yet
-        os.write(write_end, b"1")
+        os.write(write_end, b"1 ")
+        time.sleep(0.1)
+        assert _ready_status(proxy) == 503  # half a line says nothing yet
+        os.write(write_end, f"{free_port()}\n".encode())  # a port where nothing answers: worker 1 "went away"
         proxy.wait_ready(timeout=5)
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            stats = client.get(proxy.admin_url + "/stats").json()
+            assert stats["workers_missing"] == [1]  # admin still answers, with worker 0's part
+            assert [w["worker"] for w in stats["workers"]] == [0]
+            clusters = client.get(proxy.admin_url + "/clusters")
+            assert clusters.headers["x-meshlib-workers-missing"] == "1"
+            assert "reviews" in clusters.json()
 
 
 def test_with_workers_a_worker_gone_before_listening_keeps_ready_at_503(tmp_path: Path, echo: dict[str, str]) -> None:
