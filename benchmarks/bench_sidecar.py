@@ -694,6 +694,7 @@ def _ratio_verdict(
     ok: Callable[[float], bool],
     *,
     other_is_meshlib: bool = False,
+    note: Callable[[int], str] = lambda c: "",
 ) -> Verdict:
     """``value(mine) / value(other)`` at every concurrency; missed if ``mine`` did not run or a ratio fails ``ok``.
 
@@ -711,12 +712,12 @@ def _ratio_verdict(
             met = False if other_is_meshlib else (None if met is not False else met)
         else:
             ratio = value(a) / value(b)
-            parts.append(f"c{c}: {ratio:.2f}×")
+            parts.append(f"c{c}: {ratio:.2f}×{note(c)}")
             met = met if ok(ratio) else False
     return Verdict(target, ", ".join(parts), met)
 
 
-def scaling_ceiling(one_worker: Row, cores: int | None = None) -> float:
+def scaling_ceiling(one_worker: Row) -> float:
     """The most more workers could multiply ``one_worker``'s req/s by on this machine: cores × CPU ÷ (CPU + rig).
 
     One worker serves ``1 / CPU`` req/s (its core is the limit). N workers can at
@@ -724,18 +725,14 @@ def scaling_ceiling(one_worker: Row, cores: int | None = None) -> float:
     ``rig`` µs: ``cores / (CPU + rig)`` req/s, if a request costs the workers what
     it cost the one. The kernel's own time is left out, so the real ceiling is lower.
     """
-    cores = cores or os.cpu_count() or 1
     total = one_worker.cpu_us + one_worker.rig_us
-    return cores * one_worker.cpu_us / total if one_worker.rig_cpu and total else float("nan")
+    return (os.cpu_count() or 1) * one_worker.cpu_us / total if one_worker.rig_cpu and total else float("nan")
 
 
-def _with_ceilings(rows: Sequence[Row], measured: str) -> str:
-    """``measured`` ("c16: 1.30×, c64: …") with each concurrency's ceiling from the one-worker row."""
-    parts = []
-    for c, part in zip(CONCURRENCIES, measured.split(", "), strict=False):
-        one = _find(rows, MESHLIB, c)
-        parts.append(part + (f" (ceiling {scaling_ceiling(one):.2f}×)" if one is not None and one.rig_cpu else ""))
-    return ", ".join(parts)
+def _ceiling_note(rows: Sequence[Row], concurrency: int) -> str:
+    """ " (ceiling N×)" from the one-worker row at ``concurrency``, or "" without one."""
+    one = _find(rows, MESHLIB, concurrency)
+    return f" (ceiling {scaling_ceiling(one):.2f}×)" if one is not None and one.rig_cpu else ""
 
 
 def peer_scaling(rows: Sequence[Row]) -> str | None:
@@ -769,10 +766,18 @@ def verdicts(rows: Sequence[Row], soaked: Soak | None, selected: set[str]) -> li
         target = f"req/s ≥ {TARGET_BASELINE_RPS:g}× uvicorn+httpx's"
         out.append(_ratio_verdict(rows, target, MESHLIB, BASELINE, lambda r: r.rps, lambda x: x >= TARGET_BASELINE_RPS))
     target = f"--workers 2 req/s ≥ {TARGET_WORKERS_GAIN:g}× one worker's"
-    gain = _ratio_verdict(
-        rows, target, MESHLIB_2, MESHLIB, lambda r: r.rps, lambda x: x >= TARGET_WORKERS_GAIN, other_is_meshlib=True
+    out.append(
+        _ratio_verdict(
+            rows,
+            target,
+            MESHLIB_2,
+            MESHLIB,
+            lambda r: r.rps,
+            lambda x: x >= TARGET_WORKERS_GAIN,
+            other_is_meshlib=True,
+            note=partial(_ceiling_note, rows),
+        )
     )
-    out.append(Verdict(gain.target, _with_ceilings(rows, gain.measured), gain.met))
     idle_target = f"idle RSS < {TARGET_IDLE_RSS_MB:g} MB"
     growth_target = f"RSS growth ≤ {TARGET_RSS_GROWTH_MB:g} MB over the soak"
     if soaked is None or math.isnan(soaked.before):

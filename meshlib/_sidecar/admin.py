@@ -137,6 +137,15 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         peers, missing = await target.peer_stats()
         return merge_stats([(0, own), *peers], missing) if peers or missing else own
 
+    async def ready() -> httpx.Response:
+        return _text(200, "ready") if target.ready else _text(503, "not ready")
+
+    async def healthz() -> httpx.Response:
+        return _text(200, "ok")
+
+    async def dump() -> httpx.Response:
+        return _json(200, config_dump(target.mesh))
+
     async def stats_response() -> httpx.Response:
         return _json(200, await stats())
 
@@ -147,40 +156,34 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
             response.headers["x-meshlib-workers-missing"] = ",".join(map(str, merged["workers_missing"]))
         return response
 
-    routes: dict[tuple[str, str], Callable[[], httpx.Response]] = {
-        ("GET", "/ready"): lambda: _text(200, "ready") if target.ready else _text(503, "not ready"),
-        ("GET", "/healthz"): lambda: _text(200, "ok"),
-        ("GET", "/config_dump"): lambda: _json(200, config_dump(target.mesh)),
-    }
-    async_routes: dict[tuple[str, str], Callable[[], Awaitable[httpx.Response]]] = {
-        ("GET", "/clusters"): clusters_response,
-        ("GET", "/stats"): stats_response,
-    }
-
-    def reload() -> httpx.Response:
+    async def reload() -> httpx.Response:
         ok, message = target.reload()
         return _json(200 if ok else 400, {"reloaded": ok, "message": message})
 
-    def drain() -> httpx.Response:
+    async def drain() -> httpx.Response:
         return _json(202, {"draining": True, "message": target.drain()})
 
-    routes[("POST", "/reload")] = reload
-    routes[("POST", "/drain")] = drain
-    paths = {path for _, path in [*routes, *async_routes]}
+    routes: dict[tuple[str, str], Callable[[], Awaitable[httpx.Response]]] = {
+        ("GET", "/ready"): ready,
+        ("GET", "/healthz"): healthz,
+        ("GET", "/config_dump"): dump,
+        ("GET", "/clusters"): clusters_response,
+        ("GET", "/stats"): stats_response,
+        ("POST", "/reload"): reload,
+        ("POST", "/drain"): drain,
+    }
+    paths = {path for _, path in routes}
 
     async def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        gather = async_routes.get((request.method, path))
-        if gather is not None:
-            return await gather()
         action = routes.get((request.method, path))
         if action is not None:
             try:
-                return action()
+                return await action()
             except ConfigError as exc:  # pragma: no cover - reload() reports these itself
                 return _json(400, {"reloaded": False, "message": str(exc)})
         if path in paths:
-            allowed = ", ".join(sorted(m for m, p in [*routes, *async_routes] if p == path))
+            allowed = ", ".join(sorted(m for m, p in routes if p == path))
             return httpx.Response(405, content=b"method not allowed\n", headers={**_TEXT, "allow": allowed})
         return _text(404, f"no admin endpoint {path}; try /ready, /healthz, /config_dump, /clusters, /stats")
 

@@ -78,7 +78,7 @@ class ProxyOptions:
     workers: int = 1
     watch_interval: float = 1.0  # seconds between checks of the config file; 0 turns watching off
     worker_index: int | None = None  # set in a worker started by the supervisor
-    ready_fd: int | None = None  # a worker's pipe to the supervisor: one byte once it listens (see _supervise)
+    ready_fd: int | None = None  # the workers' "listening" pipe: worker 0 reads it, the others write (see _supervise)
 
 
 def _say(message: str) -> None:
@@ -387,7 +387,7 @@ def _supervise(options: ProxyOptions, config: MeshConfig) -> int:
         if value is not None:
             args += [flag, value]
     args += ["--watch-interval", str(options.watch_interval), "--workers", str(options.workers)]
-    # Worker 0 (the admin) holds the read end; every other worker writes one byte once it listens.
+    # Worker 0 (the admin) holds the read end; every other worker writes "INDEX PORT" once it listens.
     read_end, write_end = os.pipe()
     try:
         workers = [
