@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import logging
 import math
 import threading
@@ -24,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 __all__ = ["Background", "TimerHandle"]
 
@@ -45,6 +46,10 @@ class TimerHandle:
         self.cancelled = True
 
 
+# Queues of one delay the timer thread keeps; any other delay goes on its heap (see _Timers).
+MAX_TIMER_QUEUES: Final = 16
+
+
 class _Timers:
     """One thread that runs calls when they are due.
 
@@ -55,12 +60,19 @@ class _Timers:
     queue's head, so when tries answer in time the queues stay short and the
     thread wakes about once per delay, not once per call. Scheduling costs a
     lock and two deque operations; no heap, no thread per timer.
+
+    Nothing grows with the number of calls, whatever delays callers pass:
+    at most :data:`MAX_TIMER_QUEUES` queues, each dropped once it runs dry;
+    calls of any other delay go on a heap, from which cancelled calls are
+    dropped whenever they outnumber the live ones.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queues: dict[float, deque[tuple[float, TimerHandle]]] = {}
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = 0  # ties on the heap break by order of scheduling, never by comparing handles
         self._wake_at = math.inf  # when the thread will look next; -inf while it is awake
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -72,11 +84,14 @@ class _Timers:
             if self._closed:
                 raise RuntimeError("the mesh is closed")
             queue = self._queues.get(delay)
-            if queue is None:
+            if queue is None and len(self._queues) < MAX_TIMER_QUEUES:
                 queue = self._queues[delay] = deque()
-            while queue and queue[0][1].cancelled:
-                queue.popleft()
-            queue.append((when, handle))
+            if queue is not None:
+                while queue and queue[0][1].cancelled:
+                    queue.popleft()
+                queue.append((when, handle))
+            else:
+                self._push(when, handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meshlib-timer", daemon=True)
                 self._thread.start()
@@ -84,18 +99,43 @@ class _Timers:
                 self._cond.notify()
         return handle
 
+    def _push(self, when: float, handle: TimerHandle) -> None:
+        heap = self._heap
+        if len(heap) >= 64 and sum(h.cancelled for _, _, h in heap) * 2 > len(heap):
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+        self._seq += 1
+        heapq.heappush(heap, (when, self._seq, handle))
+
     def _due(self, now: float) -> tuple[list[TimerHandle], float]:
         """Take the calls due at ``now`` off the queues (lock held); and when the next one is due."""
         due = []
         next_at = math.inf
-        for queue in self._queues.values():
+        dry = []
+        for delay, queue in self._queues.items():
             while queue and (queue[0][1].cancelled or queue[0][0] <= now):
                 _, handle = queue.popleft()
                 if not handle.cancelled:
                     due.append(handle)
             if queue:
                 next_at = min(next_at, queue[0][0])
+            else:
+                dry.append(delay)
+        for delay in dry:
+            del self._queues[delay]
+        heap = self._heap
+        while heap and (heap[0][2].cancelled or heap[0][0] <= now):
+            _, _, handle = heapq.heappop(heap)
+            if not handle.cancelled:
+                due.append(handle)
+        if heap:
+            next_at = min(next_at, heap[0][0])
         return due, next_at
+
+    def live(self) -> tuple[int, int]:
+        """How many queues there are and how many calls they and the heap hold (cancelled ones included)."""
+        with self._lock:
+            return len(self._queues), sum(len(q) for q in self._queues.values()) + len(self._heap)
 
     def _run(self) -> None:
         with self._cond:
@@ -126,6 +166,7 @@ class _Timers:
         with self._cond:
             self._closed = True
             self._queues.clear()
+            self._heap.clear()
             self._cond.notify()
 
 

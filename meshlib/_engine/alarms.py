@@ -7,6 +7,12 @@ ring in the order they were set, so here each (loop, delay) keeps a FIFO
 queue with a single loop timer for its head: setting an alarm is an append
 (after dropping cancelled alarms at the head), cancelling is a flag, and the
 loop timer fires about once per delay rather than once per alarm.
+
+Nothing here can grow with the number of alarms, whatever delays callers
+pass: a loop has at most :data:`MAX_QUEUES` queues, a queue is dropped as
+soon as it runs dry, and an alarm whose delay finds no queue (a remaining
+budget, different every time) gets a plain loop timer that its ``cancel()``
+cancels. A queue holds at most the alarms set within one delay.
 """
 
 from __future__ import annotations
@@ -15,23 +21,29 @@ import asyncio
 import weakref
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["Alarm", "schedule", "set_alarm"]
+__all__ = ["MAX_QUEUES", "Alarm", "live_queues", "schedule", "set_alarm"]
+
+# Queues per loop: enough for the few configured delays a mesh uses (per-try timeouts, hedge delays).
+MAX_QUEUES: Final = 16
 
 
 class Alarm:
     """One alarm: ``ring()`` (by default ``callback()``) at ``when`` (loop time), unless cancelled first.
 
     Subclasses may override :meth:`ring` instead of passing a callback: one
-    object per alarm instead of two.
+    object per alarm instead of two. A subclass that skips ``__init__`` sets
+    every slot below itself.
     """
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "handle", "when")
 
     def __init__(self, callback: Callable[[], object] | None = None) -> None:
         self.when = 0.0
         self.callback = callback
         self.cancelled = False
+        self.handle: asyncio.TimerHandle | None = None  # its own loop timer, when no queue took it
 
     def ring(self) -> None:
         if self.callback is not None:
@@ -39,15 +51,27 @@ class Alarm:
 
     def cancel(self) -> None:
         self.cancelled = True
+        handle = self.handle
+        if handle is not None:
+            self.handle = None
+            handle.cancel()
+
+
+def _ring_own(alarm: Alarm) -> None:
+    alarm.handle = None
+    if not alarm.cancelled:
+        alarm.ring()
 
 
 class _Queue:
     """The alarms of one delay on one loop, oldest first, and the loop timer of the oldest."""
 
-    __slots__ = ("alarms", "loop", "timer")
+    __slots__ = ("alarms", "delay", "loop", "owner", "timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: dict[float, _Queue], delay: float) -> None:
         self.loop = loop
+        self.owner = owner
+        self.delay = delay
         self.alarms: deque[Alarm] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
@@ -70,6 +94,8 @@ class _Queue:
                 due.append(alarm)
         if alarms:
             self.timer = self.loop.call_at(alarms[0].when, self._ring)
+        elif self.owner.get(self.delay) is self:
+            del self.owner[self.delay]  # dry: the slot goes back, so rarely used delays never pile up
         for alarm in due:
             if not alarm.cancelled:  # an earlier callback may have cancelled it
                 alarm.ring()
@@ -85,20 +111,35 @@ def set_alarm(loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[
     return schedule(loop, delay, Alarm(callback))
 
 
-def schedule(loop: asyncio.AbstractEventLoop, delay: float, alarm: Alarm) -> Alarm:
+def schedule(loop: asyncio.AbstractEventLoop, delay: float, alarm: Alarm, *, shared: bool = True) -> Alarm:
     """Ring ``alarm`` on ``loop`` after ``delay`` seconds unless it is cancelled first; returns it.
 
-    ``delay`` should be one of a few fixed values (a configured duration):
-    each distinct delay keeps a queue for the life of the loop.
+    Any delay is safe. The few delays in use most of the time (configured
+    durations) share queues and cost an append; a caller whose delay differs
+    every time (a remaining budget) passes ``shared=False`` to take a loop
+    timer of its own at once, leaving the queues to the delays that repeat.
     """
+    if not shared:
+        when = alarm.when = loop.time() + delay
+        alarm.handle = loop.call_at(when, _ring_own, alarm)
+        return alarm
     global _last
     last_ref, queues = _last
     if last_ref is None or last_ref() is not loop:
         queues = _queues.setdefault(loop, {})
         _last = (weakref.ref(loop), queues)
+    when = alarm.when = loop.time() + delay
     queue = queues.get(delay)
     if queue is None:
-        queue = queues[delay] = _Queue(loop)
-    alarm.when = loop.time() + delay
+        if len(queues) >= MAX_QUEUES:
+            alarm.handle = loop.call_at(when, _ring_own, alarm)
+            return alarm
+        queue = queues[delay] = _Queue(loop, queues, delay)
     queue.add(alarm)
     return alarm
+
+
+def live_queues(loop: asyncio.AbstractEventLoop) -> tuple[int, int]:
+    """How many queues ``loop`` has and how many alarms they hold (cancelled ones not yet dropped included)."""
+    queues = _queues.get(loop, {})
+    return len(queues), sum(len(q.alarms) for q in queues.values())

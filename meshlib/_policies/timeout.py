@@ -129,9 +129,7 @@ class PerTryTimeoutFilter:
         alarm = _TryAlarm(task)
         # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; a budget cut
         # short by the deadline is not.
-        handle = (
-            schedule(loop, budget, alarm) if budget == self.timeouts.per_try else loop.call_later(budget, alarm.ring)
-        )
+        handle = schedule(loop, budget, alarm, shared=budget == self.timeouts.per_try)
         try:
             response = await call_next(request)
         except asyncio.CancelledError:
@@ -158,6 +156,7 @@ class _TryAlarm(Alarm):
         self.when = 0.0  # Alarm's fields, set here: no super().__init__() call on the hot path
         self.callback = None
         self.cancelled = False
+        self.handle = None
         self.task = task
         self.cancelling = task.cancelling()  # cancellations already requested by others
         self.rang = False

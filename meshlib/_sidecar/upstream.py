@@ -58,6 +58,7 @@ class _Timer(Alarm):
         self.when = 0.0
         self.callback = None
         self.cancelled = False
+        self.handle = None
         self.future: asyncio.Future[bool] | None = future
 
     def ring(self) -> None:
@@ -66,7 +67,7 @@ class _Timer(Alarm):
             future.set_result(True)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        Alarm.cancel(self)
         self.future = None  # a cancelled alarm may wait in its queue a while: let the future go now
 
 
@@ -455,7 +456,8 @@ class _Connection(asyncio.Protocol):
         self.waiter = future
         if seconds is None:
             return await future
-        timer = schedule(self.loop, seconds, _Timer(future))
+        # The read timeout is what is left of the request's budget, different every time: a timer of its own.
+        timer = schedule(self.loop, seconds, _Timer(future), shared=False)
         try:
             return await future
         finally:
@@ -466,7 +468,7 @@ class _Connection(asyncio.Protocol):
         while self.write_paused and not self.lost and (ex is None or not (ex.head_done or ex.error)):
             future: asyncio.Future[bool] = self.loop.create_future()
             self.drain_waiter = future
-            timer = schedule(self.loop, seconds, _Timer(future)) if seconds is not None else None
+            timer = schedule(self.loop, seconds, _Timer(future), shared=False) if seconds is not None else None
             try:
                 timed_out = await future
             finally:

@@ -66,3 +66,66 @@ def test_each_loop_has_its_own_queues() -> None:
     asyncio.run(one(1))
     asyncio.run(one(2))
     assert rang == [1, 2]
+
+
+def _live_loop_timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Loop timers not cancelled (asyncio's default loop keeps them in ``_scheduled``)."""
+    return sum(not handle.cancelled() for handle in loop._scheduled)  # type: ignore[attr-defined]
+
+
+async def test_distinct_delays_never_pile_up_queues_or_timers() -> None:
+    """Every delay different (a remaining budget): queues stay under the cap and cancelled alarms free their timers."""
+    loop = asyncio.get_running_loop()
+    before = _live_loop_timers(loop)
+    for n in (1000, 4000):
+        for i in range(n):
+            set_alarm(loop, 30.0 + i / 1000, lambda: None).cancel()
+        queues, _ = alarms.live_queues(loop)
+        assert queues <= alarms.MAX_QUEUES
+        # One loop timer per queue at most: nothing that grows with the number of alarms.
+        assert _live_loop_timers(loop) - before <= alarms.MAX_QUEUES
+    for queue in list(alarms._queues[loop].values()):
+        assert queue.timer is not None
+        queue.timer.cancel()
+
+
+async def test_unshared_alarms_take_no_queue_and_cancel_their_timer() -> None:
+    loop = asyncio.get_running_loop()
+    before = _live_loop_timers(loop)
+    queues_before = alarms.live_queues(loop)
+    rang = asyncio.Event()
+    for i in range(2000):
+        alarms.schedule(loop, 30.0 + i / 1000, alarms.Alarm(lambda: None), shared=False).cancel()
+    assert alarms.live_queues(loop) == queues_before
+    assert _live_loop_timers(loop) == before
+    alarms.schedule(loop, 0.01, alarms.Alarm(rang.set), shared=False)
+    await asyncio.wait_for(rang.wait(), 2)
+
+
+async def test_a_queue_is_dropped_once_it_runs_dry() -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    set_alarm(loop, 0.0123, lambda: None).cancel()
+    set_alarm(loop, 0.0124, done.set)
+    assert 0.0123 in alarms._queues[loop]
+    assert 0.0124 in alarms._queues[loop]
+    await asyncio.wait_for(done.wait(), 2)
+    await asyncio.sleep(0.02)  # the cancelled alarm's queue timer has fired by now
+    assert 0.0123 not in alarms._queues[loop]
+    assert 0.0124 not in alarms._queues[loop]
+
+
+async def test_when_the_queues_are_full_an_alarm_still_rings_once() -> None:
+    loop = asyncio.get_running_loop()
+    held = [set_alarm(loop, 60.0 + i, lambda: None) for i in range(alarms.MAX_QUEUES)]
+    rang: list[int] = []
+    done = asyncio.Event()
+    set_alarm(loop, 0.01, lambda: rang.append(1))
+    set_alarm(loop, 0.02, done.set)
+    await asyncio.wait_for(done.wait(), 2)
+    assert rang == [1]
+    for alarm in held:
+        alarm.cancel()
+    for queue in list(alarms._queues[loop].values()):
+        if queue.timer is not None:
+            queue.timer.cancel()
