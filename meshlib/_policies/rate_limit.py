@@ -73,7 +73,10 @@ class MovingWindow:
 
     The same decision as limits' ``MovingWindowRateLimiter`` over its memory
     storage (refuse when the ``amount``-th latest hit is younger than the
-    window), on a bounded deque: O(1) per hit. Reads the wall clock, as limits
+    window), on a deque of the hits inside the window: amortised O(1) per hit,
+    and memory for the hits of one window at the rate actually seen, never
+    for ``amount`` hits (a generous ``1000000/second`` must not hold a million
+    timestamps at 10k requests a second). Reads the wall clock, as limits
     does, so tests move it with time-machine the same way for every strategy.
     """
 
@@ -82,13 +85,16 @@ class MovingWindow:
     def __init__(self, item: limits.RateLimitItem) -> None:
         self.amount = item.amount
         self.expiry = item.get_expiry()
-        self.hits: deque[float] = deque(maxlen=item.amount)
+        self.hits: deque[float] = deque()
 
     def hit(self, now: float) -> bool:
         hits = self.hits
-        if len(hits) == self.amount and hits[0] >= now - self.expiry:
+        oldest = now - self.expiry
+        while hits and hits[0] < oldest:  # left the window: it can never count again
+            hits.popleft()
+        if len(hits) >= self.amount:
             return False
-        hits.append(now)  # the deque drops the oldest hit, which has left the window
+        hits.append(now)
         return True
 
 

@@ -39,3 +39,13 @@ def test_refuses_the_hit_past_the_amount_until_the_oldest_leaves_the_window() ->
     assert not window.hit(11.0)  # the hit at 10.0 is still inside [10.0, 11.0]
     assert window.hit(11.01)
     assert not window.hit(11.4)  # 10.5 and 11.01 are inside
+
+
+def test_holds_only_the_hits_inside_the_window_whatever_the_amount() -> None:
+    """A generous limit (a million a second) at 1,000 hits a second keeps one second of hits, not a million."""
+    window = MovingWindow(limits.parse("1000000/second"))
+    now = 100.0
+    for _ in range(20_000):  # 20 s at 1,000 hits a second
+        now += 0.001
+        assert window.hit(now)
+    assert len(window.hits) <= 1001
