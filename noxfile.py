@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests lint typecheck coverage bench` (each runs alone)."""
+"""Developer sessions: `nox -s tests lint typecheck docs coverage bench` (each runs alone)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def tests(session: nox.Session) -> None:
     """The README's test command: the whole unit and integration suite."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Every code sample of README.md, docs/ and examples/, run as written (part of `tests` too)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_docs.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

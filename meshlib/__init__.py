@@ -26,6 +26,7 @@ from meshlib._errors import (
     UpstreamResetError,
 )
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
+from meshlib._hooks import RetryEvent
 from meshlib._mesh import Mesh
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "OverloadedError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "RetryEvent",
     "RouteNotFoundError",
     "UpstreamConnectError",
     "UpstreamResetError",

@@ -19,14 +19,18 @@ EXIT_INVALID = 2
 
 def _validate(args: argparse.Namespace) -> int:
     failed = False
+    several = len(args.config) > 1
     for path in args.config:
         try:
-            load_file(path)
+            config = load_file(path)
         except ConfigError as exc:
             failed = True
             print(exc, file=sys.stderr)
         else:
-            print(f"{path}: ok" if len(args.config) > 1 else "ok")
+            # Warnings never fail validation: the config loads, but these settings can never take effect.
+            for field, message in config.warnings():
+                print(f"{path}: " * several + f"warning: {field}: {message}", file=sys.stderr)
+            print(f"{path}: ok" if several else "ok")
     return EXIT_INVALID if failed else 0
 
 
@@ -36,8 +40,10 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from meshlib._demo import run_demo
+    from meshlib._demo import run_demo, serve_upstreams
 
+    if args.serve:
+        return serve_upstreams()
     return run_demo(requests=args.requests, concurrency=args.concurrency, print_config=args.print_config)
 
 
@@ -58,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run local upstreams and send traffic through a built-in mesh config")
     demo.add_argument("--requests", type=int, default=3000, help="how many requests to send (default 3000)")
     demo.add_argument("--concurrency", type=int, default=8, help="concurrent async requests (default 8)")
-    demo.add_argument("--print-config", action="store_true", help="print the demo's mesh config as YAML and exit")
+    demo_mode = demo.add_mutually_exclusive_group()
+    demo_mode.add_argument("--print-config", action="store_true", help="print the demo's mesh config as YAML and exit")
+    demo_mode.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the demo's upstreams on 127.0.0.1:9081-9083 and :9090 until Ctrl-C (for the docs' samples)",
+    )
     demo.set_defaults(func=_demo)
 
     proxy = commands.add_parser(
@@ -66,9 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the sidecar: an HTTP proxy on loopback applying the mesh (outbound, inbound, admin listeners)",
     )
     proxy.add_argument("--config", required=True, help="the mesh config (YAML or JSON); reloaded when it changes")
-    proxy.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener (default: sidecar.outbound.listen)")
-    proxy.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener (default: sidecar.inbound.listen)")
-    proxy.add_argument("--admin", metavar="HOST:PORT", help="admin listener, loopback (default: sidecar.admin.listen)")
+    proxy.add_argument(
+        "--outbound",
+        metavar="HOST:PORT",
+        help="outbound listener (default: $MESHLIB_SIDECAR_OUTBOUND_LISTEN, else sidecar.outbound.listen)",
+    )
+    proxy.add_argument(
+        "--inbound",
+        metavar="HOST:PORT",
+        help="inbound listener (default: $MESHLIB_SIDECAR_INBOUND_LISTEN, else sidecar.inbound.listen)",
+    )
+    proxy.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin listener, loopback only (default: $MESHLIB_SIDECAR_ADMIN_LISTEN, else sidecar.admin.listen)",
+    )
     proxy.add_argument(
         "--workers", type=int, default=1, help="processes sharing the ports with SO_REUSEPORT (default 1)"
     )
@@ -78,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="how often to check the config file for changes (default 1; 0 turns watching off)",
+    )
+    proxy.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="what the meshlib loggers print on stderr (default info); readiness lines are always printed",
     )
     proxy.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     proxy.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
-from meshlib._demo_upstreams import ROUTE_HEADER, Upstream, UpstreamGroup
+from meshlib._demo_upstreams import ROUTE_HEADER, PortUnavailableError, Upstream, UpstreamGroup
 from meshlib._mesh import Mesh
 
-__all__ = ["DEMO_CONFIG", "DEMO_UPSTREAMS", "describe_routes", "run_demo", "show_config"]
+__all__ = ["DEMO_CONFIG", "DEMO_UPSTREAMS", "describe_routes", "run_demo", "serve_upstreams", "show_config"]
 
-# The demo's mesh config. The endpoint ports are examples: the demo starts its
-# upstreams on free ports and swaps them in (this dict is what --print-config shows).
+# The demo's mesh config (what --print-config shows). `meshlib demo` starts its upstreams on free
+# ports and swaps them in; `meshlib demo --serve` serves them on exactly these ports, so the README's
+# and the examples' configs, which name the same ports, run against it.
 DEMO_CONFIG: dict[str, Any] = {
     "service": "productpage",
     "outbound_policy": "allow_any",
@@ -71,6 +78,7 @@ ANDROID_UA = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PORT_TAKEN = 3  # as `meshlib proxy`
 
 # What the demo sends (see _spec), and the route each kind must take; the checks hold the mesh to it.
 EXPECTED_ROUTE = {
@@ -258,7 +266,8 @@ def describe_routes(config: dict[str, Any]) -> list[str]:
 
 def show_config() -> int:
     """Print DEMO_CONFIG as YAML (a valid mesh config, with example ports)."""
-    print("# meshlib demo's mesh config; `meshlib demo` runs it with free ports in place of 9081-9090.")
+    print("# meshlib demo's mesh config; `meshlib demo` runs it with free ports in place of 9081-9090,")
+    print("# `meshlib demo --serve` serves its upstreams on exactly these ports.")
     print(yaml.safe_dump(DEMO_CONFIG, sort_keys=False, allow_unicode=True), end="")
     return 0
 
@@ -488,4 +497,79 @@ def run_demo(requests: int = 3000, concurrency: int = 8, *, print_config: bool =
         print(f"meshlib demo: {len(failed)} check(s) failed: " + "; ".join(c.text for c in failed), file=sys.stderr)
         return EXIT_CHECK_FAILED
     print("all checks passed.")
+    return 0
+
+
+# --- meshlib demo --serve --------------------------------------------------------------------------------------------
+
+SERVE_HINT = (
+    "try, from a clone of the repository: meshlib proxy --config examples/fastapi_app/mesh.yaml\n"
+    "  then: curl -x http://127.0.0.1:15001 http://reviews/api/reviews/1"
+)
+
+
+def _say(*lines: str) -> None:
+    """Print and flush; a reader that went away (``| head``) must not stop the servers."""
+    try:
+        print(*lines, sep="\n", flush=True)
+    except BrokenPipeError:
+        # Python's own advice: point stdout at devnull, or the flush at exit fails again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM set ``stop`` instead of killing the process, so the servers close cleanly."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def serve_upstreams(stop: threading.Event | None = None) -> int:
+    """``meshlib demo --serve``: the demo's upstreams on their fixed ports until Ctrl-C, SIGTERM or ``stop``.
+
+    Returns 0 after a clean stop, :data:`EXIT_PORT_TAKEN` when a port cannot be bound (nothing keeps serving).
+    """
+    stop = stop if stop is not None else threading.Event()
+    cluster_of = {url: name for name, c in DEMO_CONFIG["clusters"].items() for url in c["endpoints"]}
+    upstreams = [
+        Upstream(service, version, cluster_of[url], port=urlsplit(url).port or 0)
+        for url, (service, version) in DEMO_UPSTREAMS.items()
+    ]
+    group = UpstreamGroup(upstreams)
+    with _stop_on_signals(stop):
+        try:
+            group.start()
+        except OSError as exc:
+            group.stop()
+            if isinstance(exc, PortUnavailableError):
+                print(f"meshlib demo --serve: {exc} (is another `meshlib demo --serve` running?)", file=sys.stderr)
+                return EXIT_PORT_TAKEN
+            print(f"meshlib demo --serve: could not run the upstreams on 127.0.0.1: {exc}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+        try:
+            _say(
+                "meshlib demo --serve: the demo's upstreams, each answering any request with JSON naming itself",
+                *(f"  {u.service} {u.version:<3} cluster {u.cluster:<11} {u.url}" for u in upstreams),
+                SERVE_HINT,
+                "serving until Ctrl-C (or SIGTERM)",
+            )
+            # A timed wait: the signal handler sets the event from this thread, between two waits.
+            while not stop.wait(0.5):
+                pass
+        finally:
+            group.stop()
+    _say("meshlib demo --serve: stopped")
     return 0

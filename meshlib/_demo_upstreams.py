@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http.client
 import io
 import json
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
-__all__ = ["ROUTE_HEADER", "Upstream", "UpstreamGroup"]
+__all__ = ["ROUTE_HEADER", "PortUnavailableError", "Upstream", "UpstreamGroup"]
 
 ROUTE_HEADER = "x-mesh-route"  # the demo's routes set it; upstreams report it back as "route"
 
@@ -34,11 +35,11 @@ _STOP_TIMEOUT = 5.0
 class Upstream:
     """One upstream service instance: its identity (service, version, cluster) and, once started, its port."""
 
-    def __init__(self, service: str, version: str, cluster: str) -> None:
+    def __init__(self, service: str, version: str, cluster: str, port: int = 0) -> None:
         self.service = service
         self.version = version
         self.cluster = cluster
-        self.port = 0
+        self.port = port  # 0: a free port, chosen when the group starts
 
     @property
     def url(self) -> str:
@@ -107,6 +108,18 @@ async def _serve_connection(upstream: Upstream, reader: asyncio.StreamReader, wr
         writer.close()
 
 
+class PortUnavailableError(OSError):
+    """An upstream's port could not be bound (taken by another process, most often)."""
+
+    def __init__(self, port: int, cause: OSError) -> None:
+        reason = "address already in use" if cause.errno == errno.EADDRINUSE else (cause.strerror or str(cause))
+        super().__init__(cause.errno, f"cannot listen on 127.0.0.1:{port}: {reason}")
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class UpstreamGroup:
     """Runs upstreams on one event loop in a background thread; a context manager that always stops them all."""
 
@@ -127,7 +140,10 @@ class UpstreamGroup:
     async def _start_servers(self) -> None:
         for upstream in self.upstreams:
             # Bind the socket here: asyncio would otherwise resolve "127.0.0.1" in an executor thread.
-            sock = socket.create_server(("127.0.0.1", 0))
+            try:
+                sock = socket.create_server(("127.0.0.1", upstream.port))
+            except OSError as exc:
+                raise PortUnavailableError(upstream.port, exc) from exc
             upstream.port = sock.getsockname()[1]
 
             async def handle(

@@ -18,6 +18,9 @@ The hierarchy::
 
 The last three wrap what httpx raised (as ``__cause__``), so code that
 catches ``httpx.ConnectError`` or ``httpx.TimeoutException`` keeps working.
+When one of the mesh's timeouts is what failed the request,
+``RequestTimeoutError`` and ``UpstreamConnectError`` say which in ``kind``
+and ``timeout`` (see docs/resilience.md, "Timeout errors").
 
 Because every ``MeshError`` is an ``httpx.TransportError``, existing
 ``except httpx.HTTPError`` code keeps working when a client is put through the
@@ -28,7 +31,7 @@ mesh. Each class carries a ``code``, the value the sidecar sends in its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal, TypeAlias
 
 import httpx
 
@@ -41,9 +44,37 @@ __all__ = [
     "RateLimitedError",
     "RequestTimeoutError",
     "RouteNotFoundError",
+    "TimeoutKind",
     "UpstreamConnectError",
     "UpstreamResetError",
+    "try_message",
 ]
+
+TimeoutKind: TypeAlias = Literal["request", "per_try", "connect", "client"]
+"""Which timeout ran out: the route's or cluster's ``timeout`` (the whole request), ``retry.per_try_timeout``,
+``connect_timeout``, or the httpx client's own ``timeout=``."""
+
+
+def try_message(
+    event: str,
+    *,
+    attempt: int,
+    route: str | None,
+    cluster: str | None,
+    endpoint: str | None = None,
+    before: bool = False,
+) -> str:
+    """The one shape of a failed try's message: ``{event} during try 2 of route 'r', cluster 'c' (endpoint E)``.
+
+    ``before``: try ``attempt`` never started, so no endpoint is named.
+    """
+    text = f"{event} {'before' if before else 'during'} try {attempt}"
+    owners = [f"{what} {name!r}" for what, name in (("route", route), ("cluster", cluster)) if name is not None]
+    if owners:
+        text += " of " + ", ".join(owners)
+    if endpoint is not None and not before:
+        text += f" (endpoint {endpoint})"
+    return text
 
 
 class ConfigError(Exception):
@@ -120,8 +151,34 @@ class OverloadedError(MeshError):
     status = 503
 
 
-class UpstreamConnectError(MeshError, httpx.ConnectError):
-    """No connection could be made to the endpoint (refused, unreachable, or ``connect_timeout``)."""
+class _TimeoutAwareError(MeshError):
+    """The fields of an error that a timeout can cause: which timeout ran out, and how long it was."""
+
+    kind: TimeoutKind | None = None
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+        kind: TimeoutKind | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(message, request=request, route=route, cluster=cluster)
+        self.kind = kind
+        self.timeout = timeout
+
+
+class UpstreamConnectError(_TimeoutAwareError, httpx.ConnectError):
+    """No connection could be made to the endpoint (refused, unreachable, or ``connect_timeout``).
+
+    When a timeout ran out while connecting, ``kind`` says which (usually
+    ``"connect"``) and ``timeout`` its configured seconds; both are None when
+    the connection failed for another reason.
+    """
 
     code = "upstream_connect_failure"
     status = 503
@@ -134,14 +191,36 @@ class UpstreamResetError(MeshError, httpx.NetworkError):
     status = 502
 
 
-class RequestTimeoutError(MeshError, httpx.TimeoutException):
+class RequestTimeoutError(_TimeoutAwareError, httpx.TimeoutException):
     """The request's ``timeout`` (all tries) or a ``per_try_timeout`` ran out.
 
-    ``per_try`` is True when only one try ran out of time (the request may be
-    retried with ``retry_on: [per-try-timeout]``), False when the whole
-    request's ``timeout`` did.
+    ``kind`` says which timeout: ``"request"`` (the route's or cluster's
+    ``timeout``), ``"per_try"`` (``retry.per_try_timeout``) or ``"client"``
+    (the httpx client's own ``timeout=``), None if unknown; ``timeout`` is its
+    configured value in seconds. ``per_try`` is True when only one try ran out
+    of time (the request may be retried with ``retry_on: [per-try-timeout]``),
+    False when the whole request's ``timeout`` did::
+
+        try:
+            client.get("http://reviews/api/reviews/1")
+        except meshlib.RequestTimeoutError as error:
+            print(error.kind, error.timeout)  # e.g. request 1.0
     """
 
     code = "timeout"
     status = 504
     per_try: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+        kind: TimeoutKind | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(message, request=request, route=route, cluster=cluster, kind=kind, timeout=timeout)
+        if kind is not None:
+            self.per_try = kind != "request"

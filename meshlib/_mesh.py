@@ -5,18 +5,26 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
 
 from meshlib._clock import Clock
 from meshlib._config.load import config_from_dict, load_file
 from meshlib._config.models import MeshConfig
+from meshlib._config.warnings import log_config_warnings
+from meshlib._control.reload import ReloadStats, load_settled
+from meshlib._control.watch import FileWatcher
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
 from meshlib._frontdoors.sidecar_client import AsyncSidecarTransport, SidecarTransport
+from meshlib._hooks import Hooks, RetryEvent
 from meshlib._snapshot.compile import Runtime, compile_snapshot
 from meshlib._snapshot.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    import pybreaker
 
 __all__ = ["Mesh"]
 
@@ -83,22 +91,70 @@ class Mesh:
       (a seeded ``random.Random`` makes them reproducible in tests).
     * **clock** - the clock for backoff, budgets, deadlines, ejection and breaker recovery
       (``meshlib.testing.FakeClock`` moves them along without sleeping).
+    * **breaker_listeners** - ``pybreaker.CircuitBreakerListener`` objects whose
+      ``state_change(cb, old_state, new_state)`` is called when a cluster's breaker
+      changes state (``cb.name`` is the cluster's name), across reloads.
+    * **before_retry** - called with a :class:`meshlib.RetryEvent` before the backoff
+      of each retry, like tenacity's ``before_sleep``.
+
+    A hook runs in the request's thread or event loop, so it must be quick; an
+    exception it raises is logged and the request goes on.
 
     Raises :class:`meshlib.ConfigError` (from the ``from_*`` constructors) when the config is invalid.
     """
 
     def __init__(
-        self, config: MeshConfig | None = None, *, rng: random.Random | None = None, clock: Clock | None = None
+        self,
+        config: MeshConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        clock: Clock | None = None,
+        breaker_listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
+        before_retry: Callable[[RetryEvent], object] | None = None,
     ) -> None:
-        self._runtime = Runtime.create(clock=clock, rng=rng)
+        hooks = Hooks(tuple(breaker_listeners), before_retry)
+        self._runtime = Runtime.create(clock=clock, rng=rng, hooks=hooks)
+        # Held by a reload from start to swap, so reloads apply in the order they read their config.
         self._lock = threading.Lock()
         self._closed = False
-        self._snapshot = compile_snapshot(config or MeshConfig(), self._runtime, version=1)
+        self._reloads = ReloadStats()
+        self._watcher: FileWatcher | None = None
+        # Mesh() passes everything through: the one empty config that needs no allow_empty from the user.
+        self._snapshot = compile_snapshot(config or MeshConfig(allow_empty=True), self._runtime, version=1)
+        log_config_warnings(self._snapshot.config)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Mesh:
-        """A mesh from a YAML or JSON config file."""
-        return cls(load_file(path), **kwargs)
+    def from_file(
+        cls, path: str | os.PathLike[str], *, watch: bool = False, watch_interval: float = 1.0, **kwargs: Any
+    ) -> Mesh:
+        """A mesh from a YAML or JSON config file; keyword arguments pass to :class:`Mesh`.
+
+        With ``watch=True`` a daemon thread checks the file every
+        ``watch_interval`` seconds and reloads it when its content changes,
+        as ``meshlib proxy`` does: an empty read is read again for about a
+        second (editors truncate, then write), and a file that is invalid,
+        empty or gone is refused, logged and counted in :meth:`stats`, while
+        the config in force keeps serving. :meth:`close` stops the watching::
+
+            with meshlib.Mesh.from_file("mesh.yaml", watch=True) as mesh:
+                ...
+        """
+        if not watch:
+            return cls(load_file(path), **kwargs)
+        if watch_interval <= 0:
+            raise ValueError(f"watch_interval must be above 0 seconds, not {watch_interval!r}")
+        config, digest = load_settled(path, settle=0)
+        mesh = cls(config, **kwargs)
+
+        def reload() -> str | None:
+            try:
+                return mesh._reload(path)[1]
+            except Exception:  # refused: logged and counted by _reload, and the old config serves on
+                return None
+
+        mesh._watcher = FileWatcher(path, reload, interval=watch_interval, loaded=digest)
+        mesh._watcher.start()
+        return mesh
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Mesh:
@@ -115,19 +171,43 @@ class Mesh:
         """The config in force now."""
         return self._snapshot.config
 
-    def reload(self, config: MeshConfig | dict[str, Any]) -> Snapshot:
+    def reload(self, config: MeshConfig | dict[str, Any] | str | os.PathLike[str]) -> Snapshot:
         """Compile ``config`` and swap it in; requests in flight finish on the old snapshot.
 
-        Live state (in-flight counts, counters) of clusters and endpoints that
-        still exist is kept. An invalid config raises :class:`meshlib.ConfigError`
-        and the current config stays in force.
+        ``config`` is a :class:`MeshConfig`, a dict, or the path of a YAML or
+        JSON file (a ``str`` is always a path). A file read empty or missing is
+        read again for about a second first: an editor may be saving it.
+
+        Live state (in-flight counts, counters, breakers) of clusters and
+        endpoints that still exist is kept. An invalid config raises
+        :class:`meshlib.ConfigError` and the current config stays in force;
+        either way the reload is logged (logger ``meshlib.config``) and
+        counted in :meth:`stats` under ``reloads``::
+
+            mesh.reload("mesh.yaml")
         """
-        if not isinstance(config, MeshConfig):
-            config = config_from_dict(config)
+        return self._reload(config)[0]
+
+    def _reload(self, config: MeshConfig | dict[str, Any] | str | os.PathLike[str]) -> tuple[Snapshot, str | None]:
+        """:meth:`reload`, also returning the digest of the file loaded (None: not a file, or it changed meanwhile)."""
+        source = os.fspath(config) if isinstance(config, str | os.PathLike) else None
+        digest = None
         with self._lock:
-            snapshot = compile_snapshot(config, self._runtime, version=self._snapshot.version + 1)
+            self._check_open()
+            try:
+                if source is not None:
+                    config, digest = load_settled(source)
+                elif not isinstance(config, MeshConfig):
+                    config = config_from_dict(config)
+                assert isinstance(config, MeshConfig)
+                snapshot = compile_snapshot(config, self._runtime, version=self._snapshot.version + 1)
+            except Exception as exc:
+                self._reloads.refuse(self._snapshot.version, exc)
+                raise
             self._snapshot = snapshot
-        return snapshot
+            self._reloads.accept(source, snapshot.version)  # under the lock: the log shows versions in order
+        log_config_warnings(config)
+        return snapshot, digest
 
     def _check_open(self) -> None:
         if self._closed:
@@ -189,6 +269,8 @@ class Mesh:
         policies did: ``retries``, ``retry_budget_exhausted``, ``rate_limited``,
         ``breaker_open``, ``ejections``, ``hedges``, ``faults_aborted``, ...) and,
         when configured, ``circuit_breaker`` (``state``, ``in_flight``).
+        ``reloads`` counts reloads ``accepted`` and ``refused``, with
+        ``last_error``, why the last refused one was.
         """
         snapshot = self._snapshot
         now = self._runtime.clock.monotonic()
@@ -212,18 +294,21 @@ class Mesh:
             if breaker is not None:
                 entry["circuit_breaker"] = {"state": breaker.state, "in_flight": breaker.in_flight}
             clusters[name] = entry
-        return {"version": snapshot.version, "clusters": clusters}
+        return {"version": snapshot.version, "clusters": clusters, "reloads": self._reloads.as_dict()}
 
     def close(self) -> None:
         """Close the mesh: stop its background work and refuse new clients and transports.
 
-        Health checks stop; mirroring and hedging stop too, but requests from
+        Health checks and file watching stop; mirroring and hedging stop too, but requests from
         clients made earlier still go through until those clients are closed.
         """
         if self._closed:
             return
         self._closed = True
-        self._runtime.registry.close()
+        if self._watcher is not None:
+            self._watcher.close()
+        with self._lock:  # after a reload in progress, which would otherwise start health checks anew
+            self._runtime.registry.close()
         self._runtime.storages.close()
         self._runtime.background.close()
 

@@ -1,10 +1,15 @@
-"""Tests of ``meshlib demo``: its report, its self-checks, its clean exit, and a real run as a subprocess."""
+"""Tests of ``meshlib demo``: its report, its self-checks, its clean exit, a real run as a subprocess, and ``--serve``.
+
+The ``--serve`` tests need 127.0.0.1:9081-9083 and :9090 free (the ports the docs name); they fail, saying which
+port, when another process holds one.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -148,3 +154,109 @@ def test_demo_as_a_subprocess_with_defaults_finishes_in_time() -> None:
     assert "all checks passed" in proc.stdout
     assert _row(proc.stdout, "all", "3000", r"[\d.]+", r"[\d.]+")
     assert proc.stderr == ""
+
+
+# --- meshlib demo --serve --------------------------------------------------------------------------------------------
+
+SERVE_URLS = list(_demo.DEMO_UPSTREAMS)  # the fixed ports the README's and the examples' configs name
+
+
+def _require_free(urls: list[str]) -> None:
+    """Fail (not skip) when another process holds one of the fixed ports: the test cannot run, and says why."""
+    for url in urls:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"127.0.0.1:{port} is taken by another process; meshlib demo --serve needs it free")
+
+
+def _read_until(proc: subprocess.Popen[str], last: str, timeout: float = 10.0) -> list[str]:
+    """The lines ``proc`` prints up to and including the one starting with ``last``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    # readline blocks; a timer kills a process that never gets there, so the loop always ends.
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith(last):
+                return lines
+    finally:
+        killer.cancel()
+    pytest.fail(f"no {last!r} line from meshlib demo --serve; it printed: {lines}")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_demo_serve_serves_the_fixed_ports_until_stopped(stop_signal: signal.Signals) -> None:
+    _require_free(SERVE_URLS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlib", "demo", "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    try:
+        lines = _read_until(proc, "serving until Ctrl-C")
+        for url, (service, version) in _demo.DEMO_UPSTREAMS.items():
+            assert any(line.endswith(url) and f"{service} {version}" in line for line in lines), lines
+        assert any("meshlib proxy --config examples/" in line for line in lines)
+        with httpx.Client(trust_env=False) as client:
+            for url, (service, version) in _demo.DEMO_UPSTREAMS.items():
+                reply = client.get(f"{url}/api/reviews/1").json()
+                port = int(url.rsplit(":", 1)[1])
+                assert (reply["service"], reply["version"], reply["port"]) == (service, version, port)
+        proc.send_signal(stop_signal)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip().endswith("meshlib demo --serve: stopped")
+    assert err == ""
+
+
+def test_demo_serve_exits_3_naming_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:
+    _require_free(SERVE_URLS)
+    before = set(threading.enumerate())
+    with socket.create_server(("127.0.0.1", 9083)):  # reviews v2's port, after two that bind fine
+        assert main(["demo", "--serve"]) == _demo.EXIT_PORT_TAKEN == 3  # as meshlib proxy's
+    out, err = capsys.readouterr()
+    assert "cannot listen on 127.0.0.1:9083: address already in use" in err
+    assert "serving" not in out
+    assert _new_threads(before) == []
+    _require_free(SERVE_URLS)  # the ports bound before the failure were let go
+
+
+def test_demo_serve_stops_when_asked() -> None:
+    _require_free(SERVE_URLS)
+    stop = threading.Event()
+    result: list[int] = []
+    server = threading.Thread(target=lambda: result.append(_demo.serve_upstreams(stop=stop)))
+    server.start()
+    deadline = time.monotonic() + 10
+    while not _answers(SERVE_URLS[-1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    server.join(10)
+    assert result == [0]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_demo_serve_and_print_config_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--serve", "--print-config"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -19,6 +19,7 @@ PUBLIC_NAMES = [
     "OverloadedError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "RetryEvent",
     "RouteNotFoundError",
     "UpstreamConnectError",
     "UpstreamResetError",
@@ -80,6 +81,15 @@ def test_config_error_is_not_an_httpx_error_and_lists_field_paths() -> None:
     error = meshlib.ConfigError([("routes[1].split[0].cluster", "unknown cluster 'reviews-v3'")])
     assert error.errors == [("routes[1].split[0].cluster", "unknown cluster 'reviews-v3'")]
     assert "routes[1].split[0].cluster: unknown cluster 'reviews-v3'" in str(error)
+
+
+def test_retry_event_is_a_frozen_record() -> None:
+    request = httpx.Request("GET", "http://reviews/")
+    event = meshlib.RetryEvent(
+        cluster="reviews", route="r", attempt=1, status=503, error=None, sleep=0.01, request=request
+    )
+    with pytest.raises(AttributeError):
+        event.attempt = 2  # type: ignore[misc]
 
 
 def test_version_is_a_string() -> None:

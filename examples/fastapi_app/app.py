@@ -1,6 +1,6 @@
 """A FastAPI "frontend" that calls its upstreams through meshlib in process.
 
-Run it (with the upstreams of mesh.yaml listening, e.g. from ``meshlib demo``'s config):
+Run it from the repository root, with the upstreams of mesh.yaml listening (``meshlib demo --serve``):
 
     uvicorn examples.fastapi_app.app:app --port 8000
 """

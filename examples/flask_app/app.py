@@ -1,6 +1,6 @@
 """A Flask "storefront" that calls its upstreams through meshlib in process.
 
-Run it (with the upstreams of mesh.yaml listening):
+Run it from the repository root, with the upstreams of mesh.yaml listening (``meshlib demo --serve``):
 
     flask --app examples.flask_app.app run --port 8001
 """

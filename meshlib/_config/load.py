@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from meshlib._config.base import model_at
 from meshlib._config.models import MeshConfig, _type_name
 from meshlib._errors import ConfigError
 
@@ -24,6 +25,7 @@ _MESSAGES = {
 }
 # A mapping key that reads unambiguously in a dotted path; any other key is quoted: clusters['a b'].
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
@@ -44,7 +46,9 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
 def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown key {err['loc'][-1]!r}"
+        *where, key = err["loc"]
+        model = model_at(MeshConfig, tuple(where))
+        return model.unknown_key_message(key) if model else f"unknown key {key!r}"
     if kind == "model_type":  # pydantic says "... or instance of ClusterConfig", a class users never see
         return f"expected a mapping, got {_type_name(err['input'])}"
     if kind == "too_short" and err.get("ctx", {}).get("min_length") == 1:
@@ -53,16 +57,33 @@ def _message(err: ErrorDetails) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _misspelt(errors: list[ErrorDetails]) -> set[tuple[int | str, ...]]:
+    """Where a required field is missing only because its key is misspelt (reported as unknown, with the fix)."""
+    found: set[tuple[int | str, ...]] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            *where, key = err["loc"]
+            model = model_at(MeshConfig, tuple(where))
+            meant = model.suggested_field(key) if model else None
+            if meant is not None:
+                found.add((*where, meant))
+    return found
+
+
 def config_error_from(exc: ValidationError, *, source: str | None = None) -> ConfigError:
     """Turn pydantic's errors into one ConfigError with a ``path: message`` pair each."""
-    errors = [(format_loc(err["loc"]), _message(err)) for err in exc.errors(include_url=False)]
+    details = exc.errors(include_url=False)
+    misspelt = _misspelt(details)
+    errors = [
+        (format_loc(err["loc"]), _message(err))
+        for err in details
+        if not (err["type"] == "missing" and tuple(err["loc"]) in misspelt)
+    ]
     return ConfigError(errors, source=source)
 
 
 def config_from_dict(data: Any, *, source: str | None = None) -> MeshConfig:
     """Validate ``data`` (parsed YAML/JSON) as a MeshConfig; raises :class:`ConfigError`."""
-    if data is None:
-        data = {}
     if not isinstance(data, dict):
         raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")], source=source)
     try:
@@ -154,4 +175,13 @@ def load_file(path: str | os.PathLike[str]) -> MeshConfig:
         message = f"config file is not UTF-8: {exc.reason} at byte {exc.start}"
         raise ConfigError([("", message)], source=str(file)) from None
     fmt = "json" if file.suffix.lower() == ".json" else None
-    return config_from_dict(parse_text(text, source=str(file), fmt=fmt), source=str(file))
+    data = parse_text(text, source=str(file), fmt=fmt)
+    if data is None and fmt is None and _empty_yaml(text):
+        raise ConfigError([("", "the config file is empty")], source=str(file))
+    return config_from_dict(data, source=str(file))
+
+
+def _empty_yaml(text: str) -> bool:
+    """Whether YAML ``text`` has no content (blank, comments, a bare ``---``), not even an explicit ``null``."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)  # parsed already: this cannot fail
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG and node.value == "")

@@ -1,21 +1,22 @@
 """The config contract: pydantic v2 models of what users write in mesh.yaml.
 
 Every model forbids unknown keys and is frozen. Field-level checks live on the
-fields; cross-references (clusters named by routes, duplicate route names) are
-checked once on :class:`MeshConfig`, reported at the exact field path, and
-alongside any field errors, so one run reports every error.
+fields, rules that read several fields are ``@check`` methods, and
+cross-references (clusters named by routes, duplicate route names) are checked
+once on :class:`MeshConfig`; all of them are reported at the exact field path,
+together, so one run reports every error (see ``base.py``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 import httpx
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     Field,
     GetJsonSchemaHandler,
@@ -25,9 +26,17 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
+from pydantic_core import CoreSchema
 
-from meshlib._config.base import ConfigModel, PositiveInt, fail
+from meshlib._config.base import (
+    CheckError,
+    ConfigModel,
+    Loc,
+    PositiveInt,
+    check,
+    field_of,
+    raw_check_errors,
+)
 from meshlib._config.durations import PositiveDuration
 from meshlib._config.resilience import (
     CircuitBreakerConfig,
@@ -38,11 +47,13 @@ from meshlib._config.resilience import (
     OutlierDetectionConfig,
     RateLimitConfig,
     RetryConfig,
+    needs_codes,
 )
 from meshlib._config.sidecar import SidecarConfig
 from meshlib._errors import ConfigError
 
 __all__ = [
+    "EMPTY_CONFIG",
     "ClusterConfig",
     "DirectResponseConfig",
     "EndpointConfig",
@@ -55,6 +66,7 @@ __all__ = [
     "RouteMatchConfig",
     "SplitConfig",
     "StringMatchConfig",
+    "route_clusters",
 ]
 
 # RFC 9110 §5.6.2 token: header names and methods.
@@ -202,11 +214,10 @@ class HashOnConfig(ConfigModel):
     header: HeaderName | None = None
     cookie: str | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
+    @check()
+    def _exactly_one(self) -> Iterator[CheckError]:
         if (self.header is None) == (self.cookie is None):
-            raise ValueError("set exactly one of 'header' or 'cookie'")
-        return self
+            yield (), "set exactly one of 'header' or 'cookie'", None
 
 
 LbName = Literal["round_robin", "random", "least_request", "ring_hash"]
@@ -227,19 +238,27 @@ class ClusterConfig(ConfigModel):
     rate_limit: RateLimitConfig | None = None
     hedge: HedgeConfig | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
+    misplaced_keys: ClassVar[Mapping[str, str]] = {
+        key: f"{key} is set per route, not per cluster: put it under a route in routes" for key in ("fault", "mirror")
+    }
+
+    @check("lb")
+    def _hash_on_fits_lb(self) -> Iterator[CheckError]:
         if self.lb == "ring_hash" and self.hash_on is None:
-            raise fail(("hash_on",), "lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}")
+            yield ("hash_on",), "lb 'ring_hash' needs hash_on: {header: NAME} or {cookie: NAME}", None
         if self.lb != "ring_hash" and self.hash_on is not None:
-            raise fail(("hash_on",), f"hash_on applies only to lb 'ring_hash', not {self.lb!r}")
+            yield ("hash_on",), f"hash_on applies only to lb 'ring_hash', not {self.lb!r}", None
+
+    @check("endpoints")
+    def _unique_endpoints(self) -> Iterator[CheckError]:
         seen: dict[str, int] = {}
         for i, endpoint in enumerate(self.endpoints):
+            if not isinstance(endpoint, EndpointConfig):  # an invalid one, in a config that failed elsewhere
+                continue
             if endpoint.url in seen:
                 message = f"duplicate endpoint {endpoint.url!r} (also endpoints[{seen[endpoint.url]}])"
-                raise fail(("endpoints", i), message, endpoint.url)
-            seen[endpoint.url] = i
-        return self
+                yield ("endpoints", i), message, endpoint.url
+            seen.setdefault(endpoint.url, i)
 
 
 class StringMatchConfig(ConfigModel):
@@ -276,15 +295,12 @@ class StringMatchConfig(ConfigModel):
     def _regex(cls, value: str | None) -> str | None:
         return None if value is None else _compile_regex(value)
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
+    @check()
+    def _exactly_one(self) -> Iterator[CheckError]:
         chosen = [k for k in ("exact", "prefix", "regex", "present", "absent") if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError(
-                "set exactly one of exact, prefix, regex, present: true, absent: true"
-                + (f" (got {', '.join(chosen)})" if chosen else "")
-            )
-        return self
+            got = f" (got {', '.join(chosen)})" if chosen else ""
+            yield (), f"set exactly one of exact, prefix, regex, present: true, absent: true{got}", None
 
 
 class RouteMatchConfig(ConfigModel):
@@ -332,12 +348,11 @@ class RouteMatchConfig(ConfigModel):
             raise ValueError("list at least one method, or leave method out to match any")
         return value
 
-    @model_validator(mode="after")
-    def _one_path(self) -> Self:
+    @check()
+    def _one_path(self) -> Iterator[CheckError]:
         given = [k for k in ("path", "path_prefix", "path_regex") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"set at most one of path, path_prefix, path_regex (got {', '.join(given)})")
-        return self
+            yield (), f"set at most one of path, path_prefix, path_regex (got {', '.join(given)})", None
 
 
 class SplitConfig(ConfigModel):
@@ -365,11 +380,10 @@ class RewriteConfig(ConfigModel):
             raise ValueError(f"invalid host {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _not_empty(self) -> Self:
+    @check()
+    def _not_empty(self) -> Iterator[CheckError]:
         if self.path_prefix is None and self.host is None:
-            raise ValueError("set path_prefix, host, or both")
-        return self
+            yield (), "set path_prefix, host, or both", None
 
 
 class HeaderOpsConfig(ConfigModel):
@@ -413,32 +427,33 @@ class RouteConfig(ConfigModel):
     fault: FaultConfig | None = None
     mirror: MirrorConfig | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _cluster_only_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("circuit_breaker", "outlier_detection", "health_check", "connect_timeout"):
-                if key in data:
-                    raise fail((key,), f"{key} is set per cluster, not per route: put it under clusters.NAME")
-        return data
+    misplaced_keys: ClassVar[Mapping[str, str]] = {
+        key: f"{key} is set per cluster, not per route: put it under clusters.NAME"
+        for key in ("circuit_breaker", "outlier_detection", "health_check", "connect_timeout")
+    }
 
-    @model_validator(mode="after")
-    def _one_action(self) -> Self:
+    @check()
+    def _one_action(self) -> Iterator[CheckError]:
         given = [k for k in ("cluster", "split", "direct_response") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                "set exactly one of cluster, split, direct_response" + (f" (got {', '.join(given)})" if given else "")
-            )
+            got = f" (got {', '.join(given)})" if given else ""
+            yield (), f"set exactly one of cluster, split, direct_response{got}", None
         if self.direct_response is not None:
-            for key in ("retry", "timeout", "hedge", "mirror"):
+            for key in ("retry", "timeout", "hedge", "mirror", "rewrite"):
                 if getattr(self, key) is not None:
-                    raise fail((key,), f"{key} has no effect on a direct_response route")
-        if self.direct_response is not None and self.rewrite is not None:
-            raise fail(("rewrite",), "rewrite has no effect on a direct_response route")
+                    yield (key,), f"{key} has no effect on a direct_response route", None
+
+    @check("rewrite", "match")
+    def _rewrite_fits_match(self) -> Iterator[CheckError]:
         if self.rewrite and self.rewrite.path_prefix is not None and self.match.path_regex:
             message = "needs match.path_prefix or match.path to replace, not match.path_regex"
-            raise fail(("rewrite", "path_prefix"), message, self.rewrite.path_prefix)
-        return self
+            yield ("rewrite", "path_prefix"), message, self.rewrite.path_prefix
+
+
+EMPTY_CONFIG = (
+    "the config has no clusters and no routes, so it routes nothing:"
+    " add some, or set allow_empty: true if an empty mesh is what you want"
+)
 
 
 class MeshConfig(ConfigModel):
@@ -446,11 +461,16 @@ class MeshConfig(ConfigModel):
 
     Build one from a file or a dict (:meth:`from_file`, :meth:`from_dict`) or
     directly with keyword arguments; a bad config raises
-    :class:`meshlib.ConfigError` naming each bad field path::
+    :class:`meshlib.ConfigError` naming each bad field path, every one it can
+    find in one go::
 
         config = MeshConfig.from_dict({
             "clusters": {"ratings": {"endpoints": ["http://127.0.0.1:9090"]}},
         })
+
+    A config with no clusters and no routes is refused unless it sets
+    ``allow_empty: true``. Settings that load but can never take effect are
+    listed by :meth:`warnings`.
     """
 
     service: str = Field(default="default", min_length=1)
@@ -461,6 +481,8 @@ class MeshConfig(ConfigModel):
     )
     routes: list[RouteConfig] = Field(default_factory=list)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+    # An empty config is far more often a truncated file or a bad template than a wish to route nothing.
+    allow_empty: Annotated[bool, Field(strict=True)] = False
 
     def __init__(self, **data: Any) -> None:
         from meshlib._config.load import config_error_from, format_loc
@@ -469,9 +491,12 @@ class MeshConfig(ConfigModel):
             super().__init__(**data)
         except ValidationError as exc:
             error = config_error_from(exc)
-            # Field errors stop pydantic before _cross_references runs; check the references in
-            # the raw input too, so that one run reports every error.
-            for loc, message, _ in _reference_errors(data.get("clusters"), data.get("routes")):
+            # pydantic skips the checks of every model with a bad field: run them, and the references,
+            # on the raw input too, so that one run reports every error.
+            failed = [tuple(err["loc"]) for err in exc.errors(include_url=False)]
+            more = raw_check_errors(MeshConfig, data, failed)
+            more += _reference_errors(data.get("clusters", {}), data.get("routes", []))
+            for loc, message, _ in more:
                 if (format_loc(loc), message) not in error.errors:
                     error.errors.append((format_loc(loc), message))
             raise ConfigError(error.errors) from None
@@ -490,6 +515,12 @@ class MeshConfig(ConfigModel):
 
         return load_file(path)
 
+    def warnings(self) -> list[tuple[str, str]]:
+        """``(field_path, message)`` for each setting that loads but can never take effect (never fatal)."""
+        from meshlib._config.warnings import config_warnings
+
+        return config_warnings(self)
+
     @model_validator(mode="before")
     @classmethod
     def _mapping(cls, data: Any) -> Any:
@@ -498,59 +529,90 @@ class MeshConfig(ConfigModel):
             raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")])
         return data
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> Self:
-        errors = _reference_errors(self.clusters, self.routes)
-        if errors:
-            details = [
-                InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=value)
-                for loc, message, value in errors
-            ]
-            raise ValidationError.from_exception_data(type(self).__name__, details)
-        return self
+    @check("clusters", "routes", "allow_empty")
+    def _not_empty(self) -> Iterator[CheckError]:
+        if not self.clusters and not self.routes and not self.allow_empty:
+            yield (), EMPTY_CONFIG, None
+
+    @check("clusters", "routes")
+    def _cross_references(self) -> Iterator[CheckError]:
+        yield from _reference_errors(self.clusters, self.routes)
 
 
-def _field(obj: object, key: str) -> object:
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None) if isinstance(obj, BaseModel) else None
+def route_clusters(route: object) -> list[str]:
+    """The clusters a route (a RouteConfig, or its raw mapping) sends to: its ``cluster`` or each split leg's."""
+    cluster = field_of(route, "cluster")
+    if isinstance(cluster, str):
+        return [cluster]
+    split = field_of(route, "split")
+    legs = split if isinstance(split, list | tuple) else ()
+    return [c for c in (field_of(leg, "cluster") for leg in legs) if isinstance(c, str)]
 
 
-def _reference_errors(clusters: object, routes: object) -> list[tuple[tuple[str | int, ...], str, object]]:
-    """Route names that repeat and cluster names no cluster has, as ``(loc, message, value)``.
+def _names(clusters: list[str]) -> str:
+    quoted = [repr(c) for c in clusters]
+    return f"cluster {quoted[0]}" if len(quoted) == 1 else f"clusters {', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def _retry_code_errors(clusters: dict[Any, Any], routes: list[Any] | tuple[Any, ...]) -> list[CheckError]:
+    """Retries whose retry_on lists retriable-status-codes with no code to retry.
+
+    A route's retry may take the codes of its clusters' retries; a cluster's has nowhere to take them from.
+    """
+    errors: list[CheckError] = []
+    codes = "retriable_status_codes"
+    for name, cluster in clusters.items():
+        if needs_codes(field_of(cluster, "retry")):
+            message = "retry_on lists retriable-status-codes: name at least one code"
+            errors.append((("clusters", name, "retry", codes), message, None))
+    for i, route in enumerate(routes):
+        if not needs_codes(field_of(route, "retry")):
+            continue
+        targets = route_clusters(route)
+        if not targets or any(t not in clusters for t in targets):
+            continue  # no cluster, or one that is itself an error: nothing certain to say
+        if not any(field_of(field_of(clusters[t], "retry"), codes) for t in targets):
+            message = (
+                f"retry_on lists retriable-status-codes, but neither this retry nor the retry of {_names(targets)}"
+                " names a code"
+            )
+            errors.append((("routes", i, "retry", codes), message, None))
+    return errors
+
+
+def _reference_errors(clusters: object, routes: object) -> list[CheckError]:
+    """Route names that repeat, cluster names no cluster has, and retries with no codes to retry.
 
     Works on validated models and, best effort, on raw input that failed validation elsewhere.
     """
     if not isinstance(clusters, dict) or not isinstance(routes, list | tuple):
         return []
-    errors: list[tuple[tuple[str | int, ...], str, object]] = []
+    errors: list[CheckError] = []
     names: dict[str, int] = {}
     for i, route in enumerate(routes):
-        name = _field(route, "name")
+        name = field_of(route, "name")
         if isinstance(name, str):
             if name in names:
                 message = f"duplicate route name {name!r} (also routes[{names[name]}])"
                 errors.append((("routes", i, "name"), message, name))
             names.setdefault(name, i)
-        cluster = _field(route, "cluster")
+        cluster = field_of(route, "cluster")
         if isinstance(cluster, str) and cluster not in clusters:
             errors.append((("routes", i, "cluster"), f"unknown cluster {cluster!r}", cluster))
-        mirror_cluster = _field(_field(route, "mirror"), "cluster")
-        if isinstance(mirror_cluster, str) and mirror_cluster not in clusters:
-            errors.append((("routes", i, "mirror", "cluster"), f"unknown cluster {mirror_cluster!r}", mirror_cluster))
-        split = _field(route, "split")
+        # A mirror onto an undefined cluster is only a warning (warnings.py): it mirrors nothing.
+        split = field_of(route, "split")
         if not isinstance(split, list | tuple):
             continue
         legs: dict[str, int] = {}
         for j, leg in enumerate(split):
-            leg_cluster = _field(leg, "cluster")
+            leg_cluster = field_of(leg, "cluster")
             if not isinstance(leg_cluster, str):
                 continue
-            loc = ("routes", i, "split", j, "cluster")
+            loc: Loc = ("routes", i, "split", j, "cluster")
             if leg_cluster not in clusters:
                 errors.append((loc, f"unknown cluster {leg_cluster!r}", leg_cluster))
             if leg_cluster in legs:
                 message = f"cluster {leg_cluster!r} appears twice in this split (also split[{legs[leg_cluster]}])"
                 errors.append((loc, message, leg_cluster))
             legs.setdefault(leg_cluster, j)
-    return errors
+    return errors + _retry_code_errors(clusters, routes)

@@ -2,16 +2,28 @@
 
 Set on a cluster they are that cluster's defaults; the same keys on a route
 (``timeout``, ``retry``, ``rate_limit``, ``hedge``) replace the cluster's for
-requests that route sends there. Each key maps to one module in ``_policies/``.
+requests that route sends there (a route's ``retry`` may take the cluster's
+``retriable_status_codes``: :meth:`RetryConfig.inheriting_codes`). Each key maps
+to one module in ``_policies/``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from meshlib._config.base import ConfigModel, NonNegativeInt, Percent, PositiveInt, StatusCode, fail
+from meshlib._config.base import (
+    CheckError,
+    ConfigModel,
+    NonNegativeInt,
+    Percent,
+    PositiveInt,
+    StatusCode,
+    check,
+    field_of,
+)
 from meshlib._config.durations import Duration, PositiveDuration
 
 __all__ = [
@@ -29,6 +41,7 @@ __all__ = [
     "RetryBudgetConfig",
     "RetryConfig",
     "RetryOn",
+    "needs_codes",
 ]
 
 RetryOn = Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes", "per-try-timeout"]
@@ -48,11 +61,10 @@ class BackoffConfig(ConfigModel):
     base: Duration = 0.025
     max: Duration = 0.25
 
-    @model_validator(mode="after")
-    def _order(self) -> Self:
+    @check("base", "max")
+    def _order(self) -> Iterator[CheckError]:
         if self.max < self.base:
-            raise fail(("max",), "must be at least backoff.base", self.max)
-        return self
+            yield ("max",), "must be at least backoff.base", self.max
 
 
 class RetryBudgetConfig(ConfigModel):
@@ -64,7 +76,12 @@ class RetryBudgetConfig(ConfigModel):
 
 
 class RetryConfig(ConfigModel):
-    """When and how often to try a request again."""
+    """When and how often to try a request again.
+
+    ``retry_on: [retriable-status-codes]`` needs codes: this retry's own
+    ``retriable_status_codes`` or, for a route's retry that names none, those of
+    the retry of each cluster the route sends to (checked on MeshConfig).
+    """
 
     attempts: PositiveInt = 2
     per_try_timeout: PositiveDuration | None = None
@@ -83,11 +100,21 @@ class RetryConfig(ConfigModel):
     def _upper(cls, value: list[str]) -> list[str]:
         return [m.upper() for m in value]
 
-    @model_validator(mode="after")
-    def _codes(self) -> Self:
-        if "retriable-status-codes" in self.retry_on and not self.retriable_status_codes:
-            raise fail(("retriable_status_codes",), "retry_on lists retriable-status-codes: name at least one code")
+    def inheriting_codes(self, cluster: RetryConfig | None) -> Self:
+        """This route-level retry, with the codes of the cluster's ``retry`` when it needs codes and names none."""
+        if needs_codes(self) and cluster is not None and cluster.retriable_status_codes:
+            return self.model_copy(update={"retriable_status_codes": list(cluster.retriable_status_codes)})
         return self
+
+
+def needs_codes(retry: object) -> bool:
+    """Whether a retry (a RetryConfig, or its raw mapping) lists retriable-status-codes but names no code."""
+    retry_on = field_of(retry, "retry_on")
+    return (
+        isinstance(retry_on, list | tuple)
+        and "retriable-status-codes" in retry_on
+        and field_of(retry, "retriable_status_codes") in (None, [])
+    )
 
 
 class CircuitBreakerConfig(ConfigModel):
@@ -180,11 +207,10 @@ class FaultConfig(ConfigModel):
     delay: FaultDelayConfig | None = None
     abort: FaultAbortConfig | None = None
 
-    @model_validator(mode="after")
-    def _something(self) -> Self:
+    @check()
+    def _something(self) -> Iterator[CheckError]:
         if self.delay is None and self.abort is None:
-            raise ValueError("set delay, abort, or both")
-        return self
+            yield (), "set delay, abort, or both", None
 
 
 class MirrorConfig(ConfigModel):

@@ -1,29 +1,37 @@
 """The ``sidecar:`` section: where ``meshlib proxy`` listens, and the limits it holds untrusted clients to.
 
 Every listener defaults to loopback. ``listen`` is ``HOST:PORT``, ``[IPv6]:PORT``
-or ``:PORT`` (loopback); port 0 asks the OS for a free port.
+or ``:PORT`` (loopback); port 0 asks the OS for a free port. An address given
+another way (a ``meshlib proxy`` flag, an environment variable) goes through
+the very same models (:func:`with_listen_addresses`), so no way of setting a
+listener skips a check: the admin listener is loopback only, whichever way.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Final, Literal
 
 import httpx
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema
 
 from meshlib._config.base import ConfigModel, PositiveInt
 from meshlib._config.durations import PositiveDuration
+from meshlib._errors import ConfigError
 
 __all__ = [
+    "LISTENERS",
     "Address",
     "AdminListenerConfig",
     "InboundListenerConfig",
     "ListenerConfig",
+    "ListenerName",
     "SidecarConfig",
     "SidecarLimitsConfig",
     "parse_address",
+    "with_listen_addresses",
 ]
 
 
@@ -133,3 +141,35 @@ class SidecarConfig(ConfigModel):
     inbound: InboundListenerConfig | None = None
     admin: AdminListenerConfig = Field(default_factory=AdminListenerConfig)
     limits: SidecarLimitsConfig = Field(default_factory=SidecarLimitsConfig)
+
+
+ListenerName = Literal["outbound", "inbound", "admin"]
+LISTENERS: Final[tuple[ListenerName, ...]] = ("outbound", "inbound", "admin")
+
+
+def with_listen_addresses(sidecar: SidecarConfig, given: Mapping[ListenerName, tuple[str, str]]) -> SidecarConfig:
+    """``sidecar`` with listen addresses set elsewhere, each validated as ``sidecar.NAME.listen`` is in a config.
+
+    ``given`` maps a listener to (where its address comes from, the address),
+    e.g. ``{"admin": ("--admin", "0.0.0.0:15000")}``. Raises
+    :class:`ConfigError` with one ``(where, why)`` pair per bad address::
+
+        with_listen_addresses(sidecar, {"admin": ("--admin", "0.0.0.0:15000")})
+        # ConfigError: --admin: admin listens on loopback only (127.0.0.0/8, ::1 or localhost), not '0.0.0.0'
+    """
+    errors: list[tuple[str, str]] = []
+    update: dict[str, ListenerConfig] = {}
+    for name, (where, listen) in given.items():
+        current: ListenerConfig | None = getattr(sidecar, name)
+        if current is None:  # only the inbound listener is optional: it needs to know where the app is
+            errors.append(
+                (where, "the inbound listener needs sidecar.inbound.app in the config (where the app listens)")
+            )
+            continue
+        try:
+            update[name] = type(current).model_validate({**current.model_dump(), "listen": listen})
+        except ValidationError as exc:
+            errors += [(where, err["msg"].removeprefix("Value error, ")) for err in exc.errors(include_url=False)]
+    if errors:
+        raise ConfigError(errors)
+    return sidecar.model_copy(update=update)

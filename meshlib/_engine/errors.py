@@ -1,43 +1,124 @@
 """Error mapping at the send boundary: httpx's transport errors → the mesh's typed errors.
 
 Like httpx's ``map_httpcore_exceptions``: the most specific match wins, and
-the original error stays as ``__cause__``.
+the original error stays as ``__cause__``. Every message says what happened
+in words that read the same in sync and async (:func:`describe`), with the
+try, route, cluster and endpoint; a timeout's names the timeout that ran out
+(``_policies/timeout.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+import re
+import ssl
+
 import httpx
 
 from meshlib._engine.context import CallContext
-from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError, UpstreamResetError
+from meshlib._errors import MeshError, UpstreamConnectError, UpstreamResetError, try_message
+from meshlib._policies.timeout import Phase, timeout_error
 
-__all__ = ["upstream_error"]
+__all__ = ["describe", "upstream_error"]
 
 # Order matters: ConnectTimeout is a TimeoutException, but the request never left, so it is a connect failure.
+_PHASES: tuple[tuple[type[httpx.TimeoutException], Phase], ...] = (
+    (httpx.ConnectTimeout, "connect"),
+    (httpx.WriteTimeout, "write"),
+    (httpx.PoolTimeout, "pool"),
+)
+# ConnectError is a NetworkError too, so it goes first.
 _MAPPING: tuple[tuple[type[httpx.TransportError], type[MeshError]], ...] = (
     (httpx.ConnectError, UpstreamConnectError),
-    (httpx.ConnectTimeout, UpstreamConnectError),
-    (httpx.TimeoutException, RequestTimeoutError),
     (httpx.NetworkError, UpstreamResetError),
     (httpx.RemoteProtocolError, UpstreamResetError),
 )
+# What an exception without words of its own (async ones often have none) stands for; most specific first.
+_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (httpx.ConnectTimeout, "connect timed out"),
+    (httpx.ReadTimeout, "read timed out"),
+    (httpx.WriteTimeout, "write timed out"),
+    (httpx.PoolTimeout, "timed out waiting for a pooled connection"),
+    (httpx.ConnectError, "connection failed"),
+    (httpx.ReadError, "connection failed while reading the response"),
+    (httpx.WriteError, "connection failed while sending the request"),
+    (httpx.CloseError, "connection failed while closing"),
+    (httpx.RemoteProtocolError, "malformed response"),
+    (httpx.LocalProtocolError, "malformed request"),
+    (httpx.ProxyError, "proxy error"),
+    (httpx.UnsupportedProtocol, "unsupported protocol"),
+    (httpx.NetworkError, "network error"),
+    (TimeoutError, "timed out"),
+    (httpx.TimeoutException, "timed out"),
+)
+# httpx → httpcore → anyio or h11 → the OS error: the chain is short.
+_CHAIN_LIMIT = 8
+_QUOTED_ERRNO = re.compile(r"\[Errno (-?\d+)\] (.+)", re.DOTALL)
 
 
 def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | None:
     """The mesh error for ``exc`` (raised by the inner transport), or None to let it through as is."""
     if isinstance(exc, MeshError):
         return None
+    if isinstance(exc, httpx.TimeoutException):
+        phase: Phase = next((phase for cls, phase in _PHASES if isinstance(exc, cls)), "read")
+        return timeout_error(ctx, phase)
     for source, target in _MAPPING:
         if isinstance(exc, source):
-            endpoint = ctx.endpoint.url if ctx.endpoint else "upstream"
-            error = target(
-                f"{endpoint}: {exc or type(exc).__name__}",
-                request=ctx.original,
+            message = try_message(
+                describe(exc),
+                attempt=ctx.attempt,
                 route=ctx.route.name,
                 cluster=ctx.cluster,
+                endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
             )
-            if isinstance(error, RequestTimeoutError):
-                # Whether only this try ran out, or the whole request's deadline (1 ms of timer slack).
-                error.per_try = ctx.deadline is None or ctx.clock.monotonic() < ctx.deadline - 0.001
-            return error
+            return target(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
     return None
+
+
+def describe(exc: BaseException) -> str:
+    """What ``exc`` says happened, never empty, e.g. ``connection reset by peer``.
+
+    An OS error code under it wins (as an OSError in the chain of causes, or
+    quoted as ``[Errno 104] ...`` in the first words found), since sync and
+    async wrap the same one in different words (``[Errno 111] Connection
+    refused`` and ``All connection attempts failed``) or in none; then the
+    first words along the chain; then words for the exception's type.
+    """
+    text = ""
+    seen: BaseException | None = exc
+    for _ in range(_CHAIN_LIMIT):
+        # A cancellation under a timeout is how anyio implements it, not what happened.
+        if seen is None or isinstance(seen, asyncio.CancelledError):
+            break
+        if isinstance(seen, OSError) and not isinstance(seen, ssl.SSLError):  # SSL errnos are OpenSSL's
+            words = _os_words(seen.errno, seen.strerror)
+            if words:
+                return _sentence(words)
+        if not text:
+            text = str(seen).strip()
+            # An OS error passed on as text only ("[Errno 104] Connection reset by peer"): its errno still counts.
+            quoted = _QUOTED_ERRNO.match(text)
+            if quoted is not None:
+                return _sentence(_os_words(int(quoted[1]), quoted[2]) or quoted[2])
+        seen = seen.__cause__ or seen.__context__
+    if text:
+        return _sentence(text)
+    return next((words for cls, words in _WORDS if isinstance(exc, cls)), type(exc).__name__)
+
+
+def _os_words(code: int | None, words: str | None) -> str | None:
+    """An OS error in words: the errno's own when it is the OS's, else the error's (a resolver's gaierror)."""
+    if code is not None and code in errno.errorcode:
+        return os.strerror(code)
+    return words or None
+
+
+def _sentence(text: str) -> str:
+    """``Connection refused.`` → ``connection refused``: a clause that fits inside a longer message."""
+    text = text.strip().removesuffix(".")
+    if text[:1].isupper() and text[1:2].islower():  # leave an acronym (``SSL: ...``) alone
+        text = text[0].lower() + text[1:]
+    return text

@@ -12,6 +12,10 @@ With ``storage: redis://…`` the breaker's state lives in Redis (pybreaker's
 Redis storage, namespace ``meshlib:<cluster>``), so every process using that
 cluster opens and closes together; the in-flight cap and the one-trial rule
 stay per process. A Redis that is down reads as a closed breaker (fail open).
+
+Each change of state is logged once (logger ``meshlib.circuit_breaker``:
+WARNING when it opens, INFO when it half-opens and closes) and told to the
+mesh's ``breaker_listeners`` (``pybreaker.CircuitBreakerListener.state_change``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -47,7 +51,7 @@ from meshlib._upstream.cluster import ClusterState
 
 __all__ = ["BreakerState", "CircuitBreakerFilter", "ClockedMemoryStorage", "RedisBreakerStorage", "is_failure"]
 
-logger = logging.getLogger("meshlib")
+logger = logging.getLogger("meshlib.circuit_breaker")
 
 # The mesh's own refusals: they say nothing about the upstream, so they neither open nor close a breaker.
 _LOCAL_REFUSALS = (NoHealthyUpstreamError, RateLimitedError, CircuitOpenError, OverloadedError, RouteNotFoundError)
@@ -174,11 +178,50 @@ class RedisBreakerStorage(pybreaker.CircuitRedisStorage):
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
+    """Counts and logs each change of state (pybreaker calls this once per change, under its lock)."""
+
     def __init__(self, state: ClusterState) -> None:
         self.state = state
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self.state.count(f"breaker_{new_state.name.replace('-', '_')}")
+        new, old = new_state.name, (old_state.name if old_state is not None else None)
+        self.state.count(f"breaker_{new.replace('-', '_')}")
+        cluster = self.state.name
+        if new == pybreaker.STATE_OPEN and old == pybreaker.STATE_HALF_OPEN:
+            logger.warning(
+                "cluster %r: circuit breaker reopened: the trial request failed; next trial in %gs",
+                cluster,
+                cb.reset_timeout,
+            )
+        elif new == pybreaker.STATE_OPEN:
+            logger.warning(
+                "cluster %r: circuit breaker opened after %d failures in a row: requests fail fast for %gs",
+                cluster,
+                cb.fail_max,
+                cb.reset_timeout,
+            )
+        elif new == pybreaker.STATE_HALF_OPEN:
+            logger.info("cluster %r: circuit breaker half-open: one trial request goes through", cluster)
+        else:
+            logger.info("cluster %r: circuit breaker closed: requests go through again", cluster)
+
+
+class _Guarded(pybreaker.CircuitBreakerListener):
+    """A user's listener, told of changes of state only; an exception it raises is logged, never the request's.
+
+    The mesh reports a try to pybreaker only when it can change the state (a
+    success with no failure counted skips it), so ``before_call``, ``success``
+    and ``failure`` would be called for some tries and not others: they are not called.
+    """
+
+    def __init__(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self.listener = listener
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        try:
+            self.listener.state_change(cb, old_state, new_state)
+        except Exception:
+            logger.exception("circuit breaker listener %r failed", self.listener)
 
 
 class _TryFailedError(Exception):
@@ -191,6 +234,7 @@ class BreakerState:
     The storage follows ``config.storage`` (memory, timed by the mesh's
     clock, or Redis) unless one is given. ``shared`` is True for Redis: its
     methods then do network I/O, which async callers run in a worker thread.
+    ``listeners`` (the mesh's ``breaker_listeners``) hear of each change of state.
     """
 
     def __init__(
@@ -199,6 +243,8 @@ class BreakerState:
         cluster: ClusterState,
         clock: Clock,
         storage: ClockedMemoryStorage | RedisBreakerStorage | None = None,
+        *,
+        listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
     ) -> None:
         self.config = config
         self.cluster = cluster
@@ -215,7 +261,7 @@ class BreakerState:
             fail_max=config.failure_threshold,
             reset_timeout=config.recovery_timeout,
             state_storage=storage,
-            listeners=[_Listener(cluster)],
+            listeners=[_Listener(cluster), *map(_Guarded, listeners)],
             name=cluster.name,
             # Let the tripping report raise our own marker rather than CircuitBreakerError.
             throw_new_error_on_trip=False,

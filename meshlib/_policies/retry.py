@@ -6,7 +6,8 @@ retry strategies (``stop_after_attempt(n) | stop_when_deadline | budget``,
 through its sans-I/O ``iter()``; the filter only sends, closes and sleeps.
 The first try runs before any tenacity object exists: building one costs
 about 19 µs, more than the whole engine's request path, and most requests
-never need a second try (benchmarks/bench_core.py).
+never need a second try (benchmarks/bench_core.py). Before each backoff the
+mesh's ``before_retry`` hook, if any, gets a :class:`~meshlib.RetryEvent`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from meshlib._config.resilience import RetryConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
 from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
+from meshlib._hooks import Hooks, RetryEvent
 from meshlib._policies.retry_budget import RetryBudget
+from meshlib._policies.timeout import deadline_error
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = [
@@ -191,15 +194,21 @@ class RetryPolicy:
         return self.template.copy(retry=should_retry, stop=stop)
 
 
-def _deadline_error(ctx: CallContext) -> RequestTimeoutError:
-    error = RequestTimeoutError(
-        f"request timeout ran out: no time left for try {ctx.attempt + 1} after its backoff",
-        request=ctx.original,
+def _event(state: RetryCallState, ctx: CallContext, cluster: str, sleep: float) -> RetryEvent:
+    outcome = state.outcome
+    assert outcome is not None, "a retry follows an outcome"
+    error = outcome.exception() if outcome.failed else None
+    response = None if outcome.failed else outcome.result()
+    status = response.status_code if isinstance(response, httpx.Response) else None
+    return RetryEvent(
+        cluster=cluster,
         route=ctx.route.name,
-        cluster=ctx.cluster,
+        attempt=state.attempt_number,
+        status=status,
+        error=error,
+        sleep=sleep,
+        request=ctx.original,
     )
-    error.per_try = False
-    return error
 
 
 @dataclass(slots=True)
@@ -222,11 +231,19 @@ class RetryFilter:
 
     name: ClassVar[str] = "retry"
 
-    def __init__(self, policy: RetryPolicy, budget: RetryBudget | None, clock: Clock, state: ClusterState) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget | None,
+        clock: Clock,
+        state: ClusterState,
+        hooks: Hooks | None = None,
+    ) -> None:
         self.policy = policy
         self.budget = budget
         self.clock = clock
         self.state = state
+        self.hooks = hooks or Hooks()
 
     @property
     def _withdraw(self) -> Callable[[], bool] | None:
@@ -267,8 +284,10 @@ class RetryFilter:
             return action
         if ctx.deadline is not None and self.clock.monotonic() + float(action) >= ctx.deadline:
             self._ended(state)
-            return _deadline_error(ctx)
+            return deadline_error(ctx, ctx.attempt + 1)
         self.state.count("retries")
+        if self.hooks.before_retry is not None:
+            self.hooks.retrying(_event(state, ctx, self.state.name, float(action)))
         return action
 
     def _ended(self, state: RetryCallState) -> None:

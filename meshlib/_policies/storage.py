@@ -44,9 +44,7 @@ def require_redis(where: str) -> ModuleType:
     try:
         return importlib.import_module("redis")
     except ImportError:
-        raise ConfigError(
-            [(where, "a redis:// storage needs the redis package: pip install 'meshlib[redis]'")]
-        ) from None
+        raise ConfigError([(where, "a redis:// storage needs the redis package: pip install redis")]) from None
 
 
 class StorageRegistry:

@@ -7,8 +7,9 @@ config refuses anything else), because it can reload and drain the proxy:
 * ``GET /healthz`` - 200 while the process runs
 * ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
-* ``GET /stats`` - counters of the clusters and the listeners, as JSON
-* ``POST /reload`` - load the config file again (200, or 400 and the old config keeps serving)
+* ``GET /stats`` - counters of the clusters, the listeners and the reloads, as JSON
+* ``POST /reload`` - load the config file again (200, or 400 and the old config keeps serving);
+  the reload runs off the event loop, so the proxy keeps serving meanwhile
 * ``POST /drain`` - stop accepting, let requests in flight finish, then exit
 
 Under ``--workers N``, ``/stats`` and ``/clusters`` cover every worker: the
@@ -44,8 +45,11 @@ class AdminTarget(Protocol):
 
     def listener_stats(self) -> dict[str, Any]: ...
 
-    def reload(self) -> tuple[bool, str]:
-        """Reload the config file: (True, message) when the new config serves, (False, why) when refused."""
+    async def reload(self) -> tuple[bool, str]:
+        """Reload the config file: (True, message) when the new config serves, (False, why) when refused.
+
+        Must not block the event loop: a reload may wait out an empty read (about a second).
+        """
         ...
 
     def drain(self) -> str:
@@ -135,7 +139,10 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
     async def stats() -> dict[str, Any]:
         own = {**target.mesh.stats(), "listeners": target.listener_stats()}
         peers, missing = await target.peer_stats()
-        return merge_stats([(0, own), *peers], missing) if peers or missing else own
+        if not (peers or missing):
+            return own
+        # Every worker reloads the same file: worker 0's counts speak for the proxy (each one's are under workers).
+        return {**merge_stats([(0, own), *peers], missing), "reloads": own["reloads"]}
 
     async def ready() -> httpx.Response:
         return _text(200, "ready") if target.ready else _text(503, "not ready")
@@ -157,7 +164,7 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         return response
 
     async def reload() -> httpx.Response:
-        ok, message = target.reload()
+        ok, message = await target.reload()
         return _json(200 if ok else 400, {"reloaded": ok, "message": message})
 
     async def drain() -> httpx.Response:

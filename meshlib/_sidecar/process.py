@@ -3,11 +3,15 @@
 A proxy process loads the config, binds its listeners (outbound, inbound when
 configured, admin), serves them with :class:`HttpServer`, and then:
 
-* **hot reload** - on a change of the config file (polled), ``SIGHUP`` or
-  ``POST /reload``, compiles a new snapshot and swaps it in (``Mesh.reload``):
-  requests in flight finish on the old one and live state of clusters that
-  still exist is kept. An invalid config is refused with one log line and the
-  old config keeps serving.
+* **hot reload** - on a change of the config file (polled by the same
+  :class:`FileWatcher` as ``Mesh.from_file(watch=True)``), ``SIGHUP`` or
+  ``POST /reload``, reloads the file through ``Mesh.reload``: an empty read is
+  read again for about a second, then the new snapshot is swapped in (requests
+  in flight finish on the old one; live state of clusters that still exist is
+  kept), or the config is refused with one log line and a count, and the old
+  one keeps serving. Reloads run on their own threads, never on the event loop
+  nor in its default executor, so neither a slow reload nor a busy executor
+  (name lookups) can hold up the other.
 * **graceful drain** - on ``SIGTERM`` (or ``POST /drain``): stop accepting,
   let requests in flight finish up to ``sidecar.limits.drain_timeout``, exit 0.
 
@@ -35,17 +39,26 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
-from meshlib._config.load import load_file
 from meshlib._config.models import MeshConfig
-from meshlib._config.sidecar import Address, parse_address
+from meshlib._config.sidecar import (
+    LISTENERS,
+    Address,
+    ListenerName,
+    SidecarConfig,
+    parse_address,
+    with_listen_addresses,
+)
+from meshlib._control.reload import load_settled
+from meshlib._control.watch import FileWatcher
 from meshlib._errors import ConfigError
 from meshlib._frontdoors.sidecar_listeners import connect_policy, inbound_handler, outbound_handler
 from meshlib._mesh import Mesh
@@ -53,9 +66,12 @@ from meshlib._sidecar.admin import admin_handler
 from meshlib._sidecar.server import HttpServer
 from meshlib._sidecar.upstream import PooledTransport
 
-__all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "ProxyOptions", "run_proxy"]
+__all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
 
-logger = logging.getLogger("meshlib")
+logger = logging.getLogger("meshlib.proxy")
+
+# Environment variables that set a listener's address (a flag wins over its variable, which wins over the file).
+LISTEN_ENV: Final[Mapping[ListenerName, str]] = {name: f"MESHLIB_SIDECAR_{name.upper()}_LISTEN" for name in LISTENERS}
 
 EXIT_CONFIG = 2  # as `meshlib validate`
 EXIT_LISTEN = 3  # a port is taken or cannot be bound
@@ -77,13 +93,38 @@ class ProxyOptions:
     admin: str | None = None
     workers: int = 1
     watch_interval: float = 1.0  # seconds between checks of the config file; 0 turns watching off
+    log_level: str = "info"  # of the ``meshlib`` loggers, on stderr (the lines from _say are always printed)
     worker_index: int | None = None  # set in a worker started by the supervisor
     ready_fd: int | None = None  # the workers' "listening" pipe: worker 0 reads it, the others write (see _supervise)
 
 
 def _say(message: str) -> None:
-    """One line on stderr, flushed (readiness lines are what scripts and tests wait for)."""
+    """One line on stderr, flushed, whatever the log level (readiness lines are what scripts and tests wait for)."""
     print(f"meshlib proxy: {message}", file=sys.stderr, flush=True)
+
+
+class _LogFormatter(logging.Formatter):
+    """``meshlib proxy: MESSAGE`` as _say prints, with the level in front of anything but INFO."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        return f"meshlib proxy: {level}{text}"
+
+
+_log_handler: logging.Handler | None = None
+
+
+def configure_logging(level: str) -> None:
+    """Send the ``meshlib`` loggers' records at ``level`` and above to stderr, one line each."""
+    global _log_handler
+    root = logging.getLogger("meshlib")
+    if _log_handler is not None:
+        root.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(_LogFormatter())
+    root.addHandler(_log_handler)
+    root.setLevel(level.upper())
 
 
 def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
@@ -111,7 +152,11 @@ def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
 class Proxy:
     """One proxy process: the mesh, its listeners, reload and drain (the admin endpoints' target)."""
 
-    def __init__(self, options: ProxyOptions, config: MeshConfig) -> None:
+    def __init__(
+        self, options: ProxyOptions, config: MeshConfig, sidecar: SidecarConfig, loaded: str | None = None
+    ) -> None:
+        # sidecar: config.sidecar with the listen addresses of flags and environment applied;
+        # loaded: the digest of the config file's content, for the watcher (see load_settled).
         self.options = options
         self.mesh = Mesh(config)
         self.sender = PooledTransport()
@@ -119,10 +164,12 @@ class Proxy:
         self._draining = False
         self._started = False
         self._stopped = asyncio.Event()
-        self._reload_lock = threading.Lock()
-        self._mtime = _mtime(options.config)
+        self._loaded = loaded
+        # SIGHUP's and POST /reload's reloads: one at a time, off the event loop and out of its default executor.
+        self._reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshlib-reload")
         self._under_supervisor = options.worker_index is not None
-        self._listening_config = config.sidecar  # what the listeners were started with (a reload can't change it)
+        self._file_sidecar = config.sidecar  # to tell that a reload changed the section (which needs a restart)
+        self._listening_config = sidecar  # what the listeners were started with (a reload can't change it)
         self._admin: HttpServer | None = None
         # Worker 0 of a supervised proxy waits for the others' "listening" lines: index -> private admin port.
         self._expected_peers = options.workers - 1 if options.worker_index == 0 and options.ready_fd is not None else 0
@@ -164,29 +211,26 @@ class Proxy:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def reload(self) -> tuple[bool, str]:
+    async def reload(self) -> tuple[bool, str]:
         if self._under_supervisor:  # every worker must reload: the supervisor relays a SIGHUP to all
             os.kill(os.getppid(), signal.SIGHUP)
             return True, "reload requested from every worker"
-        return self._reload_now()
+        ok, message, _ = await asyncio.wrap_future(self._reloader.submit(self._reload_now))
+        return ok, message
 
-    def _reload_now(self) -> tuple[bool, str]:
-        """Load the config file and swap the new snapshot in, or keep the old one serving."""
-        with self._reload_lock:
-            try:
-                config = load_file(self.options.config)
-                snapshot = self.mesh.reload(config)
-            except ConfigError as exc:
-                why = str(exc).replace("\n", " ")
-                _say(f"reload refused, still serving config version {self.mesh.snapshot.version}: {why}")
-                return False, str(exc)
-            except OSError as exc:
-                _say(f"reload refused, still serving config version {self.mesh.snapshot.version}: {exc}")
-                return False, str(exc)
-            if config.sidecar != self._listening_config:
-                _say("the sidecar section changed: listeners and limits apply after a restart")
-            _say(f"reloaded {self.options.config}: config version {snapshot.version}")
-            return True, f"config version {snapshot.version}"
+    def _reload_now(self) -> tuple[bool, str, str | None]:
+        """Reload the config file (``Mesh.reload`` logs and counts it): whether it serves now, what happened,
+        and the digest of what was loaded (for the file watcher). Runs on a reload thread."""
+        try:
+            snapshot, digest = self.mesh._reload(self.options.config)
+        except ConfigError as exc:
+            return False, str(exc), None
+        except Exception as exc:  # a bug: logged with its traceback; the old config serves on
+            logger.exception("reload failed")
+            return False, f"reload failed: {exc!r}", None
+        if snapshot.config.sidecar != self._file_sidecar:
+            logger.warning("the sidecar section changed: listeners and limits apply after a restart")
+        return True, f"config version {snapshot.version}", digest
 
     def drain(self) -> str:
         if self._under_supervisor:
@@ -213,18 +257,13 @@ class Proxy:
         sidecar = self._listening_config
         limits = sidecar.limits
         reuse = self.options.workers > 1 or self._under_supervisor
-        outbound = parse_address(self.options.outbound or sidecar.outbound.listen)
-        plan: list[tuple[str, Address]] = [("outbound", outbound)]
+        plan: list[tuple[str, Address]] = [("outbound", parse_address(sidecar.outbound.listen))]
         inbound_app = sidecar.inbound.app if sidecar.inbound is not None else None
-        if self.options.inbound or sidecar.inbound is not None:
-            if inbound_app is None:
-                _say("--inbound needs sidecar.inbound.app in the config (where the local app listens)")
-                return EXIT_CONFIG
-            listen = self.options.inbound or (sidecar.inbound.listen if sidecar.inbound else "")
-            plan.append(("inbound", parse_address(listen)))
+        if sidecar.inbound is not None:
+            plan.append(("inbound", parse_address(sidecar.inbound.listen)))
         serve_admin = self.options.worker_index in (None, 0)
         if serve_admin:
-            plan.append(("admin", parse_address(self.options.admin or sidecar.admin.listen)))
+            plan.append(("admin", parse_address(sidecar.admin.listen)))
         sockets: dict[str, socket.socket] = {}
         try:
             for name, address in plan:
@@ -263,13 +302,22 @@ class Proxy:
         await self._report_listening(loop)
         loop.add_signal_handler(signal.SIGTERM, self._begin_drain)
         loop.add_signal_handler(signal.SIGINT, self._begin_drain)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self._reload_now))
-        watcher = loop.create_task(self._watch()) if self.options.watch_interval > 0 else None
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reloader.submit(self._reload_now))
+        watcher = None
+        if self.options.watch_interval > 0:
+            watcher = FileWatcher(
+                self.options.config,
+                lambda: self._reload_now()[2],
+                interval=self.options.watch_interval,
+                loaded=self._loaded,
+            )
+            watcher.start()
         try:
             await self._stopped.wait()
         finally:
             if watcher is not None:
-                watcher.cancel()
+                watcher.close()
+            self._reloader.shutdown(wait=False, cancel_futures=True)
             for server in self.servers.values():
                 await server.close()
             if self._private_admin is not None:
@@ -314,37 +362,35 @@ class Proxy:
         os.set_blocking(fd, False)
         loop.add_reader(fd, on_readable)
 
-    async def _watch(self) -> None:
-        """Reload when the config file's modification time or size changes (polled: no extra dependency)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.options.watch_interval)
-            mtime = _mtime(self.options.config)
-            if mtime is not None and mtime != self._mtime:
-                self._mtime = mtime
-                await loop.run_in_executor(None, self._reload_now)
-
 
 def _shown(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _mtime(path: Path) -> tuple[int, int] | None:
+def _load(path: Path) -> tuple[MeshConfig, str | None] | None:
+    """The config file's config and digest, or None after printing why it cannot be had (unreadable included)."""
     try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
-def _load(path: Path) -> MeshConfig | None:
-    try:
-        return load_file(path)
+        return load_settled(path, settle=0)
     except ConfigError as exc:
         print(exc, file=sys.stderr, flush=True)
-    except OSError as exc:
-        _say(f"cannot read {path}: {exc.strerror or exc}")
     return None
+
+
+def listen_addresses(options: ProxyOptions, environ: Mapping[str, str]) -> dict[ListenerName, tuple[str, str]]:
+    """The listen addresses set outside the config file: listener -> (where from, address); a flag wins."""
+    flags: dict[ListenerName, str | None] = {
+        "outbound": options.outbound,
+        "inbound": options.inbound,
+        "admin": options.admin,
+    }
+    given: dict[ListenerName, tuple[str, str]] = {}
+    for name in LISTENERS:
+        flag, variable = flags[name], LISTEN_ENV[name]
+        if flag is not None:
+            given[name] = (f"--{name}", flag)
+        elif environ.get(variable):
+            given[name] = (variable, environ[variable])
+    return given
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -355,31 +401,37 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_proxy(options: ProxyOptions) -> int:
-    """Run ``meshlib proxy`` until drained; the process's exit code."""
-    config = _load(options.config)
-    if config is None:
+def run_proxy(options: ProxyOptions, environ: Mapping[str, str] | None = None) -> int:
+    """Run ``meshlib proxy`` until drained; the process's exit code.
+
+    Listen addresses from flags and from ``environ`` (default ``os.environ``)
+    are validated as the config file's are; a bad one exits 2 naming where it came from.
+    """
+    loaded = _load(options.config)
+    if loaded is None:
         return EXIT_CONFIG
-    for flag, value in (("--outbound", options.outbound), ("--inbound", options.inbound), ("--admin", options.admin)):
-        if value is not None:
-            try:
-                parse_address(value)
-            except ValueError as exc:
-                _say(f"{flag}: {exc}")
-                return EXIT_CONFIG
+    config, digest = loaded
+    try:
+        sidecar = with_listen_addresses(
+            config.sidecar, listen_addresses(options, os.environ if environ is None else environ)
+        )
+    except ConfigError as exc:
+        for where, why in exc.errors:
+            _say(f"{where}: {why}")
+        return EXIT_CONFIG
+    configure_logging(options.log_level)
     if options.workers > 1 and options.worker_index is None:
-        return _supervise(options, config)
+        return _supervise(options, sidecar)
     loop = _event_loop()
     try:
-        return loop.run_until_complete(Proxy(options, config).run())
+        return loop.run_until_complete(Proxy(options, config, sidecar, digest).run())
     finally:
         loop.close()
 
 
-def _supervise(options: ProxyOptions, config: MeshConfig) -> int:
+def _supervise(options: ProxyOptions, sidecar: SidecarConfig) -> int:
     """Start ``options.workers`` worker processes, relay signals to them, and wait for them all."""
-    outbound = parse_address(options.outbound or config.sidecar.outbound.listen)
-    if outbound.port == 0:
+    if parse_address(sidecar.outbound.listen).port == 0:
         _say("--workers needs a fixed outbound port (workers share it with SO_REUSEPORT), not port 0")
         return EXIT_CONFIG
     args = [sys.executable, "-m", "meshlib", "proxy", "--config", str(options.config)]
@@ -387,6 +439,7 @@ def _supervise(options: ProxyOptions, config: MeshConfig) -> int:
         if value is not None:
             args += [flag, value]
     args += ["--watch-interval", str(options.watch_interval), "--workers", str(options.workers)]
+    args += ["--log-level", options.log_level]
     # Worker 0 (the admin) holds the read end; every other worker writes "INDEX PORT" once it listens.
     read_end, write_end = os.pipe()
     try:
@@ -432,6 +485,7 @@ def parse_args_to_options(args: Any) -> ProxyOptions:
         admin=args.admin,
         workers=args.workers,
         watch_interval=args.watch_interval,
+        log_level=args.log_level,
         worker_index=args.worker_index,
         ready_fd=args.ready_fd,
     )

@@ -42,6 +42,7 @@ from typing import Any, Final, cast
 import httpx
 
 from meshlib._config.sidecar import SidecarLimitsConfig
+from meshlib._engine.errors import describe
 from meshlib._errors import (
     MeshError,
     RequestTimeoutError,
@@ -117,7 +118,9 @@ def mesh_error_for(exc: Exception, request: httpx.Request | None) -> MeshError |
     """The ``MeshError`` that stands for ``exc`` on the wire, or None for an unexpected exception."""
     if isinstance(exc, MeshError):
         return exc
-    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = describe(exc)
+    if request is not None:
+        message += f" (endpoint {request.url.scheme}://{request.url.netloc.decode('ascii')})"
     # As the engine maps them: a connect timeout never reached the upstream, so it is a connect failure.
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamConnectError(message, request=request)
@@ -790,7 +793,7 @@ class _Connection(asyncio.Protocol):
                 try:
                     tunnel = await TcpTunnel.open(self._transport, host, port, connect_timeout=CONNECT_TIMEOUT)
                 except (OSError, TimeoutError) as exc:
-                    message = f"CONNECT {host}:{port}: {exc or type(exc).__name__}"
+                    message = f"CONNECT {host}:{port}: {describe(exc)}"
                     raise UpstreamConnectError(message) from exc
             except MeshError as error:
                 status, headers, body = error_head(error)

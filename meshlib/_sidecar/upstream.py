@@ -18,11 +18,21 @@ idempotent and its body can be replayed (the keep-alive race browsers retry).
 llhttp has no end-of-stream signal, so truncation is judged here when the
 connection is lost: a body delimited by the close ends there; any other
 response that is not complete raises.
+
+A host name is looked up once for all the connections being opened to it at
+that moment (and looked up anew for later ones: nothing is cached). Lookups
+run on a small thread pool (libuv's 4 threads under uvloop, the loop's
+default executor under asyncio); one lookup per request would let a burst of
+requests to a name that resolves slowly or not at all (a host the config no
+longer routes, passed through) queue up there, and every later connection
+needing a lookup, even to a healthy upstream, would wait behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 from collections import deque
 from typing import Any, Final, cast
@@ -625,7 +635,9 @@ class _Origin:
         "host",
         "idle",
         "limit",
+        "lookup",
         "max_idle",
+        "numeric",
         "pool",
         "port",
         "server_hostname",
@@ -637,6 +649,8 @@ class _Origin:
         self.pool = pool
         self.host = host
         self.port = port
+        self.numeric = _is_ip(host)  # an address needs no lookup
+        self.lookup: asyncio.Task[list[_AddrInfo]] | None = None  # the lookup in progress, shared by its waiters
         self.ssl = ssl_context
         self.server_hostname = host if ssl_context is not None else None
         self.idle: list[_Connection] = []
@@ -753,9 +767,12 @@ class _Origin:
                 server_hostname = sni.decode("ascii") if isinstance(sni, bytes) else str(sni)
         try:
             async with asyncio.timeout(timeouts.get("connect")):
-                await loop.create_connection(
-                    lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=server_hostname
-                )
+                if self.numeric:
+                    await loop.create_connection(
+                        lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=server_hostname
+                    )
+                else:
+                    await self._connect_resolved(loop, conn, server_hostname)
         except BaseException as exc:
             if conn.transport is not None:
                 conn.abort()  # connected, but cancelled or timed out right after: connection_lost frees the slot
@@ -768,6 +785,65 @@ class _Origin:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
             raise
         return conn
+
+    async def _connect_resolved(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, server_hostname: str | None
+    ) -> None:
+        """Connect ``conn`` to the first of the host's addresses that accepts, as ``create_connection`` does."""
+        errors: list[OSError] = []
+        for family, _, proto, _, address in await self._resolve(loop):
+            try:
+                # An address as host: create_connection looks nothing up (asyncio and uvloop both check).
+                await loop.create_connection(
+                    lambda: conn,
+                    address[0],
+                    address[1],
+                    family=family,
+                    proto=proto,
+                    ssl=self.ssl,
+                    server_hostname=server_hostname,
+                )
+                return
+            except ssl.SSLError:
+                raise  # connected, and TLS failed: another address of the same host would not help
+            except OSError as exc:
+                errors.append(exc)
+        if len(errors) == 1 or len({str(e) for e in errors}) == 1:
+            raise errors[0]
+        raise OSError(f"Multiple exceptions: {', '.join(map(str, errors))}")
+
+    async def _resolve(self, loop: asyncio.AbstractEventLoop) -> list[_AddrInfo]:
+        """The host's addresses: one lookup at a time, awaited by every connection that needs it meanwhile."""
+        lookup = self.lookup
+        if lookup is None:
+            lookup = self.lookup = loop.create_task(_getaddrinfo(loop, self.host, self.port))
+            lookup.add_done_callback(self._looked_up)
+        # Shielded: a waiter that gives up (its connect timeout) must not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, task: asyncio.Task[list[_AddrInfo]]) -> None:
+        if self.lookup is task:
+            self.lookup = None  # the next connection looks up afresh: DNS answers are not cached here
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have given up already
+
+
+_AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+
+
+async def _getaddrinfo(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[_AddrInfo]:
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned no address")
+    return cast(list[_AddrInfo], infos)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _pool_timeout(future: asyncio.Future[_Connection | None], request: httpx.Request) -> None:

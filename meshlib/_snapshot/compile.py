@@ -17,6 +17,7 @@ from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, Route
 from meshlib._engine.base import Filter
 from meshlib._engine.cluster_stack import CompiledCluster, Leg
 from meshlib._engine.route_stack import build_route_handlers, route_filters
+from meshlib._hooks import Hooks
 from meshlib._policies.fault import FaultFilter
 from meshlib._policies.hedge import HedgeFilter
 from meshlib._policies.mirror import MirrorFilter
@@ -40,17 +41,27 @@ __all__ = ["Runtime", "compile_snapshot"]
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What a mesh lends every snapshot it compiles: state, clock, randomness, background work."""
+    """What a mesh lends every snapshot it compiles: state, clock, randomness, background work, the user's hooks."""
 
     registry: StateRegistry
     clock: Clock
     rng: random.Random
     background: Background
     storages: StorageRegistry
+    hooks: Hooks
 
     @classmethod
-    def create(cls, *, clock: Clock | None = None, rng: random.Random | None = None) -> Runtime:
-        return cls(StateRegistry(), clock or SystemClock(), rng or random.Random(), Background(), StorageRegistry())
+    def create(
+        cls, *, clock: Clock | None = None, rng: random.Random | None = None, hooks: Hooks | None = None
+    ) -> Runtime:
+        return cls(
+            StateRegistry(),
+            clock or SystemClock(),
+            rng or random.Random(),
+            Background(),
+            StorageRegistry(),
+            hooks or Hooks(),
+        )
 
 
 def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledCluster:
@@ -88,7 +99,8 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
     """The filters of one route's way into one cluster; the route's keys override the cluster's."""
     state = cluster.state
     timeout = route.timeout if route.timeout is not None else config.timeout
-    retry = route.retry or config.retry
+    # A route's retry replaces the cluster's, but may take its retriable_status_codes (RetryConfig.inheriting_codes).
+    retry = route.retry.inheriting_codes(config.retry) if route.retry is not None else config.retry
     rate_limit = route.rate_limit or config.rate_limit
     hedge = route.hedge or config.hedge
     filters: list[Filter] = []
@@ -113,10 +125,11 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
         if retry.budget is not None:
             budget_config = retry.budget
             budget_key = (cluster.name, route_name if route.retry else None)
+            owner = f"cluster {cluster.name!r}" + (f" (route {route_name!r})" if route.retry else "")
             budget = rt.registry.component(
-                "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock)
+                "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock, owner)
             )
-        filters.append(RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state))
+        filters.append(RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state, rt.hooks))
     # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
     if hedge is not None:
         filters.append(HedgeFilter(hedge, state, rt.background))
@@ -130,7 +143,7 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
             "circuit_breaker",
             cluster.name,
             breaker_config,
-            lambda: breaker_module.BreakerState(breaker_config, state, rt.clock),
+            lambda: breaker_module.BreakerState(breaker_config, state, rt.clock, listeners=rt.hooks.breaker_listeners),
         )
         filters.append(breaker_module.CircuitBreakerFilter(breaker))
     # Outlier detection sees every try's outcome on its endpoint, timeouts of this try included.
@@ -163,7 +176,8 @@ def _compile_route(
             clusters[c].state for c in ([config.cluster] if config.cluster else [s.cluster for s in config.split or ()])
         ]
         fault = FaultFilter(config.fault, rt.rng, rt.clock, targets)
-    if config.mirror is not None:
+    # A mirror onto an undefined cluster mirrors nothing (the config loads with a warning).
+    if config.mirror is not None and config.mirror.cluster in clusters:
         shadow = config.mirror.cluster
         shadow_leg = _leg(_NO_OVERRIDES, name, clusters[shadow], mesh.clusters[shadow], rt)
         mirror = MirrorFilter(config.mirror, shadow_leg, rt.rng, rt.background)

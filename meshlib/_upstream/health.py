@@ -7,7 +7,8 @@ endpoint in turn (a round takes up to about endpoints × ``timeout``), waiting
 mocks it in tests). A status in ``expected_statuses`` passes; any other
 status, an error or a timeout fails. ``unhealthy_threshold`` failures in a row
 take the endpoint out of the load balancer (``EndpointState.healthy``);
-``healthy_threshold`` passes in a row bring it back.
+``healthy_threshold`` passes in a row bring it back. Each such change is logged
+once (logger ``meshlib.health``: WARNING out, INFO back).
 
 Unlike Envoy, which waits for a first check before sending traffic, endpoints
 start healthy and the first round runs one ``interval`` after start: a mesh
@@ -123,6 +124,7 @@ class HealthChecker:
 
     def _record(self, endpoint: Endpoint, passed: bool) -> None:
         state = endpoint.state
+        where = (self.cluster.name, endpoint.url)
         config = self.config
         with _LOCK:
             if state.health_owner is not self:
@@ -143,9 +145,11 @@ class HealthChecker:
                 if changed:
                     state.healthy = False
                     self.cluster.count("endpoints_marked_unhealthy")
-        if changed:
-            verdict = "healthy" if passed else "unhealthy"
-            logger.warning("cluster %r: endpoint %s is now %s", self.cluster.name, endpoint.url, verdict)
+        if changed:  # decided under _LOCK: one line per change, however many rounds race
+            if passed:
+                logger.info("cluster %r: endpoint %s is healthy again: back in the load balancer", *where)
+            else:
+                logger.warning("cluster %r: endpoint %s is unhealthy: out of the load balancer", *where)
 
     def close(self) -> None:
         """Stop probing: wake the thread, wait briefly for it, and release the endpoints. Idempotent."""

@@ -12,10 +12,15 @@ once, except that one endpoint may always be ejected when the percentage is
 above zero (as Envoy does). Ejected endpoints come back on their own: the
 cluster's pick compares ``ejected_until`` with the mesh's clock, so no timer or
 thread is needed, and a ``FakeClock`` moves ejections along in tests.
+
+An ejection is logged (WARNING, logger ``meshlib.outlier``) when it happens,
+and the return (INFO) when the endpoint's next try ends after the ejection
+ran out: the first sign, without a timer, that it is back in the load balancer.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -30,6 +35,8 @@ from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint, EndpointState
 
 __all__ = ["OutlierDetector", "OutlierFilter"]
+
+logger = logging.getLogger("meshlib.outlier")
 
 # What counts against an endpoint besides a 5xx answer: Envoy's "local origin errors mapped to 5xx".
 _FAILURES = (UpstreamConnectError, UpstreamResetError, RequestTimeoutError)
@@ -58,6 +65,8 @@ class OutlierDetector:
         # Where the interval decay of an endpoint's multiplier counts from, once it has counted a step;
         # before that it counts from ``ejected_until`` (the end of the last ejection).
         self._decay_marks: dict[EndpointState, float] = {}
+        # Endpoints ejected and not yet seen back in service (for the "returned" log line).
+        self._out: set[EndpointState] = set()
 
     def ejection_time(self, multiplier: int) -> float:
         """How long an endpoint ejected for the ``multiplier``-th time in a row stays out."""
@@ -74,25 +83,51 @@ class OutlierDetector:
             if state.ejected_until > now:
                 # A try that was in flight when the endpoint was ejected: its outcome is old news.
                 return
-            if not failed:
+            returned = state in self._out
+            self._out.discard(state)
+            if failed:
+                ejected_for = self._count_failure(endpoints, state, now)
+            else:
                 state.consecutive_failures = 0
-                return
-            state.consecutive_failures += 1
-            if state.consecutive_failures < self.config.consecutive_5xx:
-                return
-            # Envoy resets the count whether or not the ejection happens: another full run is needed to try again.
-            state.consecutive_failures = 0
-            if not self._may_eject(endpoints, now):
-                self.cluster.count("ejections_skipped_max_percent")
-                return
-            state.times_ejected = min(state.times_ejected + 1, self._max_multiplier)
-            state.ejected_until = now + self.ejection_time(state.times_ejected)
-            self._decay_marks.pop(state, None)
-            # Forget marks of endpoints no longer in the cluster (ejections are rare: this stays cheap).
-            present = {e.state for e in endpoints}
-            for gone in [s for s in self._decay_marks if s not in present]:
-                del self._decay_marks[gone]
-        self.cluster.count("ejections")
+                ejected_for = None
+            times = state.times_ejected
+        # Logged outside the lock; each line once, since the change it reports happened once, under the lock.
+        if returned:
+            logger.info(
+                "cluster %r: endpoint %s is back in service after its ejection", self.cluster.name, endpoint.url
+            )
+        if ejected_for is not None:
+            self.cluster.count("ejections")
+            logger.warning(
+                "cluster %r: endpoint %s ejected for %gs after %d failures in a row (ejection multiplier %d)",
+                self.cluster.name,
+                endpoint.url,
+                ejected_for,
+                self.config.consecutive_5xx,
+                times,
+            )
+
+    def _count_failure(self, endpoints: Sequence[Endpoint], state: EndpointState, now: float) -> float | None:
+        """Count one more failure of ``state``'s endpoint (under the lock); how long it is ejected for, if it is."""
+        state.consecutive_failures += 1
+        if state.consecutive_failures < self.config.consecutive_5xx:
+            return None
+        # Envoy resets the count whether or not the ejection happens: another full run is needed to try again.
+        state.consecutive_failures = 0
+        if not self._may_eject(endpoints, now):
+            self.cluster.count("ejections_skipped_max_percent")
+            return None
+        state.times_ejected = min(state.times_ejected + 1, self._max_multiplier)
+        duration = self.ejection_time(state.times_ejected)
+        state.ejected_until = now + duration
+        self._decay_marks.pop(state, None)
+        self._out.add(state)
+        # Forget what is kept for endpoints no longer in the cluster (ejections are rare: this stays cheap).
+        present = {e.state for e in endpoints}
+        for gone in [s for s in self._decay_marks if s not in present]:
+            del self._decay_marks[gone]
+        self._out &= present
+        return duration
 
     def _decay(self, state: EndpointState, now: float) -> None:
         """Take one off the multiplier for every full ``interval`` the endpoint has been back in service.

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from meshlib import ConfigError, MeshConfig
-from meshlib._config.load import load_file
-from meshlib._config.models import ClusterConfig, RouteConfig
+from meshlib._config.load import config_from_dict, load_file
+from meshlib._config.models import EMPTY_CONFIG, ClusterConfig, RouteConfig
 
 EXAMPLE = Path(__file__).with_name("issue_example.yaml")
 GOOD = {"clusters": {"ratings": {"endpoints": ["http://127.0.0.1:9090"]}}}
@@ -220,20 +220,76 @@ def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path: Path, name: str,
     assert _only_error(info.value) == f"the config must be a mapping, got {kind}"
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "  \n", "# nothing here yet\n", "---\n", "--- # later\n"])
+def test_an_empty_file_is_refused_as_empty(tmp_path: Path, text: str) -> None:
+    """A truncated or not yet written file must never load as a mesh that routes nothing."""
+    path = _write(tmp_path, "mesh.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert info.value.errors == [("", "the config file is empty")]
+    assert str(info.value) == f"invalid mesh config in {path}:\n  the config file is empty"
+
+
+@pytest.mark.parametrize(("name", "text"), [("mesh.yaml", "null\n"), ("mesh.yaml", "~\n"), ("mesh.json", "null")])
+def test_an_explicit_null_document_is_not_a_mapping(tmp_path: Path, name: str, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_file(_write(tmp_path, name, text))
+    assert _only_error(info.value) == "the config must be a mapping, got null"
+
+
 @pytest.mark.parametrize(
-    ("name", "text"),
+    "text",
     [
-        ("mesh.yaml", ""),
-        ("mesh.yaml", "\n\n"),
-        ("mesh.yaml", "# nothing here yet\n"),
-        ("mesh.yaml", "---\n"),
-        ("mesh.json", "null"),
+        "service: frontend\n",
+        "clusters: {}\nroutes: []\n",
+        "outbound_policy: registry_only\n",
+        "sidecar:\n  outbound: {listen: '127.0.0.1:15001'}\n",
+        "allow_empty: false\n",
     ],
 )
-def test_an_empty_file_is_an_empty_valid_config(tmp_path: Path, name: str, text: str) -> None:
-    config = load_file(_write(tmp_path, name, text))
-    assert config == MeshConfig()
-    assert (config.service, config.outbound_policy, config.clusters, config.routes) == ("default", "allow_any", {}, [])
+def test_a_file_with_nothing_to_route_is_refused_naming_allow_empty(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, "mesh.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert info.value.errors == [("", EMPTY_CONFIG)]
+    assert "set allow_empty: true" in str(info.value)
+    assert info.value.source == str(path)
+
+
+def test_allow_empty_true_loads_an_empty_config(tmp_path: Path) -> None:
+    config = load_file(_write(tmp_path, "mesh.yaml", "allow_empty: true\noutbound_policy: registry_only\n"))
+    assert (config.allow_empty, config.clusters, config.routes) == (True, {}, [])
+    assert config.outbound_policy == "registry_only"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: MeshConfig(), id="MeshConfig()"),
+        pytest.param(lambda: MeshConfig(service="a"), id="MeshConfig(service)"),
+        pytest.param(lambda: MeshConfig.from_dict({}), id="from_dict"),
+        pytest.param(lambda: MeshConfig.model_validate({"sidecar": {}}), id="model_validate"),
+        pytest.param(lambda: MeshConfig.model_validate_json('{"routes": []}'), id="model_validate_json"),
+        pytest.param(lambda: config_from_dict({"clusters": {}}), id="config_from_dict"),
+    ],
+)
+def test_every_way_of_making_a_config_refuses_an_empty_one(build: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert info.value.errors == [("", EMPTY_CONFIG)]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_allow_empty_is_a_strict_boolean(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        MeshConfig.from_dict({"allow_empty": value})
+    assert info.value.errors[0] == ("allow_empty", "Input should be a valid boolean")
+
+
+def test_an_empty_config_is_reported_with_the_other_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        MeshConfig.from_dict({"servce": "frontend"})
+    assert info.value.errors == [("servce", "unknown key 'servce' (did you mean 'service'?)"), ("", EMPTY_CONFIG)]
 
 
 def test_a_missing_file_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
@@ -288,8 +344,10 @@ def test_validation_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
 
 def test_from_dict_names_the_source_it_is_given() -> None:
     with pytest.raises(ConfigError) as info:
-        MeshConfig.from_dict({"servce": "a"}, source="configmap/mesh")
-    assert str(info.value) == "invalid mesh config in configmap/mesh:\n  servce: unknown key 'servce'"
+        MeshConfig.from_dict({**GOOD, "servce": "a"}, source="configmap/mesh")
+    assert str(info.value) == (
+        "invalid mesh config in configmap/mesh:\n  servce: unknown key 'servce' (did you mean 'service'?)"
+    )
 
 
 def test_meshconfig_with_bad_keyword_arguments_raises_config_error() -> None:
@@ -297,7 +355,7 @@ def test_meshconfig_with_bad_keyword_arguments_raises_config_error() -> None:
         MeshConfig(servce="frontend", clusters={"a": {"endpoints": []}})
     assert sorted(info.value.errors) == [
         ("clusters.a.endpoints", "must not be empty"),
-        ("servce", "unknown key 'servce'"),
+        ("servce", "unknown key 'servce' (did you mean 'service'?)"),
     ]
     assert info.value.source is None
 

@@ -11,6 +11,7 @@ import respx
 
 import meshlib
 from meshlib import ConfigError, Mesh, MeshConfig
+from meshlib._config.models import EMPTY_CONFIG
 
 V1 = "http://127.0.0.1:9081"
 V2 = "http://127.0.0.1:9082"
@@ -38,6 +39,13 @@ BAD_RELOADS = [
         id="endpoint-with-path",
     ),
     pytest.param([_config(V2)], [("", "the config must be a mapping, got list")], id="not-a-mapping"),
+    # Dropping every route and cluster at once is far likelier a truncated file than a wish.
+    pytest.param({}, [("", EMPTY_CONFIG)], id="empty"),
+    pytest.param(
+        {"service": "frontend", "outbound_policy": "registry_only"}, [("", EMPTY_CONFIG)], id="nothing-to-route"
+    ),
+    pytest.param({"clusters": {}, "routes": []}, [("", EMPTY_CONFIG)], id="no-clusters-no-routes"),
+    pytest.param(None, [("", "the config must be a mapping, got null")], id="null"),
 ]
 
 
@@ -123,3 +131,29 @@ def test_mesh_from_a_missing_file_raises_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         Mesh.from_file(tmp_path / "missing.yaml")
     assert info.value.errors == [("", "cannot read config file: No such file or directory")]
+
+
+def test_a_reload_to_an_empty_config_is_taken_when_it_says_allow_empty() -> None:
+    with respx.mock, Mesh.from_dict(_config(V1)) as mesh:
+        snapshot = mesh.reload({"allow_empty": True})
+        assert mesh.snapshot is snapshot
+        assert (mesh.config.clusters, mesh.config.routes, mesh.stats()["version"]) == ({}, [], 2)
+
+
+def test_a_mesh_from_an_empty_dict_or_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Mesh.from_dict({})
+    assert info.value.errors == [("", EMPTY_CONFIG)]
+    path = tmp_path / "mesh.yaml"
+    path.write_text("# to be written\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Mesh.from_file(path)
+    assert (info.value.errors, info.value.source) == ([("", "the config file is empty")], str(path))
+
+
+def test_a_mesh_with_no_config_still_passes_everything_through() -> None:
+    with respx.mock, Mesh() as mesh, mesh.client() as client:
+        upstream = respx.get("http://elsewhere/x").mock(return_value=httpx.Response(200))
+        assert client.get("http://elsewhere/x").status_code == 200
+        assert upstream.call_count == 1
+        assert mesh.config.allow_empty

@@ -9,7 +9,7 @@ from meshlib._config.sidecar import Address, parse_address
 
 
 def test_defaults_are_loopback_and_envoys_limits() -> None:
-    sidecar = MeshConfig().sidecar
+    sidecar = MeshConfig(allow_empty=True).sidecar
     assert parse_address(sidecar.outbound.listen) == Address("127.0.0.1", 15001)
     assert parse_address(sidecar.admin.listen) == Address("127.0.0.1", 15000)
     assert sidecar.inbound is None
@@ -21,6 +21,7 @@ def test_defaults_are_loopback_and_envoys_limits() -> None:
 def test_the_issue_example_is_accepted() -> None:
     config = MeshConfig.from_dict(
         {
+            "allow_empty": True,  # the sidecar section alone routes nothing
             "sidecar": {
                 "outbound": {"listen": "127.0.0.1:15001"},
                 "inbound": {"listen": "127.0.0.1:15006", "app": "http://127.0.0.1:8000"},
@@ -32,7 +33,7 @@ def test_the_issue_example_is_accepted() -> None:
                     "idle_timeout": "60s",
                     "drain_timeout": "20s",
                 },
-            }
+            },
         }
     )
     assert config.sidecar.inbound is not None

@@ -42,7 +42,7 @@ async def test_passthrough_hands_the_callers_own_request_object_to_the_inner_tra
         seen.append(request)
         return httpx.Response(204)
 
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     with mesh.client(transport=httpx.MockTransport(inner)) as client:
         request = client.build_request("GET", "http://example.com/")
         client.send(request)
@@ -77,7 +77,7 @@ async def test_registry_only_still_routes_claimed_hosts(
 
 
 async def test_route_not_found_is_caught_by_existing_httpx_error_handlers(make_mesh: MakeMesh) -> None:
-    mesh = make_mesh({"outbound_policy": "registry_only"})
+    mesh = make_mesh({"outbound_policy": "registry_only", "allow_empty": True})
     with mesh.client() as client, pytest.raises(httpx.HTTPError):
         client.get("http://example.com/")
 

@@ -139,7 +139,11 @@ def test_an_empty_mesh_passes_everything_through(respx_mock: respx.MockRouter) -
     with meshlib.Mesh() as mesh, mesh.client() as client:
         assert client.get("http://example.com/").status_code == 200
     assert outside.call_count == 1
-    assert mesh.stats() == {"version": 1, "clusters": {}}
+    assert mesh.stats() == {
+        "version": 1,
+        "clusters": {},
+        "reloads": {"accepted": 0, "refused": 0, "last_error": None},
+    }
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -156,7 +160,7 @@ def test_mesh_from_file_routes_like_from_dict(tmp_path: Path, suffix: str, respx
 @pytest.mark.parametrize("option", ["verify", "http2", "proxy"])
 def test_a_custom_transport_with_transport_options_is_refused(make_mesh: MakeMesh, option: str) -> None:
     """httpx would silently ignore verify= etc. next to transport=; the mesh says so instead."""
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     value: Any = "http://127.0.0.1:3128" if option == "proxy" else False
     with pytest.raises(TypeError, match=f"transport= or {option}="):
         mesh.client(transport=httpx.HTTPTransport(), **{option: value})

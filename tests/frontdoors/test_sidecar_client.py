@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 import meshlib
-from meshlib._errors import MeshError
+from meshlib._errors import MeshError, RequestTimeoutError, TimeoutKind, UpstreamConnectError
 from meshlib._frontdoors.sidecar_client import DEFAULT_SIDECAR, SIDECAR_ENV, AsyncSidecarTransport, SidecarTransport
-from meshlib._wire import error_head
+from meshlib._wire import TIMEOUT_HEADER, TIMEOUT_VALUE_HEADER, error_head
 from tests.conftest import MakeMesh, Receive, Scope, Send, raw_server, read_body, read_request_head, start_server
 
 pytestmark = pytest.mark.anyio
@@ -118,7 +118,11 @@ async def test_requests_reach_the_sidecar_in_absolute_form(
 ) -> None:
     url, stub = fake_sidecar
     response = await get(
-        mode, make_mesh({}), "http://reviews/api/reviews/1?v=2", sidecar=url, request_headers={"x-app": "1"}
+        mode,
+        make_mesh({"allow_empty": True}),
+        "http://reviews/api/reviews/1?v=2",
+        sidecar=url,
+        request_headers={"x-app": "1"},
     )
     assert response.status_code == 200
     assert str(response.url) == "http://reviews/api/reviews/1?v=2"
@@ -135,7 +139,13 @@ async def test_each_error_answer_raises_its_mesh_error_class(
 ) -> None:
     url, _ = fake_sidecar
     with pytest.raises(MeshError) as raised:
-        await get(mode, make_mesh({}), "http://mesh-error/x", sidecar=url, request_headers={"x-stub-code": cls.code})
+        await get(
+            mode,
+            make_mesh({"allow_empty": True}),
+            "http://mesh-error/x",
+            sidecar=url,
+            request_headers={"x-stub-code": cls.code},
+        )
     error = raised.value
     assert type(error) is cls
     assert (error.code, error.route, error.cluster) == (cls.code, "reviews-route", "reviews-v1")
@@ -150,7 +160,7 @@ async def test_a_timeout_answer_tells_per_try_from_the_whole_request(
     url, _ = fake_sidecar
     headers = {"x-stub-code": "timeout", "x-stub-per-try": per_try_header}
     with pytest.raises(meshlib.RequestTimeoutError) as raised:
-        await get(mode, make_mesh({}), "http://mesh-error/x", sidecar=url, request_headers=headers)
+        await get(mode, make_mesh({"allow_empty": True}), "http://mesh-error/x", sidecar=url, request_headers=headers)
     assert raised.value.per_try is per_try
     assert isinstance(raised.value, httpx.TimeoutException)
 
@@ -160,7 +170,7 @@ async def test_a_hand_written_429_answer_is_rate_limited_error(
 ) -> None:
     url, _ = fake_sidecar
     with pytest.raises(meshlib.RateLimitedError) as raised:
-        await get(mode, make_mesh({}), "http://ratelimited/x", sidecar=url)
+        await get(mode, make_mesh({"allow_empty": True}), "http://ratelimited/x", sidecar=url)
     assert (raised.value.route, raised.value.cluster) == ("reviews", "reviews")
     assert str(raised.value) == "rate limit '3/minute' of cluster reviews reached"
 
@@ -170,7 +180,13 @@ async def test_an_unknown_error_code_raises_the_base_mesh_error(
 ) -> None:
     url, _ = fake_sidecar
     with pytest.raises(MeshError) as raised:
-        await get(mode, make_mesh({}), "http://mesh-error/x", sidecar=url, request_headers={"x-stub-code": "brand_new"})
+        await get(
+            mode,
+            make_mesh({"allow_empty": True}),
+            "http://mesh-error/x",
+            sidecar=url,
+            request_headers={"x-stub-code": "brand_new"},
+        )
     assert type(raised.value) is MeshError
     assert str(raised.value) == "something new"
 
@@ -192,7 +208,7 @@ async def test_upstream_answers_without_the_error_header_pass_through_unchanged(
     header: tuple[str, str],
 ) -> None:
     url, _ = fake_sidecar
-    response = await get(mode, make_mesh({}), f"http://{host}/x", sidecar=url)
+    response = await get(mode, make_mesh({"allow_empty": True}), f"http://{host}/x", sidecar=url)
     assert (response.status_code, response.text) == (status, body)
     assert response.headers[header[0]] == header[1]
 
@@ -202,7 +218,7 @@ async def test_an_unreachable_sidecar_is_a_connect_error_naming_it(
 ) -> None:
     sidecar = f"http://127.0.0.1:{free_port}"
     with pytest.raises(httpx.ConnectError) as raised:
-        await get(mode, make_mesh({}), "http://reviews/x", sidecar=sidecar)
+        await get(mode, make_mesh({"allow_empty": True}), "http://reviews/x", sidecar=sidecar)
     assert not isinstance(raised.value, MeshError)
     assert str(raised.value).startswith(f"meshlib sidecar at {sidecar} is not reachable: ")
     assert isinstance(raised.value.__cause__, httpx.ConnectError)
@@ -222,14 +238,14 @@ async def test_the_sidecar_comes_from_the_environment_and_proxy_variables_do_not
         monkeypatch.setenv(name, f"http://127.0.0.1:{free_port}")  # nothing listens there
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    response = await get(mode, make_mesh({}), "http://reviews/from-env")
+    response = await get(mode, make_mesh({"allow_empty": True}), "http://reviews/from-env")
     assert response.json()["raw_path"] == "http://reviews/from-env"
     assert stub.received[-1]["raw_path"] == "http://reviews/from-env"
 
 
 def test_the_default_sidecar_is_loopback_15001(make_mesh: MakeMesh, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SIDECAR_ENV, raising=False)
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     with mesh.client(mode="sidecar") as client:
         assert isinstance(client._transport, SidecarTransport)
         assert client._transport.sidecar == DEFAULT_SIDECAR == "http://127.0.0.1:15001"
@@ -239,7 +255,7 @@ def test_the_default_sidecar_is_loopback_15001(make_mesh: MakeMesh, monkeypatch:
 
 
 async def test_the_async_client_gets_the_async_transport(make_mesh: MakeMesh) -> None:
-    async with make_mesh({}).async_client(mode="sidecar") as client:
+    async with make_mesh({"allow_empty": True}).async_client(mode="sidecar") as client:
         assert isinstance(client._transport, AsyncSidecarTransport)
         assert client._mounts == {}
 
@@ -249,14 +265,14 @@ async def test_sidecar_mode_runs_no_local_engine(
 ) -> None:
     # In process this config refuses every host; through the sidecar, the sidecar's config decides.
     url, _ = fake_sidecar
-    mesh = make_mesh({"outbound_policy": "registry_only"})
+    mesh = make_mesh({"outbound_policy": "registry_only", "allow_empty": True})
     response = await get(mode, mesh, "http://nobody-knows/x", sidecar=url)
     assert response.json()["raw_path"] == "http://nobody-knows/x"
 
 
 async def test_client_keyword_arguments_still_work(make_mesh: MakeMesh, fake_sidecar: tuple[str, FakeSidecar]) -> None:
     url, _ = fake_sidecar
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     kwargs: dict[str, Any] = {
         "sidecar": url,
         "headers": {"x-app": "2"},
@@ -277,7 +293,7 @@ async def test_client_keyword_arguments_still_work(make_mesh: MakeMesh, fake_sid
 
 
 def test_bad_arguments_are_refused(make_mesh: MakeMesh) -> None:
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     with pytest.raises(ValueError, match="mode must be"):
         mesh.client(mode="outer-space")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="sidecar= needs mode='sidecar'"):
@@ -344,5 +360,97 @@ async def test_https_urls_go_to_the_sidecar_as_a_connect_tunnel(mode: str, make_
         conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
     with raw_server(refuse_tunnel) as server, pytest.raises(httpx.ProxyError):
-        await get(mode, make_mesh({}), "https://reviews/x", sidecar=server.url)
+        await get(mode, make_mesh({"allow_empty": True}), "https://reviews/x", sidecar=server.url)
     assert heads[0].startswith(b"CONNECT reviews:443 HTTP/1.1\r\n")
+
+
+# --- which timeout ran out, over the wire ------------------------------------------------------------------------
+
+TRY_1 = "during try 1 of route 'reviews-route', cluster 'reviews-v1' (endpoint http://127.0.0.1:9081)"
+
+
+def ran_out(
+    cls: type[RequestTimeoutError | UpstreamConnectError],
+    event: str,
+    kind: TimeoutKind | None = None,
+    seconds: float | None = None,
+    route: str = "reviews-route",
+) -> RequestTimeoutError | UpstreamConnectError:
+    """An error as the sidecar's engine raises it: ``{event} {TRY_1}``."""
+    return cls(f"{event} {TRY_1}", route=route, cluster="reviews-v1", kind=kind, timeout=seconds)
+
+
+TIMED_OUT = [
+    ran_out(RequestTimeoutError, "request timeout (1s) ran out", "request", 1.0),
+    ran_out(RequestTimeoutError, "per-try timeout (250ms) ran out", "per_try", 0.25),
+    ran_out(RequestTimeoutError, "client timeout (1234ms) ran out", "client", 1.234),
+    ran_out(RequestTimeoutError, "timeout ran out"),  # no limit known
+    ran_out(UpstreamConnectError, "connect timeout (100ms) ran out", "connect", 0.1),
+    ran_out(UpstreamConnectError, "per-try timeout (50ms) ran out", "per_try", 0.05),
+    ran_out(UpstreamConnectError, "connection refused"),  # not a timeout
+    ran_out(UpstreamConnectError, "connection refused", route="revues d'été"),  # a name beyond ASCII
+]
+
+
+def get_sync(transport: httpx.BaseTransport, url: str) -> httpx.Response:
+    with httpx.Client(transport=transport) as client:
+        return client.get(url)
+
+
+async def raise_sidecar_answer(mode: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Send one request through a sidecar transport (sync or async) whose sidecar gives this answer."""
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=headers, content=body)
+
+    if mode == "sync":
+        get_sync(SidecarTransport(inner=httpx.MockTransport(answer)), "http://reviews/x")
+    else:
+        async with httpx.AsyncClient(transport=AsyncSidecarTransport(inner=httpx.MockTransport(answer))) as aclient:
+            await aclient.get("http://reviews/x")
+
+
+@pytest.mark.parametrize("sent", TIMED_OUT, ids=lambda e: f"{e.code}-{e.kind}-{e.route}")
+async def test_the_timeout_that_ran_out_and_the_message_survive_the_wire(
+    mode: str, sent: RequestTimeoutError | UpstreamConnectError
+) -> None:
+    """What the sidecar's engine raised is what the client raises: class, message, kind, timeout, per_try."""
+    with pytest.raises(MeshError) as raised:
+        await raise_sidecar_answer(mode, *error_head(sent))
+    got = raised.value
+    assert type(got) is type(sent)
+    assert isinstance(got, RequestTimeoutError | UpstreamConnectError)
+    assert (str(got), got.route, got.kind, got.timeout) == (str(sent), sent.route, sent.kind, sent.timeout)
+    assert got.cluster == sent.cluster
+    if isinstance(sent, RequestTimeoutError):
+        assert isinstance(got, RequestTimeoutError)
+        assert got.per_try is sent.per_try is (sent.kind != "request")
+
+
+def test_the_timeout_headers_name_the_kind_and_the_configured_duration() -> None:
+    _, headers, body = error_head(TIMED_OUT[1])
+    assert (TIMEOUT_HEADER.encode(), b"per-try") in headers
+    assert (TIMEOUT_VALUE_HEADER.encode(), b"250ms") in headers
+    assert body == f"timeout: per-try timeout (250ms) ran out {TRY_1}\n".encode()
+    _, refused, _ = error_head(TIMED_OUT[6])
+    assert not [name for name, _ in refused if name.startswith(TIMEOUT_HEADER.encode())]
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "seconds", "per_try"),
+    [
+        ([(b"x-meshlib-timeout", b"request")], "request", None, False),  # an older sidecar: no value
+        ([], None, None, True),  # an older sidecar's per-try timeout, or no kind known
+        ([(b"x-meshlib-timeout", b"deadline-of-the-future")], None, None, True),  # a newer sidecar's kind
+        ([(b"x-meshlib-timeout", b"per-try"), (b"x-meshlib-timeout-value", b"soon")], "per_try", None, True),
+    ],
+    ids=["kind-only", "nothing", "unknown-kind", "unreadable-value"],
+)
+async def test_timeout_headers_this_client_cannot_fully_read_still_give_the_error(
+    mode: str, extra: list[tuple[bytes, bytes]], kind: str | None, seconds: float | None, per_try: bool
+) -> None:
+    headers = [(b"x-meshlib-error", b"timeout"), *extra]
+    with pytest.raises(RequestTimeoutError) as raised:
+        await raise_sidecar_answer(mode, 504, headers, b"timeout: it took too long\n")
+    assert (str(raised.value), raised.value.kind, raised.value.timeout) == ("it took too long", kind, seconds)
+    assert raised.value.per_try is per_try

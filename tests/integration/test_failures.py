@@ -2,7 +2,8 @@
 
 The servers are plain sockets in threads (tests/conftest.py ``raw_server``),
 because a well-behaved server can't misbehave on cue. The real clock runs
-here: timeouts are 100-150 ms and the elapsed-time bounds are loose.
+here: timeouts are 100-300 ms and the elapsed-time bounds are loose. Each
+failure's message is asserted exactly: the same text in both modes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
+from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 from meshlib.testing import assert_counters, stats_of
 from tests.conftest import (
     Caller,
+    ConnectionHandler,
     MakeMesh,
     answer_ok,
     close_before_response,
@@ -24,11 +26,13 @@ from tests.conftest import (
     raw_server,
     stall,
 )
+from tests.failing_upstreams import reset_before_response, reset_mid_body, stall_mid_body, unaccepting_endpoint
 
 pytestmark = pytest.mark.anyio
 
 
 FAST_BACKOFF = {"base": "1ms", "max": "2ms"}
+OF = "of route 'cluster:up', cluster 'up'"  # the implicit route of cluster "up"
 
 
 def mesh_config(*endpoints: str, **cluster: Any) -> dict[str, Any]:
@@ -45,6 +49,8 @@ async def test_a_stalled_upstream_is_cut_off_by_per_try_timeout(make_mesh: MakeM
             elapsed = time.monotonic() - started
     assert raised.value.per_try is True
     assert isinstance(raised.value, httpx.TimeoutException)
+    assert (raised.value.kind, raised.value.timeout) == ("per_try", 0.15)
+    assert str(raised.value) == f"per-try timeout (150ms) ran out during try 1 {OF} (endpoint {stalled.url})"
     assert 0.12 <= elapsed < 1.5
 
 
@@ -57,7 +63,68 @@ async def test_a_stalled_upstream_is_cut_off_by_the_request_timeout(make_mesh: M
                 await client.get("http://up/x")
             elapsed = time.monotonic() - started
     assert raised.value.per_try is False
+    assert (raised.value.kind, raised.value.timeout) == ("request", 0.15)
+    assert str(raised.value) == f"request timeout (150ms) ran out during try 1 {OF} (endpoint {stalled.url})"
     assert 0.12 <= elapsed < 1.5
+
+
+async def test_a_try_cut_short_by_the_request_timeout_names_the_request_timeout(
+    make_mesh: MakeMesh, caller: Caller
+) -> None:
+    """Per-try 200 ms under a 300 ms timeout: try 1 runs out of its own time, try 2 of the request's."""
+    with raw_server(stall) as stalled:
+        retry = {"attempts": 3, "per_try_timeout": "200ms", "retry_on": ["per-try-timeout"], "backoff": FAST_BACKOFF}
+        mesh = make_mesh(mesh_config(stalled.url, timeout="300ms", retry=retry))
+        async with caller(mesh) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError) as raised:
+                await client.get("http://up/x")
+            elapsed = time.monotonic() - started
+        assert stalled.connections == 2
+    assert (raised.value.kind, raised.value.timeout, raised.value.per_try) == ("request", 0.3, False)
+    assert str(raised.value) == f"request timeout (300ms) ran out during try 2 {OF} (endpoint {stalled.url})"
+    assert 0.27 <= elapsed < 1.5
+
+
+async def test_an_endpoint_that_never_accepts_is_a_connect_timeout(make_mesh: MakeMesh, caller: Caller) -> None:
+    with unaccepting_endpoint() as hanging:
+        mesh = make_mesh(mesh_config(hanging, connect_timeout="100ms", retry={"attempts": 1}))
+        async with caller(mesh) as client:
+            started = time.monotonic()
+            with pytest.raises(UpstreamConnectError) as raised:
+                await client.get("http://up/x")
+            elapsed = time.monotonic() - started
+    assert isinstance(raised.value.__cause__, httpx.ConnectTimeout)
+    assert (raised.value.kind, raised.value.timeout) == ("connect", 0.1)
+    assert str(raised.value) == f"connect timeout (100ms) ran out during try 1 {OF} (endpoint {hanging})"
+    assert 0.08 <= elapsed < 1.5
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "what"),
+    [
+        (close_before_response, UpstreamResetError, "server disconnected without sending a response"),
+        (reset_before_response, UpstreamResetError, "connection reset by peer"),
+        (
+            close_mid_body,
+            UpstreamResetError,
+            "peer closed connection without sending complete message body (received 10 bytes, expected 1000)",
+        ),
+        (reset_mid_body, UpstreamResetError, "connection reset by peer"),
+        (stall_mid_body, RequestTimeoutError, "per-try timeout (150ms) ran out"),
+    ],
+    ids=["closed-before-response", "reset-before-response", "closed-mid-body", "reset-mid-body", "stalled-mid-body"],
+)
+async def test_every_failure_names_what_happened_in_the_same_words_in_both_modes(
+    make_mesh: MakeMesh, caller: Caller, handler: ConnectionHandler, error: type[MeshError], what: str
+) -> None:
+    """httpx's async errors often have no text of their own: the message still says what happened, as sync's does."""
+    with raw_server(handler) as failing:
+        mesh = make_mesh(mesh_config(failing.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
+        async with caller(mesh) as client:
+            with pytest.raises(error) as raised:
+                await client.get("http://up/x")  # reads the body too
+    assert str(raised.value) == f"{what} during try 1 {OF} (endpoint {failing.url})"
 
 
 @pytest.mark.parametrize("retried", [True, False], ids=["per-try-timeout-listed", "not-listed"])
@@ -144,4 +211,7 @@ async def test_a_closed_port_alone_raises_upstream_connect_error(
             await client.get("http://up/x")
     assert isinstance(raised.value, httpx.ConnectError)
     assert isinstance(raised.value.__cause__, httpx.ConnectError)
+    # Sync httpx says "[Errno 111] Connection refused", async "All connection attempts failed": one message here.
+    assert str(raised.value) == f"connection refused during try 2 {OF} (endpoint http://127.0.0.1:{free_port})"
+    assert (raised.value.kind, raised.value.timeout) == (None, None)
     assert_counters(mesh, "up", retries=1, retried_requests=1)

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 import meshlib
-from tests.conftest import raw_server, stall
+from tests.conftest import close_before_response, raw_server, stall
+from tests.failing_upstreams import reset_before_response, unaccepting_endpoint
 from tests.parity.conftest import OpenClient, StartUpstream
 
 pytestmark = pytest.mark.anyio
@@ -128,13 +129,20 @@ async def test_a_stalled_upstream_times_out(open_client: OpenClient) -> None:
             ],
         }
         async with open_client(config) as client:
-            for path, per_try in (("/per-try", True), ("/whole", False)):
+            for path, per_try, kind in (("/per-try", True, "per-try"), ("/whole", False, "request")):
                 started = time.monotonic()
                 with pytest.raises(meshlib.RequestTimeoutError) as raised:
                     await client.get(f"http://slow{path}")
                 elapsed = time.monotonic() - started
-                assert isinstance(raised.value, httpx.TimeoutException)
-                assert (raised.value.per_try, raised.value.route, raised.value.cluster) == (per_try, path[1:], "slow")
+                error = raised.value
+                assert isinstance(error, httpx.TimeoutException)
+                assert (error.per_try, error.route, error.cluster) == (per_try, path[1:], "slow")
+                # The same words and fields in process and through the sidecar.
+                assert (error.kind, error.timeout) == (kind.replace("-", "_"), 0.15)
+                assert str(error) == (
+                    f"{kind} timeout (150ms) ran out during try 1 of route {path[1:]!r}, cluster 'slow'"
+                    f" (endpoint {stalled.url})"
+                )
                 assert 0.12 <= elapsed < 3.0
         assert stalled.connections == 2
 
@@ -200,3 +208,38 @@ async def test_a_refused_port_is_an_upstream_connect_error(open_client: OpenClie
     assert isinstance(raised.value, httpx.ConnectError)
     assert raised.value.cluster == "gone"
     assert "meshlib sidecar at" not in str(raised.value)  # the upstream's failure, not the sidecar's
+
+
+async def test_connect_timeouts_and_resets_read_the_same_in_every_mode(open_client: OpenClient, free_port: int) -> None:
+    """The message is written once, by the engine: the sidecar client raises the very text and fields."""
+    refused = f"http://127.0.0.1:{free_port}"
+    with (
+        unaccepting_endpoint() as hanging,
+        raw_server(reset_before_response) as resetting,
+        raw_server(close_before_response) as closing,
+    ):
+        # cluster, its endpoint, the error, what its message says happened, (kind, timeout) of a connect error
+        cases: list[tuple[str, str, type[meshlib.MeshError], str, tuple[str | None, float | None] | None]] = [
+            ("hanging", hanging, meshlib.UpstreamConnectError, "connect timeout (100ms) ran out", ("connect", 0.1)),
+            ("resetting", resetting.url, meshlib.UpstreamResetError, "connection reset by peer", None),
+            (
+                "closing",
+                closing.url,
+                meshlib.UpstreamResetError,
+                "server disconnected without sending a response",
+                None,
+            ),
+            ("gone", refused, meshlib.UpstreamConnectError, "connection refused", (None, None)),
+        ]
+        clusters = {name: {"endpoints": [url], "retry": {"attempts": 1}} for name, url, *_ in cases}
+        clusters["hanging"]["connect_timeout"] = "100ms"
+        async with open_client({"clusters": clusters}) as client:
+            for name, url, cls, what, timed_out in cases:
+                with pytest.raises(cls) as raised:
+                    await client.get(f"http://{name}/x")
+                error = raised.value
+                assert str(error) == f"{what} during try 1 of route 'cluster:{name}', cluster {name!r} (endpoint {url})"
+                assert (error.route, error.cluster) == (f"cluster:{name}", name)
+                if timed_out is not None:
+                    assert isinstance(error, meshlib.UpstreamConnectError)
+                    assert (error.kind, error.timeout) == timed_out

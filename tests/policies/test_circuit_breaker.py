@@ -5,11 +5,13 @@ The breaker's recovery is timed by the mesh's clock, so a FakeClock moves it alo
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import anyio
 import httpx
+import pybreaker
 import pytest
 import respx
 
@@ -319,3 +321,99 @@ async def test_reload_keeps_the_breaker_while_its_config_is_unchanged(
         # A changed breaker config is a new breaker: closed.
         mesh.reload(_config(failure_threshold=4))
         assert await _outcomes(client, 1) == [200]
+
+
+# Logging and listeners
+
+
+def _breaker_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "meshlib.circuit_breaker"]
+
+
+async def test_each_change_of_state_is_logged_once_however_many_requests(
+    respx_mock: respx.MockRouter, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    respx_mock.get(f"{ENDPOINT}/").mock(side_effect=[httpx.Response(503)] * 3 + [httpx.Response(200)] * 50)
+    caplog.set_level(logging.DEBUG, logger="meshlib")
+    with meshlib.Mesh.from_dict(_config(), clock=clock) as mesh:
+        async with mesh.async_client() as client:
+            assert await _outcomes(client, 3) == [503] * 3
+            assert await _many(client, 40) == ["circuit_open"] * 40
+            clock.advance(30)
+            assert 200 in await _many(client, 40)  # one trial, then closed (or refused while it ran)
+            assert await _outcomes(client, 5) == [200] * 5
+    expected = [
+        ("WARNING", "cluster 'reviews': circuit breaker opened after 3 failures in a row"),
+        ("INFO", "cluster 'reviews': circuit breaker half-open"),
+        ("INFO", "cluster 'reviews': circuit breaker closed"),
+    ]
+    records = _breaker_records(caplog)
+    assert len(records) == len(expected), records
+    pairs = zip(records, expected, strict=True)
+    assert [(level, message[: len(start)]) for (level, message), (_, start) in pairs] == expected
+
+
+async def _many(client: httpx.AsyncClient, n: int) -> list[int | str]:
+    """``n`` concurrent GETs: each one's status, or the code of the MeshError it raised."""
+    out: list[int | str] = []
+
+    async def one() -> None:
+        try:
+            out.append((await client.get(URL)).status_code)
+        except meshlib.MeshError as error:
+            out.append(error.code)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return out
+
+
+class Recorder(pybreaker.CircuitBreakerListener):
+    """A pybreaker listener, as a pybreaker user writes one."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str | None, str]] = []
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.changes.append((cb.name, old_state.name if old_state else None, new_state.name))
+
+
+async def test_breaker_listeners_hear_every_change_across_reloads(
+    respx_mock: respx.MockRouter, clock: FakeClock, caller: Caller
+) -> None:
+    respx_mock.get(f"{ENDPOINT}/").mock(
+        side_effect=[httpx.Response(503)] * 3 + [httpx.Response(200)] + [httpx.Response(503)] * 2
+    )
+    recorder = Recorder()
+    with meshlib.Mesh.from_dict(_config(), clock=clock, breaker_listeners=[recorder]) as mesh:
+        async with caller(mesh) as client:
+            assert await _outcomes(client, 4) == [503, 503, 503, "circuit_open"]
+            clock.advance(30)
+            assert await _outcomes(client, 1) == [200]
+            # A changed breaker config builds a new breaker: it has the mesh's listeners too.
+            mesh.reload(_config(failure_threshold=2))
+            assert await _outcomes(client, 3) == [503, 503, "circuit_open"]
+    assert recorder.changes == [
+        ("reviews", "closed", "open"),
+        ("reviews", "open", "half-open"),
+        ("reviews", "half-open", "closed"),
+        ("reviews", "closed", "open"),
+    ]
+
+
+async def test_a_listener_that_raises_fails_no_request(
+    respx_mock: respx.MockRouter, clock: FakeClock, caller: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    respx_mock.get(f"{ENDPOINT}/").respond(503)
+
+    class Broken(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    with meshlib.Mesh.from_dict(_config(), clock=clock, breaker_listeners=[Broken()]) as mesh:
+        async with caller(mesh) as client:
+            assert await _outcomes(client, 4) == [503, 503, 503, "circuit_open"]
+    [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "listener" in failed.getMessage()
+    assert failed.exc_info is not None

@@ -276,7 +276,7 @@ def _http_date(seconds_from_now: float) -> str:
         (503, "1", "250ms", 0.25),  # honoured only up to backoff.max
         (503, "0", "250ms", 0.0),
         (429, "1", "2s", 1.0),
-        (503, _http_date(60), "250ms", 0.25),
+        (503, _http_date(3600), "250ms", 0.25),  # made at collection: an hour, so a long run keeps it ahead
     ],
     ids=["503-1s", "503-capped", "503-0s", "429-1s", "503-http-date-capped"],
 )
@@ -444,3 +444,58 @@ async def test_a_request_that_needs_no_retry_counts_nothing(
             assert (await client.get(URL)).status_code == 200
     assert stats_of(mesh, "reviews") == {}
     assert mesh_clock.sleeps == []
+
+
+# The before_retry hook
+
+
+async def test_before_retry_hears_each_retry_with_its_cause_and_backoff(
+    respx_mock: respx.MockRouter, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    refused = httpx.ConnectError("refused")
+    respx_mock.get(f"{A}/x").mock(side_effect=[httpx.Response(503), refused, httpx.Response(200)])
+    events: list[meshlib.RetryEvent] = []
+    config = mesh_config({"attempts": 3, "retry_on": ["5xx", "connect-failure"]})
+    with meshlib.Mesh.from_dict(config, clock=mesh_clock, before_retry=events.append) as mesh:
+        async with caller(mesh) as client:
+            response = await client.get(URL)
+    assert response.status_code == 200
+    assert [(e.cluster, e.route, e.attempt, e.status) for e in events] == [
+        ("reviews", "cluster:reviews", 1, 503),
+        ("reviews", "cluster:reviews", 2, None),
+    ]
+    assert events[0].error is None
+    assert isinstance(events[1].error, UpstreamConnectError)
+    assert events[1].error.__cause__ is refused
+    assert [e.sleep for e in events] == mesh_clock.sleeps  # told before each backoff, with its length
+    assert all(e.request.url == URL for e in events)
+
+
+async def test_before_retry_is_not_called_without_a_retry(
+    respx_mock: respx.MockRouter, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    respx_mock.get(f"{A}/x").mock(side_effect=[httpx.Response(200), httpx.Response(503), httpx.Response(404)])
+    events: list[meshlib.RetryEvent] = []
+    # No budget reserve and no requests before: the budget refuses the 503's retry.
+    retry = {"attempts": 3, "retry_on": ["5xx"], "budget": {"ratio": 0, "min_retries_per_second": 0}}
+    with meshlib.Mesh.from_dict(mesh_config(retry), clock=mesh_clock, before_retry=events.append) as mesh:
+        async with caller(mesh) as client:
+            assert [(await client.get(URL)).status_code for _ in range(3)] == [200, 503, 404]
+    assert events == []
+
+
+async def test_a_before_retry_hook_that_raises_does_not_fail_the_request(
+    respx_mock: respx.MockRouter, mesh_clock: FakeClock, caller: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    respx_mock.get(f"{A}/x").mock(side_effect=[httpx.Response(503), httpx.Response(200)])
+
+    def broken(event: meshlib.RetryEvent) -> None:
+        raise RuntimeError("hook bug")
+
+    config = mesh_config({"attempts": 2, "retry_on": ["5xx"]})
+    with meshlib.Mesh.from_dict(config, clock=mesh_clock, before_retry=broken) as mesh:
+        async with caller(mesh) as client:
+            assert (await client.get(URL)).status_code == 200
+    [record] = [r for r in caplog.records if r.name == "meshlib.hooks"]
+    assert record.exc_info is not None
+    assert "before_retry" in record.getMessage()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -101,6 +102,36 @@ def test_concurrent_withdrawals_never_overspend() -> None:
     assert sum(allowed) == 100
 
 
+def _budget_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "meshlib.retry"]
+
+
+def test_running_out_is_logged_once_and_so_is_recovering(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib")
+    clock = FakeClock()
+    config = RetryBudgetConfig(ratio=0.2, min_retries_per_second=0, window="10s")
+    b = RetryBudget(config, clock, "cluster 'reviews'")
+    for _ in range(10):
+        b.deposit()
+    assert withdrawals(b, 5) == 2
+    [(level, message)] = _budget_records(caplog)
+    assert level == "WARNING"
+    assert message.startswith("retry budget of cluster 'reviews' exhausted: 2 retries for 10 requests in the last 10s")
+    for _ in range(50):  # a steady outage: allowed and refused by turns, still one episode
+        for _ in range(5):
+            b.deposit()
+        assert withdrawals(b, 3) == 1
+        clock.advance(0.1)
+    assert len(_budget_records(caplog)) == 1
+    clock.advance(10)  # a whole window without a refusal
+    for _ in range(10):
+        b.deposit()
+    assert withdrawals(b, 2) == 2
+    assert _budget_records(caplog)[1:] == [
+        ("INFO", "retry budget of cluster 'reviews': retries allowed again (103 refused meanwhile)")
+    ]
+
+
 def _storm_config(retry_budget: dict[str, Any] | None) -> dict[str, Any]:
     # Backoff of at most 2 ms so that the whole storm fits in one second of the fake clock: the reserve then adds
     # min_retries_per_second once, and the bound is exactly (1 + ratio) × requests + min_retries_per_second.
@@ -113,7 +144,11 @@ REQUESTS = 1000
 
 @pytest.mark.anyio
 async def test_an_upstream_failing_every_request_gets_no_retry_storm(
-    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+    respx_mock: respx.MockRouter,
+    mesh_factory: MeshFactory,
+    mesh_clock: FakeClock,
+    caller: Caller,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The issue's property: calls ≤ (1 + ratio) × requests + min_retries_per_second, and the refusals are counted."""
     upstream = respx_mock.get(f"{A}/x").mock(return_value=httpx.Response(503))
@@ -129,6 +164,8 @@ async def test_an_upstream_failing_every_request_gets_no_retry_storm(
     assert counters["retries"] == calls - REQUESTS
     # A request ends early only when the budget refuses it, once; the others took all 3 tries (2 retries each).
     assert REQUESTS - counters["retries"] // 2 <= counters["retry_budget_exhausted"] <= REQUESTS
+    # Hundreds of refusals, one line: the storm is one episode.
+    assert [level for level, _ in _budget_records(caplog)] == ["WARNING"]
 
 
 def test_without_a_budget_the_same_outage_triples_the_calls(

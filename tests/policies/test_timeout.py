@@ -2,7 +2,8 @@
 
 The fake clock stands in for time passing at the upstream (a side effect
 advances it), so the deadline arithmetic is exact and nothing waits. Real
-stalls and sockets are in tests/integration/test_failures.py.
+stalls and sockets are in tests/integration/test_failures.py. Every timeout
+error names the timeout that ran out (its ``kind``, ``timeout`` and message).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ pytestmark = pytest.mark.anyio
 A, B = "http://127.0.0.1:9081", "http://127.0.0.1:9082"
 URL = "http://reviews/x"
 FAST_BACKOFF = {"base": "1ms", "max": "2ms"}
+OF = "of route 'cluster:reviews', cluster 'reviews'"  # the implicit route every cluster gets for its own name
+
+
+def assert_timeout(error: Exception, kind: str | None, timeout: float | None, message: str) -> None:
+    """``error`` names the timeout that ran out: its kind, configured seconds and the one message format."""
+    assert isinstance(error, RequestTimeoutError | UpstreamConnectError)
+    assert (error.kind, error.timeout, str(error)) == (kind, timeout, message)
 
 
 def mesh_config(*, endpoints: tuple[str, ...] = (A,), **cluster: Any) -> dict[str, Any]:
@@ -67,6 +75,7 @@ async def test_the_request_deadline_spans_every_try_and_backoff(
     assert isinstance(error, httpx.TimeoutException)
     assert isinstance(error, MeshError)
     assert error.per_try is False  # the whole request's timeout ran out, not one try's
+    assert_timeout(error, "request", 1.0, f"request timeout (1s) ran out before try 5 {OF}")
     assert (error.route, error.cluster) == ("cluster:reviews", "reviews")
     assert upstream.call_count == 4
     # Each try may use only what is left of the deadline: 1 s, then about 0.7, 0.4 and 0.1 s.
@@ -88,6 +97,7 @@ async def test_a_backoff_that_would_overrun_the_deadline_fails_at_once(
         with pytest.raises(RequestTimeoutError) as raised:
             await client.get(URL)
     assert raised.value.per_try is False
+    assert_timeout(raised.value, "request", 0.5, f"request timeout (500ms) ran out before try 2 {OF}")
     assert upstream.call_count == 1
     assert mesh_clock.sleeps == []
     assert endpoints_in_flight(mesh) == 0
@@ -105,6 +115,7 @@ async def test_a_timeout_without_retries_still_bounds_the_try(
         with pytest.raises(RequestTimeoutError) as raised:
             await client.get(URL)
     assert raised.value.per_try is False
+    assert_timeout(raised.value, "request", 0.25, f"request timeout (250ms) ran out during try 1 {OF} (endpoint {A})")
     assert seen == [{"connect": 0.25, "read": 0.25, "write": 0.25, "pool": 0.25}]
 
 
@@ -121,8 +132,10 @@ async def test_per_try_timeout_bounds_each_try_within_the_deadline(
     async with caller(mesh) as client:
         with pytest.raises(RequestTimeoutError) as raised:
             await client.get(URL)
-    # Tries 1-3 ran out of their own 0.5 s and were retried; try 4 had less than 0.5 s left and ended the request.
+    # Tries 1-3 ran out of their own 0.5 s and were retried; try 4 had less than 0.5 s left and ended the request:
+    # its per-try budget was cut short by the deadline, so the request timeout is what ran out.
     assert raised.value.per_try is False
+    assert_timeout(raised.value, "request", 2.0, f"request timeout (2s) ran out during try 4 {OF} (endpoint {A})")
     assert upstream.call_count == 4
     reads = [t["read"] for t in seen]
     assert reads[:3] == [0.5, 0.5, 0.5]
@@ -145,6 +158,9 @@ async def test_a_per_try_timeout_is_retried_only_under_per_try_timeout(
             with pytest.raises(RequestTimeoutError) as raised:
                 await client.get(URL)
             assert raised.value.per_try is True  # only this try ran out; the request had time left
+            assert_timeout(
+                raised.value, "per_try", 0.2, f"per-try timeout (200ms) ran out during try 1 {OF} (endpoint {A})"
+            )
     assert upstream.call_count == (2 if retried else 1)
 
 
@@ -180,6 +196,7 @@ async def test_connect_timeout_alone_raises_a_connect_error(
             await client.get(URL)
     assert isinstance(raised.value, httpx.ConnectError)
     assert isinstance(raised.value.__cause__, httpx.ConnectTimeout)
+    assert_timeout(raised.value, "connect", 0.25, f"connect timeout (250ms) ran out during try 1 {OF} (endpoint {A})")
 
 
 @pytest.mark.parametrize(("client_timeout", "read"), [(0.1, 0.1), (5.0, 0.5)], ids=["client-tighter", "mesh-tighter"])
@@ -216,3 +233,71 @@ async def test_a_routes_timeout_replaces_the_clusters(
         await client.get("http://reviews/quick")
         await client.get("http://reviews/other")
     assert [t["read"] for t in seen] == [0.1, 2.0]
+
+
+async def test_a_connect_cut_short_by_the_per_try_timeout_names_the_per_try_timeout(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    """connect_timeout 1 s but per_try_timeout 200 ms: the try's limit is what ran out, still a connect failure."""
+    respx_mock.get(f"{A}/x").mock(side_effect=httpx.ConnectTimeout("connect timed out"))
+    mesh = mesh_factory(mesh_config(connect_timeout="1s", retry={"attempts": 1, "per_try_timeout": "200ms"}))
+    async with caller(mesh) as client:
+        with pytest.raises(UpstreamConnectError) as raised:
+            await client.get(URL)
+    assert_timeout(raised.value, "per_try", 0.2, f"per-try timeout (200ms) ran out during try 1 {OF} (endpoint {A})")
+
+
+async def test_the_clients_own_tighter_timeout_is_named_as_the_clients(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    """httpx's timeout= is a limit of its own: when it is the tightest, the error says so (kind "client")."""
+    respx_mock.get(f"{A}/x").mock(side_effect=httpx.ReadTimeout("timed out"))
+    mesh = mesh_factory(mesh_config(retry={"attempts": 1, "per_try_timeout": "500ms"}))
+    async with caller(mesh, timeout=0.1) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    assert raised.value.per_try is True
+    assert_timeout(raised.value, "client", 0.1, f"client timeout (100ms) ran out during try 1 {OF} (endpoint {A})")
+
+
+async def test_a_timeout_without_a_known_limit_still_names_the_try(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
+) -> None:
+    """No mesh timeout and a client without one: the kind is unknown, and the message still says where."""
+    respx_mock.get(f"{A}/x").mock(side_effect=httpx.ReadTimeout(""))
+    mesh = mesh_factory(mesh_config(retry={"attempts": 1}))
+    async with caller(mesh, timeout=None) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    assert raised.value.per_try is True
+    assert_timeout(raised.value, None, None, f"timeout ran out during try 1 {OF} (endpoint {A})")
+
+
+async def test_a_timeout_names_the_route_that_set_it(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """A route's own timeout replaces the cluster's: the error names that route and its value."""
+    seen: list[dict[str, float]] = []
+    respx_mock.get(url__startswith=A).mock(
+        side_effect=slow_upstream(mesh_clock, 0.1, lambda: httpx.ReadTimeout("timed out"), seen)
+    )
+    config = mesh_config(timeout="2s", retry={"attempts": 1})
+    config["routes"] = [
+        {
+            "name": "reviews-quick",
+            "match": {"host": "reviews", "path": "/quick"},
+            "cluster": "reviews",
+            "timeout": "100ms",
+        }
+    ]
+    mesh = mesh_factory(config)
+    async with caller(mesh) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get("http://reviews/quick")
+    assert (raised.value.route, raised.value.cluster) == ("reviews-quick", "reviews")
+    assert_timeout(
+        raised.value,
+        "request",
+        0.1,
+        f"request timeout (100ms) ran out during try 1 of route 'reviews-quick', cluster 'reviews' (endpoint {A})",
+    )

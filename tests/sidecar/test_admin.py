@@ -47,7 +47,7 @@ class Target:
     def listener_stats(self) -> dict[str, Any]:
         return {"outbound": {"connections": 2, "in_flight": 1, "address": "127.0.0.1:15001"}}
 
-    def reload(self) -> tuple[bool, str]:
+    async def reload(self) -> tuple[bool, str]:
         self.reloads.append("reload")
         return (False, "invalid mesh config: bad") if self.refuse else (True, "config version 2")
 
@@ -111,6 +111,17 @@ async def test_stats_include_clusters_and_listeners(target: Target) -> None:
     stats = (await call(target, "GET", "/stats")).json()
     assert "reviews" in stats["clusters"]
     assert stats["listeners"]["outbound"]["in_flight"] == 1
+
+
+async def test_stats_count_reloads_accepted_and_refused(target: Target) -> None:
+    target.mesh.reload(CONFIG)
+    with pytest.raises(meshlib.ConfigError):
+        target.mesh.reload({"clusters": {"reviews": {"endpoints": ["not a url"]}}})
+    reloads = (await call(target, "GET", "/stats")).json()["reloads"]
+    assert (reloads["accepted"], reloads["refused"]) == (1, 1)
+    assert "clusters.reviews.endpoints[0]" in reloads["last_error"]
+    target.peers = [(1, _peer(1))]  # with workers: worker 0's count (each worker reloads the same file)
+    assert (await call(target, "GET", "/stats")).json()["reloads"] == reloads
 
 
 def _peer(requests: int, *, healthy: bool = True, state: str = "closed") -> dict[str, Any]:

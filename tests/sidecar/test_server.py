@@ -522,7 +522,7 @@ async def test_mesh_errors_from_the_real_engine(
     handlers = {"close-before-response": close_before_response, "stall": stall}
     with raw_server(handlers.get(behaviour or "", close_before_response)) as raw:
         endpoint = {"ok": upstream.url, "closed-port": f"http://127.0.0.1:{free_port}"}.get(behaviour or "", raw.url)
-        config: dict[str, Any] = {"outbound_policy": "registry_only", "clusters": {}}
+        config: dict[str, Any] = {"outbound_policy": "registry_only", "clusters": {}, "allow_empty": True}
         if cluster is not None:
             config["clusters"]["svc"] = {"endpoints": [endpoint], **cluster}
         mesh = make_mesh(config)
@@ -537,7 +537,7 @@ async def test_mesh_errors_from_the_real_engine(
 
 
 async def test_passthrough_connect_failure_is_503(make_mesh: MakeMesh, free_port: int) -> None:
-    mesh = make_mesh({"outbound_policy": "allow_any"})
+    mesh = make_mesh({"outbound_policy": "allow_any", "allow_empty": True})
     async with httpx.AsyncHTTPTransport() as sender, serving(outbound_handler(mesh, sender)) as server:
         got = await exchange(
             server, b"GET http://127.0.0.1:%d/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % free_port
@@ -570,7 +570,7 @@ async def test_an_upstream_that_dies_mid_body_aborts_the_client_response(make_me
 async def test_inbound_forwards_to_the_local_app_keeping_path_query_and_host(
     make_mesh: MakeMesh, upstream: RunningServer
 ) -> None:
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     async with httpx.AsyncHTTPTransport() as sender, serving(inbound_handler(mesh, upstream.url, sender)) as server:
         got = await exchange(server, b"GET /in/x?y=2 HTTP/1.1\r\nHost: reviews.mesh\r\nConnection: close\r\n\r\n")
     [response] = parse_responses(got.data)
@@ -676,7 +676,7 @@ async def test_close_aborts_everything_now() -> None:
 
 
 async def test_a_reload_is_seen_by_the_next_request(make_mesh: MakeMesh, upstream: RunningServer) -> None:
-    mesh = make_mesh({"outbound_policy": "registry_only"})
+    mesh = make_mesh({"outbound_policy": "registry_only", "allow_empty": True})
     async with httpx.AsyncHTTPTransport() as sender, serving(outbound_handler(mesh, sender)) as server:
         request = b"GET /r HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
         before = parse_responses((await exchange(server, request)).data)

@@ -64,7 +64,7 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_connect_tunnels_bytes_both_ways_and_passes_half_close_on(make_mesh: MakeMesh) -> None:
-    mesh = make_mesh({"outbound_policy": "allow_any"})
+    mesh = make_mesh({"outbound_policy": "allow_any", "allow_empty": True})
     async with echo_server() as port, tunnelling_proxy(mesh) as proxy:
         reader, writer = await asyncio.open_connection(*proxy.address)
         target = b"127.0.0.1:%d" % port
@@ -89,7 +89,7 @@ async def test_connect_tunnels_bytes_both_ways_and_passes_half_close_on(make_mes
 
 
 async def test_connect_carries_a_large_transfer(make_mesh: MakeMesh) -> None:
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     payload = bytes(range(256)) * 16 * 1024  # 4 MiB, echoed back while it is still being sent
     async with echo_server() as port, tunnelling_proxy(mesh) as proxy:
         reader, writer = await asyncio.open_connection(*proxy.address)
@@ -110,7 +110,7 @@ async def test_connect_carries_a_large_transfer(make_mesh: MakeMesh) -> None:
 
 
 async def test_connect_is_refused_under_registry_only(make_mesh: MakeMesh) -> None:
-    mesh = make_mesh({"outbound_policy": "registry_only"})
+    mesh = make_mesh({"outbound_policy": "registry_only", "allow_empty": True})
     async with echo_server() as port, tunnelling_proxy(mesh) as proxy:
         got = await exchange(proxy, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\nhello" % (port, port))
     [response] = parse_responses(got.data)
@@ -120,7 +120,7 @@ async def test_connect_is_refused_under_registry_only(make_mesh: MakeMesh) -> No
 
 
 async def test_connect_to_a_closed_port_is_a_connect_failure(make_mesh: MakeMesh, free_port: int) -> None:
-    mesh = make_mesh({})
+    mesh = make_mesh({"allow_empty": True})
     async with tunnelling_proxy(mesh) as proxy:
         got = await exchange(proxy, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % free_port)
     [response] = parse_responses(got.data)

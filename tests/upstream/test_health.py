@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -260,3 +261,22 @@ async def test_a_newer_checker_takes_the_endpoints_over(respx_mock: respx.MockRo
         old.close()
         new.close()
     assert state.healthy
+
+
+async def test_each_flip_is_logged_once_warning_out_info_back(
+    make_mesh: MakeMesh, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib.health")
+    probe = respx_mock.get(f"{A}/healthz").mock(return_value=httpx.Response(503))
+    mesh = make_mesh(_config([A]))
+    checker = _checker(mesh)
+    for _ in range(6):  # three rounds past the threshold: still one line
+        checker.check_once()
+    probe.mock(return_value=httpx.Response(200))
+    for _ in range(4):
+        checker.check_once()
+    flips = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert flips == [
+        ("WARNING", f"cluster 'reviews': endpoint {A} is unhealthy: out of the load balancer"),
+        ("INFO", f"cluster 'reviews': endpoint {A} is healthy again: back in the load balancer"),
+    ]

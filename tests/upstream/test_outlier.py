@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -380,3 +382,47 @@ def test_zero_durations_are_refused_by_the_config(key: str) -> None:
         meshlib.MeshConfig.from_dict(
             {"clusters": {"c": {"endpoints": ["http://127.0.0.1:9081"], "outlier_detection": {key: "0s"}}}}
         )
+
+
+# Logging
+
+
+def _outlier_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "meshlib.outlier"]
+
+
+async def test_an_ejection_and_the_return_are_logged_once_each(
+    clocked_mesh: ClockedMesh, caller: Caller, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib")
+    respx_mock.get(f"{A}/x").mock(side_effect=[httpx.Response(503)] * 5 + [httpx.Response(200)] * 20)
+    respx_mock.get(f"{B}/x").mock(return_value=httpx.Response(200))
+    mesh, clock = clocked_mesh(_config())
+    async with caller(mesh) as client:
+        assert await _statuses(client, 10) == [503, 200] * 5
+        assert await _statuses(client, 20) == [200] * 20  # many requests while it is out: no more lines
+        assert _outlier_records(caplog) == [
+            (
+                "WARNING",
+                f"cluster 'reviews': endpoint {A} ejected for 30s after 5 failures in a row (ejection multiplier 1)",
+            )
+        ]
+        clock.advance(30)
+        assert await _statuses(client, 20) == [200] * 20
+    assert _outlier_records(caplog)[1:] == [
+        ("INFO", f"cluster 'reviews': endpoint {A} is back in service after its ejection")
+    ]
+
+
+def test_concurrent_failures_eject_and_log_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    detector, cluster = _detector(clock, consecutive_5xx=3)
+    endpoints = _endpoints(2)
+    caplog.set_level(logging.DEBUG, logger="meshlib.outlier")
+    threads = [threading.Thread(target=_fail, args=(detector, endpoints, endpoints[0], 50)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert cluster.counters()["ejections"] == 1
+    assert [level for level, _ in _outlier_records(caplog)] == ["WARNING"]
