@@ -22,13 +22,20 @@ from meshlib._wire import ERROR_HEADER
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
 
-__all__ = ["connect_policy", "inbound_handler", "outbound_handler"]
+__all__ = ["DEFAULT_TIMEOUTS", "connect_policy", "inbound_handler", "outbound_handler"]
+
+# What a request through the sidecar gets when nothing tighter is configured (a passthrough, or a route
+# without timeouts): a connect timeout, as Istio gives its passthrough cluster, and Envoy's stream idle
+# timeout between reads and writes. A client that points at the sidecar cannot pass httpx timeouts of its
+# own, and without these a passthrough to an address that never answers would hold its request for ever.
+DEFAULT_TIMEOUTS: dict[str, float | None] = {"connect": 10.0, "read": 300.0, "write": 300.0, "pool": 10.0}
 
 
 def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport) -> Handler:
     """Requests from the local app to the mesh: routed by the engine, sent with ``sender``."""
 
     async def handle(request: httpx.Request) -> httpx.Response:
+        request.extensions["timeout"] = DEFAULT_TIMEOUTS  # the engine copies it before tightening it per try
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
         response = await outbound.handle_async(mesh.snapshot, request, sender)
         if ERROR_HEADER in response.headers:
