@@ -59,3 +59,12 @@ def bench(session: nox.Session) -> None:
     if shutil.which("wrk") is None:
         session.skip("bench_sidecar needs wrk: apt-get install -y wrk")
     session.run("python", "benchmarks/bench_sidecar.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Memory soak of meshlib proxy with timeouts, retries, a breaker and a rate limit: RSS per round under wrk."""
+    session.install("-e", ".[bench]")
+    if shutil.which("wrk") is None:
+        session.skip("soak_sidecar needs wrk: apt-get install -y wrk")
+    session.run("python", "benchmarks/soak_sidecar.py", "--check", *session.posargs)
