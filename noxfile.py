@@ -55,6 +55,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
     session.run("python", "benchmarks/bench_resilience.py", *session.posargs)
+    session.run("python", "benchmarks/bench_hedge_overload.py", *session.posargs)
     session.run("python", "benchmarks/bench_upstream_client.py", *session.posargs)
     if shutil.which("wrk") is None:
         session.skip("bench_sidecar needs wrk: apt-get install -y wrk")

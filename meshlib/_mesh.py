@@ -202,12 +202,16 @@ class Mesh:
                 assert isinstance(config, MeshConfig)
                 snapshot = compile_snapshot(config, self._runtime, version=self._snapshot.version + 1)
             except Exception as exc:
-                self._reloads.refuse(self._snapshot.version, exc)
+                self._refuse_reload(exc)
                 raise
             self._snapshot = snapshot
             self._reloads.accept(source, snapshot.version)  # under the lock: the log shows versions in order
         log_config_warnings(config)
         return snapshot, digest
+
+    def _refuse_reload(self, error: BaseException) -> None:
+        """Log and count a reload that failed (the config in force serves on)."""
+        self._reloads.refuse(self._snapshot.version, error)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -6,6 +6,7 @@ reads the same in sync, async and through the sidecar.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
@@ -13,20 +14,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.conftest import read_request_head
+from tests.conftest import ConnectionHandler, read_request_head
 
 _PARTIAL_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n0123456789"
 
 
-def _reset(conn: socket.socket) -> None:
-    # SO_LINGER with a zero timeout: close() sends RST instead of FIN, so the peer sees ECONNRESET.
+def reset_on_close(conn: socket.socket) -> None:
+    """Make closing ``conn`` reset it: with SO_LINGER 0 s, close() sends an RST, not a FIN (the peer: ECONNRESET)."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def reset_before_response(conn: socket.socket, stop: threading.Event) -> None:
     """Read the request, then reset the connection without a byte of response."""
     read_request_head(conn)
-    _reset(conn)
+    reset_on_close(conn)
 
 
 def reset_mid_body(conn: socket.socket, stop: threading.Event) -> None:
@@ -34,7 +35,7 @@ def reset_mid_body(conn: socket.socket, stop: threading.Event) -> None:
     read_request_head(conn)
     conn.sendall(_PARTIAL_HEAD)
     time.sleep(0.02)  # the client reads the head first (a reset before that reads the same: "reset by peer")
-    _reset(conn)
+    reset_on_close(conn)
 
 
 def stall_mid_body(conn: socket.socket, stop: threading.Event) -> None:
@@ -42,6 +43,53 @@ def stall_mid_body(conn: socket.socket, stop: threading.Event) -> None:
     read_request_head(conn)
     conn.sendall(_PARTIAL_HEAD)
     stop.wait(10)
+
+
+def drip(conn: socket.socket, stop: threading.Event, *, every: float = 0.05, size: int = 50) -> None:
+    """Answer 200 with a ``size``-byte body at once, then one byte of it every ``every`` seconds."""
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n" % size)
+    for _ in range(size):
+        if stop.wait(every):
+            return
+        conn.sendall(b"x")
+
+
+def drip_then_stall(conn: socket.socket, stop: threading.Event) -> None:
+    """Promise 1000 bytes, send one every 50 ms for 250 ms, then nothing more (until the server stops)."""
+    read_request_head(conn)
+    conn.sendall(_PARTIAL_HEAD)
+    for _ in range(5):
+        if stop.wait(0.05):
+            return
+        conn.sendall(b"x")
+    stop.wait(10)
+
+
+def drip_head(conn: socket.socket, stop: threading.Event) -> None:
+    """Send a response head a header line every 50 ms, for 2 s: each read is quick, the head never ends in time."""
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for i in range(40):
+        if stop.wait(0.05):
+            return
+        conn.sendall(b"x-slow-%d: 1\r\n" % i)
+
+
+def answer_ok_keep_alive(conn: socket.socket, stop: threading.Event) -> None:
+    """Answer every request on the connection ``200 ok``, keeping it open, until the client closes it."""
+    while not stop.is_set() and read_request_head(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def first_connection_then(first: ConnectionHandler, then: ConnectionHandler) -> ConnectionHandler:
+    """A handler that serves the first connection with ``first`` and every later one with ``then``."""
+    served = itertools.count()
+
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
+        (first if next(served) == 0 else then)(conn, stop)
+
+    return handle
 
 
 @contextmanager

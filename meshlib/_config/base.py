@@ -28,7 +28,9 @@ __all__ = [
     "Percent",
     "PositiveInt",
     "StatusCode",
+    "Weight",
     "check",
+    "check_path",
     "fail",
     "fail_all",
     "field_of",
@@ -40,6 +42,18 @@ PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 StatusCode = Annotated[int, Field(strict=True, ge=100, le=599)]
 Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+# A relative weight, at most 2³²-1 as Envoy's: the load balancers and splits do float arithmetic with weights.
+Weight = Annotated[int, Field(strict=True, ge=1, le=2**32 - 1)]
+
+
+def check_path(path: str) -> str:
+    """``path`` if it can be a URL path (the mesh builds request URLs from some): starts with '/', no controls."""
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must start with '/'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise ValueError(f"path {path!r} has a control character")
+    return path
+
 
 Loc = tuple[str | int, ...]
 CheckError = tuple[Loc, str, object]

@@ -54,9 +54,21 @@ def format_duration(seconds: float) -> str:
     return f"{Decimal(repr(float(seconds))):f}s"
 
 
+# The longest duration a config may give: far beyond any sensible timeout or interval, and well inside what
+# threads, sockets and datetimes can wait for (past about 292 years they raise OverflowError).
+MAX_DURATION = 365 * 24 * 3600.0
+
+
+def _at_most_a_year(seconds: float) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError("must be at most 8760h (365 days)")
+    return seconds
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
+    AfterValidator(_at_most_a_year),
     PlainSerializer(format_duration, return_type=str),  # also in python mode: a dump validates back
     WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["250ms", "2s"]}),
 ]

@@ -15,6 +15,7 @@ from pydantic_core import ErrorDetails
 
 from meshlib._config.base import model_at
 from meshlib._config.models import MeshConfig, _type_name
+from meshlib._config.redact import redactor_at
 from meshlib._errors import ConfigError
 
 __all__ = ["config_error_from", "config_from_dict", "format_loc", "load_file", "parse_text"]
@@ -53,8 +54,12 @@ def _message(err: ErrorDetails) -> str:
         return f"expected a mapping, got {_type_name(err['input'])}"
     if kind == "too_short" and err.get("ctx", {}).get("min_length") == 1:
         return "must not be empty"
-    message = _MESSAGES.get(kind, err["msg"])
-    return message.removeprefix("Value error, ")
+    message = _MESSAGES.get(kind, err["msg"]).removeprefix("Value error, ")
+    # A message may quote its input: never a credential (errors are logged and shown by the admin's /stats).
+    value = err.get("input")
+    if isinstance(value, str) and value:
+        message = message.replace(repr(value), repr(redactor_at(MeshConfig, tuple(err["loc"]))(value)))
+    return message
 
 
 def _misspelt(errors: list[ErrorDetails]) -> set[tuple[int | str, ...]]:

@@ -32,12 +32,14 @@ from meshlib._config.base import (
     CheckError,
     ConfigModel,
     Loc,
-    PositiveInt,
+    Weight,
     check,
+    check_path,
     field_of,
     raw_check_errors,
 )
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.redact import Secret
 from meshlib._config.resilience import (
     CircuitBreakerConfig,
     FaultConfig,
@@ -136,7 +138,8 @@ def _unique_header_names(value: Any) -> Any:
     return value
 
 
-HeaderMap = Annotated[dict[HeaderName, HeaderValue], BeforeValidator(_unique_header_names)]
+# Header edits: the values of sensitive headers (authorization, cookie, x-api-key...) are credentials.
+HeaderMap = Annotated[dict[HeaderName, HeaderValue], BeforeValidator(_unique_header_names), Secret.HEADER_VALUES]
 
 
 def _type_name(value: object) -> str:
@@ -161,17 +164,11 @@ def _is_ipv6(host: str) -> bool:
     return True
 
 
-def _check_path(path: str) -> str:
-    if not path.startswith("/"):
-        raise ValueError(f"path {path!r} must start with '/'")
-    return path
-
-
 class EndpointConfig(ConfigModel):
     """One upstream address: ``"http://127.0.0.1:9081"`` or ``{url: ..., weight: 3}``."""
 
-    url: str
-    weight: PositiveInt = 1
+    url: Annotated[str, Secret.URL]
+    weight: Weight = 1
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
@@ -311,10 +308,11 @@ class RouteMatchConfig(ConfigModel):
     path_prefix: str | None = None
     path_regex: str | None = None
     method: Annotated[list[Method] | None, WithJsonSchema(_METHOD_SCHEMA)] = None
-    headers: Annotated[dict[HeaderName, StringMatchConfig], BeforeValidator(_unique_header_names)] = Field(
-        default_factory=dict
-    )
-    query: dict[str, StringMatchConfig] = Field(default_factory=dict)
+    headers: Annotated[
+        dict[HeaderName, StringMatchConfig], BeforeValidator(_unique_header_names), Secret.HEADER_MATCHES
+    ] = Field(default_factory=dict)
+    # Any query parameter may carry a credential (?token=, ?sig=, ?key=): every matched value is one.
+    query: Annotated[dict[str, StringMatchConfig], Secret.MATCHES] = Field(default_factory=dict)
 
     @field_validator("host")
     @classmethod
@@ -329,7 +327,7 @@ class RouteMatchConfig(ConfigModel):
     @field_validator("path", "path_prefix")
     @classmethod
     def _paths(cls, value: str | None) -> str | None:
-        return None if value is None else _check_path(value)
+        return None if value is None else check_path(value)
 
     @field_validator("path_regex")
     @classmethod
@@ -359,7 +357,7 @@ class SplitConfig(ConfigModel):
     """One leg of a weighted split. Weights are relative: 95 and 5 send 95% and 5%."""
 
     cluster: str
-    weight: PositiveInt
+    weight: Weight
 
 
 class RewriteConfig(ConfigModel):
@@ -371,7 +369,7 @@ class RewriteConfig(ConfigModel):
     @field_validator("path_prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        return None if value is None else _check_path(value)
+        return None if value is None else check_path(value)
 
     @field_validator("host")
     @classmethod

@@ -22,9 +22,11 @@ from meshlib._config.base import (
     PositiveInt,
     StatusCode,
     check,
+    check_path,
     field_of,
 )
 from meshlib._config.durations import Duration, PositiveDuration
+from meshlib._config.storage_url import StorageUrl
 
 __all__ = [
     "DEFAULT_RETRY_ON",
@@ -47,12 +49,6 @@ __all__ = [
 RetryOn = Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes", "per-try-timeout"]
 # Conditions where a retry cannot make things worse for an idempotent request (Istio's default set, minus 503).
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset", "gateway-error")
-
-
-def _check_storage(value: str | None) -> str | None:
-    if value is not None and not value.startswith(("redis://", "rediss://", "memory://")):
-        raise ValueError(f"unsupported storage {value!r}: use memory:// or redis://HOST:PORT[/DB]")
-    return value
 
 
 class BackoffConfig(ConfigModel):
@@ -124,12 +120,7 @@ class CircuitBreakerConfig(ConfigModel):
     recovery_timeout: PositiveDuration = 30.0
     max_concurrent_requests: PositiveInt | None = 1024
     # redis://HOST:PORT[/DB] shares the breaker's state between processes (pybreaker's Redis storage).
-    storage: str | None = None
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, value: str | None) -> str | None:
-        return _check_storage(value)
+    storage: StorageUrl | None = None
 
 
 class OutlierDetectionConfig(ConfigModel):
@@ -155,16 +146,14 @@ class HealthCheckConfig(ConfigModel):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"path {value!r} must start with '/'")
-        return value
+        return check_path(value)
 
 
 class RateLimitConfig(ConfigModel):
     """A request rate in the ``limits`` notation (``100/second``, ``10 per minute``), in memory or in Redis."""
 
     rate: str
-    storage: str | None = None
+    storage: StorageUrl | None = None
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = "moving-window"
 
     @field_validator("rate")
@@ -177,11 +166,6 @@ class RateLimitConfig(ConfigModel):
         except ValueError:
             raise ValueError(f"invalid rate {value!r}: use the limits notation, e.g. '100/second'") from None
         return value
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, value: str | None) -> str | None:
-        return _check_storage(value)
 
 
 class HedgeConfig(ConfigModel):

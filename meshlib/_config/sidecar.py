@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema
 
 from meshlib._config.base import ConfigModel, PositiveInt
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.redact import Secret
 from meshlib._errors import ConfigError
 
 __all__ = [
@@ -103,7 +104,7 @@ class ListenerConfig(ConfigModel):
 class InboundListenerConfig(ListenerConfig):
     """The inbound listener, and the local app it forwards to (``app: http://127.0.0.1:8000``)."""
 
-    app: Annotated[str, AfterValidator(_app_url)]
+    app: Annotated[str, AfterValidator(_app_url), Secret.URL]
 
 
 def _loopback(value: str) -> str:

@@ -20,8 +20,9 @@ from typing import Any, Final
 
 from meshlib._config.load import load_file
 from meshlib._config.models import MeshConfig
+from meshlib._errors import ConfigError
 
-__all__ = ["EMPTY_READ_POLL", "EMPTY_READ_SETTLE", "ReloadStats", "file_digest", "load_settled"]
+__all__ = ["EMPTY_READ_POLL", "EMPTY_READ_SETTLE", "ReloadStats", "describe_failure", "file_digest", "load_settled"]
 
 logger = logging.getLogger("meshlib.config")
 
@@ -69,6 +70,14 @@ def load_settled(path: str | os.PathLike[str], *, settle: float | None = None) -
     return config, (_digest(after) if after is not None and after == before else None)
 
 
+def describe_failure(error: BaseException) -> str:
+    """Why a reload failed, on one line: a config's errors, or ``internal error: TYPE: MESSAGE`` for anything else."""
+    text = " ".join(str(error).split())  # one line, whatever the error's shape
+    if isinstance(error, ConfigError):
+        return text
+    return f"internal error: {type(error).__name__}" + (f": {text}" if text else "")
+
+
 class ReloadStats:
     """Reloads accepted and refused, and why the last refused one was; each one is logged once.
 
@@ -87,12 +96,17 @@ class ReloadStats:
         logger.info("reloaded%s: config version %d", f" {source}" if source else "", version)
 
     def refuse(self, serving: int, error: BaseException) -> None:
-        why = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the error's shape
+        """Count a reload that did not happen and log one line: WARNING for an invalid config, ERROR for a bug."""
+        why = describe_failure(error)
         with self._lock:
             self.refused += 1
             self.last_error = why
-        # The error names the file when there is one ("invalid mesh config in mesh.yaml: ...").
-        logger.warning("reload refused, still serving config version %d: %s", serving, why)
+        if isinstance(error, ConfigError):
+            # The error names the file when there is one ("invalid mesh config in mesh.yaml: ...").
+            logger.warning("reload refused, still serving config version %d: %s", serving, why)
+        else:  # not the config's fault: one line, and the traceback only for whoever asks for DEBUG
+            logger.error("reload failed, still serving config version %d: %s", serving, why)
+            logger.debug("traceback of the failed reload", exc_info=error)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"accepted": N, "refused": N, "last_error": str | None}``."""

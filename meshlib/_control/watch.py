@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from meshlib._control.reload import file_digest
+from meshlib._control.reload import describe_failure, file_digest
 
 __all__ = ["RACY_WINDOW", "FileWatcher"]
 
@@ -102,8 +102,9 @@ class FileWatcher:
         self._digest = digest
         try:
             loaded = self._reload()
-        except Exception:
-            logger.exception("reloading %s failed", self.path)
+        except Exception as exc:  # one line; the traceback only at DEBUG
+            logger.error("reloading %s failed: %s", self.path, describe_failure(exc))
+            logger.debug("traceback of the failed reload", exc_info=exc)
             return True
         if loaded is not None:
             self._digest = loaded

@@ -21,9 +21,9 @@ import asyncio
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["MAX_QUEUES", "Alarm", "live_queues", "schedule", "set_alarm"]
+__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "live_queues", "schedule", "set_alarm"]
 
 # Queues per loop: enough for the few configured delays a mesh uses (per-try timeouts, hedge delays).
 MAX_QUEUES: Final = 16
@@ -55,6 +55,44 @@ class Alarm:
         if handle is not None:
             self.handle = None
             handle.cancel()
+
+
+class TaskAlarm(Alarm):
+    """Cancels ``task`` when due and remembers it: what ``asyncio.timeout`` does, without its context manager.
+
+    About 2 µs a use against 5. ``task`` may change while the alarm waits (a
+    response body's reader is watched only while it reads): ringing while no
+    task is watched only sets ``rang``; ``hit`` says it cancelled one.
+    """
+
+    __slots__ = ("cancelling", "hit", "rang", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None = None) -> None:
+        self.when = 0.0  # Alarm's fields, set here: no super().__init__() call on the hot path
+        self.callback = None
+        self.cancelled = False
+        self.handle = None
+        self.task = task
+        self.cancelling = task.cancelling() if task is not None else 0  # cancellations others requested already
+        self.rang = False
+        self.hit = False
+
+    def watch(self, task: asyncio.Task[Any] | None) -> None:
+        """Cancel ``task`` (None: no task) if the alarm rings from now on."""
+        self.task = task
+        if task is not None:
+            self.cancelling = task.cancelling()
+
+    def ring(self) -> None:
+        self.rang = True
+        task = self.task
+        if task is not None:
+            self.hit = True
+            task.cancel()
+
+    def caused(self, task: asyncio.Task[Any]) -> bool:
+        """After a CancelledError in ``task``: whether this alarm's cancellation is what arrived (then taken back)."""
+        return self.hit and task.uncancel() <= self.cancelling
 
 
 def _ring_own(alarm: Alarm) -> None:

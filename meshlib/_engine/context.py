@@ -10,6 +10,7 @@ import httpx
 
 if TYPE_CHECKING:
     from meshlib._clock import Clock
+    from meshlib._engine.alarms import TaskAlarm
     from meshlib._snapshot.route import CompiledRoute
     from meshlib._upstream.endpoint import Endpoint
 
@@ -24,7 +25,12 @@ class CallContext:
 
     ``sender``/``async_sender`` are the front door's innermost transports; the
     endpoint stage sends through whichever matches the stack that runs.
-    ``deadline`` is an absolute time on the mesh's clock, or None.
+    ``deadline`` is an absolute time on the mesh's clock, or None;
+    ``try_deadline`` is when the current try must end, its response body
+    included: the earlier of its per-try timeout and ``deadline`` (set per try
+    by the per-try timeout filter, None when nothing bounds the try). On
+    asyncio, ``try_alarm`` is the try's timer, due then, until the response
+    body's wrapper takes it over.
     """
 
     original: httpx.Request
@@ -36,6 +42,8 @@ class CallContext:
     endpoint: Endpoint | None = None
     attempt: int = 1
     deadline: float | None = None
+    try_deadline: float | None = None
+    try_alarm: TaskAlarm | None = None
     tried: list[Endpoint] = field(default_factory=list)
 
     def fork(self) -> CallContext:

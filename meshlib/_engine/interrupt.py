@@ -1,4 +1,4 @@
-"""Interrupting a sync try that blocks in a socket read: how a hedge that won stops the try still running inline.
+"""Interrupting a sync try that blocks in a socket read: how a hedge that won stops it, and how a deadline ends it.
 
 A sync hedge runs its first try in the caller's own thread, because handing
 every request to a worker thread costs more than the rest of the engine (about
@@ -14,6 +14,11 @@ socket it is reading (:func:`make_interruptible`). Other senders, and an
 ``HTTPTransport`` whose pool respx has patched (no sockets at all), are not
 interruptible: the hedge then runs each try on a worker thread instead
 (:func:`interruptible`).
+
+The same streams end each read at :data:`READ_DEADLINE`, when the try (its
+response body included) must be over: httpcore hands every read of a body the
+same read timeout, so without it an upstream that sends a byte now and then
+could keep a sync caller reading long past its timeouts.
 """
 
 from __future__ import annotations
@@ -21,16 +26,30 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 import httpcore
 import httpx
 
-__all__ = ["CURRENT", "Interrupt", "InterruptibleBackend", "TryInterrupted", "interruptible", "make_interruptible"]
+__all__ = [
+    "CURRENT",
+    "READ_DEADLINE",
+    "Interrupt",
+    "InterruptibleBackend",
+    "TryInterrupted",
+    "WrappingBackend",
+    "interruptible",
+    "make_interruptible",
+]
 
 # The Interrupt of the try running inline in this thread (set by the sync hedge around its inline try).
 CURRENT: ContextVar[Interrupt | None] = ContextVar("meshlib_interrupt", default=None)
+# When (time.monotonic()) the sync try reading in this thread must be over, or None: set around a try's
+# head by the per-try timeout filter, and around each read of its body by the body wrapper (streams.py).
+READ_DEADLINE: ContextVar[float | None] = ContextVar("meshlib_read_deadline", default=None)
 
 # Set on a sender whose blocking calls honour CURRENT (or that never block).
 _MARK = "_meshlib_interruptible"
@@ -103,6 +122,13 @@ class _Stream(httpcore.NetworkStream):
         return result
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = READ_DEADLINE.get()
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ReadTimeout("the try's deadline passed")
+            if timeout is None or left < timeout:
+                timeout = left
         interrupt = CURRENT.get()
         if interrupt is None:
             return self._inner.read(max_bytes, timeout)
@@ -128,11 +154,14 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class InterruptibleBackend(httpcore.NetworkBackend):
-    """Wraps a connection pool's network backend so that its streams honour the current try's Interrupt."""
+class WrappingBackend(httpcore.NetworkBackend):
+    """A connection pool's network backend whose connections come wrapped by ``wrap`` (a stream of its own)."""
 
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+    def __init__(
+        self, inner: httpcore.NetworkBackend, wrap: Callable[[httpcore.NetworkStream], httpcore.NetworkStream]
+    ) -> None:
         self._inner = inner
+        self._wrap = wrap
 
     def connect_tcp(
         self,
@@ -142,15 +171,22 @@ class InterruptibleBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        return self._wrap(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        return self._wrap(self._inner.connect_unix_socket(path, timeout, socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+class InterruptibleBackend(WrappingBackend):
+    """Wraps a connection pool's network backend so that its streams honour the current try's Interrupt."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        super().__init__(inner, _Stream)
 
 
 def make_interruptible(transport: httpx.BaseTransport) -> None:

@@ -1,13 +1,20 @@
-"""Response body wrappers: run a callback once when the body is closed, and map errors while reading it."""
+"""Response body wrappers: run a callback once when the body is closed, map its errors, end it at the try's deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
+import anyio
 import httpx
 
+from meshlib._engine.alarms import TaskAlarm, schedule
 from meshlib._engine.errors import upstream_error
+from meshlib._engine.interrupt import READ_DEADLINE
+from meshlib._policies.timeout import timeout_error
 
 if TYPE_CHECKING:
     from meshlib._engine.context import CallContext
@@ -21,10 +28,19 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     A request is in flight until its response body is done, as in Envoy, so
     least-request balancing and concurrency limits see streamed responses as
     busy. With ``ctx``, httpx errors raised while the body is read (an upstream
-    that resets or closes mid-body) become the mesh's typed errors too.
+    that resets or closes mid-body) become the mesh's typed errors too, and the
+    body must end by the try's deadline (``ctx.try_deadline``): Envoy's route
+    and per-try timeouts span the whole response, so a read that would end
+    later raises the RequestTimeoutError of the timeout that ran out. The
+    response head went to the caller already, so nothing retries it. A body
+    the upstream sent whole already (in memory, or an inner stream whose
+    ``complete`` says so, as the sidecar's upstream client's do) is past its
+    timeouts, as Envoy disarms them once the upstream response is complete. A
+    body that fails is closed at once: its connection is dropped, never
+    pooled, and ``on_close`` runs.
     """
 
-    __slots__ = ("_closed", "_ctx", "_on_close", "_stream")
+    __slots__ = ("_alarm", "_closed", "_ctx", "_deadline", "_on_close", "_stream")
 
     def __init__(
         self,
@@ -36,6 +52,13 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._on_close = [on_close]
         self._ctx = ctx
         self._closed = False
+        self._deadline: float | None = None
+        self._alarm: TaskAlarm | None = None
+        if ctx is not None:
+            # Read now: a retry after this response was dropped would move the context on to the next try.
+            self._deadline = ctx.try_deadline
+            # The try's own timer on asyncio, due at that deadline: the body's now, so it costs no timer of its own.
+            self._alarm, ctx.try_alarm = ctx.try_alarm, None
 
     def also(self, on_close: Callable[[], None]) -> None:
         """Call ``on_close`` too when the body closes (one wrapper per response, however many policies wait)."""
@@ -44,25 +67,106 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     def _done(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._alarm is not None:
+                self._alarm.cancel()
             for on_close in reversed(self._on_close):
                 on_close()
 
     def __iter__(self) -> Iterator[bytes]:
-        assert isinstance(self._stream, httpx.SyncByteStream)
+        stream = self._stream
+        assert isinstance(stream, httpx.SyncByteStream)
         try:
-            yield from self._stream
+            if self._deadline is None or _received_whole(stream):
+                yield from stream
+            else:
+                yield from self._until_deadline(stream, self._deadline)
         except httpx.TransportError as exc:
+            with contextlib.suppress(Exception):  # the body's error is what the caller needs to see
+                self.close()
             mapped = self._mapped(exc)
             if mapped is None:
                 raise
             raise mapped from exc
 
+    def _until_deadline(self, stream: httpx.SyncByteStream, deadline: float) -> Iterator[bytes]:
+        ctx = self._ctx
+        assert ctx is not None
+        clock = ctx.clock
+        chunks = iter(stream)
+        while True:
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise timeout_error(ctx)
+            # A socket read blocked past the deadline ends there (interrupt.py), not a read timeout later.
+            token = READ_DEADLINE.set(time.monotonic() + left)
+            try:
+                chunk = next(chunks, None)
+            finally:
+                READ_DEADLINE.reset(token)
+            if chunk is None:
+                return
+            if clock.monotonic() >= deadline:  # came too late: the timeout ran out while it was read
+                raise timeout_error(ctx)
+            yield chunk
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert isinstance(self._stream, httpx.AsyncByteStream)
+        # One function for every case: a nested async generator would cost about 1 µs a chunk.
+        stream = self._stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        deadline = self._deadline
+        # On asyncio one alarm serves the whole body (the try's own, or one set at the first read): it cancels
+        # the reading task only while it waits for a chunk, and otherwise fails the next read.
+        alarm = self._alarm
         try:
-            async for chunk in self._stream:
+            if deadline is None or _received_whole(stream):
+                async for chunk in stream:
+                    yield chunk
+                return
+            ctx = self._ctx
+            assert ctx is not None
+            monotonic = ctx.clock.monotonic
+            loop = asyncio._get_running_loop()
+            chunks = stream.__aiter__()
+            while True:
+                if _received_whole(stream):  # the rest came meanwhile: nothing left to wait for
+                    async for chunk in chunks:
+                        yield chunk
+                    return
+                left = deadline - monotonic()
+                if left <= 0 or (alarm is not None and alarm.rang):
+                    raise timeout_error(ctx)
+                try:
+                    if loop is None:  # another anyio backend (trio): a cancel scope per read
+                        with anyio.fail_after(left):
+                            chunk = await chunks.__anext__()
+                    else:
+                        if alarm is None:
+                            alarm = self._alarm = TaskAlarm()
+                            schedule(loop, left, alarm, shared=False)
+                        task = asyncio.current_task(loop)
+                        assert task is not None
+                        alarm.watch(task)
+                        try:
+                            chunk = await chunks.__anext__()
+                        except asyncio.CancelledError:
+                            if alarm.caused(task):
+                                raise timeout_error(ctx) from None
+                            raise
+                        finally:
+                            alarm.watch(None)
+                        if alarm.hit:  # the read swallowed the cancellation: take it back, the time is up anyway
+                            task.uncancel()
+                            raise timeout_error(ctx)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:  # trio's cancel scope
+                    raise timeout_error(ctx) from None
+                if monotonic() >= deadline:  # came too late: the timeout ran out while it was read
+                    raise timeout_error(ctx)
                 yield chunk
         except httpx.TransportError as exc:
+            with contextlib.suppress(Exception):
+                await self.aclose()
             mapped = self._mapped(exc)
             if mapped is None:
                 raise
@@ -84,6 +188,11 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 await self._stream.aclose()
         finally:
             self._done()
+
+
+def _received_whole(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> bool:
+    """Whether ``stream`` holds its whole body already: in memory, or saying so (``complete``)."""
+    return isinstance(stream, httpx.ByteStream) or getattr(stream, "complete", False) is True
 
 
 def release_when_closed(

@@ -7,6 +7,12 @@ and an ``https://`` URL goes through a ``CONNECT`` tunnel. The sidecar runs the
 engine; these transports only turn its error answers (see ``_wire.py``) back
 into the ``MeshError`` the in-process engine would raise, so application code
 sees the same exceptions in both modes.
+
+The same holds for a body that fails after its head: the requests carry
+``x-meshlib-client`` (as a proxy header, for the sidecar alone), so the
+sidecar sends every streamed body chunked and ends a failed one with an error
+chunk, which a failed read of the body raises as the error it names
+(``sidecar_body.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any, cast
 
 import httpx
 
-from meshlib._wire import error_from_response, is_error_response
+from meshlib._frontdoors.sidecar_body import keep_tails, received
+from meshlib._wire import CLIENT_HEADER, error_from_response, is_error_response
 
 __all__ = ["DEFAULT_SIDECAR", "SIDECAR_ENV", "AsyncSidecarTransport", "SidecarTransport", "sidecar_url"]
 
@@ -70,6 +77,11 @@ def _unreachable(sidecar: str, error: httpx.ConnectError, request: httpx.Request
     return httpx.ConnectError(f"meshlib sidecar at {sidecar} is not reachable: {error}", request=request)
 
 
+def _proxy(sidecar: str) -> httpx.Proxy:
+    """The sidecar as httpx's proxy, told that this client reads error chunks (a header only the sidecar gets)."""
+    return httpx.Proxy(sidecar, headers={CLIENT_HEADER: "1"})
+
+
 class SidecarTransport(httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that sends each request through the sidecar at ``sidecar``.
 
@@ -86,9 +98,10 @@ class SidecarTransport(httpx.BaseTransport):
     ) -> None:
         _inner_kwargs(inner, transport_kwargs)
         self.sidecar = sidecar_url(sidecar)
-        self.inner = (
-            inner if inner is not None else httpx.HTTPTransport(proxy=httpx.Proxy(self.sidecar), **transport_kwargs)
-        )
+        if inner is None:
+            inner = httpx.HTTPTransport(proxy=_proxy(self.sidecar), **transport_kwargs)
+            keep_tails(inner)
+        self.inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -98,7 +111,7 @@ class SidecarTransport(httpx.BaseTransport):
                 raise
             raise _unreachable(self.sidecar, error, request) from error
         if not is_error_response(response):
-            return response
+            return received(response, request)
         body = bytearray()
         try:
             # Closed explicitly: a break leaves httpx's generator suspended until it is collected.
@@ -123,11 +136,10 @@ class AsyncSidecarTransport(httpx.AsyncBaseTransport):
     ) -> None:
         _inner_kwargs(inner, transport_kwargs)
         self.sidecar = sidecar_url(sidecar)
-        self.inner = (
-            inner
-            if inner is not None
-            else httpx.AsyncHTTPTransport(proxy=httpx.Proxy(self.sidecar), **transport_kwargs)
-        )
+        if inner is None:
+            inner = httpx.AsyncHTTPTransport(proxy=_proxy(self.sidecar), **transport_kwargs)
+            keep_tails(inner)
+        self.inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -137,7 +149,7 @@ class AsyncSidecarTransport(httpx.AsyncBaseTransport):
                 raise
             raise _unreachable(self.sidecar, error, request) from error
         if not is_error_response(response):
-            return response
+            return received(response, request)
         body = bytearray()
         try:
             async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:

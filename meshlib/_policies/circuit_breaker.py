@@ -35,6 +35,7 @@ import httpx
 import pybreaker
 
 from meshlib._clock import Clock
+from meshlib._config.redact import redact_url
 from meshlib._config.resilience import CircuitBreakerConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
@@ -46,7 +47,7 @@ from meshlib._errors import (
     RateLimitedError,
     RouteNotFoundError,
 )
-from meshlib._policies.storage import REDIS_TIMEOUT, is_redis, redacted, require_redis
+from meshlib._policies.storage import REDIS_TIMEOUT, is_redis, require_redis
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = ["BreakerState", "CircuitBreakerFilter", "ClockedMemoryStorage", "RedisBreakerStorage", "is_failure"]
@@ -98,7 +99,7 @@ class _StorageErrors(logging.Logger):
     def __init__(self, cluster: ClusterState, url: str) -> None:
         super().__init__("meshlib.breaker_storage")
         self.cluster = cluster
-        self.url = redacted(url)
+        self.url = redact_url(url)
         self._lock = threading.Lock()
         self._next_log = 0.0
 

@@ -10,6 +10,20 @@ failure is the outcome (a response, or an error raised), for the retry filter
 above to judge: a hedged request is one try to it. A try that fails while no
 other is running ends the race at once, so hedging never turns into retrying
 without the retry budget's consent.
+
+Hedges are for stragglers, not for overload: a hedge is sent only for a
+request that is slow relative to its peers. An overload guard (:class:`SlowShare`)
+keeps, per endpoint, the share of recent requests that were slow (not answered
+within ``after``) and refuses a hedge while that share is at least
+:data:`OVERLOAD_SHARE` at the other endpoints, where the hedge would go: then
+the upstream is slow for everyone, and a hedge only adds load. A request slow
+at an endpoint whose peers are fast is a straggler, and is hedged. Past the
+guard, every hedged try spends the leg's retry budget, exactly as a retry does
+(gRFC A6: retry throttling applies to hedged attempts too; Envoy counts hedges
+against the cluster's ``retry_budget``). A refused hedge is not sent and the
+request stops hedging: it keeps waiting on the tries already in flight. Both
+refusals are decided in one place, ``HedgeFilter._spend``, which all four
+drivers (sync and async, inline and racing) call.
 """
 
 from __future__ import annotations
@@ -37,9 +51,19 @@ from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import EXTENSION, CallContext, context_of
 from meshlib._engine.interrupt import CURRENT, Interrupt, TryInterrupted, interruptible
 from meshlib._policies.retry import IDEMPOTENT_METHODS
+from meshlib._policies.retry_budget import RetryBudget
 from meshlib._upstream.cluster import ClusterState
 
-__all__ = ["HedgeFilter", "HedgePolicy"]
+__all__ = ["OVERLOAD_SHARE", "SLOW_WEIGHT", "HedgeFilter", "HedgePolicy", "SlowShare"]
+
+# The overload guard (SlowShare). A request weighs SLOW_WEIGHT in the share of slow requests of its cluster: in its
+# endpoint's share, SLOW_WEIGHT × the number of endpoints (at most 1), since each endpoint gets about 1/n of them.
+# So an estimate spans about the last 10-20 requests, and three slow ones in a row close the guard (0.1, 0.19, 0.271
+# on one endpoint). OVERLOAD_SHARE is far above the ~5% of requests slower than an ``after`` set near the p95
+# latency, and far below the ~100% of an overload. Read at each decision, so that a test or a benchmark can switch
+# the guard off (``OVERLOAD_SHARE = math.inf``) to show what it saves.
+SLOW_WEIGHT = 0.1
+OVERLOAD_SHARE = 0.25
 
 T = TypeVar("T")
 # One try's outcome: (its index, its response, its error); exactly one of the last two is set.
@@ -86,6 +110,46 @@ class HedgePolicy:
         )
 
 
+class SlowShare:
+    """The overload guard's estimate: per endpoint, the share of recent first tries that were slow.
+
+    Slow: not answered within ``after``. An exponentially weighted average
+    per endpoint URL, each request counted once, on its first try's endpoint:
+    slow when its first hedge is due (:meth:`judge`), in time when its first
+    try answers before that (``HedgeFilter._in_time``). A hedge asks about the
+    *other* endpoints, where it would go: when they are slow too, the cluster
+    is overloaded; when only its own endpoint is, that one is a straggler (a
+    stalled replica, a pause) and the hedge is what gets around it. One per
+    cluster, and one per route that sets its own ``hedge`` (its ``after``
+    defines slow), kept across reloads.
+    """
+
+    __slots__ = ("_lock", "shares")
+
+    def __init__(self) -> None:
+        # Written unlocked on the fast path (HedgeFilter._in_time): a dict's get and set are atomic, and a
+        # lost update between threads only nudges an estimate that the next requests correct.
+        self.shares: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def judge(self, url: str | None, urls: tuple[str, ...], weight: float, *, slow: bool) -> float:
+        """The share of slow requests at the endpoints of ``urls`` but ``url``, after counting one slow at ``url``.
+
+        ``url`` is the first try's endpoint (None: not picked yet); with no
+        other endpoint, its own share from before this request is the answer.
+        """
+        shares = self.shares
+        with self._lock:  # the slow path: exact, so that a burst of slow requests closes the guard in time
+            own = shares.get(url, 0.0) if url is not None else 0.0
+            if slow and url is not None:
+                shares[url] = own + weight * (1.0 - own)
+            others = [shares.get(other, 0.0) for other in urls if other != url]
+            if len(shares) > 2 * len(urls) + 8:  # endpoints a reload removed
+                for gone in [u for u in shares if u not in urls]:
+                    del shares[gone]
+        return sum(others) / len(others) if others else own
+
+
 class _Race:
     """One request's tries and their outcomes so far; what the drivers of both modes share.
 
@@ -93,14 +157,24 @@ class _Race:
     passed in by the driver.
     """
 
-    def __init__(self, policy: HedgePolicy, request: Request, state: ClusterState) -> None:
+    def __init__(
+        self,
+        policy: HedgePolicy,
+        request: Request,
+        state: ClusterState,
+        spend: Callable[[CallContext, bool], bool],
+        in_time: Callable[[CallContext], None],
+    ) -> None:
         self.policy = policy
         self.request = request
         self.state = state
+        self.spend = spend
+        self.in_time = in_time
         self.contexts: list[CallContext] = []
         self.limit = 1 + policy.max_extra
         self.running = 0
         self.next_at = 0.0
+        self.slow = False  # a hedge was due (then the guard has counted the request slow)
         self.outcome: _Outcome | None = None  # the last failure until decided, then the result
         self.done = False
 
@@ -109,7 +183,13 @@ class _Race:
         return max(0.0, self.next_at - now) if len(self.contexts) < self.limit else None
 
     def launch(self, start: Callable[[int, Request], T], now: float) -> T | None:
-        """Send one more try through ``start(index, copy)``; None if the mesh's background refused it."""
+        """Send one more try through ``start(index, copy)``; None if the guard, the budget or the mesh refused it."""
+        if self.contexts:
+            first = not self.slow
+            self.slow = True
+            if not self.spend(self.contexts[0], first):
+                self.limit = len(self.contexts)  # refused: this request sends no more hedges
+                return None
         copy = self.policy.try_request(self.request, self.contexts)
         try:
             handle = start(len(self.contexts), copy)
@@ -126,6 +206,8 @@ class _Race:
     def record(self, outcome: _Outcome) -> Response | None:
         """Take one try's outcome; returns a response that is no longer needed (the caller closes it)."""
         self.running -= 1
+        if not self.slow:
+            self.in_time(self.contexts[0])  # the first try answered before a hedge was due
         _, response, _ = outcome
         previous = self.outcome[1] if self.outcome is not None else None
         self.outcome = outcome
@@ -186,14 +268,69 @@ async def _run_try(call_next: AsyncHandler, copy: Request, index: int, send: Mem
 
 
 class HedgeFilter:
-    """Hedges idempotent requests per :class:`HedgePolicy`; counts ``hedges`` and ``hedge_wins``."""
+    """Hedges idempotent requests per :class:`HedgePolicy`: stragglers only, each hedge paid for by ``budget``.
+
+    ``load`` is the overload guard's estimate, shared by the legs of the
+    cluster (a new one when not given). ``budget`` is the leg's retry budget
+    (None: hedges are not throttled by it). ``deposits``: this filter counts
+    each hedgeable request in the budget, for legs with no retry filter above
+    to do it; a retried request must count once, not once per try. Counts
+    ``hedges``, ``hedge_wins``, ``hedge_overload_refused`` (hedges the guard
+    refused) and ``hedge_budget_exhausted`` (hedges the budget refused).
+    """
 
     name: ClassVar[str] = "hedge"
 
-    def __init__(self, config: HedgeConfig, state: ClusterState, background: Background) -> None:
+    def __init__(
+        self,
+        config: HedgeConfig,
+        state: ClusterState,
+        background: Background,
+        budget: RetryBudget | None = None,
+        *,
+        deposits: bool = False,
+        load: SlowShare | None = None,
+        endpoints: tuple[str, ...] = (),
+    ) -> None:
         self.policy = HedgePolicy.from_config(config)
         self.state = state
         self.background = background
+        self.budget = budget
+        self.load = load if load is not None else SlowShare()
+        self.endpoints = endpoints
+        # Each endpoint sees about 1/n of the requests: weighing them n times keeps the average's memory the same.
+        self._weight = min(1.0, SLOW_WEIGHT * max(1, len(endpoints)))
+        self._keep = 1.0 - self._weight
+        self._deposit = budget.deposit if budget is not None and deposits else None
+
+    def _in_time(self, first_try: CallContext) -> None:
+        """The first try answered before a hedge was due: the fast path, one dict lookup (no lock, see SlowShare)."""
+        endpoint = first_try.endpoint
+        if endpoint is not None:
+            shares = self.load.shares
+            share = shares.get(endpoint.url)
+            if share:  # nothing to decay on an endpoint that was never slow
+                shares[endpoint.url] = share * self._keep
+
+    def _spend(self, first_try: CallContext, first: bool) -> bool:
+        """Whether one more hedge may be sent; every driver asks here, and refusals are counted here.
+
+        ``first_try`` is the request's first try; ``first``: this is its first
+        hedge, so the request has just turned slow. The overload guard decides
+        first, so that a hedge it refuses spends no budget; then the retry
+        budget (gRFC A6, Envoy's retry_budget).
+        """
+        # A straggler is slow while its peers are not: when a large share of recent requests at the other endpoints
+        # were slow too, the upstream is overloaded, and a hedge is one more request for it, not a way around one.
+        endpoint = first_try.endpoint
+        url = endpoint.url if endpoint is not None else None
+        if self.load.judge(url, self.endpoints, self._weight, slow=first) >= OVERLOAD_SHARE:
+            self.state.count("hedge_overload_refused")
+            return False
+        if self.budget is None or self.budget.withdraw():
+            return True
+        self.state.count("hedge_budget_exhausted")
+        return False
 
     def _race(self, race: _Race, call_next: SyncHandler, futures: dict[Future[Response], int]) -> None:
         """Sync driver: each try on a worker thread; the caller waits for the next outcome or hedge time."""
@@ -219,13 +356,17 @@ class HedgeFilter:
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
         if not self.policy.hedgeable(request) or self.background.closed:
             return call_next(request)
+        if self._deposit is not None:
+            self._deposit()
         if interruptible(context_of(request).sender):
-            return _InlineSyncHedge(self.policy, request, self.state, call_next, self.background).run()
+            return _InlineSyncHedge(
+                self.policy, request, self.state, self._spend, self._in_time, call_next, self.background
+            ).run()
         return self._race_with_threads(request, call_next)
 
     def _race_with_threads(self, request: Request, call_next: SyncHandler) -> Response:
         """The general sync race, for senders a hedge cannot interrupt: every try on a worker thread."""
-        race = _Race(self.policy, request, self.state)
+        race = _Race(self.policy, request, self.state, self._spend, self._in_time)
         futures: dict[Future[Response], int] = {}
         try:
             self._race(race, call_next, futures)
@@ -269,13 +410,15 @@ class HedgeFilter:
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
         if not self.policy.hedgeable(request):
             return await call_next(request)
+        if self._deposit is not None:
+            self._deposit()
         if _inline_possible():
-            return await _InlineHedge(self.policy, request, self.state, call_next).run()
+            return await _InlineHedge(self.policy, request, self.state, self._spend, self._in_time, call_next).run()
         return await self._race_with_tasks(request, call_next)
 
     async def _race_with_tasks(self, request: Request, call_next: AsyncHandler) -> Response:
         """The general async race (any anyio backend): every try is a task in a task group."""
-        race = _Race(self.policy, request, self.state)
+        race = _Race(self.policy, request, self.state, self._spend, self._in_time)
         send, receive = anyio.create_memory_object_stream[_Outcome](race.limit)
         with send, receive:
             try:
@@ -305,21 +448,32 @@ class _InlineSyncHedge:
         "context",
         "first_done",
         "hedges",
+        "in_time",
         "interrupt",
         "lock",
         "policy",
         "request",
+        "spend",
         "state",
         "timer",
         "winner",
     )
 
     def __init__(
-        self, policy: HedgePolicy, request: Request, state: ClusterState, call_next: SyncHandler, background: Background
+        self,
+        policy: HedgePolicy,
+        request: Request,
+        state: ClusterState,
+        spend: Callable[[CallContext, bool], bool],
+        in_time: Callable[[CallContext], None],
+        call_next: SyncHandler,
+        background: Background,
     ) -> None:
         self.policy = policy
         self.request = request
         self.state = state
+        self.spend = spend
+        self.in_time = in_time
         self.call_next = call_next
         self.background = background
         self.lock = threading.Lock()  # orders the caller, the timer thread and the hedges' done-callbacks
@@ -350,7 +504,8 @@ class _InlineSyncHedge:
             raise
         finally:
             CURRENT.reset(token)
-        self._end_inline()
+        if self._end_inline():
+            self.in_time(context_of(self.request))
         if self.winner is not None:
             if response is not None:
                 _close_quietly(response)
@@ -363,18 +518,22 @@ class _InlineSyncHedge:
             return response
         return self._settle(response, error)
 
-    def _end_inline(self) -> None:
+    def _end_inline(self) -> bool:
+        """The inline try is over: no more hedges. Returns whether it ended before a hedge was due."""
         with self.lock:
             self.first_done = True
             timer, self.timer = self.timer, None
         if timer is not None:
             timer.cancel()
+        # A timer still set is the first hedge's (once one was sent, hedges is not empty).
+        return timer is not None and not self.hedges
 
     def _launch(self) -> None:
         """Timer thread: the inline try (and earlier hedges) are slow; send one more try."""
         with self.lock:
             self.timer = None
-            if self.first_done or self.winner is not None:
+            # Asked under the lock, so that a hedge is paid for only when it is sent; refused, no more are.
+            if self.first_done or self.winner is not None or not self.spend(context_of(self.request), not self.hedges):
                 return
             earlier = [context_of(self.request), *(ctx for _, ctx in self.hedges)]
             copy = self.policy.try_request(self.request, earlier)
@@ -473,20 +632,32 @@ class _InlineHedge:
         "call_next",
         "first_done",
         "hedges",
+        "in_time",
         "interrupted",
         "loop",
         "policy",
         "request",
+        "spend",
         "state",
         "task",
         "timer",
         "winner",
     )
 
-    def __init__(self, policy: HedgePolicy, request: Request, state: ClusterState, call_next: AsyncHandler) -> None:
+    def __init__(
+        self,
+        policy: HedgePolicy,
+        request: Request,
+        state: ClusterState,
+        spend: Callable[[CallContext, bool], bool],
+        in_time: Callable[[CallContext], None],
+        call_next: AsyncHandler,
+    ) -> None:
         self.policy = policy
         self.request = request
         self.state = state
+        self.spend = spend
+        self.in_time = in_time
         self.call_next = call_next
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
@@ -499,7 +670,8 @@ class _InlineHedge:
     def _launch(self) -> None:
         """Timer callback: the inline try (and earlier hedges) are slow; send one more try."""
         self.timer = None
-        if self.first_done or self.winner is not None:
+        # Asked last, so that a hedge is paid for only when it is sent; refused, this request sends no more.
+        if self.first_done or self.winner is not None or not self.spend(context_of(self.request), not self.hedges):
             return
         earlier = [context_of(self.request), *(ctx for _, ctx in self.hedges)]
         copy = self.policy.try_request(self.request, earlier)
@@ -539,8 +711,12 @@ class _InlineHedge:
             error = exc
         finally:
             self.first_done = True
-            if self.timer is not None:
-                self.timer.cancel()
+            timer = self.timer
+            if timer is not None:
+                timer.cancel()
+        # Answered before its first hedge was due (a timer still set after a hedge is the next hedge's).
+        if timer is not None and not self.hedges:
+            self.in_time(context_of(self.request))
         if self.winner is not None:
             return await self._won()
         if (response is not None and self.policy.good(response)) or not self.hedges:

@@ -34,11 +34,12 @@ import limits.errors
 import limits.storage
 import limits.strategies
 
+from meshlib._config.redact import redact_url
 from meshlib._config.resilience import RateLimitConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
 from meshlib._errors import RateLimitedError
-from meshlib._policies.storage import REDIS_TIMEOUT, StorageRegistry, is_redis, redacted, require_redis
+from meshlib._policies.storage import REDIS_TIMEOUT, StorageRegistry, is_redis, require_redis
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "RateLimiter",
     "StorageRegistry",
     "is_redis",
-    "redacted",
     "require_redis",
 ]
 
@@ -145,7 +145,7 @@ class RateLimiter:
             logger.warning(
                 "rate limit of %s: storage %s failed (%s); letting requests through until it answers again",
                 self.key,
-                redacted(self.config.storage or "memory://"),
+                redact_url(self.config.storage or "memory://"),
                 error,
             )
 

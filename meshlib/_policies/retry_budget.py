@@ -4,7 +4,8 @@ Like Finagle's and linkerd's retry budgets: each request deposits ``ratio``
 of a retry into a sliding window; a retry spends one. A reserve of
 ``min_retries_per_second`` lets a quiet service still retry. With an upstream
 failing every request, calls stay under (1 + ratio) × requests + the reserve,
-so retries can't multiply an outage into a storm. See docs/resilience.md.
+so retries can't multiply an outage into a storm. Hedged tries spend the same
+budget (gRFC A6, Envoy): see hedge.py and docs/resilience.md.
 
 Running out is logged once (WARNING, logger ``meshlib.retry``) when the budget
 starts refusing, and once (INFO) when it pays for a retry again after a whole
@@ -89,7 +90,7 @@ class RetryBudget:
         if started:
             logger.warning(
                 "retry budget of %s exhausted: %d retries for %d requests in the last %gs;"
-                " failed tries are not retried until it refills",
+                " failed tries are not retried, nor slow ones hedged, until it refills",
                 self.owner,
                 retries,
                 requests,

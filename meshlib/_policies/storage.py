@@ -11,14 +11,14 @@ import importlib
 import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from meshlib._config.storage_url import REDIS_MISSING
 from meshlib._errors import ConfigError
 
 if TYPE_CHECKING:
     import limits.storage
 
-__all__ = ["REDIS_TIMEOUT", "StorageRegistry", "is_redis", "redacted", "require_redis"]
+__all__ = ["REDIS_TIMEOUT", "StorageRegistry", "is_redis", "require_redis"]
 
 # Seconds to connect to Redis and to wait for each answer, unless the URL says otherwise
 # (``?socket_timeout=0.5&socket_connect_timeout=0.5``). Past it, Redis counts as down and the
@@ -31,20 +31,15 @@ def is_redis(url: str | None) -> bool:
     return url is not None and url.startswith(("redis://", "rediss://"))
 
 
-def redacted(url: str) -> str:
-    """``url`` without its user and password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 def require_redis(where: str) -> ModuleType:
-    """The ``redis`` package, or a ConfigError at ``where`` saying how to install it."""
+    """The ``redis`` package, or a ConfigError at ``where`` saying how to install it.
+
+    Validation refuses a redis:// storage without the package already; this guards a config built otherwise.
+    """
     try:
         return importlib.import_module("redis")
     except ImportError:
-        raise ConfigError([(where, "a redis:// storage needs the redis package: pip install redis")]) from None
+        raise ConfigError([(where, REDIS_MISSING)]) from None
 
 
 class StorageRegistry:

@@ -3,9 +3,12 @@
 The deadline is data: an absolute time on the mesh's clock in the
 CallContext, set once above the retries. Each try passes
 ``min(per_try_timeout, time left, the client's own timeout)`` to httpx as the
-request's timeout, so the socket operations enforce it in both modes (for a
-sync caller a read timeout bounds each read, not the total). Async callers are
-also cut off by a cancel scope around each try, bounded by what is left of the deadline.
+request's timeout, so the socket operations enforce it in both modes, and
+sets ``ctx.try_deadline``, when the try must be over. As in Envoy, both
+timeouts cover the response body too: the body wrapper (``_engine/streams.py``)
+fails a read that would end past ``try_deadline``; sync socket reads end
+there (``_engine/interrupt.py``, ``READ_DEADLINE``), async ones are cut off by
+an alarm, as each try's head is by a cancel scope bounded by what is left.
 
 Every timeout error is built here (:func:`timeout_error`, :func:`deadline_error`),
 so it reads the same whichever mode or layer noticed it (docs/resilience.md,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeAlias
 
@@ -23,9 +27,10 @@ import anyio
 
 from meshlib._clock import Clock
 from meshlib._config.durations import format_duration
-from meshlib._engine.alarms import Alarm, schedule
+from meshlib._engine.alarms import TaskAlarm, schedule
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._errors import RequestTimeoutError, TimeoutKind, UpstreamConnectError, try_message
 
 __all__ = [
@@ -77,9 +82,15 @@ def timeout_message(
 def timeout_error(ctx: CallContext, phase: Phase = "read") -> RequestTimeoutError | UpstreamConnectError:
     """The error for the try in ``ctx`` that has just run out of time in ``phase``, naming the timeout that did.
 
-    Running out while connecting is an UpstreamConnectError (the request never
-    left, so it is as safe to retry as a refused connection); otherwise a
-    RequestTimeoutError. Only called when a try fails: never on the way of a success.
+    Running out while connecting is an UpstreamConnectError when a connect
+    limit (``connect_timeout``, or the client's own) is what ran out: the
+    request never left, so it is as safe to retry as a refused connection.
+    When the per-try or request timeout ran out first, it is a
+    RequestTimeoutError whatever the try was doing, as Envoy tells a connect
+    failure (UF) from an upstream request timeout (UT); the async driver
+    cannot tell a try's phase when its own timer cuts it, so this is also
+    what keeps sync and async alike. Only called when a try fails: never on
+    the way of a success.
     """
     kind, seconds = _due(ctx, phase)
     message = timeout_message(
@@ -90,7 +101,7 @@ def timeout_error(ctx: CallContext, phase: Phase = "read") -> RequestTimeoutErro
         attempt=ctx.attempt,
         endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
     )
-    cls = UpstreamConnectError if phase == "connect" else RequestTimeoutError
+    cls = UpstreamConnectError if phase == "connect" and kind not in ("per_try", "request") else RequestTimeoutError
     return cls(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster, kind=kind, timeout=seconds)
 
 
@@ -108,9 +119,14 @@ def deadline_error(ctx: CallContext, next_try: int) -> RequestTimeoutError:
 def _due(ctx: CallContext, phase: Phase) -> tuple[TimeoutKind | None, float | None]:
     """Which timeout ran out in ``phase`` of the current try, and its configured seconds."""
     request_timeout, tries = _configured(ctx)
+    now = ctx.clock.monotonic()
     # Past the deadline, the request timeout is what fired, even when it only cut a try's own budget short.
-    if ctx.deadline is not None and ctx.clock.monotonic() >= ctx.deadline - _SLACK:
+    if ctx.deadline is not None and now >= ctx.deadline - _SLACK:
         return "request", request_timeout
+    # Past the try's own end, before the deadline: its per-try timeout fired (a body read, or a read cut short).
+    try_deadline = ctx.try_deadline
+    if tries is not None and tries.per_try is not None and try_deadline is not None and now >= try_deadline - _SLACK:
+        return "per_try", tries.per_try
     # Otherwise the tightest limit the try was given (TryTimeouts.limits); on a tie, the mesh's own and most specific.
     candidates: list[tuple[float, TimeoutKind]] = []
     if tries is not None:
@@ -177,12 +193,22 @@ class TryTimeouts:
     connect: float | None
 
     def limits(self, ctx: CallContext, clock: Clock, client: dict[str, float | None] | None) -> dict[str, float | None]:
-        """httpx's per-request timeout dict for this try, never looser than the client's own (None: no limit)."""
+        """httpx's per-request timeout dict for this try, never looser than the client's own (None: no limit).
+
+        Also sets ``ctx.try_deadline``: the try, its response body included, ends
+        within ``min(per_try_timeout, what is left)`` (Envoy's per-try timeout
+        spans the response as its route timeout does).
+        """
         budget = math.inf if self.per_try is None else self.per_try
-        if ctx.deadline is not None:
-            budget = min(budget, ctx.deadline - clock.monotonic())
-        if budget <= 0:
-            raise deadline_error(ctx, ctx.attempt)
+        if ctx.deadline is None and self.per_try is None:
+            ctx.try_deadline = None
+        else:
+            now = clock.monotonic()
+            if ctx.deadline is not None:
+                budget = min(budget, ctx.deadline - now)
+            if budget <= 0:
+                raise deadline_error(ctx, ctx.attempt)
+            ctx.try_deadline = now + budget
         connect = budget if self.connect is None else min(budget, self.connect)
         client = client or {}
         out = {
@@ -210,19 +236,30 @@ class PerTryTimeoutFilter:
         self.timeouts = timeouts
         self.clock = clock
 
-    def _apply(self, request: Request) -> tuple[CallContext, float | None]:
+    def _apply(self, request: Request) -> tuple[CallContext, float | None, bool]:
         ctx = context_of(request)
-        limits = self.timeouts.limits(ctx, self.clock, request.extensions.get("timeout"))
+        client: dict[str, float | None] | None = request.extensions.get("timeout")
+        limits = self.timeouts.limits(ctx, self.clock, client)
         request.extensions["timeout"] = limits
-        # The whole try (headers included) is bounded by the read budget; connect is within it.
-        return ctx, limits["read"]
+        # The whole try (headers included) is bounded by the read budget; connect is within it. The budget is
+        # the try's own end (try_deadline) unless the client's read timeout, which bounds each read, is tighter.
+        read = limits["read"]
+        own = read is not None and ctx.try_deadline is not None and (client is None or client.get("read") != read)
+        return ctx, read, own
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
-        self._apply(request)
-        return call_next(request)
+        ctx, _, _ = self._apply(request)
+        if ctx.try_deadline is None:
+            return call_next(request)
+        # Each socket read ends by the try's deadline, not a whole read timeout after the previous byte.
+        token = READ_DEADLINE.set(time.monotonic() + ctx.try_deadline - self.clock.monotonic())
+        try:
+            return call_next(request)
+        finally:
+            READ_DEADLINE.reset(token)
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
-        ctx, budget = self._apply(request)
+        ctx, budget, own = self._apply(request)
         if budget is None:
             return await call_next(request)
         loop = asyncio._get_running_loop()
@@ -233,39 +270,25 @@ class PerTryTimeoutFilter:
                     return await call_next(request)
             except TimeoutError:
                 raise timeout_error(ctx) from None
-        # What asyncio.timeout does (cancel the task when due, take the cancellation back), without its
-        # context manager: one timer per try, about 2 µs against 5.
-        alarm = _TryAlarm(task)
+        # What asyncio.timeout does (cancel the task when due, take the cancellation back): one timer per try.
+        alarm = TaskAlarm(task)
         # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; a budget cut
         # short by the deadline is not.
-        handle = schedule(loop, budget, alarm, shared=budget == self.timeouts.per_try)
+        schedule(loop, budget, alarm, shared=budget == self.timeouts.per_try)
+        # Due when the try must end, its response body included: the body's wrapper takes it over (streams.py).
+        ctx.try_alarm = alarm if own else None
         try:
             response = await call_next(request)
-        except asyncio.CancelledError:
-            if alarm.rang and task.uncancel() <= alarm.cancelling:
+        except BaseException as error:
+            ctx.try_alarm = None
+            alarm.cancel()
+            if isinstance(error, asyncio.CancelledError) and alarm.caused(task):
                 raise timeout_error(ctx) from None
             raise
-        finally:
-            handle.cancel()
-        if alarm.rang:  # the try swallowed the cancellation and answered anyway: take it back
+        if alarm.hit:  # the try swallowed the cancellation and answered anyway: take it back
             task.uncancel()
+        alarm.watch(None)  # the head is in: from here on, only the body's reads are cut off
+        if ctx.try_alarm is alarm:  # no body took it (one in memory, or none)
+            ctx.try_alarm = None
+            alarm.cancel()
         return response
-
-
-class _TryAlarm(Alarm):
-    """A try's timer on asyncio: cancels the task when due, and remembers that it did."""
-
-    __slots__ = ("cancelling", "rang", "task")
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.when = 0.0  # Alarm's fields, set here: no super().__init__() call on the hot path
-        self.callback = None
-        self.cancelled = False
-        self.handle = None
-        self.task = task
-        self.cancelling = task.cancelling()  # cancellations already requested by others
-        self.rang = False
-
-    def ring(self) -> None:
-        self.rang = True
-        self.task.cancel()

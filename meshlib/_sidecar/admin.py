@@ -8,31 +8,56 @@ config refuses anything else), because it can reload and drain the proxy:
 * ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
 * ``GET /stats`` - counters of the clusters, the listeners and the reloads, as JSON
-* ``POST /reload`` - load the config file again (200, or 400 and the old config keeps serving);
-  the reload runs off the event loop, so the proxy keeps serving meanwhile
+* ``POST /reload`` - load the config file again: 200 once it serves, 400 with an invalid config's
+  errors, 500 (one line) for a failure that is not the config's; the old config serves on unless 200.
+  The reload runs off the event loop, so the proxy keeps serving meanwhile
 * ``POST /drain`` - stop accepting, let requests in flight finish, then exit
 
 Under ``--workers N``, ``/stats`` and ``/clusters`` cover every worker: the
-other workers' own ``/stats`` are fetched and merged (``aggregate.py``).
+other workers' own ``/stats`` are fetched and merged (``aggregate.py``), and
+``/reload`` answers 200 only once every worker runs the new config (see ``process.py``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from meshlib._config.redact import redact_config, redact_url
+from meshlib._control.reload import describe_failure
 from meshlib._errors import ConfigError
 from meshlib._mesh import Mesh
 from meshlib._sidecar.aggregate import merge_stats
 
-__all__ = ["AdminTarget", "admin_handler", "redact"]
+__all__ = ["AdminTarget", "ReloadAnswer", "admin_handler", "reload_answer"]
 
-# Header names whose configured values are credentials: shown as "[redacted]" in /config_dump.
-_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+
+@dataclass(frozen=True, slots=True)
+class ReloadAnswer:
+    """What ``POST /reload`` answers: a status and a JSON body (``reloaded`` and ``message``, and more)."""
+
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def reload_answer(error: BaseException | None = None, *, version: int = 0, digest: str = "") -> ReloadAnswer:
+    """One process's answer: 200 when the new config serves, 400 with an invalid config's errors, or 500
+    with one line for any other failure. ``version`` and ``digest`` are those of the config serving now
+    (the new one, or the old one that serves on)."""
+    serving = {"version": version, "digest": digest}
+    if error is None:
+        return ReloadAnswer(200, {"reloaded": True, "message": f"config version {version}", **serving})
+    if isinstance(error, ConfigError):  # its errors keep their lines, one per field path
+        return ReloadAnswer(400, {"reloaded": False, "message": str(error), **serving})
+    return ReloadAnswer(500, {"reloaded": False, "message": describe_failure(error), **serving})
 
 
 class AdminTarget(Protocol):
@@ -45,8 +70,8 @@ class AdminTarget(Protocol):
 
     def listener_stats(self) -> dict[str, Any]: ...
 
-    async def reload(self) -> tuple[bool, str]:
-        """Reload the config file: (True, message) when the new config serves, (False, why) when refused.
+    async def reload(self) -> ReloadAnswer:
+        """Reload the config file, in every worker: 200 once the new config serves everywhere, else why not.
 
         Must not block the event loop: a reload may wait out an empty read (about a second).
         """
@@ -62,29 +87,6 @@ class AdminTarget(Protocol):
         Both empty for a single process, and for a worker other than 0.
         """
         ...
-
-
-def _redact_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.password is None and parts.username is None:
-        return value
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"[redacted]@{host}{port}", parts.path, parts.query, parts.fragment))
-
-
-def redact(data: Any, key: str = "") -> Any:
-    """``data`` (a config dump) with credentials replaced: URL user info, and values of secret-looking headers."""
-    if isinstance(data, dict):
-        return {k: redact(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact(v, key) for v in data]
-    if isinstance(data, str):
-        if any(word in key.lower() for word in _SECRET_HEADER_WORDS):
-            return "[redacted]"
-        if "://" in data and "@" in data:
-            return _redact_url(data)
-    return data
 
 
 def _json(status: int, body: Any) -> httpx.Response:
@@ -113,7 +115,8 @@ def config_dump(mesh: Mesh) -> dict[str, Any]:
         )
     return {
         "version": snapshot.version,
-        "config": redact(mesh.config.model_dump(mode="json")),
+        "digest": snapshot.digest,
+        "config": redact_config(mesh.config),
         "routes": routes,
     }
 
@@ -127,7 +130,9 @@ def clusters(mesh: Mesh, stats: dict[str, Any]) -> dict[str, Any]:
         endpoints = live.get("endpoints", {})
         out[name] = {
             "lb": cluster.lb,
-            "endpoints": {redact(e.url): {"weight": e.weight, **endpoints.get(e.url, {})} for e in cluster.endpoints},
+            "endpoints": {
+                redact_url(e.url): {"weight": e.weight, **endpoints.get(e.url, {})} for e in cluster.endpoints
+            },
             "circuit_breaker": live.get("circuit_breaker"),
         }
     return out
@@ -137,12 +142,12 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
     """The admin listener's request handler."""
 
     async def stats() -> dict[str, Any]:
-        own = {**target.mesh.stats(), "listeners": target.listener_stats()}
+        own = {**target.mesh.stats(), "digest": target.mesh.snapshot.digest, "listeners": target.listener_stats()}
         peers, missing = await target.peer_stats()
         if not (peers or missing):
             return own
         # Every worker reloads the same file: worker 0's counts speak for the proxy (each one's are under workers).
-        return {**merge_stats([(0, own), *peers], missing), "reloads": own["reloads"]}
+        return {**merge_stats([(0, own), *peers], missing), "digest": own["digest"], "reloads": own["reloads"]}
 
     async def ready() -> httpx.Response:
         return _text(200, "ready") if target.ready else _text(503, "not ready")
@@ -164,8 +169,13 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         return response
 
     async def reload() -> httpx.Response:
-        ok, message = await target.reload()
-        return _json(200 if ok else 400, {"reloaded": ok, "message": message})
+        try:
+            answer = await target.reload()
+        except Exception as exc:  # a bug outside the mesh's own reload, which logs and counts its failures itself
+            target.mesh._refuse_reload(exc)
+            serving = target.mesh.snapshot
+            answer = reload_answer(exc, version=serving.version, digest=serving.digest)
+        return _json(answer.status, answer.body)
 
     async def drain() -> httpx.Response:
         return _json(202, {"draining": True, "message": target.drain()})
@@ -185,10 +195,7 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         path = request.url.path
         action = routes.get((request.method, path))
         if action is not None:
-            try:
-                return await action()
-            except ConfigError as exc:  # pragma: no cover - reload() reports these itself
-                return _json(400, {"reloaded": False, "message": str(exc)})
+            return await action()
         if path in paths:
             allowed = ", ".join(sorted(m for m, p in routes if p == path))
             return httpx.Response(405, content=b"method not allowed\n", headers={**_TEXT, "allow": allowed})

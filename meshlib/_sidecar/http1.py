@@ -35,6 +35,8 @@ import re
 from http import HTTPStatus
 from typing import Final
 
+from meshlib._wire import CLIENT_HEADER
+
 __all__ = [
     "BUFFERED_BODY_LIMIT",
     "MAX_HEADERS",
@@ -81,8 +83,10 @@ HOP_BY_HOP: Final = frozenset(
         b"proxy-authorization",
     }
 )
+# meshlib's sidecar client marks its requests: for the listener only (see meshlib/_wire.py), never forwarded.
+_CLIENT: Final = CLIENT_HEADER.encode()
 # The headers parse_head looks at; all others are forwarded as they came.
-_SPECIAL: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_SPECIAL: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", _CLIENT}
 # Never removed because Connection names them: they frame the request or name its target.
 _PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
@@ -103,7 +107,8 @@ class RequestHead:
     upgrade pair stays on an upgrade request) and ``Expect: 100-continue``,
     which the listener answers itself. ``url`` is the absolute URL as bytes
     (origin form: ``http://{Host}{target}``); for CONNECT, ``connect`` is the
-    target's (host, port).
+    target's (host, port). ``meshlib_client``: sent by meshlib's sidecar
+    client, which reads the error chunk of a failed body (``_wire.py``).
     """
 
     __slots__ = (
@@ -114,6 +119,7 @@ class RequestHead:
         "headers",
         "http11",
         "keep_alive",
+        "meshlib_client",
         "method",
         "upgrade",
         "url",
@@ -130,6 +136,7 @@ class RequestHead:
         self.expect_continue = False
         self.upgrade = False
         self.connect: tuple[str, int] | None = None
+        self.meshlib_client = False
 
     @property
     def has_body(self) -> bool:
@@ -255,6 +262,8 @@ def parse_head(head: bytes, max_header_bytes: int) -> RequestHead:
                 result.expect_continue = True
             else:
                 headers.append((name, value))
+        elif lname == _CLIENT:
+            result.meshlib_client = True
         # te, trailer, keep-alive, proxy-authorization: consumed here
 
     # Framing.

@@ -19,11 +19,15 @@ With ``--workers N`` the parent binds nothing itself: it starts N workers
 that each bind the outbound and inbound ports with ``SO_REUSEPORT`` (the
 kernel spreads connections across them), relays ``SIGHUP``/``SIGTERM`` to
 them, and exits when they have. Worker 0 also serves the admin listener; its
-``POST /reload`` and ``POST /drain`` go to the supervisor, which relays them to
-every worker. Each other worker also serves the admin endpoints on a private
-loopback port and, once it listens, writes its index and that port to a pipe
-that worker 0 reads: worker 0's ``GET /ready`` answers 200 only once every
-worker has, and its ``/stats`` and ``/clusters`` merge every worker's.
+``POST /drain`` goes to the supervisor, which relays it to every worker. Each
+other worker also serves the admin endpoints on a private loopback port and,
+once it listens, writes its index and that port to a pipe that worker 0 reads:
+worker 0's ``GET /ready`` answers 200 only once every worker has, and its
+``/stats`` and ``/clusters`` merge every worker's. Worker 0's ``POST /reload``
+reloads worker 0 first (so an invalid config is refused there, 400, and
+nothing is relayed), then asks every other worker for a ``POST /reload`` on its
+private port and answers 200 only once each runs the same config, by content
+digest (:func:`workers_answer`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from meshlib._control.watch import FileWatcher
 from meshlib._errors import ConfigError
 from meshlib._frontdoors.sidecar_listeners import connect_policy, inbound_handler, outbound_handler
 from meshlib._mesh import Mesh
-from meshlib._sidecar.admin import admin_handler
+from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
 from meshlib._sidecar.server import HttpServer
 from meshlib._sidecar.upstream import PooledTransport
 
@@ -77,6 +81,9 @@ EXIT_CONFIG = 2  # as `meshlib validate`
 EXIT_LISTEN = 3  # a port is taken or cannot be bound
 # How long worker 0 waits for another worker's /stats (the admin answers without it past that).
 _PEER_TIMEOUTS: dict[str, float | None] = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+# How long worker 0's POST /reload waits for another worker's reload (one may wait out an empty read).
+RELOAD_WAIT: Final = 10.0
+_RELOAD_TIMEOUTS: dict[str, float | None] = {**_PEER_TIMEOUTS, "read": RELOAD_WAIT}
 
 
 class ListenError(Exception):
@@ -175,6 +182,7 @@ class Proxy:
         self._expected_peers = options.workers - 1 if options.worker_index == 0 and options.ready_fd is not None else 0
         self._peer_admins: dict[int, int] = {}
         self._private_admin: HttpServer | None = None  # another worker's admin listener, for worker 0 to ask
+        self._relaying = asyncio.Lock()  # worker 0: one relayed reload at a time, so that answers never interleave
 
     # --- AdminTarget -------------------------------------------------------------------------------------------------
 
@@ -192,45 +200,56 @@ class Proxy:
         if not self._expected_peers:
             return [], []
         peers = sorted(self._peer_admins.items())
-        found = await asyncio.gather(*(self._fetch_stats(port) for _, port in peers))
-        answered = [(index, doc) for (index, _), doc in zip(peers, found, strict=True) if doc is not None]
+        found = await asyncio.gather(*(self._ask(port, "GET", "/stats", _PEER_TIMEOUTS) for _, port in peers))
+        answered = [(index, doc) for (index, _), (status, doc) in zip(peers, found, strict=True) if status == 200]
         got = {index for index, _ in answered}
         return answered, [i for i in range(1, self._expected_peers + 1) if i not in got]
 
-    async def _fetch_stats(self, port: int) -> dict[str, Any] | None:
-        """A worker's own ``/stats`` from its private admin port; None if it does not answer in time."""
-        request = httpx.Request("GET", f"http://127.0.0.1:{port}/stats", extensions={"timeout": _PEER_TIMEOUTS})
+    async def _ask(
+        self, port: int, method: str, path: str, timeouts: dict[str, float | None]
+    ) -> tuple[int, dict[str, Any]]:
+        """Another worker's JSON answer on its private admin port: (status, document); (0, why) if none came."""
+        request = httpx.Request(method, f"http://127.0.0.1:{port}{path}", extensions={"timeout": timeouts})
         try:
             response = await self.sender.handle_async_request(request)
-            body = await response.aread()
-        except httpx.HTTPError:
-            return None
-        try:
-            doc = json.loads(body) if response.status_code == 200 else None
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+            doc = json.loads(await response.aread())
+        except httpx.TimeoutException:
+            return 0, {"message": f"did not answer within {timeouts['read']:g}s"}
+        except (httpx.HTTPError, ValueError) as exc:
+            return 0, {"message": f"did not answer: {type(exc).__name__}"}
+        return (response.status_code, doc) if isinstance(doc, dict) else (0, {"message": "answered no JSON object"})
 
-    async def reload(self) -> tuple[bool, str]:
-        if self._under_supervisor:  # every worker must reload: the supervisor relays a SIGHUP to all
-            os.kill(os.getppid(), signal.SIGHUP)
-            return True, "reload requested from every worker"
-        ok, message, _ = await asyncio.wrap_future(self._reloader.submit(self._reload_now))
-        return ok, message
+    async def reload(self) -> ReloadAnswer:
+        if not self._expected_peers:  # one process, or a worker that worker 0 asks: reload this process
+            answer, _ = await asyncio.wrap_future(self._reloader.submit(self._reload_now))
+            return answer
+        async with self._relaying:
+            # Worker 0 validates (and loads) first: an invalid config is refused here, and nothing is relayed.
+            own, _ = await asyncio.wrap_future(self._reloader.submit(self._reload_now))
+            if not own.ok:
+                return own
+            peers = await asyncio.gather(*(self._reload_peer(i) for i in range(1, self._expected_peers + 1)))
+            return workers_answer(own, list(peers))
 
-    def _reload_now(self) -> tuple[bool, str, str | None]:
-        """Reload the config file (``Mesh.reload`` logs and counts it): whether it serves now, what happened,
-        and the digest of what was loaded (for the file watcher). Runs on a reload thread."""
+    async def _reload_peer(self, index: int) -> tuple[bool, dict[str, Any]]:
+        """Worker ``index``'s answer to ``POST /reload`` (on its private admin port): (answered, its body)."""
+        port = self._peer_admins.get(index)
+        if port is None:
+            return False, {"worker": index, "reloaded": False, "message": "not listening yet"}
+        status, doc = await self._ask(port, "POST", "/reload", _RELOAD_TIMEOUTS)
+        return status != 0, {"worker": index, "reloaded": False, **doc}
+
+    def _reload_now(self) -> tuple[ReloadAnswer, str | None]:
+        """Reload the config file (``Mesh.reload`` logs and counts it): the answer for ``POST /reload``, and
+        the digest of the file loaded (for the file watcher; None when refused). Runs on a reload thread."""
         try:
             snapshot, digest = self.mesh._reload(self.options.config)
-        except ConfigError as exc:
-            return False, str(exc), None
-        except Exception as exc:  # a bug: logged with its traceback; the old config serves on
-            logger.exception("reload failed")
-            return False, f"reload failed: {exc!r}", None
+        except Exception as exc:  # invalid (400), or a bug or an I/O error (500): logged once, the old config serves
+            serving = self.mesh.snapshot
+            return reload_answer(exc, version=serving.version, digest=serving.digest), None
         if snapshot.config.sidecar != self._file_sidecar:
             logger.warning("the sidecar section changed: listeners and limits apply after a restart")
-        return True, f"config version {snapshot.version}", digest
+        return reload_answer(version=snapshot.version, digest=snapshot.digest), digest
 
     def drain(self) -> str:
         if self._under_supervisor:
@@ -307,7 +326,7 @@ class Proxy:
         if self.options.watch_interval > 0:
             watcher = FileWatcher(
                 self.options.config,
-                lambda: self._reload_now()[2],
+                lambda: self._reload_now()[1],
                 interval=self.options.watch_interval,
                 loaded=self._loaded,
             )
@@ -361,6 +380,34 @@ class Proxy:
 
         os.set_blocking(fd, False)
         loop.add_reader(fd, on_readable)
+
+
+def workers_answer(own: ReloadAnswer, peers: list[tuple[bool, dict[str, Any]]]) -> ReloadAnswer:
+    """Worker 0's answer to ``POST /reload`` from its own (a 200) and the others' (answered, body).
+
+    200 when every worker runs worker 0's new config (by digest); otherwise 504 when some worker did
+    not answer in time, else 500 (one refused or failed the reload, or runs other content: the file
+    changed meanwhile). ``workers`` lists what each worker answered.
+    """
+    digest = own.body["digest"]
+    workers = [{"worker": 0, **own.body}, *(body for _, body in peers)]
+    behind = [w for w in workers if w.get("digest") != digest or not w.get("reloaded")]
+    if not behind:
+        message = f"config digest {digest} runs in every worker"
+        return ReloadAnswer(200, {**own.body, "message": message, "workers": workers})
+    status = 504 if not all(answered for answered, _ in peers) else 500
+    why = "; ".join(map(_behind, behind))
+    message = f"not every worker runs the new config (digest {digest}): {why}"
+    return ReloadAnswer(status, {**own.body, "reloaded": False, "message": message, "workers": workers})
+
+
+def _behind(worker: dict[str, Any]) -> str:
+    """One line on a worker that does not run the new config: what it runs, or why it did not reload."""
+    runs = f"runs config version {worker.get('version')} (digest {worker.get('digest')})"
+    if worker.get("reloaded"):
+        return f"worker {worker['worker']} {runs}"  # another content: the file changed meanwhile
+    why = " ".join(str(worker.get("message")).split())
+    return f"worker {worker['worker']}: {why}" + (f"; still {runs}" if "digest" in worker else "")
 
 
 def _shown(host: str, port: int) -> str:
@@ -422,9 +469,14 @@ def run_proxy(options: ProxyOptions, environ: Mapping[str, str] | None = None) -
     configure_logging(options.log_level)
     if options.workers > 1 and options.worker_index is None:
         return _supervise(options, sidecar)
+    try:
+        proxy = Proxy(options, config, sidecar, digest)
+    except ConfigError as exc:  # found only once the mesh is built (validation catches all it can)
+        print(exc, file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     loop = _event_loop()
     try:
-        return loop.run_until_complete(Proxy(options, config, sidecar, digest).run())
+        return loop.run_until_complete(proxy.run())
     finally:
         loop.close()
 

@@ -16,8 +16,9 @@ body's framing is still in doubt.
 * Errors: a ``MeshError`` becomes :func:`meshlib._wire.error_head`; other
   httpx transport errors (passthrough traffic goes straight to the sender)
   first become the matching ``MeshError``. Once response bytes went out, a
-  failure aborts the connection instead, so a client never sees a truncated
-  but well-framed response.
+  failure ends the body short instead (an error chunk when chunked, then a
+  FIN for a timeout, an RST otherwise), so a client never sees a truncated
+  but well-framed response, and can tell why (``_end_failed_body``).
 * Limits (``sidecar.limits``): ``header_timeout`` from accept or a request's
   first byte to the end of its head (408); ``idle_timeout`` between requests
   on a keep-alive connection (closed quietly) and while a request body
@@ -35,6 +36,7 @@ import contextlib
 import logging
 import re
 import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Final, cast
@@ -53,7 +55,7 @@ from meshlib._errors import (
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import ProtocolError, RequestHead
 from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
-from meshlib._wire import error_head
+from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
 
 __all__ = ["ConnectPolicy", "Handler", "HttpServer"]
 
@@ -79,6 +81,7 @@ _BODY_STALL: Final = 3
 _LINGER: Final = 4
 
 _LINGER_TIME: Final = 2.0
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST, not a FIN
 # Request body chunks waiting for the engine, or pipelined bytes waiting for their turn, before reading pauses.
 _HIGH_WATER: Final = 256 * 1024
 _LOW_WATER: Final = 64 * 1024
@@ -88,8 +91,14 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONNECTED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _LEADING_CRLF: Final = re.compile(rb"(?:\r\n)*")
 _RESPONSE_BLOCK: Final = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
+# Response framings, as the client reads them: where the body ends.
+_IN_MEMORY: Final = 0  # written whole with the head (or no body): cannot fail midway
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_UNTIL_CLOSE: Final = 3  # HTTP/1.0 without a length: the connection's end is the body's end
 # Response headers that describe the upstream connection or its framing: never passed on as they came.
-_RESPONSE_DROP: Final = http1.HOP_BY_HOP | {b"content-length"}
+_LENGTH_HEADER: Final = LENGTH_HEADER.encode()
+_RESPONSE_DROP: Final = http1.HOP_BY_HOP | {b"content-length", _LENGTH_HEADER}
 
 # Parsed absolute URLs by their bytes: httpx.URL() costs about 11 µs, and a URL object is immutable.
 _URLS: dict[bytes, httpx.URL] = {}
@@ -204,6 +213,7 @@ class _Connection(asyncio.Protocol):
         "_decoder",
         "_expect_continue",
         "_flush_scheduled",
+        "_framing",
         "_head",
         "_loop",
         "_out",
@@ -247,6 +257,7 @@ class _Connection(asyncio.Protocol):
         self._out_size = 0
         self._flush_scheduled = False
         self._sent = False  # bytes of the current response reached the transport
+        self._framing = _IN_MEMORY  # of the current response's body
         self._tunnel: Tunnel | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------------------
@@ -392,6 +403,7 @@ class _Connection(asyncio.Protocol):
         self._deadline_kind = _NO_DEADLINE
         self._close_after = not head.keep_alive
         self._sent = False
+        self._framing = _IN_MEMORY
         self._body_error = None
         if head.connect is not None:
             self._state = _WAIT
@@ -574,8 +586,10 @@ class _Connection(asyncio.Protocol):
                 exc_info=exc,
             )
         if self._sent:
-            # Response bytes went out: the only honest signal left is an aborted connection.
-            self._transport.abort()
+            if client_side:
+                self._transport.abort()
+            else:
+                self._end_failed_body(mesh_error)
             return
         self._out.clear()
         self._out_size = 0
@@ -696,7 +710,14 @@ class _Connection(asyncio.Protocol):
             if length is not None and status != 204:
                 headers.append((b"content-length", length))
         elif length is not None:
-            headers.append((b"content-length", length))
+            if head.meshlib_client and head.http11 and not isinstance(response.stream, httpx.ByteStream):
+                # meshlib's sidecar client reads why a body failed from its error chunk, so it gets every
+                # streamed body chunked, and puts the Content-Length back (meshlib/_wire.py).
+                headers.append((_LENGTH_HEADER, length))
+                headers.append((b"transfer-encoding", b"chunked"))
+                chunked = True
+            else:
+                headers.append((b"content-length", length))
         elif head.http11:
             headers.append((b"transfer-encoding", b"chunked"))
             chunked = True
@@ -725,20 +746,22 @@ class _Connection(asyncio.Protocol):
                 self._write(head_bytes + body)
             return
         self._queue(head_bytes)
+        self._framing = _CHUNKED if chunked else _LENGTH if length is not None else _UNTIL_CLOSE
         expected = int(length) if length is not None else -1
         sent = 0
         assert isinstance(stream, httpx.AsyncByteStream)
         async for chunk in stream:
             if not chunk:
                 continue
+            if expected >= 0:
+                sent += len(chunk)
+                if expected < sent:
+                    raise _BadResponseError("response body longer than its Content-Length")
             if chunked:
                 self._queue(b"%x\r\n" % len(chunk))
                 self._queue(chunk)
                 self._queue(b"\r\n")
             else:
-                sent += len(chunk)
-                if 0 <= expected < sent:
-                    raise _BadResponseError("response body longer than its Content-Length")
                 self._queue(chunk)
             if self._write_paused:
                 self._flush()
@@ -750,6 +773,32 @@ class _Connection(asyncio.Protocol):
         if chunked:
             self._out.append(b"0\r\n\r\n")
         self._flush()
+
+    def _end_failed_body(self, error: MeshError | None) -> None:
+        """The body of a response under way failed (``error``; None: a bug of ours): end it short, saying why.
+
+        The head went out, so the status can't change any more; Envoy resets
+        the stream. What came of the body is sent; a chunked body then gets
+        :func:`~meshlib._wire.error_chunk`; then a timeout closes the
+        connection (FIN: the client reads an incomplete body) and any other
+        failure resets it (RST: the client's read fails with ECONNRESET), as
+        does a timeout of a body that ends with the connection, which a FIN
+        would complete. The sidecar client raises the error the chunk names,
+        else the class the FIN or RST stands for (docs/sidecar.md, "When the
+        body fails").
+        """
+        framing = self._framing
+        if error is not None and framing == _CHUNKED:
+            self._out.append(error_chunk(error))
+        self._flush()
+        if isinstance(error, RequestTimeoutError) and framing != _UNTIL_CLOSE:
+            self._close_after = True  # _exchange_done closes: a FIN once the bytes above are sent
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self._transport.abort()
 
     # --- tunnels -----------------------------------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ class _Response(httpx.AsyncByteStream):
         "received",
         "request",
         "request_sent",
+        "size",
         "stale",
         "status",
         "version",
@@ -130,8 +131,14 @@ class _Response(httpx.AsyncByteStream):
         self.close_delimited = False
         self.request_sent = False
         self.received = 0  # bytes of the response so far, for the head size limit (counted until the head is done)
+        self.size = 0  # bytes of the body so far
         self.stale = False
         self.error: httpx.TransportError | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body is here, so no read of it waits (the mesh's body wrapper then bounds nothing)."""
+        return self.done
 
     def __aiter__(self) -> _Response:
         return self
@@ -326,11 +333,10 @@ class _Connection(asyncio.Protocol):
                         "Server disconnected without sending a response.", request=ex.request
                     )
             else:
-                reason = f" ({exc})" if exc is not None else ""
-                ex.error = httpx.ReadError(
-                    f"Server closed the connection before the response body was complete{reason}",
-                    request=ex.request,
-                )
+                # In httpcore's words, so a failure reads the same through the sidecar as in process: the OS's
+                # for a reset, h11's for a close.
+                words = (str(exc) or type(exc).__name__) if exc is not None else _truncated(ex)
+                ex.error = httpx.ReadError(words, request=ex.request)
         self.wake()
 
     def pause_writing(self) -> None:
@@ -392,6 +398,7 @@ class _Connection(asyncio.Protocol):
             raise httpx.RemoteProtocolError("Received body bytes after the response ended")
         ex.chunks.append(body)
         ex.buffered += len(body)
+        ex.size += len(body)
         if ex.buffered > _HIGH_WATER and not self.reading_paused:
             self.pause()
         if self.waiter is not None:
@@ -610,6 +617,17 @@ class _Connection(asyncio.Protocol):
         elif remaining:
             raise httpx.LocalProtocolError("The request body is shorter than its Content-Length", request=ex.request)
         return True
+
+
+def _truncated(ex: _Response) -> str:
+    """What a body cut short by the upstream's close lacks, as h11 says it."""
+    for name, value in ex.headers:
+        if name.lower() == b"content-length" and value.isdigit():
+            return (
+                "peer closed connection without sending complete message body"
+                f" (received {ex.size} bytes, expected {int(value)})"
+            )
+    return "peer closed connection without sending complete message body (incomplete chunked read)"
 
 
 def _close_delimited(ex: _Response) -> bool:

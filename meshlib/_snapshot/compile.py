@@ -14,12 +14,13 @@ import httpx
 from meshlib._background import Background
 from meshlib._clock import Clock, SystemClock
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
+from meshlib._config.resilience import RetryBudgetConfig
 from meshlib._engine.base import Filter
 from meshlib._engine.cluster_stack import CompiledCluster, Leg
 from meshlib._engine.route_stack import build_route_handlers, route_filters
 from meshlib._hooks import Hooks
 from meshlib._policies.fault import FaultFilter
-from meshlib._policies.hedge import HedgeFilter
+from meshlib._policies.hedge import HedgeFilter, SlowShare
 from meshlib._policies.mirror import MirrorFilter
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
@@ -81,13 +82,13 @@ def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledC
     if health is not None:
         # Keyed by the endpoint set too: a reload that changes the endpoints starts a new prober.
         identity = (health, tuple(e.url for e in endpoints))
-
-        def start_checker() -> HealthChecker:
-            checker = HealthChecker(health, state, endpoints, rt.clock)
-            checker.start()
-            return checker
-
-        rt.registry.component("health_check", name, identity, start_checker)
+        rt.registry.component(
+            "health_check",
+            name,
+            identity,
+            lambda: HealthChecker(health, state, endpoints, rt.clock),
+            start=HealthChecker.start,  # once the whole snapshot compiled
+        )
     checks_health = config.outlier_detection is not None or health is not None
     return CompiledCluster(name, endpoints, lb, state, rt.clock, checks_health)
 
@@ -119,20 +120,30 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
             "rate_limit", key, rate_limit, lambda: rate_limit_module.RateLimiter(rate_limit, key, rt.storages)
         )
         filters.append(rate_limit_module.RateLimitFilter(limiter, state))
+    retries = retry is not None and retry.attempts > 1
+    # Hedges spend the retry budget too (gRFC A6; Envoy's retry_budget counts hedges). With hedging and no
+    # retry configured, the default budget bounds them, so that hedging cannot double an overloaded upstream's load.
+    budget_config = retry.budget if retry is not None else RetryBudgetConfig()
+    budget = None
+    if budget_config is not None and (retries or hedge is not None):
+        budget_key = (cluster.name, route_name if route.retry else None)
+        owner = f"cluster {cluster.name!r}" + (f" (route {route_name!r})" if route.retry else "")
+        budget = rt.registry.component(
+            "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock, owner)
+        )
     # Retry above the breaker: every try is admitted (or refused) by the breaker on its own.
-    if retry is not None and retry.attempts > 1:
-        budget = None
-        if retry.budget is not None:
-            budget_config = retry.budget
-            budget_key = (cluster.name, route_name if route.retry else None)
-            owner = f"cluster {cluster.name!r}" + (f" (route {route_name!r})" if route.retry else "")
-            budget = rt.registry.component(
-                "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock, owner)
-            )
+    if retry is not None and retries:
         filters.append(RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state, rt.hooks))
     # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
+    # The retry filter counts each request in the budget once; without one, the hedge filter does.
     if hedge is not None:
-        filters.append(HedgeFilter(hedge, state, rt.background))
+        # The overload guard's estimate: per cluster, and per route with its own hedge (its `after` defines slow).
+        load_key = (cluster.name, route_name if route.hedge else None)
+        load = rt.registry.component("hedge_load", load_key, hedge.after, SlowShare)
+        endpoints = tuple(e.url for e in cluster.endpoints)
+        filters.append(
+            HedgeFilter(hedge, state, rt.background, budget, deposits=not retries, load=load, endpoints=endpoints)
+        )
     # The breaker is the cluster's: admission before any I/O, outcome of each try after.
     if config.circuit_breaker is not None:
         # Imported here: pybreaker imports redis when it is installed, about 20 MB a mesh without breakers saves.
@@ -205,13 +216,17 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
     Every cluster is also reachable by its own name as host, through an
     implicit route placed after the configured ones (so a configured route for
     that host wins).
+
+    Transactional: the live state the new snapshot needs is built beside the
+    old (the registry's transaction), and only a compile that succeeds
+    commits it; one that raises leaves the state of the snapshot in force untouched.
     """
-    clusters = {name: _compile_cluster(name, c, rt) for name, c in config.clusters.items()}
-    routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
-    for name in config.clusters:
-        implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
-        routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
-    rt.registry.retain((name, e.url) for name, c in clusters.items() for e in c.endpoints)
+    with rt.registry.transaction():
+        clusters = {name: _compile_cluster(name, c, rt) for name, c in config.clusters.items()}
+        routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
+        for name in config.clusters:
+            implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
+            routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
     return Snapshot(
         config=config,
         version=version,

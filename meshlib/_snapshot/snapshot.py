@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshlib._clock import Clock
 from meshlib._config.models import MeshConfig
@@ -18,7 +20,9 @@ class Snapshot:
     """The route table and clusters of one config version.
 
     ``passthrough`` is true under ``outbound_policy: allow_any``: requests no
-    route claims go to their own host untouched.
+    route claims go to their own host untouched. ``digest`` identifies the
+    config's content: processes that load the same content get the same one,
+    whatever their ``version`` (a count of reloads) says.
     """
 
     config: MeshConfig
@@ -27,3 +31,8 @@ class Snapshot:
     clusters: Mapping[str, CompiledCluster]
     passthrough: bool
     clock: Clock
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "digest", hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest())

@@ -48,10 +48,12 @@ _LOCK = threading.Lock()
 class HealthChecker:
     """Probes one cluster's endpoints in a background thread and marks them healthy or unhealthy.
 
-    ``start()`` starts the thread, ``check_once()`` runs one round in the
-    caller's thread (for tests and tools), ``close()`` stops the thread and
-    returns the endpoints it judged to the load balancer (healthy), unless a
-    newer checker took them over. The clock is not used for waiting: rounds
+    Building one changes nothing: ``start()`` takes the endpoints over (from
+    an older checker, with their verdicts) and starts the thread,
+    ``check_once()`` runs one round in the caller's thread (for tests and
+    tools; it takes the endpoints over if ``start()`` did not), ``close()``
+    stops the thread and returns the endpoints it judged to the load balancer
+    (healthy), unless a newer checker took them over. The clock is not used for waiting: rounds
     follow real time, so a paused test clock cannot make the thread spin.
     """
 
@@ -75,7 +77,13 @@ class HealthChecker:
         self._closed = False
         self._passes: dict[EndpointState, int] = {}
         self._failures: dict[EndpointState, int] = {}
-        with _LOCK:
+        # Built inert: a reload that fails after building this checker must leave the endpoints to the old one.
+        self._claimed = False
+
+    def _claim(self) -> None:
+        """Take the endpoints over from whatever checker judged them (once; under _LOCK)."""
+        if not self._claimed and not self._closed:
+            self._claimed = True
             for endpoint in self.endpoints:
                 endpoint.state.health_owner = self
 
@@ -85,12 +93,13 @@ class HealthChecker:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start probing in the background (once; later calls do nothing)."""
+        """Take the endpoints over and start probing in the background (once; later calls do nothing)."""
         with _LOCK:
             if self._closed:
                 raise RuntimeError("this health checker is closed")
             if self._thread is not None:
                 return
+            self._claim()
             self._thread = threading.Thread(target=self._run, name=f"meshlib-health-{self.cluster.name}", daemon=True)
             self._thread.start()  # under the lock, so that close() never sees a thread it cannot join
 
@@ -107,7 +116,12 @@ class HealthChecker:
                 self._client.close()
 
     def check_once(self) -> None:
-        """Probe every endpoint once, in this thread, and update their health. Does nothing once closed."""
+        """Probe every endpoint once, in this thread, and update their health. Does nothing once closed.
+
+        A checker not started takes the endpoints over first, unless it did before (then a newer one may judge).
+        """
+        with _LOCK:
+            self._claim()
         with self._round:
             for endpoint in self.endpoints:
                 if self._stop.is_set():

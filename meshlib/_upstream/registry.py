@@ -1,9 +1,12 @@
-"""Live state keyed by cluster name and endpoint URL, carried from one snapshot to the next."""
+"""Live state keyed by cluster name and endpoint URL, carried from one snapshot to the next, changed only whole."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meshlib._upstream.cluster import ClusterState
@@ -11,57 +14,139 @@ from meshlib._upstream.endpoint import EndpointState
 
 __all__ = ["StateRegistry"]
 
+logger = logging.getLogger("meshlib.config")
+
 T = TypeVar("T")
+_Key = tuple[str, Hashable]
+
+
+def _close(obj: object) -> None:
+    close = getattr(obj, "close", None)
+    if close is not None:
+        close()
+
+
+@dataclass
+class _Changes:
+    """What one compile uses and builds: applied whole by a commit, or dropped."""
+
+    clusters: dict[str, ClusterState] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], EndpointState] = field(default_factory=dict)
+    components: dict[_Key, tuple[Any, Any]] = field(default_factory=dict)
+    # Built by this compile, in order, each with what starts it once committed.
+    made: list[tuple[Any, Callable[[Any], None] | None]] = field(default_factory=list)
 
 
 class StateRegistry:
     """Hands the compiler the live state for clusters, endpoints and policies, creating it on first use.
 
-    A reload compiles a new snapshot against the same registry, so a cluster
-    or endpoint that still exists keeps its counters, and a policy component
-    (breaker, budget, limiter, outlier detector) whose config did not change
-    keeps its state. :meth:`retain` then drops what the new config no longer uses.
+    A compile runs inside :meth:`transaction`, against the same registry as
+    the snapshot before it: a cluster or endpoint that still exists keeps its
+    counters, and a policy component (breaker, budget, limiter, outlier
+    detector, health checker) whose config did not change keeps its state.
+    Nothing the running snapshot uses is touched until the compile succeeds:
+    then the new state is committed whole (new components started, those it
+    replaced or no longer uses closed); if the compile fails, what it built is
+    closed unstarted and the old state serves on, intact.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the committed state below
+        self._compiling = threading.Lock()  # one transaction at a time
         self._clusters: dict[str, ClusterState] = {}
         self._endpoints: dict[tuple[str, str], EndpointState] = {}
-        self._components: dict[tuple[str, Hashable], tuple[Any, Any]] = {}
-        self._used: set[tuple[str, Hashable]] = set()
+        self._components: dict[_Key, tuple[Any, Any]] = {}
+        self._changes: _Changes | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Compile inside this block: committed when it ends normally, discarded when it raises."""
+        with self._compiling:
+            changes = self._changes = _Changes()
+            try:
+                yield
+            except BaseException:
+                self._changes = None
+                for obj, _ in changes.made:
+                    _close(obj)
+                raise
+            self._changes = None
+            self._commit(changes)
+
+    def _pending(self) -> _Changes:
+        if self._changes is None:
+            raise RuntimeError("the state registry is changed only inside transaction()")
+        return self._changes
 
     def cluster(self, name: str) -> ClusterState:
-        with self._lock:
-            state = self._clusters.get(name)
-            if state is None:
-                state = self._clusters[name] = ClusterState(name)
-            return state
+        changes = self._pending()
+        state = changes.clusters.get(name)
+        if state is None:
+            with self._lock:
+                state = self._clusters.get(name) or ClusterState(name)
+            changes.clusters[name] = state
+        return state
 
     def endpoint(self, cluster: str, url: str) -> EndpointState:
-        with self._lock:
-            state = self._endpoints.get((cluster, url))
-            if state is None:
-                state = self._endpoints[(cluster, url)] = EndpointState()
-            return state
+        changes = self._pending()
+        state = changes.endpoints.get((cluster, url))
+        if state is None:
+            with self._lock:
+                state = self._endpoints.get((cluster, url)) or EndpointState()
+            changes.endpoints[(cluster, url)] = state
+        return state
 
-    def component(self, kind: str, key: Hashable, config: Any, factory: Callable[[], T]) -> T:
-        """The live ``kind`` object for ``key``: kept while ``config`` is unchanged, else built anew."""
-        with self._lock:
-            found = self._components.get((kind, key))
-            self._used.add((kind, key))
-            if found is not None and found[0] == config:
-                kept: T = found[1]
-                return kept
+    def component(
+        self,
+        kind: str,
+        key: Hashable,
+        config: Any,
+        factory: Callable[[], T],
+        *,
+        start: Callable[[T], None] | None = None,
+    ) -> T:
+        """The live ``kind`` object for ``key``: kept while ``config`` is unchanged, else built anew.
+
+        A new object must not act on shared state until ``start(obj)`` (called on commit):
+        a compile that fails must leave nothing behind.
+        """
+        changes = self._pending()
+        found = changes.components.get((kind, key))
+        if found is None:
+            with self._lock:
+                found = self._components.get((kind, key))
+        if found is not None and found[0] == config:
+            changes.components[(kind, key)] = found
+            kept: T = found[1]
+            return kept
         made = factory()
-        with self._lock:
-            old = self._components.get((kind, key))
-            self._components[(kind, key)] = (config, made)
-        if old is not None and hasattr(old[1], "close"):
-            old[1].close()
+        changes.components[(kind, key)] = (config, made)
+        changes.made.append((made, start))
         return made
 
+    def _commit(self, changes: _Changes) -> None:
+        with self._lock:
+            old = self._components
+            self._clusters = changes.clusters
+            self._endpoints = changes.endpoints
+            self._components = changes.components
+        live = {id(obj) for _, obj in changes.components.values()}
+        # New components start before the ones they replace close: a new health checker takes over the
+        # endpoints (and their verdicts) from the old one.
+        for obj, start in changes.made:
+            if id(obj) not in live:  # replaced again later in the same compile
+                _close(obj)
+            elif start is not None:
+                try:
+                    start(obj)
+                except Exception as exc:  # the snapshot is in: a component that cannot start must not undo it
+                    logger.error("starting %r failed: %r", obj, exc)
+        for _, obj in old.values():
+            if id(obj) not in live:
+                _close(obj)
+
     def get(self, kind: str, key: Hashable) -> Any:
-        """The live ``kind`` object for ``key``, or None."""
+        """The live ``kind`` object for ``key`` (of the last committed compile), or None."""
         with self._lock:
             found = self._components.get((kind, key))
         return None if found is None else found[1]
@@ -72,19 +157,4 @@ class StateRegistry:
             objects = [obj for _, obj in self._components.values()]
             self._components = {}
         for obj in objects:
-            if hasattr(obj, "close"):
-                obj.close()
-
-    def retain(self, endpoints: Iterable[tuple[str, str]]) -> None:
-        """Forget every cluster and endpoint not in ``endpoints`` ((cluster, url) pairs), and unused components."""
-        keep = set(endpoints)
-        clusters = {c for c, _ in keep}
-        with self._lock:
-            self._endpoints = {k: v for k, v in self._endpoints.items() if k in keep}
-            self._clusters = {k: v for k, v in self._clusters.items() if k in clusters}
-            dropped = [obj for key, (_, obj) in self._components.items() if key not in self._used]
-            self._components = {k: v for k, v in self._components.items() if k in self._used}
-            self._used = set()
-        for obj in dropped:
-            if hasattr(obj, "close"):
-                obj.close()
+            _close(obj)

@@ -133,6 +133,7 @@ def test_a_same_size_save_within_the_mtime_granularity_is_seen(
 
 
 def test_the_thread_reloads_and_survives_a_failing_reload(config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib.config")
     calls: list[str] = []
 
     def reload() -> str | None:
@@ -152,8 +153,12 @@ def test_the_thread_reloads_and_survives_a_failing_reload(config_file: Path, cap
     finally:
         w.close()
     assert not w.running
-    [failed] = [r for r in caplog.records if r.name == "meshlib.config"]
-    assert failed.exc_info is not None
+    # One line at ERROR; the traceback only at DEBUG.
+    [failed, traceback] = [r for r in caplog.records if r.name == "meshlib.config"]
+    assert (failed.levelname, failed.exc_info) == ("ERROR", None)
+    assert failed.getMessage() == f"reloading {config_file} failed: internal error: RuntimeError: a bug in the reload"
+    assert traceback.levelname == "DEBUG"
+    assert traceback.exc_info is not None
 
 
 def test_close_stops_the_watching(config_file: Path, reloads: list[str], watcher: FileWatcher) -> None:
@@ -189,4 +194,20 @@ def test_reload_stats_count_and_log_each_reload(caplog: pytest.LogCaptureFixture
             "reload refused, still serving config version 2: "
             "invalid mesh config in mesh.yaml: clusters.a: bad routes[0]: worse",
         ),
+    ]
+
+
+def test_reload_stats_log_a_failure_that_is_no_config_error_as_one_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshlib.config")
+    stats = ReloadStats()
+    stats.refuse(3, OSError(24, "Too many open files"))
+    assert stats.as_dict()["last_error"] == "internal error: OSError: [Errno 24] Too many open files"
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (
+            "ERROR",
+            "reload failed, still serving config version 3: internal error: OSError: [Errno 24] Too many open files",
+            None,
+        )
     ]

@@ -10,7 +10,9 @@ answers the error named in ``x-stub-code``, ``ratelimited`` a hand-written 429,
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,10 +20,22 @@ import httpx
 import pytest
 
 import meshlib
-from meshlib._errors import MeshError, RequestTimeoutError, TimeoutKind, UpstreamConnectError
+from meshlib._errors import MeshError, RequestTimeoutError, TimeoutKind, UpstreamConnectError, UpstreamResetError
 from meshlib._frontdoors.sidecar_client import DEFAULT_SIDECAR, SIDECAR_ENV, AsyncSidecarTransport, SidecarTransport
-from meshlib._wire import TIMEOUT_HEADER, TIMEOUT_VALUE_HEADER, error_head
-from tests.conftest import MakeMesh, Receive, Scope, Send, raw_server, read_body, read_request_head, start_server
+from meshlib._wire import TIMEOUT_HEADER, TIMEOUT_VALUE_HEADER, error_chunk, error_from_chunk, error_head
+from tests.conftest import (
+    ConnectionHandler,
+    MakeMesh,
+    MeshCaller,
+    Receive,
+    Scope,
+    Send,
+    raw_server,
+    read_body,
+    read_request_head,
+    start_server,
+)
+from tests.failing_upstreams import reset_on_close
 
 pytestmark = pytest.mark.anyio
 
@@ -454,3 +468,115 @@ async def test_timeout_headers_this_client_cannot_fully_read_still_give_the_erro
         await raise_sidecar_answer(mode, 504, headers, b"timeout: it took too long\n")
     assert (str(raised.value), raised.value.kind, raised.value.timeout) == ("it took too long", kind, seconds)
     assert raised.value.per_try is per_try
+
+
+# --- a body that fails after its head (docs/sidecar.md, "When the body fails") -----------------------------------
+
+BODY_TIMEOUT = ran_out(RequestTimeoutError, "per-try timeout (300ms) ran out", "per_try", 0.3, route="revues d'été")
+BODY_RESET = UpstreamResetError(f"connection reset by peer {TRY_1}", route="reviews-route", cluster="reviews-v1")
+
+
+def failing_sidecar(ending: bytes | None, *, reset: bool, heads: list[bytes]) -> ConnectionHandler:
+    """A fake sidecar whose answer's body fails: a 200 head and ``hello``, then ``ending`` (an error chunk, the
+    head chunked for it) or nothing (a Content-Length head), then the connection closes (FIN) or resets (RST)."""
+
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
+        heads.append(read_request_head(conn))
+        if ending is None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+        else:
+            head = b"HTTP/1.1 200 OK\r\nx-meshlib-content-length: 100\r\nTransfer-Encoding: chunked\r\n\r\n"
+            conn.sendall(head + b"5\r\nhello\r\n" + ending)
+        time.sleep(0.02)  # the client reads the head first
+        if reset:
+            reset_on_close(conn)
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("ending", "reset", "expected"),
+    [
+        (error_chunk(BODY_TIMEOUT), False, BODY_TIMEOUT),
+        (error_chunk(BODY_RESET), True, BODY_RESET),
+        (
+            None,
+            False,
+            RequestTimeoutError(
+                "a timeout ran out while the response body was read: peer closed connection without sending"
+                " complete message body (received 5 bytes, expected 100)"
+            ),
+        ),
+        (
+            None,
+            True,
+            UpstreamResetError("the upstream failed while the response body was read: connection reset by peer"),
+        ),
+    ],
+    ids=["error-chunk-then-fin", "error-chunk-then-rst", "fin-alone-is-a-timeout", "rst-alone-is-an-upstream-failure"],
+)
+async def test_a_body_that_fails_raises_what_the_sidecar_says_failed_it(
+    mode: str, make_mesh: MakeMesh, ending: bytes | None, reset: bool, expected: MeshError
+) -> None:
+    heads: list[bytes] = []
+    with raw_server(failing_sidecar(ending, reset=reset, heads=heads)) as sidecar:
+        async with MeshCaller(mode, make_mesh({"allow_empty": True}), mode="sidecar", sidecar=sidecar.url) as client:
+            response = await client.open_stream("GET", "http://reviews/x")
+            # The head as the upstream sent it: the sidecar chunked the body only for the error chunk's sake.
+            assert (response.status_code, response.headers.get("content-length")) == (200, "100")
+            assert "transfer-encoding" not in response.headers
+            assert "x-meshlib-content-length" not in response.headers
+            with pytest.raises(MeshError) as raised:
+                await client.read_response(response)
+            await client.close_response(response)
+    got = raised.value
+    assert (type(got), str(got), got.route, got.cluster) == (
+        type(expected),
+        str(expected),
+        expected.route,
+        expected.cluster,
+    )
+    if isinstance(expected, RequestTimeoutError):
+        assert isinstance(got, RequestTimeoutError)
+        assert (got.kind, got.timeout, got.per_try) == (expected.kind, expected.timeout, expected.per_try)
+    assert str(got.request.url) == "http://reviews/x"
+    # The mark reaches the sidecar alone: the caller's request does not carry it.
+    assert b"\r\nx-meshlib-client: 1\r\n" in heads[0]
+    assert "x-meshlib-client" not in response.request.headers
+
+
+async def get_through(mode: str, sidecar: str, url: str) -> None:
+    """GET ``url`` through a sidecar transport built on a plain httpx transport of the caller's own."""
+    if mode == "sync":
+        get_sync(SidecarTransport(inner=httpx.HTTPTransport(proxy=sidecar)), url)
+        return
+    inner = httpx.AsyncHTTPTransport(proxy=sidecar)
+    async with httpx.AsyncClient(transport=AsyncSidecarTransport(inner=inner)) as aclient:
+        await aclient.get(url)
+
+
+async def test_a_transport_of_its_own_cannot_read_error_chunks_and_falls_back_on_the_fin(mode: str) -> None:
+    with (
+        raw_server(failing_sidecar(error_chunk(BODY_RESET), reset=False, heads=[])) as sidecar,
+        pytest.raises(RequestTimeoutError) as raised,
+    ):
+        await get_through(mode, sidecar.url, "http://reviews/x")
+    assert str(raised.value).startswith("a timeout ran out while the response body was read")
+
+
+def test_an_error_chunk_counts_only_as_the_last_line_received() -> None:
+    request = httpx.Request("GET", "http://reviews/x")
+    chunk = error_chunk(BODY_TIMEOUT)
+    assert chunk.startswith(b'1;x-meshlib-error="timeout";')
+    assert chunk.endswith(b'"\r\n')
+    named = error_from_chunk(b"\r\n\r\n5\r\nhello\r\n" + chunk, request)
+    assert isinstance(named, RequestTimeoutError)
+    assert (str(named), named.route, named.kind) == (str(BODY_TIMEOUT), "revues d'été", "per_try")
+    # Body bytes that look like one, or one followed by more: not the sidecar's last word.
+    assert error_from_chunk(b"\r\n\r\n5\r\nhello\r\n" + chunk + b"x\r\n", request) is None
+    assert error_from_chunk(b"\r\n\r\n5\r\nhello\r\n" + chunk[:-2], request) is None
+    assert error_from_chunk(b"", request) is None
+    assert error_from_chunk(b'\r\n1;x-meshlib-error="timeout\r\n', request) is None  # malformed: not the sidecar's
+    bare = error_from_chunk(b'\r\n1;x-meshlib-error="upstream_reset"\r\n', request)
+    assert isinstance(bare, meshlib.UpstreamResetError)
+    assert str(bare) == "the sidecar failed the response body (upstream_reset)"

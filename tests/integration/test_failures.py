@@ -26,7 +26,14 @@ from tests.conftest import (
     raw_server,
     stall,
 )
-from tests.failing_upstreams import reset_before_response, reset_mid_body, stall_mid_body, unaccepting_endpoint
+from tests.failing_upstreams import (
+    drip_head,
+    drip_then_stall,
+    reset_before_response,
+    reset_mid_body,
+    stall_mid_body,
+    unaccepting_endpoint,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -39,8 +46,12 @@ def mesh_config(*endpoints: str, **cluster: Any) -> dict[str, Any]:
     return {"clusters": {"up": {"endpoints": list(endpoints), **cluster}}}
 
 
-async def test_a_stalled_upstream_is_cut_off_by_per_try_timeout(make_mesh: MakeMesh, caller: Caller) -> None:
-    with raw_server(stall) as stalled:
+@pytest.mark.parametrize("handler", [stall, drip_head], ids=["silent", "head-trickling-in"])
+async def test_a_stalled_upstream_is_cut_off_by_per_try_timeout(
+    make_mesh: MakeMesh, caller: Caller, handler: ConnectionHandler
+) -> None:
+    """No answer, or a head whose lines come 50 ms apart for 2 s: no read waits long, the try still ends in time."""
+    with raw_server(handler) as stalled:
         mesh = make_mesh(mesh_config(stalled.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
         async with caller(mesh) as client:
             started = time.monotonic()
@@ -125,6 +136,28 @@ async def test_every_failure_names_what_happened_in_the_same_words_in_both_modes
             with pytest.raises(error) as raised:
                 await client.get("http://up/x")  # reads the body too
     assert str(raised.value) == f"{what} during try 1 {OF} (endpoint {failing.url})"
+
+
+@pytest.mark.parametrize("client_timeout", [None, 0.28], ids=["mesh-timeouts", "tighter-client-read-timeout"])
+async def test_a_body_that_stalls_midway_ends_at_the_deadline_not_a_read_timeout_later(
+    make_mesh: MakeMesh, caller: Caller, client_timeout: float | None
+) -> None:
+    """Bytes for 250 ms, then none: the try ends at 300 ms, where a read timeout alone would wait till 550 ms.
+
+    The client's own 280 ms bounds each read (httpx's meaning), so it alone would fire at 530 ms.
+    """
+    with raw_server(drip_then_stall) as stalling:
+        mesh = make_mesh(mesh_config(stalling.url, retry={"attempts": 1, "per_try_timeout": "300ms"}))
+        async with caller(mesh, timeout=client_timeout) as client:
+            started = time.monotonic()
+            response = await client.open_stream("GET", "http://up/x")
+            with pytest.raises(RequestTimeoutError) as raised:
+                await client.read_response(response)
+            elapsed = time.monotonic() - started
+            await client.close_response(response)
+    assert str(raised.value) == f"per-try timeout (300ms) ran out during try 1 {OF} (endpoint {stalling.url})"
+    assert 0.28 <= elapsed < 0.45
+    assert mesh.stats()["clusters"]["up"]["endpoints"][stalling.url]["in_flight"] == 0
 
 
 @pytest.mark.parametrize("retried", [True, False], ids=["per-try-timeout-listed", "not-listed"])

@@ -15,8 +15,17 @@ import httpx
 import pytest
 
 import meshlib
-from tests.conftest import close_before_response, raw_server, stall
-from tests.failing_upstreams import reset_before_response, unaccepting_endpoint
+from meshlib._errors import MeshError
+from tests.conftest import MeshCaller, close_before_response, close_mid_body, raw_server, stall
+from tests.failing_upstreams import (
+    answer_ok_keep_alive,
+    drip,
+    first_connection_then,
+    reset_before_response,
+    reset_mid_body,
+    stall_mid_body,
+    unaccepting_endpoint,
+)
 from tests.parity.conftest import OpenClient, StartUpstream
 
 pytestmark = pytest.mark.anyio
@@ -243,3 +252,110 @@ async def test_connect_timeouts_and_resets_read_the_same_in_every_mode(open_clie
                 if timed_out is not None:
                     assert isinstance(error, meshlib.UpstreamConnectError)
                     assert (error.kind, error.timeout) == timed_out
+
+
+async def test_a_per_try_timeout_while_connecting_is_a_request_timeout_in_every_mode(open_client: OpenClient) -> None:
+    """No connect_timeout: the per-try timeout cuts the connect short, and every mode raises the same class."""
+    with unaccepting_endpoint() as hanging:
+        config = {
+            "clusters": {"hanging": {"endpoints": [hanging], "retry": {"attempts": 1, "per_try_timeout": "150ms"}}}
+        }
+        async with open_client(config) as client:
+            with pytest.raises(meshlib.RequestTimeoutError) as raised:
+                await client.get("http://hanging/x")
+    error = raised.value
+    assert (error.kind, error.timeout, error.per_try) == ("per_try", 0.15, True)
+    expected = "per-try timeout (150ms) ran out during try 1 of route 'cluster:hanging', cluster 'hanging'"
+    assert str(error) == f"{expected} (endpoint {hanging})"
+
+
+# --- failures after the response head: the body's read raises, with the same class and words in every mode -----
+
+
+async def _read_fails(client: MeshCaller, url: str, error: type[MeshError]) -> tuple[MeshError, float]:
+    """Open ``url``'s response (a 200 head), then read its body: the read raises ``error``; and how long it took."""
+    started = time.monotonic()
+    response = await client.open_stream("GET", url)
+    try:
+        assert response.status_code == 200  # the head reached the caller: nothing can retry this try now
+        with pytest.raises(error) as raised:
+            await client.read_response(response)
+    finally:
+        await client.close_response(response)
+    return raised.value, time.monotonic() - started
+
+
+async def test_a_body_that_drips_or_stalls_past_a_timeout_fails_at_the_deadline(open_client: OpenClient) -> None:
+    """The issue's upstream, scaled down: a byte every 50 ms for 50 bytes outlasts ``timeout`` and ``per_try_timeout``.
+
+    Each read of the body comes within any read timeout, so only a bound on the
+    whole response ends it; as in Envoy both timeouts span the body, and the
+    try is not retried (its head went out) even under ``retry_on: [per-try-timeout]``.
+    """
+    with raw_server(drip) as per_try, raw_server(drip) as whole, raw_server(stall_mid_body) as stalling:
+        retry = {"attempts": 2, "per_try_timeout": "300ms", "retry_on": ["per-try-timeout"], "backoff": FAST_BACKOFF}
+        clusters: dict[str, Any] = {
+            "per-try": {"endpoints": [per_try.url], "timeout": "600ms", "retry": retry},
+            "whole": {"endpoints": [whole.url], "timeout": "300ms", "retry": {"attempts": 1}},
+            "stalling": {"endpoints": [stalling.url], "timeout": "600ms", "retry": retry},
+        }
+        cases = [(per_try, "per-try", "per_try"), (whole, "whole", "request"), (stalling, "stalling", "per_try")]
+        async with open_client({"clusters": clusters}) as client:
+            for upstream, name, kind in cases:
+                error, elapsed = await _read_fails(client, f"http://{name}/x", meshlib.RequestTimeoutError)
+                assert isinstance(error, meshlib.RequestTimeoutError)
+                assert (error.kind, error.timeout, error.per_try) == (kind, 0.3, kind == "per_try")
+                assert (error.route, error.cluster) == (f"cluster:{name}", name)
+                label = kind.replace("_", "-")
+                assert str(error) == (
+                    f"{label} timeout (300ms) ran out during try 1 of route 'cluster:{name}', cluster {name!r}"
+                    f" (endpoint {upstream.url})"
+                )
+                assert 0.28 <= elapsed < 0.8  # at the deadline, not when the body would have ended (2.5 s)
+            # Read whole by the client itself (client.get), the body fails the same way.
+            started = time.monotonic()
+            with pytest.raises(meshlib.RequestTimeoutError) as raised:
+                await client.get("http://per-try/x")
+            assert raised.value.kind == "per_try"
+            assert time.monotonic() - started < 0.8
+        assert (per_try.connections, whole.connections, stalling.connections) == (2, 1, 1)
+
+
+async def test_a_body_cut_short_by_the_upstream_is_an_upstream_reset(open_client: OpenClient) -> None:
+    """Closed or reset after 10 of 1000 bytes: the read raises UpstreamResetError, in the engine's words."""
+    with raw_server(close_mid_body) as closing, raw_server(reset_mid_body) as resetting:
+        clusters = {
+            name: {"endpoints": [url], "retry": {"attempts": 1}}
+            for name, url in (("closing", closing.url), ("resetting", resetting.url))
+        }
+        cases = [
+            (
+                closing,
+                "closing",
+                "peer closed connection without sending complete message body (received 10 bytes, expected 1000)",
+            ),
+            (resetting, "resetting", "connection reset by peer"),
+        ]
+        async with open_client({"clusters": clusters}) as client:
+            for upstream, name, what in cases:
+                error, _ = await _read_fails(client, f"http://{name}/x", meshlib.UpstreamResetError)
+                assert isinstance(error, httpx.NetworkError)
+                assert (error.route, error.cluster) == (f"cluster:{name}", name)
+                assert (
+                    str(error)
+                    == f"{what} during try 1 of route 'cluster:{name}', cluster {name!r} (endpoint {upstream.url})"
+                )
+                assert upstream.connections == 1
+
+
+async def test_a_connection_whose_body_timed_out_is_not_used_again(open_client: OpenClient) -> None:
+    """The stalled connection is closed: the next requests go out on a new one (which is then reused)."""
+    with raw_server(first_connection_then(drip, answer_ok_keep_alive)) as upstream:
+        config = {
+            "clusters": {"up": {"endpoints": [upstream.url], "retry": {"attempts": 1, "per_try_timeout": "200ms"}}}
+        }
+        async with open_client(config) as client:
+            with pytest.raises(meshlib.RequestTimeoutError):
+                await client.get("http://up/x")
+            assert [(await client.get("http://up/x")).text for _ in range(3)] == ["ok"] * 3
+        assert upstream.connections == 2

@@ -8,9 +8,11 @@ error names the timeout that ran out (its ``kind``, ``timeout`` and message).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -18,7 +20,7 @@ import respx
 import meshlib
 from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError
 from meshlib.testing import FakeClock, MeshFactory, assert_counters
-from tests.conftest import Caller
+from tests.conftest import Caller, MakeMesh, MeshCaller
 
 pytestmark = pytest.mark.anyio
 
@@ -238,11 +240,11 @@ async def test_a_routes_timeout_replaces_the_clusters(
 async def test_a_connect_cut_short_by_the_per_try_timeout_names_the_per_try_timeout(
     respx_mock: respx.MockRouter, mesh_factory: MeshFactory, caller: Caller
 ) -> None:
-    """connect_timeout 1 s but per_try_timeout 200 ms: the try's limit is what ran out, still a connect failure."""
+    """connect_timeout 1 s but per_try_timeout 200 ms: the try's limit is what ran out, so a request timeout (UT)."""
     respx_mock.get(f"{A}/x").mock(side_effect=httpx.ConnectTimeout("connect timed out"))
     mesh = mesh_factory(mesh_config(connect_timeout="1s", retry={"attempts": 1, "per_try_timeout": "200ms"}))
     async with caller(mesh) as client:
-        with pytest.raises(UpstreamConnectError) as raised:
+        with pytest.raises(RequestTimeoutError) as raised:
             await client.get(URL)
     assert_timeout(raised.value, "per_try", 0.2, f"per-try timeout (200ms) ran out during try 1 {OF} (endpoint {A})")
 
@@ -301,3 +303,124 @@ async def test_a_timeout_names_the_route_that_set_it(
         0.1,
         f"request timeout (100ms) ran out during try 1 of route 'reviews-quick', cluster 'reviews' (endpoint {A})",
     )
+
+
+# --- the response body: both timeouts span it (Envoy), and a body read that would end past them raises -----------
+
+
+class Drip(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A streamed body whose chunks each take their seconds of fake time to come, as an upstream's would."""
+
+    def __init__(self, clock: FakeClock, chunks: list[tuple[float, bytes]]) -> None:
+        self.clock = clock
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        for seconds, chunk in self.chunks:
+            self.clock.advance(seconds)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self:
+            yield chunk
+
+
+def dripping(clock: FakeClock, chunks: list[tuple[float, bytes]]) -> Callable[[httpx.Request], httpx.Response]:
+    """A respx side effect: a 200 head at once, then the :class:`Drip` body."""
+    return lambda request: httpx.Response(200, stream=Drip(clock, chunks))
+
+
+async def read_chunks(client: MeshCaller, response: httpx.Response, into: list[bytes]) -> None:
+    """Read ``response``'s body chunk by chunk into ``into`` (what the caller got before any error)."""
+    if client.sync_client is not None:
+        for chunk in response.iter_raw():
+            into.append(chunk)
+    else:
+        async for chunk in response.aiter_raw():
+            into.append(chunk)
+
+
+RETRY_PER_TRY = {"attempts": 3, "retry_on": ["per-try-timeout", "5xx"], "backoff": FAST_BACKOFF}
+
+
+@pytest.mark.parametrize(
+    ("cluster", "kind", "seconds", "got"),
+    [
+        ({"timeout": "1s", "retry": {**RETRY_PER_TRY, "per_try_timeout": "500ms"}}, "per_try", 0.5, b"xxxx"),
+        ({"timeout": "300ms", "retry": RETRY_PER_TRY}, "request", 0.3, b"xx"),
+    ],
+    ids=["per-try-timeout-first", "request-timeout-first"],
+)
+async def test_a_body_that_outlasts_a_timeout_fails_when_it_runs_out(
+    respx_mock: respx.MockRouter,
+    mesh_factory: MeshFactory,
+    mesh_clock: FakeClock,
+    caller: Caller,
+    cluster: dict[str, Any],
+    kind: str,
+    seconds: float,
+    got: bytes,
+) -> None:
+    """A byte every 100 ms for 50 bytes: every read is quick, the whole is not. The head went out, so no retry."""
+    upstream = respx_mock.get(f"{A}/x").mock(side_effect=dripping(mesh_clock, [(0.1, b"x")] * 50))
+    mesh = mesh_factory(mesh_config(**cluster))
+    received: list[bytes] = []
+    async with caller(mesh) as client:
+        response = await client.open_stream("GET", URL)
+        assert response.status_code == 200
+        with pytest.raises(RequestTimeoutError) as raised:
+            await read_chunks(client, response, received)
+        # Closed at once, before the caller closes it: the endpoint is free, the connection dropped.
+        assert endpoints_in_flight(mesh) == 0
+        await client.close_response(response)
+    label = "per-try timeout (500ms)" if kind == "per_try" else "request timeout (300ms)"
+    assert_timeout(raised.value, kind, seconds, f"{label} ran out during try 1 {OF} (endpoint {A})")
+    # The chunk that came at the deadline is not passed on: the timeout had run out by then.
+    assert b"".join(received) == got
+    assert upstream.call_count == 1
+
+
+async def test_a_body_that_ends_in_time_is_read_whole(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    respx_mock.get(f"{A}/x").mock(side_effect=dripping(mesh_clock, [(0.1, b"x")] * 4))
+    mesh = mesh_factory(mesh_config(timeout="1s", retry={"attempts": 1, "per_try_timeout": "500ms"}))
+    async with caller(mesh) as client:
+        assert (await client.get(URL)).text == "xxxx"
+    assert endpoints_in_flight(mesh) == 0
+
+
+async def test_a_body_past_the_per_try_timeout_names_it_though_the_clients_read_timeout_is_tighter(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """The client's 250 ms bounds each read, and none takes that long: the per-try timeout is what ran out."""
+    respx_mock.get(f"{A}/x").mock(side_effect=dripping(mesh_clock, [(0.1, b"x")] * 50))
+    mesh = mesh_factory(mesh_config(retry={"attempts": 1, "per_try_timeout": "500ms"}))
+    async with caller(mesh, timeout=0.25) as client:
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+    assert_timeout(raised.value, "per_try", 0.5, f"per-try timeout (500ms) ran out during try 1 {OF} (endpoint {A})")
+
+
+class Sleepy(httpx.AsyncByteStream):
+    """A body whose second chunk takes 5 s (real time, on any anyio backend)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"a"
+        await anyio.sleep(5)
+        yield b"b"  # pragma: no cover - cut off before
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_body_is_bounded_under_trio_too(
+    respx_mock: respx.MockRouter, make_mesh: MakeMesh, anyio_backend: str
+) -> None:
+    """asyncio's alarms are not trio's: there each read of the body gets a cancel scope of what is left."""
+    respx_mock.get(f"{A}/x").mock(side_effect=lambda request: httpx.Response(200, stream=Sleepy()))
+    mesh = make_mesh(mesh_config(retry={"attempts": 1, "per_try_timeout": "200ms"}))
+    async with mesh.async_client() as client:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+        assert time.monotonic() - started < 1.0
+    assert_timeout(raised.value, "per_try", 0.2, f"per-try timeout (200ms) ran out during try 1 {OF} (endpoint {A})")

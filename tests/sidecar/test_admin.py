@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from typing import Any
 
 import httpx
 import pytest
 
 import meshlib
-from meshlib._sidecar.admin import admin_handler, redact
+from meshlib._sidecar.admin import ReloadAnswer, admin_handler
 
 pytestmark = pytest.mark.anyio
 
@@ -41,15 +41,20 @@ class Target:
         self.reloads: list[str] = []
         self.drains = 0
         self.refuse = False
+        self.crash: Exception | None = None  # what reload() raises, as a bug would
         self.peers: list[tuple[int, dict[str, Any]]] = []  # other workers' /stats, as worker 0 would fetch them
         self.missing: list[int] = []
 
     def listener_stats(self) -> dict[str, Any]:
         return {"outbound": {"connections": 2, "in_flight": 1, "address": "127.0.0.1:15001"}}
 
-    async def reload(self) -> tuple[bool, str]:
+    async def reload(self) -> ReloadAnswer:
         self.reloads.append("reload")
-        return (False, "invalid mesh config: bad") if self.refuse else (True, "config version 2")
+        if self.crash is not None:
+            raise self.crash
+        if self.refuse:
+            return ReloadAnswer(400, {"reloaded": False, "message": "invalid mesh config: bad"})
+        return ReloadAnswer(200, {"reloaded": True, "message": "config version 2"})
 
     def drain(self) -> str:
         self.drains += 1
@@ -191,7 +196,116 @@ async def test_wrong_method_or_path(target: Target, method: str, path: str, stat
     assert target.drains == 0
 
 
-def test_redact_leaves_plain_values_alone() -> None:
-    data = {"url": "http://127.0.0.1:1", "headers": {"x-team": "a", "cookie": "s=1"}, "n": 3}
-    assert redact(data) == {"url": "http://127.0.0.1:1", "headers": {"x-team": "a", "cookie": "[redacted]"}, "n": 3}
-    assert json.dumps(redact(data))
+async def test_a_reload_that_raises_is_a_one_line_500_logged_once_and_counted(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib")
+    target.crash = RuntimeError("disk on fire\nsecond line")
+    response = await call(target, "POST", "/reload")
+    assert response.status_code == 500
+    assert response.json() == {
+        "reloaded": False,
+        "message": "internal error: RuntimeError: disk on fire second line",
+        "version": 1,  # what serves on
+        "digest": target.mesh.snapshot.digest,
+    }
+    assert target.mesh.stats()["reloads"]["refused"] == 1
+    [line] = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert (line.levelname, line.exc_info) == ("ERROR", None)  # no traceback but at DEBUG
+    assert "\n" not in line.getMessage()
+    assert [r.levelname for r in caplog.records if r.exc_info] == ["DEBUG"]
+
+
+# /config_dump redacts by what a value means (tests/config/test_redact.py has the rules one by one)
+
+SECRETS_CONFIG: dict[str, Any] = {
+    "clusters": {
+        "reviews": {
+            "endpoints": ["http://127.0.0.1:9081"],
+            "rate_limit": {"rate": "10/second", "storage": "redis://:rl-pass-01@127.0.0.1:6379/0"},
+            "circuit_breaker": {"storage": "redis://cb-user-02:cb-pass-03@127.0.0.1:6379/1?password=cb-query-04"},
+        },
+        "ratings": {
+            "endpoints": ["http://127.0.0.1:9090"],
+            "rate_limit": {
+                "rate": "5/second",
+                "storage": "rediss://127.0.0.1:6380/0?password=rl-query-05&username=u-06",
+            },
+        },
+    },
+    "routes": [
+        {
+            "name": "secret-matches",
+            "match": {
+                "host": "reviews",
+                "path_prefix": "/api/",
+                "headers": {
+                    "authorization": {"exact": "Bearer match-07"},
+                    "proxy-authorization": {"prefix": "Basic match-08"},
+                    "cookie": {"regex": "session=match-09.*"},
+                    "x-api-key": "match-10",
+                    "apikey": "match-11",
+                    "x-user": "tester",
+                },
+                "query": {"token": {"exact": "query-12"}, "page": "query-13", "sig": {"regex": "query-14.*"}},
+            },
+            "cluster": "reviews",
+            "headers": {
+                "request": {
+                    "set": {"x-auth": "set-15", "x-upstream-credential": "set-16", "x-team": "books"},
+                    "add": {"cookie": "add-17", "x-csrf-token": "add-18", "x-client-secret": "add-19"},
+                },
+                "response": {"set": {"set-cookie": "resp-20", "x-served-by": "mesh"}},
+            },
+        },
+        {
+            "name": "direct",
+            "match": {"host": "direct"},
+            "direct_response": {"status": 200, "headers": {"x-session-id": "direct-21", "x-kind": "plain"}},
+        },
+    ],
+    "sidecar": {"inbound": {"listen": "127.0.0.1:15006", "app": "http://app-user-22:app-pass-23@127.0.0.1:8000"}},
+}
+SECRETS = [
+    "rl-pass-01",  # storage URL password
+    "cb-user-02",  # storage URL user
+    "cb-pass-03",
+    "cb-query-04",  # ?password=
+    "rl-query-05",
+    "u-06",  # any query value of a storage URL
+    "match-07",  # header match on authorization (exact)
+    "match-08",  # proxy-authorization (prefix)
+    "match-09",  # cookie (regex)
+    "match-10",  # x-api-key (shorthand exact)
+    "match-11",  # apikey
+    "query-12",  # query match on a secret-looking name
+    "query-13",  # any query match value, whatever its name
+    "query-14",  # a query regex
+    "set-15",  # header edits: x-auth
+    "set-16",  # x-upstream-credential
+    "add-17",  # cookie
+    "add-18",  # x-csrf-token
+    "add-19",  # x-client-secret
+    "resp-20",  # set-cookie on the response
+    "direct-21",  # direct_response headers
+    "app-user-22",  # the inbound app URL's user info
+    "app-pass-23",
+]
+
+
+@pytest.fixture
+async def dump_text(make_mesh: Any) -> str:
+    return (await call(Target(make_mesh(SECRETS_CONFIG)), "GET", "/config_dump")).text
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+async def test_config_dump_never_shows_a_credential(dump_text: str, secret: str) -> None:
+    assert secret not in dump_text
+
+
+@pytest.mark.parametrize(
+    "shown",
+    ['"x-user"', '"tester"', '"books"', '"mesh"', '"plain"', '"/api/"', '"reviews"', '"ratings"', "127.0.0.1:9081"],
+)
+async def test_config_dump_still_shows_what_is_no_secret(dump_text: str, shown: str) -> None:
+    assert shown in dump_text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import socket
 import ssl
 import threading
@@ -36,9 +37,11 @@ from tests.conftest import (
     echo_app,
     eventually,
     raw_server,
+    read_request_head,
     stall,
     start_server,
 )
+from tests.failing_upstreams import drip, reset_mid_body
 
 pytestmark = pytest.mark.anyio
 
@@ -661,9 +664,18 @@ async def test_a_close_mid_body_is_a_read_error(transport: PooledTransport) -> N
         assert response.status_code == 200
         stream: Any = response.stream
         assert await stream.__anext__() == b"0123456789"  # what came is delivered, then the truncation raises
-        with pytest.raises(httpx.ReadError):
+        # h11's words, so that the failure reads the same through the sidecar as in process.
+        words = "peer closed connection without sending complete message body (received 10 bytes, expected 1000)"
+        with pytest.raises(httpx.ReadError, match=rf"^{re.escape(words)}$"):
             await stream.__anext__()
         await response.aclose()
+
+
+async def test_a_reset_mid_body_is_a_read_error_in_the_oss_words(transport: PooledTransport) -> None:
+    with raw_server(reset_mid_body) as server:
+        response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
+        with pytest.raises(httpx.ReadError, match=r"^\[Errno 104\] Connection reset by peer$"):
+            await response.aread()
 
 
 async def test_a_chunked_body_without_its_last_chunk_is_a_read_error(transport: PooledTransport) -> None:
@@ -673,7 +685,7 @@ async def test_a_chunked_body_without_its_last_chunk_is_a_read_error(transport: 
 
     with raw_server(no_last_chunk) as server:
         response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(httpx.ReadError, match=r"\(incomplete chunked read\)$"):
             await response.aread()
 
 
@@ -915,3 +927,47 @@ async def test_the_mesh_per_try_timeout_cancels_a_try(make_mesh: MakeMesh) -> No
             with pytest.raises(meshlib.MeshError):
                 await client.get("http://up/x")
         assert inner.idle_connections == 0
+
+
+async def test_a_body_received_whole_is_past_the_meshs_timeouts(make_mesh: MakeMesh, echo: str) -> None:
+    """As Envoy disarms its timeouts once the upstream response is complete: reading it later is fine."""
+    mesh = make_mesh(mesh_config(echo, retry={"attempts": 1, "per_try_timeout": "100ms"}))
+    async with (
+        httpx.AsyncClient(transport=mesh.async_transport(inner=PooledTransport())) as client,
+        client.stream("GET", "http://up/x") as response,
+    ):
+        await asyncio.sleep(0.2)  # past the per-try timeout: a small answer came whole with its head
+        assert (await response.aread()).startswith(b'{"name": "echo"')
+
+
+async def test_a_body_is_complete_once_it_all_came(transport: PooledTransport, echo: str) -> None:
+    with raw_server(drip) as server:
+        response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
+        stream: Any = response.stream
+        assert not stream.complete  # still coming
+        await response.aclose()
+    response = await transport.handle_async_request(request("GET", f"{echo}/x"))
+    stream = response.stream
+    await eventually(lambda: stream.complete)  # the rest came: nothing left to wait for
+    await response.aread()
+
+
+async def test_a_body_that_came_whole_while_the_reader_was_away_is_past_the_timeouts(make_mesh: MakeMesh) -> None:
+    def in_two_parts(conn: socket.socket, stop: threading.Event) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        if not stop.wait(0.05):
+            conn.sendall(b"56789")
+            stop.wait(5)
+
+    with raw_server(in_two_parts) as server:
+        mesh = make_mesh(mesh_config(server.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
+        pooled = PooledTransport()
+        async with (
+            httpx.AsyncClient(transport=mesh.async_transport(inner=pooled)) as client,
+            client.stream("GET", "http://up/x") as response,
+        ):
+            chunks = response.aiter_raw()
+            assert await chunks.__anext__() == b"01234"
+            await asyncio.sleep(0.3)  # the rest came, then the per-try timeout passed
+            assert [chunk async for chunk in chunks] == [b"56789"]

@@ -250,6 +250,8 @@ async def test_a_newer_checker_takes_the_endpoints_over(respx_mock: respx.MockRo
     old = _direct_checker(endpoints, old_cluster)
     new = _direct_checker(endpoints, new_cluster)
     try:
+        old.start()
+        new.start()  # started last: the endpoints are the new one's to judge
         old.check_once()
         assert state.healthy
         assert old_cluster.counters() == {}

@@ -1,0 +1,143 @@
+"""The response body's deadline on asyncio: one timer per try for head and body, and cancellations kept apart.
+
+The body wrapper (``_engine/streams.py``) cuts a read off when the try's time
+is up by cancelling the reading task, as the per-try timeout does for the
+head: it must take back only its own cancellation, and it reuses the try's
+timer rather than setting a second one per response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from meshlib._engine import alarms, streams
+from meshlib._errors import RequestTimeoutError
+from meshlib.testing import FakeClock, MeshFactory
+from tests.conftest import Caller, MakeMesh
+from tests.policies.test_timeout import dripping
+
+pytestmark = pytest.mark.anyio
+
+A = "http://127.0.0.1:9081"
+URL = "http://reviews/x"
+
+
+def config(**retry: Any) -> dict[str, Any]:
+    return {"clusters": {"reviews": {"endpoints": [A], "retry": {"attempts": 1, **retry}}}}
+
+
+async def test_the_body_takes_its_tries_timer_over(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-try timer is due when the body must end too: the body sets none of its own, unless the
+    try's timer was the client's tighter read timeout (a limit per read, not on the body)."""
+    armed: list[float] = []
+    schedule = alarms.schedule
+
+    def counting(loop: asyncio.AbstractEventLoop, delay: float, alarm: Any, *, shared: bool = True) -> Any:
+        armed.append(delay)
+        return schedule(loop, delay, alarm, shared=shared)
+
+    monkeypatch.setattr(streams, "schedule", counting)
+    respx_mock.get(f"{A}/x").mock(side_effect=dripping(mesh_clock, [(0.1, b"x")] * 50))
+    mesh = mesh_factory(config(per_try_timeout="500ms"))
+    async with mesh.async_client() as client:
+        with pytest.raises(RequestTimeoutError):
+            await client.get(URL)
+    assert armed == []
+    async with mesh.async_client(timeout=0.25) as client:
+        with pytest.raises(RequestTimeoutError):
+            await client.get(URL)
+    assert armed == [pytest.approx(0.5)]
+
+
+class Stubborn(httpx.AsyncByteStream):
+    """A body whose second read takes 5 s and, cancelled, swallows it and answers anyway."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"a"
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+        yield b"late"
+
+
+async def test_a_read_that_swallows_the_timeouts_cancellation_still_times_out(
+    respx_mock: respx.MockRouter, make_mesh: MakeMesh
+) -> None:
+    respx_mock.get(f"{A}/x").mock(side_effect=lambda request: httpx.Response(200, stream=Stubborn()))
+    mesh = make_mesh(config(per_try_timeout="100ms"))
+    async with mesh.async_client() as client:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError) as raised:
+            await client.get(URL)
+        assert time.monotonic() - started < 1.0
+    assert raised.value.kind == "per_try"
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0  # the cancellation was taken back
+    await asyncio.sleep(0)
+
+
+async def test_a_caller_cancelled_while_reading_the_body_is_cancelled_not_timed_out(
+    respx_mock: respx.MockRouter, make_mesh: MakeMesh
+) -> None:
+    never: asyncio.Event = asyncio.Event()
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"a"
+            await never.wait()
+            yield b"b"  # pragma: no cover - never reached
+
+    respx_mock.get(f"{A}/x").mock(side_effect=lambda request: httpx.Response(200, stream=Endless()))
+    mesh = make_mesh(config(per_try_timeout="5s"))
+    async with mesh.async_client() as client:
+        reading = asyncio.ensure_future(client.get(URL))
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    stats = mesh.stats()["clusters"]["reviews"]["endpoints"][A]
+    assert stats["in_flight"] == 0
+
+
+async def test_time_up_while_the_caller_does_something_else_fails_the_next_read_not_the_caller(
+    respx_mock: respx.MockRouter, make_mesh: MakeMesh
+) -> None:
+    """Between the head and the body the try's timer cancels nothing: only a read of the body is cut off."""
+    respx_mock.get(f"{A}/x").mock(side_effect=lambda request: httpx.Response(200, stream=Stubborn()))
+    mesh = make_mesh(config(per_try_timeout="100ms"))
+    async with mesh.async_client() as client, client.stream("GET", URL) as response:
+        await asyncio.sleep(0.2)  # the caller's own await, past the deadline: not cancelled
+        with pytest.raises(RequestTimeoutError):
+            await response.aread()
+
+
+class Whole(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """An inner transport that answers with a body it holds whole (an in-memory stream, not yet read)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=httpx.ByteStream(b"whole"))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handle_request(request)
+
+
+async def test_a_body_held_whole_is_past_the_timeouts(
+    mesh_factory: MeshFactory, mesh_clock: FakeClock, caller: Caller
+) -> None:
+    """Nothing is left to come from the upstream, so, as Envoy disarms its timers then, reading late is fine."""
+    mesh = mesh_factory(config(per_try_timeout="500ms"))
+    async with caller(mesh, transport=Whole()) as client:
+        response = await client.open_stream("GET", URL)
+        mesh_clock.advance(1.0)
+        assert await client.read_response(response) == b"whole"
+        await client.close_response(response)
