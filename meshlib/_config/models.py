@@ -51,6 +51,7 @@ from meshlib._config.resilience import (
     RetryConfig,
     needs_codes,
 )
+from meshlib._config.security import ClusterTlsConfig, InboundConfig
 from meshlib._config.sidecar import SidecarConfig
 from meshlib._errors import ConfigError
 
@@ -234,10 +235,19 @@ class ClusterConfig(ConfigModel):
     health_check: HealthCheckConfig | None = None
     rate_limit: RateLimitConfig | None = None
     hedge: HedgeConfig | None = None
+    tls: ClusterTlsConfig | None = None
 
     misplaced_keys: ClassVar[Mapping[str, str]] = {
         key: f"{key} is set per route, not per cluster: put it under a route in routes" for key in ("fault", "mirror")
     }
+
+    @check("endpoints", "tls")
+    def _tls_fits_endpoints(self) -> Iterator[CheckError]:
+        if self.tls is None or self.tls.mode != "disable":
+            return
+        for i, endpoint in enumerate(self.endpoints):
+            if isinstance(endpoint, EndpointConfig) and endpoint.url.startswith("https://"):
+                yield ("endpoints", i), "an https:// endpoint needs TLS: tls mode is 'disable'", endpoint.url
 
     @check("lb")
     def _hash_on_fits_lb(self) -> Iterator[CheckError]:
@@ -479,6 +489,8 @@ class MeshConfig(ConfigModel):
     )
     routes: list[RouteConfig] = Field(default_factory=list)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+    # What every inbound door (the sidecar's inbound listener, the ASGI/WSGI middleware) applies.
+    inbound: InboundConfig | None = None
     # An empty config is far more often a truncated file or a bad template than a wish to route nothing.
     allow_empty: Annotated[bool, Field(strict=True)] = False
 

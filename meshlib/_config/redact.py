@@ -131,10 +131,12 @@ def _walk(value: Any, dumped: Any) -> Any:
     """
     if isinstance(value, BaseModel) and isinstance(dumped, dict):
         fields = type(value).model_fields
+        names = {field.alias or name: name for name, field in fields.items()}  # dumped by alias: from → from_
         out: dict[str, Any] = {}
-        for name, item in dumped.items():
+        for key, item in dumped.items():
+            name = names.get(key, key)
             secret = secret_of(fields[name]) if name in fields else None
-            out[name] = _walk(getattr(value, name, None), item) if secret is None else _apply(secret, item)
+            out[key] = _walk(getattr(value, name, None), item) if secret is None else _apply(secret, item)
         return out
     if isinstance(value, Mapping) and isinstance(dumped, dict):
         return {k: _walk(value.get(k), v) for k, v in dumped.items()}
@@ -144,8 +146,8 @@ def _walk(value: Any, dumped: Any) -> Any:
 
 
 def redact_config(model: BaseModel) -> dict[str, Any]:
-    """``model.model_dump(mode="json")`` with every credential replaced by ``[redacted]``."""
-    redacted: dict[str, Any] = _walk(model, model.model_dump(mode="json"))
+    """``model.model_dump(mode="json", by_alias=True)`` (keys as users write them) with every credential redacted."""
+    redacted: dict[str, Any] = _walk(model, model.model_dump(mode="json", by_alias=True))
     return redacted
 
 
