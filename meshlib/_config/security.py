@@ -236,7 +236,7 @@ class OperationConfig(ConfigModel):
     @classmethod
     def _paths(cls, value: list[str]) -> list[str]:
         for path in value:
-            if not (path.startswith("/") or path.startswith("*")):
+            if not path.startswith(("/", "*")):
                 raise ValueError(f"path {path!r} must start with '/' (or '*' for a suffix match)")
         return value
 

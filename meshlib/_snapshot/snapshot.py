@@ -34,5 +34,7 @@ class Snapshot:
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        canonical = json.dumps(self.config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(
+            self.config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+        )
         object.__setattr__(self, "digest", hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest())
