@@ -131,10 +131,10 @@ def _walk(value: Any, dumped: Any) -> Any:
     """
     if isinstance(value, BaseModel) and isinstance(dumped, dict):
         fields = type(value).model_fields
-        names = {field.alias or name: name for name, field in fields.items()}  # dumped by alias: from → from_
+        names: dict[str, str] = {field.alias or name: name for name, field in fields.items()}  # by alias: from → from_
         out: dict[str, Any] = {}
         for key, item in dumped.items():
-            name = names.get(key, key)
+            name = names.get(str(key), str(key))
             secret = secret_of(fields[name]) if name in fields else None
             out[key] = _walk(getattr(value, name, None), item) if secret is None else _apply(secret, item)
         return out

@@ -54,10 +54,14 @@ from meshlib._errors import (
 )
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import ProtocolError, RequestHead
+from meshlib._sidecar.tls_accept import Peer, ServerTls, accept_loop
 from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
 from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
 
-__all__ = ["ConnectPolicy", "Handler", "HttpServer"]
+__all__ = ["PEER", "ConnectPolicy", "Handler", "HttpServer", "Peer", "ServerTls"]
+
+# The request extension that tells a handler who the client is (a Peer): address, TLS, certificate.
+PEER: Final = "meshlib.peer"
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 """``await handler(request)`` → the response to send back (its body is streamed, then closed)."""
@@ -218,6 +222,7 @@ class _Connection(asyncio.Protocol):
         "_loop",
         "_out",
         "_out_size",
+        "_peer",
         "_reading_paused",
         "_scanned",
         "_sent",
@@ -259,6 +264,7 @@ class _Connection(asyncio.Protocol):
         self._sent = False  # bytes of the current response reached the transport
         self._framing = _IN_MEMORY  # of the current response's body
         self._tunnel: Tunnel | None = None
+        self._peer: Peer | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------------------
 
@@ -271,6 +277,8 @@ class _Connection(asyncio.Protocol):
             return
         server._connections.add(self)
         self._set_deadline(_HEADER, server._header_timeout)
+        if server._tls is not None:  # who the client is matters only where the listener authenticates it
+            self._peer = _peer_of(transport)
 
     def data_received(self, data: bytes) -> None:
         state = self._state
@@ -532,6 +540,8 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
         try:
             request = httpx.Request(head.method, _url(head.url), headers=head.headers, stream=stream)
+            if self._peer is not None:
+                request.extensions[PEER] = self._peer
         except (httpx.InvalidURL, UnicodeError) as exc:
             self._reject(400, f"invalid request target: {exc}")
             return
@@ -901,6 +911,16 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
 
 
+def _peer_of(transport: asyncio.Transport) -> Peer:
+    """The client of a connection: address, and the certificate it presented over TLS (verified by the context)."""
+    address = transport.get_extra_info("peername")
+    ssl_object = transport.get_extra_info("ssl_object")
+    peer_address = (str(address[0]), int(address[1])) if isinstance(address, tuple) and len(address) >= 2 else None
+    if ssl_object is None:
+        return Peer(peer_address)
+    return Peer(peer_address, tls=True, certificate=ssl_object.getpeercert(binary_form=True))
+
+
 class HttpServer:
     """An HTTP/1.1 listener that hands each request to ``handler`` (see the module docstring for the behaviour).
 
@@ -916,8 +936,13 @@ class HttpServer:
         limits: SidecarLimitsConfig,
         *,
         connect_tunnel: ConnectPolicy | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
+        self._tls = tls
+        self._accepting: asyncio.Task[None] | None = None  # the accept loop of a TLS listener
+        self._listening: socket.socket | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._handler = handler
         self._connect_tunnel = connect_tunnel
         self._max_connections = limits.max_connections
@@ -938,7 +963,21 @@ class HttpServer:
         sock.setblocking(False)
         address = sock.getsockname()
         self._address = (address[0], address[1])
-        self._server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=socket.SOMAXCONN)
+        if self._tls is None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self, loop), sock=sock, backlog=socket.SOMAXCONN
+            )
+            return
+        self._listening = sock
+        self._accepting = loop.create_task(
+            accept_loop(
+                sock,
+                self._tls,
+                lambda: _Connection(self, loop),
+                handshake_timeout=self._header_timeout,
+                connections=self._handshakes,
+            )
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -959,6 +998,14 @@ class HttpServer:
         """Close the listening socket; open connections go on."""
         if self._server is not None:
             self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+            for handshake in list(self._handshakes):  # not yet a connection: nothing in flight to drain
+                handshake.cancel()
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the drain deadline is the contract
         """Stop accepting, close idle connections, let requests in flight finish (with ``Connection: close``).
