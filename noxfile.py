@@ -57,6 +57,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_resilience.py", *session.posargs)
     session.run("python", "benchmarks/bench_hedge_overload.py", *session.posargs)
     session.run("python", "benchmarks/bench_upstream_client.py", *session.posargs)
+    session.run("python", "benchmarks/bench_inbound.py", "--check", *session.posargs)
     if shutil.which("wrk") is None:
         session.skip("bench_sidecar needs wrk: apt-get install -y wrk")
     session.run("python", "benchmarks/bench_sidecar.py", *session.posargs)

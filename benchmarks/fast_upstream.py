@@ -1,7 +1,7 @@
 """A tiny, fast HTTP/1.1 upstream for the sidecar benchmark: every request gets ``200 OK`` with the body ``ok``.
 
-Run ``python benchmarks/fast_upstream.py --port N [--port M ...]``: one process
-serves every port given (port 0 asks the OS for a free one). Once all are
+Run ``python benchmarks/fast_upstream.py --port N [--port M ...] [--tls CERT KEY CA]``: one process
+serves every port given (over mTLS with ``--tls``) (port 0 asks the OS for a free one). Once all are
 bound it prints one line per listener, ``fast_upstream: listening on
 127.0.0.1:PORT``, and serves until SIGTERM or SIGINT.
 
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -101,8 +102,17 @@ class UpstreamProtocol(asyncio.Protocol):
             self._closing = True
 
 
-async def serve(ports: Sequence[int], host: str = "127.0.0.1") -> None:
-    """Listen on every port, print one ready line each, and serve until SIGTERM or SIGINT."""
+def tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """A server context presenting ``cert`` and requiring a client certificate that chains to ``ca`` (mTLS)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def serve(ports: Sequence[int], host: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> None:
+    """Listen on every port (over TLS with ``context``), print one ready line each, and serve until SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,7 +125,9 @@ async def serve(ports: Sequence[int], host: str = "127.0.0.1") -> None:
             sock.bind((host, port))
             bound: int = sock.getsockname()[1]
             keep_alive, close = fixed_response(bound), fixed_response(bound, close=True)
-            server = await loop.create_server(partial(UpstreamProtocol, keep_alive, close), sock=sock, backlog=1024)
+            server = await loop.create_server(
+                partial(UpstreamProtocol, keep_alive, close), sock=sock, backlog=1024, ssl=context
+            )
             servers.append(server)
         for server in servers:
             for listening in server.sockets:
@@ -132,11 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, action="append", required=True, help="a port to serve (repeatable; 0: any)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--tls", nargs=3, metavar=("CERT", "KEY", "CA"), help="serve mTLS: this certificate, and clients of CA only"
+    )
     args = parser.parse_args(argv)
+    context = tls_context(*args.tls) if args.tls else None
     if uvloop is not None:
-        uvloop.run(serve(args.port, args.host))
+        uvloop.run(serve(args.port, args.host, context))
     else:  # pragma: no cover
-        asyncio.run(serve(args.port, args.host))
+        asyncio.run(serve(args.port, args.host, context))
     return 0
 
 

@@ -19,6 +19,7 @@ from meshlib._errors import (
     MeshError,
     NoHealthyUpstreamError,
     OverloadedError,
+    PeerIdentityError,
     RateLimitedError,
     RequestTimeoutError,
     RouteNotFoundError,
@@ -28,17 +29,20 @@ from meshlib._errors import (
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
 from meshlib._hooks import RetryEvent
 from meshlib._mesh import Mesh
+from meshlib._policies.identity import Identity
 
 __all__ = [
     "AsyncMeshTransport",
     "CircuitOpenError",
     "ConfigError",
+    "Identity",
     "Mesh",
     "MeshConfig",
     "MeshError",
     "MeshTransport",
     "NoHealthyUpstreamError",
     "OverloadedError",
+    "PeerIdentityError",
     "RateLimitedError",
     "RequestTimeoutError",
     "RetryEvent",

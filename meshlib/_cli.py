@@ -1,4 +1,4 @@
-"""The ``meshlib`` command: ``demo``, ``proxy``, ``validate``, ``schema``."""
+"""The ``meshlib`` command: ``demo``, ``proxy``, ``validate``, ``schema``, ``ca init``, ``ca issue``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from meshlib.__version__ import __version__
 from meshlib._config.load import load_file
@@ -23,15 +24,57 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.config:
         try:
             config = load_file(path)
+            # The files a config names (certificates, keys) are read as the mesh would read them: "would this load?"
+            file_warnings = _check_files(config, path)
         except ConfigError as exc:
             failed = True
             print(exc, file=sys.stderr)
         else:
             # Warnings never fail validation: the config loads, but these settings can never take effect.
-            for field, message in config.warnings():
+            for field, message in [*config.warnings(), *file_warnings]:
                 print(f"{path}: " * several + f"warning: {field}: {message}", file=sys.stderr)
             print(f"{path}: ok" if several else "ok")
     return EXIT_INVALID if failed else 0
+
+
+def _check_files(config: MeshConfig, path: str) -> list[tuple[str, str]]:
+    """Warnings about the TLS files ``config`` names; ConfigError when one cannot be used."""
+    if not any(c.tls is not None for c in config.clusters.values()) and (
+        config.inbound is None or config.inbound.mtls is None
+    ):
+        return []
+    from meshlib._tls.cluster import tls_file_problems
+
+    errors, warnings = tls_file_problems(config)
+    if errors:
+        raise ConfigError(errors, source=path)
+    return warnings
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from meshlib._config.durations import MAX_DURATION, parse_duration
+    from meshlib._tls import ca
+
+    try:
+        ttl = parse_duration(args.ttl)
+        if not 0 < ttl <= MAX_DURATION:
+            raise ValueError(f"invalid ttl {args.ttl!r}: above 0 and at most 8760h")
+        if args.ca_command == "init":
+            issued = ca.init_ca(Path(args.out), args.trust_domain, ttl=ttl, force=args.force)
+            print(f"CA for trust domain {issued.spiffe_id.removeprefix('spiffe://')}: {issued.cert}, key {issued.key}")
+        else:
+            issued = ca.issue(Path(args.ca), Path(args.out), args.service, namespace=args.namespace, ttl=ttl)
+            if issued.clamped:
+                print("meshlib ca: the certificate ends with its CA, before the ttl asked for", file=sys.stderr)
+            print(f"{issued.spiffe_id}: {issued.cert}, key {issued.key}")
+    except (ca.CaError, ValueError) as exc:
+        print(f"meshlib ca {args.ca_command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"meshlib ca {args.ca_command}: cannot write {exc.filename!r}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"serial {issued.serial:x}, valid until {issued.not_after.isoformat()}")
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -120,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=_schema)
+
+    ca = commands.add_parser("ca", help="a local certificate authority: SPIFFE workload certificates for mTLS")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    init = ca_commands.add_parser("init", help="create a CA (ca.pem, ca-key.pem) for a trust domain")
+    init.add_argument("--trust-domain", required=True, help="the SPIFFE trust domain, e.g. example.org")
+    init.add_argument("--out", required=True, metavar="DIR", help="where to write ca.pem and ca-key.pem")
+    init.add_argument("--ttl", default="8760h", help="how long the CA is valid (default 8760h)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
+    init.set_defaults(func=_ca)
+    issue = ca_commands.add_parser(
+        "issue", help="issue SERVICE.pem and SERVICE-key.pem: spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE"
+    )
+    issue.add_argument("--service", required=True, help="the workload's service account name, e.g. reviews")
+    issue.add_argument("--namespace", default="default", help="its namespace (default: default)")
+    issue.add_argument("--ttl", default="24h", help="how long the certificate is valid (default 24h)")
+    issue.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (from meshlib ca init)")
+    issue.add_argument("--out", required=True, metavar="DIR", help="where to write the files (replaced atomically)")
+    issue.set_defaults(func=_ca)
     return parser
 
 

@@ -13,6 +13,7 @@ The hierarchy::
         ├── CircuitOpenError         code ``circuit_open``           the cluster's breaker is open
         ├── OverloadedError          code ``overloaded``             max_concurrent_requests reached
         ├── UpstreamConnectError     code ``upstream_connect_failure``  (also an httpx.ConnectError)
+        │   └── PeerIdentityError    code ``peer_identity_mismatch``  the upstream's SPIFFE ID is not expected
         ├── UpstreamResetError       code ``upstream_reset``         (also an httpx.NetworkError)
         └── RequestTimeoutError      code ``timeout``                (also an httpx.TimeoutException)
 
@@ -41,6 +42,7 @@ __all__ = [
     "MeshError",
     "NoHealthyUpstreamError",
     "OverloadedError",
+    "PeerIdentityError",
     "RateLimitedError",
     "RequestTimeoutError",
     "RouteNotFoundError",
@@ -182,6 +184,41 @@ class UpstreamConnectError(_TimeoutAwareError, httpx.ConnectError):
 
     code = "upstream_connect_failure"
     status = 503
+
+
+class PeerIdentityError(UpstreamConnectError):
+    """The upstream's certificate verified, but its SPIFFE ID is not one of the cluster's ``expected_identities``.
+
+    The connection is closed before any byte of the request is sent (it is a
+    connect failure, as Envoy counts a SAN mismatch, so ``retry_on:
+    [connect-failure]`` may try another endpoint). ``peer`` is the SPIFFE ID
+    the upstream presented (None if it had none) and ``expected`` the IDs the
+    config accepts; the message names both::
+
+        try:
+            client.get("http://reviews/api/reviews/1")
+        except meshlib.PeerIdentityError as error:
+            print(error.peer, error.expected)
+    """
+
+    code = "peer_identity_mismatch"
+    status = 503
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        cluster: str | None = None,
+        kind: TimeoutKind | None = None,
+        timeout: float | None = None,
+        peer: str | None = None,
+        expected: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, request=request, route=route, cluster=cluster, kind=kind, timeout=timeout)
+        self.peer = peer
+        self.expected = tuple(expected)
 
 
 class UpstreamResetError(MeshError, httpx.NetworkError):

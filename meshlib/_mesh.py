@@ -274,7 +274,11 @@ class Mesh:
         ``breaker_open``, ``ejections``, ``hedges``, ``faults_aborted``, ...) and,
         when configured, ``circuit_breaker`` (``state``, ``in_flight``).
         ``reloads`` counts reloads ``accepted`` and ``refused``, with
-        ``last_error``, why the last refused one was.
+        ``last_error``, why the last refused one was. ``certificates`` lists
+        every certificate loaded for ``tls`` and ``inbound.mtls``, by field path
+        (``clusters.reviews.tls.cert_file``): ``file``, ``subject``,
+        ``spiffe_id``, ``serial``, ``not_before``, ``not_after`` and
+        ``expires_in_seconds`` (negative once expired).
         """
         snapshot = self._snapshot
         now = self._runtime.clock.monotonic()
@@ -298,7 +302,23 @@ class Mesh:
             if breaker is not None:
                 entry["circuit_breaker"] = {"state": breaker.state, "in_flight": breaker.in_flight}
             clusters[name] = entry
-        return {"version": snapshot.version, "clusters": clusters, "reloads": self._reloads.as_dict()}
+        return {
+            "version": snapshot.version,
+            "clusters": clusters,
+            "reloads": self._reloads.as_dict(),
+            "certificates": self._certificates(snapshot),
+        }
+
+    def _certificates(self, snapshot: Snapshot) -> dict[str, Any]:
+        sources = [c.tls.source for c in snapshot.clusters.values() if c.tls is not None]
+        inbound = self._runtime.registry.get("inbound_tls", "inbound")
+        if inbound is not None:
+            sources.append(inbound.source)
+        if not sources:
+            return {}
+        from meshlib._tls.cluster import certificate_stats  # here: cryptography loads only for a mesh with TLS
+
+        return certificate_stats(sources)
 
     def close(self) -> None:
         """Close the mesh: stop its background work and refuse new clients and transports.

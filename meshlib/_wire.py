@@ -38,6 +38,7 @@ from meshlib._errors import (
     MeshError,
     NoHealthyUpstreamError,
     OverloadedError,
+    PeerIdentityError,
     RateLimitedError,
     RequestTimeoutError,
     RouteNotFoundError,
@@ -66,6 +67,9 @@ CLUSTER_HEADER = "x-meshlib-cluster"
 # request's timeout did, "connect" or "client"; older clients read only "request" (per_try is False).
 TIMEOUT_HEADER = "x-meshlib-timeout"
 TIMEOUT_VALUE_HEADER = "x-meshlib-timeout-value"
+# A PeerIdentityError's fields: the SPIFFE ID the upstream presented, and the expected ones (space-separated).
+PEER_IDENTITY_HEADER = "x-meshlib-peer-identity"
+EXPECTED_IDENTITIES_HEADER = "x-meshlib-expected-identities"
 # On requests from meshlib's sidecar client, sent to the sidecar only (a proxy header) and dropped there: the
 # client reads error chunks, so the sidecar chunks every streamed body it sends it, moving a Content-Length
 # to LENGTH_HEADER, which the client puts back.
@@ -98,6 +102,7 @@ _CLASSES: dict[str, type[MeshError]] = {
         CircuitOpenError,
         OverloadedError,
         UpstreamConnectError,
+        PeerIdentityError,
         UpstreamResetError,
         RequestTimeoutError,
     )
@@ -129,6 +134,10 @@ def error_head(error: MeshError) -> tuple[int, list[tuple[bytes, bytes]], bytes]
             headers.append((TIMEOUT_HEADER.encode(), token.encode()))
         if error.timeout is not None:
             headers.append((TIMEOUT_VALUE_HEADER.encode(), format_duration(error.timeout).encode()))
+    if isinstance(error, PeerIdentityError):
+        if error.peer is not None:
+            headers.append((PEER_IDENTITY_HEADER.encode(), _header_safe(error.peer)))
+        headers.append((EXPECTED_IDENTITIES_HEADER.encode(), b" ".join(map(_header_safe, error.expected))))
     return error.status, headers, body
 
 
@@ -190,6 +199,9 @@ def _error(fields: Mapping[str, str], request: httpx.Request, message: str) -> M
     )
     if isinstance(error, RequestTimeoutError):
         error.per_try = token != "request"
+    elif isinstance(error, PeerIdentityError):
+        error.peer = _name_from_header(fields.get(PEER_IDENTITY_HEADER))
+        error.expected = tuple(unquote(i) for i in fields.get(EXPECTED_IDENTITIES_HEADER, "").split())
     return error
 
 

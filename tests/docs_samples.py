@@ -16,9 +16,12 @@ The rules, as a writer of docs meets them:
     line of a bash block does (e.g. ``with meshlib proxy --config mesh.yaml`` for a sidecar client).
   - ``<!-- docs-test: warns (REASON) -->``: a YAML block that shows ``meshlib validate``'s warnings on
     purpose; it must warn, and its warnings are reported as a ``DocsSampleWarning``.
+  - ``<!-- docs-test: setup -->``: a bash block whose commands also run, first, in the directory of every
+    later block of the same page (``meshlib ca init`` and ``issue`` make the certificates a config names).
 
   An unknown directive, a skip without a reason or a marker that stands above no block fails.
-* **Where.** Each block runs in a fresh directory holding the files of the page's earlier ``file`` blocks;
+* **Where.** Each block runs in a fresh directory holding the files of the page's earlier ``file`` blocks
+  and what its earlier ``setup`` blocks made (a YAML block is validated there too);
   blocks of examples/ pages run from the repository root instead, as their READMEs say. The demo's
   upstreams (``meshlib demo --serve``) serve 127.0.0.1:9081-9083 and :9090 for every Python and shell block,
   and ``meshlib`` is on PATH. Proxy variables are cleared: nothing leaves loopback.
@@ -150,11 +153,15 @@ def _parse_marker(body: str) -> tuple[Marker | None, str | None]:
         if not argument or name.is_absolute() or ".." in name.parts:
             return None, f"a file marker needs a relative file name, got {argument!r}"
         return Marker("file", argument), None
+    if directive == "setup":
+        if argument:
+            return None, "a setup marker takes no argument: <!-- docs-test: setup -->"
+        return Marker("setup", ""), None
     if directive == "with":
         if not argument:
             return None, "a with marker needs a command: <!-- docs-test: with meshlib proxy --config mesh.yaml -->"
         return Marker("with", argument), None
-    return None, f"unknown docs-test directive {directive!r} (known: skip, file, with, warns)"
+    return None, f"unknown docs-test directive {directive!r} (known: skip, file, with, warns, setup)"
 
 
 def parse_page(path: Path, root: Path = REPO) -> Page:
@@ -223,6 +230,12 @@ def prepare_directory(page: Page, block: Block, directory: Path) -> Path:
             target = directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(earlier.text, encoding="utf-8")
+        if earlier.marked("setup"):
+            env = sample_environment(directory.parent)
+            for line in command_lines(earlier):
+                done = run_command(["bash", "-c", line], cwd=directory, env=env, timeout=COMMAND_TIMEOUT, shown=line)
+                if done.returncode != 0:
+                    raise SampleError(f"{block.id}: the setup block {earlier.id} failed:\n{done.describe()}")
     return directory
 
 

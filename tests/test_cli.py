@@ -120,7 +120,8 @@ def test_schema_prints_a_valid_json_schema(capsys: pytest.CaptureFixture[str]) -
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["title"] == "MeshConfig"
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"service", "outbound_policy", "clusters", "routes", "sidecar", "allow_empty"}
+    expected = {"service", "outbound_policy", "clusters", "routes", "sidecar", "inbound", "allow_empty"}
+    assert set(schema["properties"]) == expected
 
 
 def test_schema_accepts_the_issue_example_with_its_shorthands(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ examples' 8000 and 8001 for the samples that use them; a taken port fails the te
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import re
 import shlex
@@ -106,7 +107,11 @@ def pytest_outcomes(
 
 def _run_sample(block: Block, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if block.language == "yaml":
-        result = validate_yaml(block, tmp_path / "yaml")
+        # In the page's directory (its files, and what its setup blocks made), since a config may name files.
+        page = PAGE[block.page]
+        cwd = tmp_path / "yaml" if runs_from_repo(block) else prepare_directory(page, block, tmp_path / "cwd")
+        with contextlib.chdir(cwd):
+            result = validate_yaml(block, cwd)
         if not result.ok:
             raise SampleError(f"{block.id}: meshlib validate refuses it:\n{result.err}{result.out}")
         if not block.marked("warns"):
@@ -291,6 +296,22 @@ def test_runner_writes_files_of_earlier_blocks_only(tmp_path: Path) -> None:
     assert config.marked("file") == ["mesh.yaml"]
     env = sample_environment(tmp_path)
     with pytest.raises(SampleError, match="No such file"):
+        run_shell(before, prepare_directory(page, before, tmp_path / "a"), env, tmp_path)
+    assert run_shell(after, prepare_directory(page, after, tmp_path / "b"), env, tmp_path) == []
+
+
+def test_setup_blocks_run_again_before_every_later_block(tmp_path: Path) -> None:
+    page_path = tmp_path / "page.md"
+    page_path.write_text(
+        "```bash\ntest -f out/made.txt\n```\n\n<!-- docs-test: setup -->\n"
+        "```bash\nmkdir -p out && touch out/made.txt\n```\n\n```bash\ntest -f out/made.txt\n```\n",
+        encoding="utf-8",
+    )
+    page = parse_page(page_path, root=tmp_path)
+    before, setup, after = page.blocks
+    assert setup.marked("setup") == [""]
+    env = sample_environment(tmp_path)
+    with pytest.raises(SampleError, match="a command failed"):
         run_shell(before, prepare_directory(page, before, tmp_path / "a"), env, tmp_path)
     assert run_shell(after, prepare_directory(page, after, tmp_path / "b"), env, tmp_path) == []
 

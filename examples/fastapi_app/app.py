@@ -17,6 +17,7 @@ import httpx
 from fastapi import FastAPI, Header, Request
 
 import meshlib
+from meshlib.asgi import MeshMiddleware
 
 CONFIG = Path(os.environ.get("MESH_CONFIG", Path(__file__).with_name("mesh.yaml")))
 
@@ -33,6 +34,8 @@ def create_app(mesh: meshlib.Mesh | None = None) -> FastAPI:
             yield
 
     app = FastAPI(title="frontend", lifespan=lifespan)
+    # The inbound side: mesh.yaml's `inbound:` policy (path normalisation, authorization) before every route.
+    app.add_middleware(MeshMiddleware, mesh=the_mesh)
 
     @app.get("/products/{product_id}")
     async def product(product_id: int, request: Request, x_user: str | None = Header(default=None)) -> dict[str, Any]:
@@ -41,6 +44,12 @@ def create_app(mesh: meshlib.Mesh | None = None) -> FastAPI:
         reviews = await client.get(f"http://reviews/api/reviews/{product_id}", headers=headers)
         ratings = await client.get(f"http://ratings/api/ratings/{product_id}")
         return {"product": product_id, "reviews": reviews.json(), "ratings": ratings.json()}
+
+    @app.get("/whoami")
+    async def whoami(request: Request) -> dict[str, Any]:
+        # Who called, as the inbound policy established it (docs/security.md, "The app sees the caller").
+        identity: meshlib.Identity = request.scope["meshlib.identity"]
+        return {"peer": identity.peer_principal, "mtls": identity.mtls, "user": identity.request_principal}
 
     return app
 

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 import meshlib
+from meshlib.wsgi import MeshMiddleware
 
 CONFIG = Path(os.environ.get("MESH_CONFIG", Path(__file__).with_name("mesh.yaml")))
 
@@ -26,12 +27,20 @@ def create_app(mesh: meshlib.Mesh | None = None) -> Flask:
     client = the_mesh.client(timeout=5.0)
     atexit.register(client.close)
     app = Flask("storefront")
+    # The inbound side: mesh.yaml's `inbound:` policy (path normalisation, authorization) before every view.
+    app.wsgi_app = MeshMiddleware(app.wsgi_app, mesh=the_mesh)  # type: ignore[method-assign]
 
     @app.get("/products/<int:product_id>")
     def product(product_id: int) -> dict[str, Any]:
         reviews = client.get(f"http://reviews/api/reviews/{product_id}")
         ratings = client.get(f"http://ratings/api/ratings/{product_id}")
         return {"product": product_id, "reviews": reviews.json(), "ratings": ratings.json()}
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, Any]:
+        # Who called, as the inbound policy established it (docs/security.md, "The app sees the caller").
+        identity: meshlib.Identity = request.environ["meshlib.identity"]
+        return {"peer": identity.peer_principal, "mtls": identity.mtls, "user": identity.request_principal}
 
     return app
 

@@ -476,7 +476,7 @@ class MeshConfig(ConfigModel):
             "clusters": {"ratings": {"endpoints": ["http://127.0.0.1:9090"]}},
         })
 
-    A config with no clusters and no routes is refused unless it sets
+    A config with no clusters, no routes and no ``inbound`` is refused unless it sets
     ``allow_empty: true``. Settings that load but can never take effect are
     listed by :meth:`warnings`.
     """
@@ -541,7 +541,8 @@ class MeshConfig(ConfigModel):
 
     @check("clusters", "routes", "allow_empty")
     def _not_empty(self) -> Iterator[CheckError]:
-        if not self.clusters and not self.routes and not self.allow_empty:
+        # An inbound policy alone is a mesh that does something: an app's middleware needs no clusters.
+        if not self.clusters and not self.routes and self.inbound is None and not self.allow_empty:
             yield (), EMPTY_CONFIG, None
 
     @check("clusters", "routes")

@@ -23,7 +23,7 @@ from typing import Final
 
 from meshlib._control.reload import describe_failure, file_digest
 
-__all__ = ["RACY_WINDOW", "FileWatcher"]
+__all__ = ["RACY_WINDOW", "FileWatcher", "Stamp", "stamp"]
 
 logger = logging.getLogger("meshlib.config")
 
@@ -35,7 +35,8 @@ _JOIN_TIMEOUT: Final = 2.0
 Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
 
 
-def _stamp(path: Path) -> Stamp | None:
+def stamp(path: Path) -> Stamp | None:
+    """What one ``stat`` says of ``path`` (mtime, size, inode), or None when it cannot be read."""
     try:
         st = path.stat()
     except OSError:
@@ -91,10 +92,10 @@ class FileWatcher:
 
     def check(self) -> bool:
         """Look at the file once, in this thread, and reload if its content changed; whether it reloaded."""
-        stamp = _stamp(self.path)
-        if stamp is not None and stamp == self._stamp and time.time_ns() - stamp[0] > RACY_WINDOW * 1e9:
+        seen = stamp(self.path)
+        if seen is not None and seen == self._stamp and time.time_ns() - seen[0] > RACY_WINDOW * 1e9:
             return False
-        self._stamp = stamp
+        self._stamp = seen
         digest = file_digest(self.path)
         if digest == self._digest:
             return False

@@ -12,8 +12,10 @@ because a route may override the cluster's timeout, retry, rate_limit and hedge.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshlib._clock import Clock
 from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
@@ -25,6 +27,9 @@ from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint
 from meshlib._upstream.lb import LoadBalancer
 
+if TYPE_CHECKING:
+    from meshlib._tls.cluster import ClusterTls
+
 __all__ = ["CompiledCluster", "Leg"]
 
 
@@ -33,7 +38,8 @@ class CompiledCluster:
     """A cluster as compiled into a snapshot: its endpoints, load balancer and live state.
 
     ``checks_health`` is set when outlier detection or health checks can take
-    endpoints out; without them the pick skips the usability scan.
+    endpoints out; without them the pick skips the usability scan. ``tls`` is
+    the cluster's compiled ``tls`` (None: the front door's inner transport as is).
     """
 
     name: str
@@ -42,6 +48,7 @@ class CompiledCluster:
     state: ClusterState
     clock: Clock
     checks_health: bool = False
+    tls: ClusterTls | None = None
 
     def usable(self) -> list[Endpoint]:
         now = self.clock.monotonic()
@@ -88,8 +95,12 @@ class Leg:
     handle_async: AsyncHandler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        to_endpoint = compose(self.endpoint_filters, send)
-        to_endpoint_async = compose_async(self.endpoint_filters, send_async)
+        tls = self.cluster.tls
+        # Chosen once per leg: a cluster without tls pays nothing for TLS on its requests.
+        terminal = send if tls is None else functools.partial(send, tls=tls)
+        terminal_async = send_async if tls is None else functools.partial(send_async, tls=tls)
+        to_endpoint = compose(self.endpoint_filters, terminal)
+        to_endpoint_async = compose_async(self.endpoint_filters, terminal_async)
         pick = self.cluster.pick
 
         def pick_and_send(request: Request) -> Response:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.alarms import TaskAlarm
     from meshlib._snapshot.route import CompiledRoute
+    from meshlib._tls.senders import TlsSenders
     from meshlib._upstream.endpoint import Endpoint
 
 __all__ = ["EXTENSION", "CallContext", "context_of"]
@@ -24,7 +25,8 @@ class CallContext:
     """What the engine knows about one call: where it came from, where it went, and its budget of time.
 
     ``sender``/``async_sender`` are the front door's innermost transports; the
-    endpoint stage sends through whichever matches the stack that runs.
+    endpoint stage sends through whichever matches the stack that runs, or,
+    for a cluster with ``tls``, through the front door's ``tls`` senders.
     ``deadline`` is an absolute time on the mesh's clock, or None;
     ``try_deadline`` is when the current try must end, its response body
     included: the earlier of its per-try timeout and ``deadline`` (set per try
@@ -38,6 +40,7 @@ class CallContext:
     clock: Clock
     sender: httpx.BaseTransport | None = None
     async_sender: httpx.AsyncBaseTransport | None = None
+    tls: TlsSenders | None = None
     cluster: str | None = None
     endpoint: Endpoint | None = None
     attempt: int = 1

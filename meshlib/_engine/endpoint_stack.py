@@ -3,10 +3,15 @@
 Errors from httpx are mapped to the mesh's typed errors here (``upstream_error``),
 at the one boundary where they come in; the endpoint (and the cluster's
 in-flight cap, in circuit_breaker.py) counts the request as busy until its
-body closes.
+body closes. A cluster with ``tls`` sends through the front door's transport
+for that cluster's TLS settings (``_tls/senders.py``) instead of its inner
+one: its leg binds ``tls`` once (``cluster_stack.py``), and a cluster without
+it pays one ``is None`` test.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -15,18 +20,26 @@ from meshlib._engine.context import context_of
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
 
+if TYPE_CHECKING:
+    from meshlib._tls.cluster import ClusterTls
+
 __all__ = ["send", "send_async"]
 
 
-def send(request: Request) -> Response:
-    """Send through the sync inner transport."""
+def send(request: Request, tls: ClusterTls | None = None) -> Response:
+    """Send through the sync inner transport, or the front door's transport for ``tls``."""
     ctx = context_of(request)
-    assert ctx.sender is not None
+    if tls is None:
+        sender = ctx.sender
+    else:
+        assert ctx.tls is not None, "this front door sends to no cluster with tls"
+        sender = ctx.tls.sync(tls)
+    assert sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state
     state.acquire()
     try:
-        response = ctx.sender.handle_request(request)
+        response = sender.handle_request(request)
     except httpx.TransportError as exc:
         state.release()
         mapped = upstream_error(exc, ctx)
@@ -39,15 +52,20 @@ def send(request: Request) -> Response:
     return release_when_closed(response, state.release, ctx)
 
 
-async def send_async(request: Request) -> Response:
+async def send_async(request: Request, tls: ClusterTls | None = None) -> Response:
     """The async twin of :func:`send`."""
     ctx = context_of(request)
-    assert ctx.async_sender is not None
+    if tls is None:
+        sender = ctx.async_sender
+    else:
+        assert ctx.tls is not None, "this front door sends to no cluster with tls"
+        sender = await ctx.tls.async_(tls)
+    assert sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state
     state.acquire()
     try:
-        response = await ctx.async_sender.handle_async_request(request)
+        response = await sender.handle_async_request(request)
     except httpx.TransportError as exc:
         state.release()
         mapped = upstream_error(exc, ctx)

@@ -18,10 +18,11 @@ import ssl
 import httpx
 
 from meshlib._engine.context import CallContext
-from meshlib._errors import MeshError, UpstreamConnectError, UpstreamResetError, try_message
+from meshlib._errors import MeshError, PeerIdentityError, UpstreamConnectError, UpstreamResetError, try_message
 from meshlib._policies.timeout import Phase, timeout_error
+from meshlib._tls.identity import PeerIdentityMismatch
 
-__all__ = ["describe", "upstream_error"]
+__all__ = ["describe", "openssl_words", "upstream_error"]
 
 # Order matters: ConnectTimeout is a TimeoutException, but the request never left, so it is a connect failure.
 _PHASES: tuple[tuple[type[httpx.TimeoutException], Phase], ...] = (
@@ -56,12 +57,30 @@ _WORDS: tuple[tuple[type[BaseException], str], ...] = (
 # httpx → httpcore → anyio or h11 → the OS error: the chain is short.
 _CHAIN_LIMIT = 8
 _QUOTED_ERRNO = re.compile(r"\[Errno (-?\d+)\] (.+)", re.DOTALL)
+# What OpenSSL wraps its reason in: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)".
+_OPENSSL_NOISE = re.compile(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$")
 
 
 def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | None:
     """The mesh error for ``exc`` (raised by the inner transport), or None to let it through as is."""
     if isinstance(exc, MeshError):
         return None
+    if isinstance(exc, PeerIdentityMismatch):
+        message = try_message(
+            str(exc),
+            attempt=ctx.attempt,
+            route=ctx.route.name,
+            cluster=ctx.cluster,
+            endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
+        )
+        return PeerIdentityError(
+            message,
+            request=ctx.original,
+            route=ctx.route.name,
+            cluster=ctx.cluster,
+            peer=exc.peer,
+            expected=exc.expected,
+        )
     if isinstance(exc, httpx.TimeoutException):
         phase: Phase = next((phase for cls, phase in _PHASES if isinstance(exc, cls)), "read")
         return timeout_error(ctx, phase)
@@ -93,7 +112,9 @@ def describe(exc: BaseException) -> str:
         # A cancellation under a timeout is how anyio implements it, not what happened.
         if seen is None or isinstance(seen, asyncio.CancelledError):
             break
-        if isinstance(seen, OSError) and not isinstance(seen, ssl.SSLError):  # SSL errnos are OpenSSL's
+        if isinstance(seen, ssl.SSLError):  # the same words whichever client made the handshake
+            return _tls_words(seen)
+        if isinstance(seen, OSError):
             words = _os_words(seen.errno, seen.strerror)
             if words:
                 return _sentence(words)
@@ -107,6 +128,20 @@ def describe(exc: BaseException) -> str:
     if text:
         return _sentence(text)
     return next((words for cls, words in _WORDS if isinstance(exc, cls)), type(exc).__name__)
+
+
+def openssl_words(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason without its wrapping: ``tlsv1 alert unknown ca``, ``ee key too small``."""
+    return _OPENSSL_NOISE.sub("", str(exc.strerror or exc)).strip() or type(exc).__name__
+
+
+def _tls_words(exc: ssl.SSLError) -> str:
+    """``TLS handshake failed: certificate verify failed: certificate has expired``, or ``TLS error: REASON``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = getattr(exc, "verify_message", None)  # set by OpenSSL's verification, not by a hand-made error
+        words = f"certificate verify failed: {_sentence(why)}" if why else _sentence(openssl_words(exc))
+        return f"TLS handshake failed: {words}"
+    return f"TLS error: {_sentence(openssl_words(exc))}"
 
 
 def _os_words(code: int | None, words: str | None) -> str | None:

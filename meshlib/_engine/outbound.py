@@ -8,12 +8,17 @@ the CallContext down to the endpoint level.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
 from meshlib._engine.context import EXTENSION, CallContext
 from meshlib._errors import RouteNotFoundError
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from meshlib._tls.senders import TlsSenders
 
 __all__ = ["handle", "handle_async"]
 
@@ -23,6 +28,7 @@ def _prepare(
     request: httpx.Request,
     sender: httpx.BaseTransport | None,
     async_sender: httpx.AsyncBaseTransport | None,
+    tls: TlsSenders | None,
 ) -> tuple[CompiledRoute, httpx.Request] | None:
     route = snapshot.routes.match(request)
     if route is None:
@@ -32,7 +38,9 @@ def _prepare(
             f"no route or cluster for host {request.url.host!r} and outbound_policy is registry_only",
             request=request,
         )
-    ctx = CallContext(original=request, route=route, clock=snapshot.clock, sender=sender, async_sender=async_sender)
+    ctx = CallContext(
+        original=request, route=route, clock=snapshot.clock, sender=sender, async_sender=async_sender, tls=tls
+    )
     # httpx.Request copies headers and extensions itself, so the caller's request stays untouched.
     upstream = httpx.Request(
         request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions
@@ -41,18 +49,22 @@ def _prepare(
     return route, upstream
 
 
-def handle(snapshot: Snapshot, request: httpx.Request, sender: httpx.BaseTransport) -> httpx.Response:
-    """Send ``request`` through the mesh, using ``sender`` for the network (sync)."""
-    prepared = _prepare(snapshot, request, sender, None)
+def handle(
+    snapshot: Snapshot, request: httpx.Request, sender: httpx.BaseTransport, tls: TlsSenders | None = None
+) -> httpx.Response:
+    """Send ``request`` through the mesh, using ``sender`` for the network (sync), ``tls`` for clusters with tls."""
+    prepared = _prepare(snapshot, request, sender, None, tls)
     if prepared is None:
         return sender.handle_request(request)
     route, upstream = prepared
     return route.handle(upstream)
 
 
-async def handle_async(snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport) -> httpx.Response:
+async def handle_async(
+    snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
+) -> httpx.Response:
     """The async twin of :func:`handle`."""
-    prepared = _prepare(snapshot, request, None, sender)
+    prepared = _prepare(snapshot, request, None, sender, tls)
     if prepared is None:
         return await sender.handle_async_request(request)
     route, upstream = prepared

@@ -8,6 +8,7 @@ import httpx
 
 from meshlib._engine import outbound
 from meshlib._engine.interrupt import make_interruptible
+from meshlib._tls.senders import TlsSenders
 
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
@@ -24,19 +25,26 @@ class MeshTransport(httpx.BaseTransport):
     it is httpx's own transport, respx mocks sit under the whole mesh. An
     ``httpx.HTTPTransport`` gets a network backend that lets a winning hedge
     interrupt a try blocked in a read (see ``_engine/interrupt.py``).
+    Clusters with ``tls`` are sent through transports of the mesh's own,
+    built with their TLS settings (an ``httpx.MockTransport`` inner is used
+    for them too: it does no network I/O).
     """
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else httpx.HTTPTransport()
         make_interruptible(self.inner)
+        self._tls = TlsSenders(sync_base=self.inner)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         # One read of the current snapshot: a reload mid-request does not change this request's view.
-        return outbound.handle(self.mesh.snapshot, request, self.inner)
+        return outbound.handle(self.mesh.snapshot, request, self.inner, self._tls)
 
     def close(self) -> None:
-        self.inner.close()
+        try:
+            self.inner.close()
+        finally:
+            self._tls.close()
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -45,12 +53,16 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._tls = TlsSenders(async_base=self.inner)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await outbound.handle_async(self.mesh.snapshot, request, self.inner)
+        return await outbound.handle_async(self.mesh.snapshot, request, self.inner, self._tls)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        try:
+            await self.inner.aclose()
+        finally:
+            await self._tls.aclose()
 
 
 def wrap(client: C, mesh: Mesh) -> C:

@@ -21,6 +21,7 @@ from meshlib._wire import ERROR_HEADER
 
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
+    from meshlib._tls.senders import TlsSenders
 
 __all__ = ["DEFAULT_TIMEOUTS", "connect_policy", "inbound_handler", "outbound_handler"]
 
@@ -31,13 +32,13 @@ __all__ = ["DEFAULT_TIMEOUTS", "connect_policy", "inbound_handler", "outbound_ha
 DEFAULT_TIMEOUTS: dict[str, float | None] = {"connect": 10.0, "read": 300.0, "write": 300.0, "pool": 10.0}
 
 
-def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport) -> Handler:
-    """Requests from the local app to the mesh: routed by the engine, sent with ``sender``."""
+def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None) -> Handler:
+    """Requests from the local app to the mesh: routed by the engine, sent with ``sender`` (TLS clusters: ``tls``)."""
 
     async def handle(request: httpx.Request) -> httpx.Response:
         request.extensions["timeout"] = DEFAULT_TIMEOUTS  # the engine copies it before tightening it per try
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
-        response = await outbound.handle_async(mesh.snapshot, request, sender)
+        response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
         if ERROR_HEADER in response.headers:
             # Only the sidecar names mesh errors: an upstream's header would make clients raise one.
             del response.headers[ERROR_HEADER]

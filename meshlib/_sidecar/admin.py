@@ -7,7 +7,7 @@ config refuses anything else), because it can reload and drain the proxy:
 * ``GET /healthz`` - 200 while the process runs
 * ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
-* ``GET /stats`` - counters of the clusters, the listeners and the reloads, as JSON
+* ``GET /stats`` - counters of the clusters, the listeners and the reloads, and the certificates loaded, as JSON
 * ``POST /reload`` - load the config file again: 200 once it serves, 400 with an invalid config's
   errors, 500 (one line) for a failure that is not the config's; the old config serves on unless 200.
   The reload runs off the event loop, so the proxy keeps serving meanwhile
@@ -146,8 +146,10 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         peers, missing = await target.peer_stats()
         if not (peers or missing):
             return own
-        # Every worker reloads the same file: worker 0's counts speak for the proxy (each one's are under workers).
-        return {**merge_stats([(0, own), *peers], missing), "digest": own["digest"], "reloads": own["reloads"]}
+        # Every worker reloads the same file: worker 0's counts speak for the proxy (each one's are under workers),
+        # as do its certificates (every worker reads the same files).
+        merged = merge_stats([(0, own), *peers], missing)
+        return {**merged, "digest": own["digest"], "reloads": own["reloads"], "certificates": own["certificates"]}
 
     async def ready() -> httpx.Response:
         return _text(200, "ready") if target.ready else _text(503, "not ready")

@@ -69,6 +69,7 @@ from meshlib._mesh import Mesh
 from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
 from meshlib._sidecar.server import HttpServer
 from meshlib._sidecar.upstream import PooledTransport
+from meshlib._tls.senders import TlsSenders
 
 __all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
 
@@ -167,6 +168,8 @@ class Proxy:
         self.options = options
         self.mesh = Mesh(config)
         self.sender = PooledTransport()
+        # Clusters with tls: pools of the sender's own kind, per cluster and certificate version.
+        self.tls = TlsSenders(async_base=self.sender)
         self.servers: dict[str, HttpServer] = {}
         self._draining = False
         self._started = False
@@ -293,7 +296,7 @@ class Proxy:
             _say(f"{exc} ({name} listener)")
             return EXIT_LISTEN
         handlers = {
-            "outbound": outbound_handler(self.mesh, self.sender),
+            "outbound": outbound_handler(self.mesh, self.sender, self.tls),
             "admin": admin_handler(self),
         }
         if inbound_app is not None:
@@ -342,6 +345,7 @@ class Proxy:
             if self._private_admin is not None:
                 await self._private_admin.close()
             await self.sender.aclose()
+            await self.tls.aclose()
             self.mesh.close()
         return 0
 

@@ -54,14 +54,16 @@ from meshlib._errors import (
 )
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import ProtocolError, RequestHead
-from meshlib._sidecar.tls_accept import Peer, ServerTls, accept_loop
+from meshlib._sidecar.tls_accept import Downstream, ServerTls, accept_loop
 from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
 from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
 
-__all__ = ["PEER", "ConnectPolicy", "Handler", "HttpServer", "Peer", "ServerTls"]
+__all__ = ["DOWNSTREAM", "TARGET", "ConnectPolicy", "Downstream", "Handler", "HttpServer", "ServerTls"]
 
-# The request extension that tells a handler who the client is (a Peer): address, TLS, certificate.
-PEER: Final = "meshlib.peer"
+# The request extension that tells a handler who the client is (a Downstream): address, TLS, certificate.
+DOWNSTREAM: Final = "meshlib.downstream"
+# The request extension holding the request's URL exactly as read (bytes, absolute form), before httpx parsed it.
+TARGET: Final = "meshlib.target"
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 """``await handler(request)`` → the response to send back (its body is streamed, then closed)."""
@@ -215,6 +217,7 @@ class _Connection(asyncio.Protocol):
         "_deadline",
         "_deadline_kind",
         "_decoder",
+        "_downstream",
         "_expect_continue",
         "_flush_scheduled",
         "_framing",
@@ -222,7 +225,6 @@ class _Connection(asyncio.Protocol):
         "_loop",
         "_out",
         "_out_size",
-        "_peer",
         "_reading_paused",
         "_scanned",
         "_sent",
@@ -264,7 +266,7 @@ class _Connection(asyncio.Protocol):
         self._sent = False  # bytes of the current response reached the transport
         self._framing = _IN_MEMORY  # of the current response's body
         self._tunnel: Tunnel | None = None
-        self._peer: Peer | None = None
+        self._downstream: Downstream | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------------------
 
@@ -278,7 +280,7 @@ class _Connection(asyncio.Protocol):
         server._connections.add(self)
         self._set_deadline(_HEADER, server._header_timeout)
         if server._tls is not None:  # who the client is matters only where the listener authenticates it
-            self._peer = _peer_of(transport)
+            self._downstream = _downstream_of(transport)
 
     def data_received(self, data: bytes) -> None:
         state = self._state
@@ -540,8 +542,10 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
         try:
             request = httpx.Request(head.method, _url(head.url), headers=head.headers, stream=stream)
-            if self._peer is not None:
-                request.extensions[PEER] = self._peer
+            # The target as sent: httpx.URL removes dot segments, which an inbound policy must see (bypasses).
+            request.extensions[TARGET] = head.url
+            if self._downstream is not None:
+                request.extensions[DOWNSTREAM] = self._downstream
         except (httpx.InvalidURL, UnicodeError) as exc:
             self._reject(400, f"invalid request target: {exc}")
             return
@@ -911,14 +915,14 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
 
 
-def _peer_of(transport: asyncio.Transport) -> Peer:
+def _downstream_of(transport: asyncio.Transport) -> Downstream:
     """The client of a connection: address, and the certificate it presented over TLS (verified by the context)."""
     address = transport.get_extra_info("peername")
     ssl_object = transport.get_extra_info("ssl_object")
     peer_address = (str(address[0]), int(address[1])) if isinstance(address, tuple) and len(address) >= 2 else None
     if ssl_object is None:
-        return Peer(peer_address)
-    return Peer(peer_address, tls=True, certificate=ssl_object.getpeercert(binary_form=True))
+        return Downstream(peer_address)
+    return Downstream(peer_address, tls=True, certificate=ssl_object.getpeercert(binary_form=True))
 
 
 class HttpServer:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Peer", "ServerTls", "accept_loop"]
+__all__ = ["Downstream", "ServerTls", "accept_loop"]
 
 logger = logging.getLogger("meshlib.tls")
 
@@ -40,7 +40,7 @@ class ServerTls:
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
+class Downstream:
     """What a listener knows of the client of a connection: its address and, over TLS, its certificate."""
 
     address: tuple[str, int] | None

@@ -35,6 +35,7 @@ import ipaddress
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import httptools
@@ -328,6 +329,7 @@ class _Connection(asyncio.Protocol):
                 if exc is not None and not ex.received:
                     cls: type[httpx.TransportError] = httpx.ReadError if ex.request_sent else httpx.WriteError
                     ex.error = cls(str(exc) or type(exc).__name__, request=ex.request)
+                    ex.error.__cause__ = exc  # an ssl.SSLError (a TLS alert) is described as such, as in process
                 else:
                     ex.error = httpx.RemoteProtocolError(
                         "Server disconnected without sending a response.", request=ex.request
@@ -791,6 +793,11 @@ class _Origin:
                     )
                 else:
                     await self._connect_resolved(loop, conn, server_hostname)
+            verify_peer = self.pool._verify_peer
+            if verify_peer is not None:
+                # After the handshake, before any byte of the request: a peer refused never sees it.
+                assert conn.transport is not None
+                verify_peer(conn.transport.get_extra_info("ssl_object"))
         except BaseException as exc:
             if conn.transport is not None:
                 conn.abort()  # connected, but cancelled or timed out right after: connection_lost frees the slot
@@ -885,6 +892,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
     checked when a request looks for one, as httpx does;
     ``max_connections_per_origin`` (default unbounded) bounds all of them,
     and requests beyond it wait up to the ``pool`` timeout.
+
+    ``https://`` origins use ``ssl_context`` (default: the system's CAs, host
+    names checked); ``verify_peer``, when given, is called with each new TLS
+    connection's ``ssl.SSLObject`` once the handshake is done and before the
+    request is written, and whatever it raises (``meshlib._tls``'s identity
+    check raises an ``httpx.ConnectError``) fails the request with nothing sent.
+    TLS sessions are not resumed (asyncio's ``create_connection`` takes no
+    session): connections are kept alive and reused instead.
     """
 
     def __init__(
@@ -894,6 +909,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         max_connections_per_origin: int | None = None,
         keepalive_expiry: float | None = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        verify_peer: Callable[[Any], None] | None = None,
     ) -> None:
         if max_idle_per_origin < 0:
             raise ValueError("max_idle_per_origin must be at least 0")
@@ -905,8 +921,23 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._max_idle = max_idle_per_origin
         self._max_connections = max_connections_per_origin
         self._ssl_context = ssl_context
+        self._verify_peer = verify_peer
         self._origins: dict[tuple[bytes, bytes, int | None], _Origin] = {}
         self._closed = False
+
+    def tls_variant(self, context: ssl.SSLContext, verify_peer: Callable[[Any], None] | None) -> PooledTransport:
+        """A transport with this one's limits that connects with ``context`` and checks peers with ``verify_peer``.
+
+        Its own pools: a connection made with one client certificate is never
+        reused for a cluster (or a rotation) that asked for another.
+        """
+        return PooledTransport(
+            max_idle_per_origin=self._max_idle,
+            max_connections_per_origin=self._max_connections,
+            keepalive_expiry=self._keepalive_expiry,
+            ssl_context=context,
+            verify_peer=verify_peer,
+        )
 
     @property
     def idle_connections(self) -> int:

@@ -6,8 +6,10 @@ handlers are built fresh for every snapshot.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -15,12 +17,16 @@ from meshlib._background import Background
 from meshlib._clock import Clock, SystemClock
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
 from meshlib._config.resilience import RetryBudgetConfig
+from meshlib._config.security import InboundConfig
 from meshlib._engine.base import Filter
 from meshlib._engine.cluster_stack import CompiledCluster, Leg
+from meshlib._engine.inbound_stack import InboundStack, build_inbound_stack
 from meshlib._engine.route_stack import build_route_handlers, route_filters
+from meshlib._errors import ConfigError
 from meshlib._hooks import Hooks
 from meshlib._policies.fault import FaultFilter
 from meshlib._policies.hedge import HedgeFilter, SlowShare
+from meshlib._policies.jwks import FileJwks, JwksError, RemoteJwks, StaticJwks
 from meshlib._policies.mirror import MirrorFilter
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
@@ -36,6 +42,9 @@ from meshlib._upstream.health import HealthChecker
 from meshlib._upstream.lb import build_lb
 from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
 from meshlib._upstream.registry import StateRegistry
+
+if TYPE_CHECKING:
+    from meshlib._tls.cluster import ClusterTls
 
 __all__ = ["Runtime", "compile_snapshot"]
 
@@ -65,7 +74,7 @@ class Runtime:
         )
 
 
-def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledCluster:
+def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None) -> CompiledCluster:
     endpoints = tuple(
         Endpoint(e.url, e.weight, httpx.URL(e.url), rt.registry.endpoint(name, e.url)) for e in config.endpoints
     )
@@ -80,17 +89,30 @@ def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime) -> CompiledC
     state = rt.registry.cluster(name)
     health = config.health_check
     if health is not None:
-        # Keyed by the endpoint set too: a reload that changes the endpoints starts a new prober.
-        identity = (health, tuple(e.url for e in endpoints))
+        # Keyed by the endpoint set and tls too: a reload that changes either starts a new prober.
+        identity = (health, tuple(e.url for e in endpoints), config.tls)
         rt.registry.component(
             "health_check",
             name,
             identity,
-            lambda: HealthChecker(health, state, endpoints, rt.clock),
+            lambda: HealthChecker(health, state, endpoints, rt.clock, tls=tls),
             start=HealthChecker.start,  # once the whole snapshot compiled
         )
     checks_health = config.outlier_detection is not None or health is not None
-    return CompiledCluster(name, endpoints, lb, state, rt.clock, checks_health)
+    return CompiledCluster(name, endpoints, lb, state, rt.clock, checks_health, tls)
+
+
+def _compile_tls(config: MeshConfig, rt: Runtime) -> dict[str, ClusterTls]:
+    """The clusters' live TLS (certificate files read now; a ConfigError names every bad one) and inbound mTLS's."""
+    inbound = config.inbound.mtls if config.inbound is not None else None
+    if all(c.tls is None or c.tls.mode == "disable" for c in config.clusters.values()) and (
+        inbound is None or inbound.mode == "disable"
+    ):
+        return {}
+    # Imported here: cryptography loads only for a mesh with TLS.
+    from meshlib._tls.cluster import compile_tls
+
+    return compile_tls(config, rt.registry)[0]
 
 
 _NO_OVERRIDES = RouteConfig(cluster="-")
@@ -210,6 +232,34 @@ def _compile_route(
     )
 
 
+def _compile_inbound(config: InboundConfig | None, service: str, rt: Runtime) -> InboundStack:
+    """The inbound policy: JWKS files and inline sets are read now (errors name their field), URLs in the background."""
+    sources: list[StaticJwks | FileJwks | RemoteJwks] = []
+    errors: list[tuple[str, str]] = []
+    for i, provider in enumerate(config.jwt if config is not None else ()):
+        where = f"inbound.jwt[{i}]"
+        try:
+            if provider.jwks_file is not None:
+                sources.append(FileJwks(provider.jwks_file))
+            elif provider.jwks is not None:
+                sources.append(StaticJwks(provider.jwks))
+            else:
+                uri, duration = provider.jwks_uri or "", provider.jwks_cache_duration
+                sources.append(
+                    rt.registry.component(
+                        "jwks_uri", uri, duration, functools.partial(RemoteJwks, uri, duration), start=RemoteJwks.start
+                    )
+                )
+        except OSError as exc:
+            errors.append((f"{where}.jwks_file", f"cannot read the JWKS file: {exc.strerror or exc}"))
+        except JwksError as exc:
+            key = "jwks_file" if provider.jwks_file is not None else "jwks"
+            errors.append((f"{where}.{key}", f"invalid JWKS: {exc}"))
+    if errors:
+        raise ConfigError(errors)
+    return build_inbound_stack(config, sources, realm=service)
+
+
 def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Snapshot:
     """Compile ``config`` against the live state in ``rt.registry``.
 
@@ -222,8 +272,10 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
     commits it; one that raises leaves the state of the snapshot in force untouched.
     """
     with rt.registry.transaction():
-        clusters = {name: _compile_cluster(name, c, rt) for name, c in config.clusters.items()}
+        tls = _compile_tls(config, rt)
+        clusters = {name: _compile_cluster(name, c, rt, tls.get(name)) for name, c in config.clusters.items()}
         routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
+        inbound = _compile_inbound(config.inbound, config.service, rt)
         for name in config.clusters:
             implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
             routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
@@ -234,4 +286,5 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
         clusters=clusters,
         passthrough=config.outbound_policy == "allow_any",
         clock=rt.clock,
+        inbound=inbound,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from meshlib._clock import Clock
 from meshlib._config.models import MeshConfig
 from meshlib._engine.cluster_stack import CompiledCluster
+from meshlib._engine.inbound_stack import InboundStack
 from meshlib._snapshot.route_table import RouteTable
 
 __all__ = ["Snapshot"]
@@ -31,6 +32,8 @@ class Snapshot:
     clusters: Mapping[str, CompiledCluster]
     passthrough: bool
     clock: Clock
+    # The inbound policy every inbound door applies (docs/security.md): normalisation, mTLS, JWT, authorization.
+    inbound: InboundStack
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:

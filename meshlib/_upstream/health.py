@@ -4,7 +4,9 @@ One daemon thread per checked cluster sends ``GET {endpoint}{path}`` to each
 endpoint in turn (a round takes up to about endpoints × ``timeout``), waiting
 ``interval`` between the end of a round and the next, through its own
 ``httpx.Client`` (so it works the same under sync and async apps, and respx
-mocks it in tests). A status in ``expected_statuses`` passes; any other
+mocks it in tests). A cluster with ``tls`` is probed with its TLS settings
+(CA, client certificate, SNI, SPIFFE check), rotated files included, as
+Envoy's health checks use the cluster's transport socket. A status in ``expected_statuses`` passes; any other
 status, an error or a timeout fails. ``unhealthy_threshold`` failures in a row
 take the endpoint out of the load balancer (``EndpointState.healthy``);
 ``healthy_threshold`` passes in a row bring it back. Each such change is logged
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -28,6 +31,9 @@ from meshlib._clock import Clock
 from meshlib._config.resilience import HealthCheckConfig
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint, EndpointState
+
+if TYPE_CHECKING:
+    from meshlib._tls.cluster import ClusterTls
 
 __all__ = ["HealthChecker"]
 
@@ -58,15 +64,27 @@ class HealthChecker:
     """
 
     def __init__(
-        self, config: HealthCheckConfig, cluster: ClusterState, endpoints: Sequence[Endpoint], clock: Clock
+        self,
+        config: HealthCheckConfig,
+        cluster: ClusterState,
+        endpoints: Sequence[Endpoint],
+        clock: Clock,
+        *,
+        tls: ClusterTls | None = None,
     ) -> None:
         self.config = config
         self.cluster = cluster
         self.endpoints = tuple(endpoints)
         self.clock = clock
         self._expected = frozenset(config.expected_statuses)
+        transport = None
+        if tls is not None:
+            from meshlib._tls.senders import TlsSenders
+
+            transport = TlsSenders().sync(tls)
         # trust_env=False: probes go straight to the endpoint, never through an HTTP_PROXY from the environment.
         self._client = httpx.Client(
+            transport=transport,
             timeout=config.timeout,
             trust_env=False,
             headers={"user-agent": f"meshlib-health-check/{__version__}"},

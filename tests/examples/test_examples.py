@@ -65,3 +65,35 @@ def test_flask_example_balances_reviews_and_adds_caller_header() -> None:
     assert first.call_count + second.call_count == 10
     assert first.call_count >= 1
     assert second.call_count >= 1
+
+
+XFCC = "URI=spiffe://example.org/ns/default/sa/gateway"
+
+
+@pytest.mark.anyio
+async def test_fastapi_example_applies_its_inbound_policy() -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "fastapi_app" / "mesh.yaml")
+    app = create_fastapi_app(mesh)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://frontend") as client,
+    ):
+        for path in ("/admin", "/admin/users", "/api/../admin/users", "/%61dmin"):
+            response = await client.get(path)
+            assert response.status_code == 403, path
+            assert response.headers["x-meshlib-error"] == "forbidden"
+        assert (await client.post("/products/1")).status_code == 403  # read-only
+        whoami = await client.get("/whoami", headers={"x-forwarded-client-cert": XFCC})
+        assert whoami.json() == {"peer": "spiffe://example.org/ns/default/sa/gateway", "mtls": True, "user": None}
+
+
+def test_flask_example_applies_its_inbound_policy() -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml")
+    client = create_flask_app(mesh).test_client()
+    for path in ("/admin", "/admin/users", "/api/../admin/users", "/%61dmin/users"):
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert response.headers["x-meshlib-error"] == "forbidden"
+    assert client.get("/admin%2fusers").status_code == 400
+    whoami = client.get("/whoami", headers={"x-forwarded-client-cert": XFCC}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert whoami.get_json() == {"peer": "spiffe://example.org/ns/default/sa/gateway", "mtls": True, "user": None}

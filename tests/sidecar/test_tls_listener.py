@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshlib._config.sidecar import SidecarLimitsConfig
-from meshlib._sidecar.server import PEER, HttpServer, Peer, ServerTls
+from meshlib._sidecar.server import DOWNSTREAM, Downstream, HttpServer, ServerTls
 
 pytestmark = pytest.mark.anyio
 
@@ -131,13 +131,13 @@ def _client_context(pki: Pki, cert: Path | None, key: Path | None) -> ssl.SSLCon
 
 
 @pytest.fixture
-def seen() -> list[Peer | None]:
+def seen() -> list[Downstream | None]:
     return []
 
 
-async def _start(pki: Pki, mode: str, seen: list[Peer | None]) -> HttpServer:
+async def _start(pki: Pki, mode: str, seen: list[Downstream | None]) -> HttpServer:
     async def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.extensions.get(PEER))
+        seen.append(request.extensions.get(DOWNSTREAM))
         return httpx.Response(200, text="ok")
 
     context = _server_context(pki, require=True)
@@ -153,7 +153,7 @@ def certificate_of_client(pki: Pki) -> bytes:
 
 
 async def test_strict_serves_mtls_and_hands_the_peer_to_the_handler(
-    pki: Pki, seen: list[Peer | None], certificate_of_client: bytes
+    pki: Pki, seen: list[Downstream | None], certificate_of_client: bytes
 ) -> None:
     server = await _start(pki, "strict", seen)
     _, port = server.address
@@ -176,7 +176,9 @@ async def test_strict_serves_mtls_and_hands_the_peer_to_the_handler(
     ("case", "cert"),
     [("plaintext", None), ("no client certificate", "none"), ("another CA's certificate", "other")],
 )
-async def test_strict_refuses_plaintext_and_strangers(pki: Pki, seen: list[Peer | None], case: str, cert: str) -> None:
+async def test_strict_refuses_plaintext_and_strangers(
+    pki: Pki, seen: list[Downstream | None], case: str, cert: str
+) -> None:
     server = await _start(pki, "strict", seen)
     _, port = server.address
     try:
@@ -197,7 +199,7 @@ async def test_strict_refuses_plaintext_and_strangers(pki: Pki, seen: list[Peer 
     assert len(seen) == 1, case
 
 
-async def test_permissive_serves_tls_and_plaintext_on_one_port(pki: Pki, seen: list[Peer | None]) -> None:
+async def test_permissive_serves_tls_and_plaintext_on_one_port(pki: Pki, seen: list[Downstream | None]) -> None:
     server = await _start(pki, "permissive", seen)
     _, port = server.address
     try:
@@ -211,7 +213,7 @@ async def test_permissive_serves_tls_and_plaintext_on_one_port(pki: Pki, seen: l
     assert [(p.tls, p.certificate is not None) for p in seen if p is not None] == [(False, False), (True, True)]
 
 
-async def test_a_rotated_context_applies_to_the_next_connection(pki: Pki, seen: list[Peer | None]) -> None:
+async def test_a_rotated_context_applies_to_the_next_connection(pki: Pki, seen: list[Downstream | None]) -> None:
     contexts = [_server_context(pki, require=True)]
 
     async def handler(request: httpx.Request) -> httpx.Response:

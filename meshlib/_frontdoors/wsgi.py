@@ -1,0 +1,125 @@
+"""WSGI front door: an environ → the inbound engine's view → a denial, or the app with the identity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundRequest
+from meshlib._frontdoors.inbound_door import IDENTITY_KEY, certificate_from_pem, denial_headers, resolve_peer
+from meshlib._policies.identity import PeerCertificate
+from meshlib._policies.xfcc import XFCC_HEADER
+
+if TYPE_CHECKING:
+    from meshlib._mesh import Mesh
+
+__all__ = ["MeshMiddleware", "StartResponse", "WSGIApp", "WSGIEnvironment"]
+
+WSGIEnvironment = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
+
+_XFCC_KEY: Final = "HTTP_" + XFCC_HEADER.upper().replace("-", "_")
+_PATH_SAFE: Final = "/!$&'()*+,;=:@-._~"
+
+
+def _key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _tls_certificate(environ: WSGIEnvironment) -> PeerCertificate | None:
+    """The client certificate the server verified: ``SSL_CLIENT_CERT`` (mod_wsgi, Werkzeug's dev server)."""
+    pem = environ.get("SSL_CLIENT_CERT")
+    if not pem or environ.get("SSL_CLIENT_VERIFY", "SUCCESS") != "SUCCESS":
+        return None
+    return certificate_from_pem(pem)
+
+
+def _raw_path(environ: WSGIEnvironment) -> str:
+    """The path as received: ``RAW_URI``/``REQUEST_URI`` (gunicorn, Werkzeug), else PATH_INFO re-encoded."""
+    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if uri:
+        if not uri.startswith("/") and "://" in uri:  # absolute-form (RFC 9112 §3.2.2)
+            rest = uri.partition("://")[2]
+            uri = "/" + rest.partition("/")[2] if "/" in rest else "/"
+        path: str = uri.partition("?")[0]
+        return path
+    # PATH_INFO is already decoded, as latin-1 characters for its bytes (PEP 3333).
+    full = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(full.encode("latin-1"), safe=_PATH_SAFE)
+
+
+class MeshMiddleware:
+    """Applies the mesh's ``inbound:`` policy to every request, before the WSGI app.
+
+    Pure WSGI, so it wraps any WSGI app (Flask, Django, Falcon)::
+
+        from meshlib.wsgi import MeshMiddleware
+
+        app.wsgi_app = MeshMiddleware(app.wsgi_app, mesh=mesh)   # Flask
+
+    Each request's path is normalised (the app sees it in ``PATH_INFO``), the
+    peer taken from ``SSL_CLIENT_CERT`` or, from a trusted proxy,
+    ``x-forwarded-client-cert``, its JWT verified and the authorization
+    policies applied. A refused request gets 400, 401 or 403
+    (``x-meshlib-error``: ``bad_request``, ``unauthenticated``, ``forbidden``)
+    and never reaches the app; an accepted one reaches it with a
+    :class:`meshlib.Identity` in ``environ["meshlib.identity"]``.
+    """
+
+    def __init__(self, app: WSGIApp, *, mesh: Mesh) -> None:
+        self.app = app
+        self.mesh = mesh
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        stack = self.mesh.snapshot.inbound
+        headers: dict[str, str] = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").lower()] = value
+        if "CONTENT_TYPE" in environ:
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        address = environ.get("REMOTE_ADDR") or None
+        peer, strip_xfcc = resolve_peer(stack, address, _tls_certificate(environ), headers.get(XFCC_HEADER))
+        raw = _raw_path(environ)
+        port = environ.get("SERVER_PORT")
+        result = stack.check(
+            InboundRequest(
+                environ.get("REQUEST_METHOD", "GET"),
+                raw,
+                environ.get("QUERY_STRING", ""),
+                headers,
+                headers.get("host"),
+                int(port) if port and port.isdigit() else None,
+                peer,
+            )
+        )
+        if result.denial is not None:
+            return self._deny(start_response, result.denial)
+        if result.path_changed:
+            script = environ.get("SCRIPT_NAME", "")
+            full = result.decoded_path.encode("utf-8").decode("latin-1")
+            if not full.startswith(script):
+                # The normalised path left the app's mount (/mount/../x): it is no path of this app.
+                denial = Denial(400, BAD_REQUEST, "invalid path: outside the application's SCRIPT_NAME")
+                return self._deny(start_response, denial)
+            environ["PATH_INFO"] = full[len(script) :]
+            query = environ.get("QUERY_STRING")
+            for key in ("RAW_URI", "REQUEST_URI"):
+                if key in environ:
+                    environ[key] = result.path + (f"?{query}" if query else "")
+        if strip_xfcc:
+            environ.pop(_XFCC_KEY, None)
+        for name in result.remove_headers or ():
+            environ.pop(_key(name), None)
+        for name, value in result.set_headers or ():
+            environ[_key(name)] = value
+        environ[IDENTITY_KEY] = result.identity
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _deny(start_response: StartResponse, denial: Denial) -> list[bytes]:
+        start_response(f"{denial.status} {HTTPStatus(denial.status).phrase}", denial_headers(denial))
+        return [denial.body]
