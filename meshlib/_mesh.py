@@ -26,6 +26,8 @@ from meshlib._snapshot.snapshot import Snapshot
 if TYPE_CHECKING:
     import pybreaker
 
+    from meshlib._tls.cluster import ServerCredentials
+
 __all__ = ["Mesh"]
 
 # Client keyword arguments that httpx uses only to build its default transport.
@@ -308,6 +310,14 @@ class Mesh:
             "reloads": self._reloads.as_dict(),
             "certificates": self._certificates(snapshot),
         }
+
+    def _server_credentials(self) -> ServerCredentials | None:
+        """The TLS material of ``inbound.mtls`` in force (None when mTLS is off): the sidecar's inbound listener's."""
+        inbound = self._snapshot.config.inbound
+        if inbound is None or inbound.mtls is None or inbound.mtls.mode == "disable":
+            return None
+        credentials: ServerCredentials | None = self._runtime.registry.get("inbound_tls", "inbound")
+        return credentials
 
     def _certificates(self, snapshot: Snapshot) -> dict[str, Any]:
         sources = [c.tls.source for c in snapshot.clusters.values() if c.tls is not None]

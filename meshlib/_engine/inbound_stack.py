@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from meshlib._config.security import InboundConfig
 from meshlib._engine.inbound_context import (
@@ -24,10 +24,13 @@ from meshlib._engine.inbound_context import (
     InboundRequest,
     InboundResult,
 )
-from meshlib._policies.authn import JwtFilter, JwtProvider, KeySource, PeerAuthnFilter
 from meshlib._policies.authz import AuthzFilter, IpMatch, compile_policies, normal_host
 from meshlib._policies.identity import Identity, Peer
 from meshlib._policies.path_normalize import PathError, normalize_path
+from meshlib._policies.peer_authn import PeerAuthnFilter
+
+if TYPE_CHECKING:
+    from meshlib._policies.authn import KeySource
 
 __all__ = ["InboundStack", "NormalizeFilter", "build_inbound_stack"]
 
@@ -118,6 +121,9 @@ def build_inbound_stack(
             filters.append(PeerAuthnFilter(config.mtls))
         # Authentication before authorization: rules on request_principals need the verified token.
         if config.jwt:
+            # PyJWT (and cryptography) load only for a mesh that checks tokens: idle memory and start-up stay small.
+            from meshlib._policies.authn import JwtFilter, JwtProvider
+
             providers = [JwtProvider.from_config(p, keys) for p, keys in zip(config.jwt, jwks, strict=True)]
             filters.append(JwtFilter(providers, realm=realm))
         if config.authorization:

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
-from cryptography import x509
-
 from meshlib._engine.inbound_context import Denial, InboundRequest
 from meshlib._engine.inbound_stack import InboundStack
 from meshlib._policies.identity import Peer, PeerCertificate
@@ -36,6 +34,8 @@ _lock = threading.Lock()
 
 def certificate_from_der(der: bytes) -> PeerCertificate | None:
     """The XFCC fields of a DER certificate (URI SAN, SHA-256, subject, DNS SANs), or None if it does not parse."""
+    from cryptography import x509  # here: cryptography loads only where peers present certificates
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:

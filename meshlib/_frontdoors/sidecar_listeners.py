@@ -8,14 +8,18 @@ for all (``meshlib._wire.error_head``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import ssl
+from typing import TYPE_CHECKING, Final, Literal
 
 import httpx
 
 from meshlib._engine import outbound
 from meshlib._engine.urls import with_origin
 from meshlib._errors import RouteNotFoundError
-from meshlib._sidecar.server import Handler
+from meshlib._frontdoors.inbound_door import certificate_from_der, denial_headers, request_from_wire
+from meshlib._policies.identity import Peer, PeerCertificate
+from meshlib._policies.xfcc import XFCC_HEADER, format_xfcc
+from meshlib._sidecar.server import DOWNSTREAM, REQUEST_LINE, Downstream, Handler
 from meshlib._sidecar.tunnel import ConnectPolicy
 from meshlib._wire import ERROR_HEADER
 
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     from meshlib._mesh import Mesh
     from meshlib._tls.senders import TlsSenders
 
-__all__ = ["DEFAULT_TIMEOUTS", "connect_policy", "inbound_handler", "outbound_handler"]
+__all__ = ["DEFAULT_TIMEOUTS", "InboundTls", "connect_policy", "inbound_handler", "outbound_handler"]
 
 # What a request through the sidecar gets when nothing tighter is configured (a passthrough, or a route
 # without timeouts): a connect timeout, as Istio gives its passthrough cluster, and Envoy's stream idle
@@ -47,16 +51,99 @@ def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSende
     return handle
 
 
+class InboundTls:
+    """The inbound listener's TLS as the mesh's config says now (``inbound.mtls``): a reload or rotation applies
+    to the next connection. With no ``inbound.mtls`` (or ``mode: disable``) the listener is plaintext."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+
+    @property
+    def mode(self) -> Literal["strict", "permissive", "disable"]:
+        return "disable" if self._mesh._server_credentials() is None else self._config_mode()
+
+    def _config_mode(self) -> Literal["strict", "permissive", "disable"]:
+        inbound = self._mesh.config.inbound
+        return inbound.mtls.mode if inbound is not None and inbound.mtls is not None else "disable"
+
+    def context(self) -> ssl.SSLContext:
+        credentials = self._mesh._server_credentials()
+        if credentials is None:  # turned off between the accept and now: refuse rather than serve without it
+            raise ssl.SSLError("inbound mTLS is not configured")
+        return credentials.context()
+
+    def identity(self) -> str | None:
+        """This workload's own SPIFFE ID (the certificate it presents), for the XFCC's ``By``."""
+        credentials = self._mesh._server_credentials()
+        if credentials is None:
+            return None
+        infos = credentials.source.material.certificates.get("cert_file")
+        return infos[0].spiffe_id if infos else None
+
+
 def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> Handler:
-    """Requests from the mesh to the local app at ``app`` (``http://HOST:PORT``): path, query and Host kept."""
+    """Requests from the mesh to the local app at ``app`` (``http://HOST:PORT``), through the ``inbound:`` policy.
+
+    The policy is the one the ASGI/WSGI middleware applies (the engine's
+    inbound stack): the path is normalised from the target as sent, the peer
+    is the certificate the listener verified (never a caller's
+    ``x-forwarded-client-cert``, which is removed, Envoy's ``SANITIZE_SET``),
+    a JWT and the authorization policies are checked, and a denial is
+    answered here. An allowed request reaches the app with the normalised
+    path, the policy's header edits and, for an mTLS peer, an XFCC naming it.
+    """
     origin = httpx.URL(app)
+    tls = InboundTls(mesh)
+    certificates: dict[bytes, PeerCertificate | None] = {}
+
+    def certificate(der: bytes) -> PeerCertificate | None:
+        # One parse per certificate, not per request: a workload sees few distinct callers.
+        found = certificates.get(der, _UNSEEN)
+        if found is _UNSEEN:
+            found = certificate_from_der(der)
+            if len(certificates) >= _CERTIFICATE_CACHE:
+                certificates.pop(next(iter(certificates)))
+            certificates[der] = found
+        return found  # type: ignore[return-value]
 
     async def handle(request: httpx.Request) -> httpx.Response:
-        # The listener built this request for this call alone, so it is retargeted in place.
-        request.url = with_origin(request.url, origin)
+        snapshot = mesh.snapshot
+        downstream: Downstream | None = request.extensions.get(DOWNSTREAM)
+        address = downstream.address[0] if downstream is not None and downstream.address else None
+        verified = certificate(downstream.certificate) if downstream is not None and downstream.certificate else None
+        peer = Peer(address, verified is not None, verified)
+        method, target = request.extensions.get(REQUEST_LINE) or (request.method, request.url.raw_path)
+        result = snapshot.inbound.check(
+            request_from_wire(method.encode("latin-1"), target, request.headers.raw, peer, origin.port)
+        )
+        denial = result.denial
+        if denial is not None:
+            return httpx.Response(denial.status, headers=denial_headers(denial), content=denial.body)
+        headers = request.headers
+        headers.pop(XFCC_HEADER, None)
+        for name in result.remove_headers or ():
+            headers.pop(name, None)
+        for name, value in result.set_headers or ():
+            headers[name] = value
+        if verified is not None:
+            headers[XFCC_HEADER] = format_xfcc(verified, by=tls.identity())
+        # The normalised path, as authorization saw it; the query as it was sent.
+        url = with_origin(request.url, origin)
+        if result.path_changed:
+            url = url.copy_with(raw_path=result.path.encode("latin-1") + _query_of(target))
+        request.url = url
         return await sender.handle_async_request(request)
 
     return handle
+
+
+_UNSEEN: Final = object()
+_CERTIFICATE_CACHE: Final = 1024
+
+
+def _query_of(target: bytes) -> bytes:
+    _, mark, query = target.partition(b"?")
+    return mark + query
 
 
 def connect_policy(mesh: Mesh) -> ConnectPolicy:

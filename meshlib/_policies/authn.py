@@ -24,12 +24,12 @@ from urllib.parse import parse_qsl
 
 import jwt
 
-from meshlib._config.security import InboundMtlsConfig, JwtProviderConfig
-from meshlib._engine.inbound_context import FORBIDDEN, UNAUTHENTICATED, Denial, InboundContext
-from meshlib._policies.identity import JwtPrincipal, Peer
+from meshlib._config.security import JwtProviderConfig
+from meshlib._engine.inbound_context import UNAUTHENTICATED, Denial, InboundContext
+from meshlib._policies.identity import JwtPrincipal
 from meshlib._policies.jwks import ALGORITHMS, KeySet
 
-__all__ = ["JwtError", "JwtFilter", "JwtProvider", "KeySource", "PeerAuthnFilter", "TokenCache"]
+__all__ = ["JwtError", "JwtFilter", "JwtProvider", "KeySource", "TokenCache"]
 
 # Tokens verified and remembered; beyond this the oldest are forgotten (verified again if they come back).
 CACHE_SIZE: Final = 4096
@@ -327,26 +327,4 @@ class JwtFilter:
         if provider.output_payload_to_header is not None:
             # Envoy's forward_payload_header: the token's payload segment, base64url as it came.
             ctx.set_header(provider.output_payload_to_header, token.split(".")[1])
-        return None
-
-
-class PeerAuthnFilter:
-    """``inbound.mtls``: ``strict`` refuses a request without a verified peer certificate; ``disable`` ignores one.
-
-    ``permissive`` (and no ``mtls`` at all, Istio's default) lets plaintext
-    through as unauthenticated. In the sidecar a strict listener refuses the
-    plaintext connection itself; in the middleware, which gets the request
-    after the server accepted it, the answer is 403.
-    """
-
-    name: ClassVar[str] = "peer_authn"
-
-    def __init__(self, config: InboundMtlsConfig) -> None:
-        self.mode = config.mode
-
-    def apply(self, ctx: InboundContext) -> Denial | None:
-        if self.mode == "strict" and not ctx.peer.mtls:
-            return Denial(403, FORBIDDEN, "mTLS required (inbound.mtls.mode strict): no verified peer certificate")
-        if self.mode == "disable" and ctx.peer.mtls:
-            ctx.peer = Peer(address=ctx.peer.address, sni=ctx.peer.sni)
         return None

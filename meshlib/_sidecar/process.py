@@ -64,7 +64,7 @@ from meshlib._config.sidecar import (
 from meshlib._control.reload import load_settled
 from meshlib._control.watch import FileWatcher
 from meshlib._errors import ConfigError
-from meshlib._frontdoors.sidecar_listeners import connect_policy, inbound_handler, outbound_handler
+from meshlib._frontdoors.sidecar_listeners import InboundTls, connect_policy, inbound_handler, outbound_handler
 from meshlib._mesh import Mesh
 from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
 from meshlib._sidecar.server import HttpServer
@@ -307,6 +307,8 @@ class Proxy:
                 handlers[name],
                 limits,
                 connect_tunnel=connect_policy(self.mesh) if name == "outbound" else None,
+                # Always through the TLS-aware accept loop: a reload may turn inbound mTLS on or off.
+                tls=InboundTls(self.mesh) if name == "inbound" else None,
             )
             await server.start(sock)
             self.servers[name] = server

@@ -54,16 +54,25 @@ from meshlib._errors import (
 )
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import ProtocolError, RequestHead
-from meshlib._sidecar.tls_accept import Downstream, ServerTls, accept_loop
+from meshlib._sidecar.tls_accept import Downstream, FixedTls, ServerTls, accept_loop
 from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
 from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
 
-__all__ = ["DOWNSTREAM", "TARGET", "ConnectPolicy", "Downstream", "Handler", "HttpServer", "ServerTls"]
+__all__ = [
+    "DOWNSTREAM",
+    "REQUEST_LINE",
+    "ConnectPolicy",
+    "Downstream",
+    "FixedTls",
+    "Handler",
+    "HttpServer",
+    "ServerTls",
+]
 
 # The request extension that tells a handler who the client is (a Downstream): address, TLS, certificate.
 DOWNSTREAM: Final = "meshlib.downstream"
-# The request extension holding the request's URL exactly as read (bytes, absolute form), before httpx parsed it.
-TARGET: Final = "meshlib.target"
+# The request extension holding (method, absolute URL bytes) exactly as read, before httpx normalised them.
+REQUEST_LINE: Final = "meshlib.request_line"
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 """``await handler(request)`` → the response to send back (its body is streamed, then closed)."""
@@ -542,8 +551,9 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
         try:
             request = httpx.Request(head.method, _url(head.url), headers=head.headers, stream=stream)
-            # The target as sent: httpx.URL removes dot segments, which an inbound policy must see (bypasses).
-            request.extensions[TARGET] = head.url
+            # Method and target as sent: httpx upper-cases the method and httpx.URL removes dot segments, both
+            # of which an inbound policy must see as they were (bypasses).
+            request.extensions[REQUEST_LINE] = (head.method, head.url)
             if self._downstream is not None:
                 request.extensions[DOWNSTREAM] = self._downstream
         except (httpx.InvalidURL, UnicodeError) as exc:

@@ -18,24 +18,34 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-__all__ = ["Downstream", "ServerTls", "accept_loop"]
+__all__ = ["Downstream", "FixedTls", "ServerTls", "accept_loop"]
 
 logger = logging.getLogger("meshlib.tls")
 
 _TLS_HANDSHAKE = 0x16  # the content type of the first TLS record a client sends (RFC 8446 §5.1)
 
 
-@dataclass(frozen=True, slots=True)
-class ServerTls:
-    """How a listener terminates TLS: ``strict`` (TLS only) or ``permissive`` (TLS or plaintext on one port).
+class ServerTls(Protocol):
+    """How a listener terminates TLS, asked at every accept so a reload or a rotation applies at once.
 
-    ``context`` returns the SSL context to use for a new connection: the
-    latest certificates, so a rotation needs no restart.
+    ``mode``: ``strict`` (TLS only), ``permissive`` (TLS or plaintext on one
+    port) or ``disable`` (plaintext); ``context()``: the SSL context for a new
+    connection, with the latest certificates.
     """
 
-    mode: Literal["strict", "permissive"]
+    @property
+    def mode(self) -> Literal["strict", "permissive", "disable"]: ...
+
+    def context(self) -> ssl.SSLContext: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FixedTls:
+    """A :class:`ServerTls` that never changes."""
+
+    mode: Literal["strict", "permissive", "disable"]
     context: Callable[[], ssl.SSLContext]
 
 
@@ -79,8 +89,9 @@ async def _serve_one(
     handshake_timeout: float,
 ) -> None:
     try:
-        use_tls = True
-        if tls.mode == "permissive":
+        mode = tls.mode
+        use_tls = mode == "strict"
+        if mode == "permissive":
             first = await _first_byte(loop, conn, handshake_timeout)
             if first is None:
                 conn.close()

@@ -26,7 +26,6 @@ from meshlib._errors import ConfigError
 from meshlib._hooks import Hooks
 from meshlib._policies.fault import FaultFilter
 from meshlib._policies.hedge import HedgeFilter, SlowShare
-from meshlib._policies.jwks import FileJwks, JwksError, RemoteJwks, StaticJwks
 from meshlib._policies.mirror import MirrorFilter
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
@@ -234,9 +233,14 @@ def _compile_route(
 
 def _compile_inbound(config: InboundConfig | None, service: str, rt: Runtime) -> InboundStack:
     """The inbound policy: JWKS files and inline sets are read now (errors name their field), URLs in the background."""
+    if config is None or not config.jwt:
+        return build_inbound_stack(config, [], realm=service)
+    # Here: PyJWT and cryptography load only for a mesh that checks tokens.
+    from meshlib._policies.jwks import FileJwks, JwksError, RemoteJwks, StaticJwks
+
     sources: list[StaticJwks | FileJwks | RemoteJwks] = []
     errors: list[tuple[str, str]] = []
-    for i, provider in enumerate(config.jwt if config is not None else ()):
+    for i, provider in enumerate(config.jwt):
         where = f"inbound.jwt[{i}]"
         try:
             if provider.jwks_file is not None:

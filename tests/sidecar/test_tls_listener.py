@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshlib._config.sidecar import SidecarLimitsConfig
-from meshlib._sidecar.server import DOWNSTREAM, Downstream, HttpServer, ServerTls
+from meshlib._sidecar.server import DOWNSTREAM, Downstream, FixedTls, HttpServer
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +141,7 @@ async def _start(pki: Pki, mode: str, seen: list[Downstream | None]) -> HttpServ
         return httpx.Response(200, text="ok")
 
     context = _server_context(pki, require=True)
-    server = HttpServer("inbound", handler, SidecarLimitsConfig(), tls=ServerTls(mode, lambda: context))  # type: ignore[arg-type]
+    server = HttpServer("inbound", handler, SidecarLimitsConfig(), tls=FixedTls(mode, lambda: context))  # type: ignore[arg-type]
     sock = socket.create_server(("127.0.0.1", 0))
     await server.start(sock)
     return server
@@ -219,7 +219,7 @@ async def test_a_rotated_context_applies_to_the_next_connection(pki: Pki, seen: 
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200)
 
-    server = HttpServer("inbound", handler, SidecarLimitsConfig(), tls=ServerTls("strict", lambda: contexts[-1]))
+    server = HttpServer("inbound", handler, SidecarLimitsConfig(), tls=FixedTls("strict", lambda: contexts[-1]))
     await server.start(socket.create_server(("127.0.0.1", 0)))
     _, port = server.address
     try:
@@ -245,7 +245,7 @@ async def test_a_silent_client_on_a_permissive_port_is_dropped_at_the_header_tim
 
     context = _server_context(pki, require=True)
     limits = SidecarLimitsConfig(header_timeout="200ms")
-    server = HttpServer("inbound", handler, limits, tls=ServerTls("permissive", lambda: context))
+    server = HttpServer("inbound", handler, limits, tls=FixedTls("permissive", lambda: context))
     await server.start(socket.create_server(("127.0.0.1", 0)))
     _, port = server.address
     try:

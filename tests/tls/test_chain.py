@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import meshlib
-from tests.conftest import Caller
+from tests.conftest import Caller, start_server
 from tests.sidecar import proxy_process
 from tests.tls.conftest import ServeTls
 from tests.tls.pki import Workload, spiffe
@@ -80,3 +80,99 @@ def test_each_hop_presents_its_own_identity_through_sidecars(
     # The frontend sidecar kept its connection to reviews alive: one handshake for three requests.
     assert [c.requests for c in reviews.connections] == [3]
     assert stats["certificates"]["clusters.reviews.tls.cert_file"]["spiffe_id"] == spiffe("frontend")
+
+
+def _xfcc_uri(xfcc: str | None) -> str | None:
+    """The URI of the last XFCC element (the one the nearest proxy added)."""
+    if xfcc is None:
+        return None
+    last = xfcc.split(",")[-1]
+    uri: str | None = next((part[4:] for part in last.split(";") if part.startswith("URI=")), None)
+    return uri
+
+
+def test_each_hop_is_sidecar_to_sidecar_mtls_with_plaintext_apps(
+    workloads: dict[str, Workload], tmp_path: Path
+) -> None:
+    """Istio's shape: each app speaks plaintext to its own sidecar; sidecars speak mTLS and check SPIFFE IDs both
+    ways; each inbound sidecar lets in only the caller its policy names and tells its app who that was (XFCC)."""
+
+    def sidecar_config(name: str, app: str, caller: str, upstream: tuple[str, str] | None) -> dict[str, Any]:
+        me = workloads[name]
+        config: dict[str, Any] = {
+            "service": name,
+            "allow_empty": True,
+            "sidecar": {"inbound": {"listen": f"127.0.0.1:{proxy_process.free_port()}", "app": app}},
+            "inbound": {
+                "mtls": {"mode": "strict", "ca_file": str(me.ca), "cert_file": str(me.cert), "key_file": str(me.key)},
+                "authorization": [{"action": "allow", "rules": [{"from": {"principals": [spiffe(caller)]}}]}],
+            },
+        }
+        if upstream is not None:
+            target, url = upstream
+            config["clusters"] = {target: {"endpoints": [url], "tls": me.client_tls(target)}}
+        return config
+
+    def inbound_url(config: dict[str, Any]) -> str:
+        return f"https://{config['sidecar']['inbound']['listen']}"
+
+    seen: dict[str, list[str | None]] = {"ratings": [], "reviews": []}
+
+    async def ratings_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        seen["ratings"].append(_xfcc_uri(headers.get(b"x-forwarded-client-cert", b"").decode() or None))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"5 stars"})
+
+    reviews_outbound: list[str] = []
+
+    async def reviews_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        seen["reviews"].append(_xfcc_uri(headers.get(b"x-forwarded-client-cert", b"").decode() or None))
+        async with meshlib.Mesh().async_client(mode="sidecar", sidecar=reviews_outbound[0]) as client:
+            stars = (await client.get("http://ratings/stars")).text
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": stars.encode()})
+
+    ratings_server = start_server(ratings_app, "ratings-app")
+    reviews_server = start_server(reviews_app, "reviews-app")
+    try:
+        ratings_config = sidecar_config("ratings", ratings_server.url, "reviews", None)
+        with proxy_process.running(tmp_path / "ratings", ratings_config):
+            reviews_config = sidecar_config(
+                "reviews", reviews_server.url, "frontend", ("ratings", inbound_url(ratings_config))
+            )
+            with proxy_process.running(tmp_path / "reviews", reviews_config) as reviews_sidecar:
+                reviews_outbound.append(reviews_sidecar.proxy_url)
+                frontend_config = {
+                    "service": "frontend",
+                    "clusters": {
+                        "reviews": {
+                            "endpoints": [inbound_url(reviews_config)],
+                            "tls": workloads["frontend"].client_tls("reviews"),
+                        }
+                    },
+                }
+                with (
+                    proxy_process.running(tmp_path / "frontend", frontend_config) as frontend_sidecar,
+                    meshlib.Mesh().client(mode="sidecar", sidecar=frontend_sidecar.proxy_url) as client,
+                ):
+                    answers = [client.get("http://reviews/api/reviews/1") for _ in range(3)]
+                    # ratings' sidecar lets in reviews only: the frontend's own certificate is refused by policy.
+                    ratings_direct = {
+                        "endpoints": [inbound_url(ratings_config)],
+                        "tls": workloads["frontend"].client_tls("ratings"),
+                    }
+                    with (
+                        meshlib.Mesh.from_dict({"clusters": {"ratings": ratings_direct}}) as mesh,
+                        mesh.client() as direct,
+                    ):
+                        refused = direct.get("http://ratings/stars")
+    finally:
+        ratings_server.stop()
+        reviews_server.stop()
+    assert [(a.status_code, a.text) for a in answers] == [(200, "5 stars")] * 3
+    assert seen["reviews"] == [spiffe("frontend")] * 3
+    assert seen["ratings"] == [spiffe("reviews")] * 3
+    assert refused.status_code == 403
+    assert refused.headers["x-meshlib-error"] == "forbidden"
