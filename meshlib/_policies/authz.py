@@ -83,17 +83,30 @@ def _lower_host(pattern: str) -> str:
     return pattern.lower().rstrip(".") if pattern != "*" else pattern
 
 
+_SEEN_ADDRESSES = 4096  # per ip_blocks matcher; cleared when full
+
+
 class IpMatch:
     """Whether an address is in any of the blocks (IPv4-mapped IPv6 addresses count as IPv4)."""
 
-    __slots__ = ("networks",)
+    __slots__ = ("_seen", "networks")
 
     def __init__(self, blocks: Iterable[str]) -> None:
         self.networks: tuple[_IpNetwork, ...] = tuple(ipaddress.ip_network(b, strict=False) for b in blocks)
+        # A workload sees few distinct callers: parsing each address once keeps ip_blocks off the per-request bill.
+        self._seen: dict[str, bool] = {}
 
     def __call__(self, address: str | None) -> bool:
         if address is None:
             return False
+        seen = self._seen.get(address)
+        if seen is None:
+            if len(self._seen) >= _SEEN_ADDRESSES:
+                self._seen.clear()
+            seen = self._seen[address] = self._match(address)
+        return seen
+
+    def _match(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address.partition("%")[0])
         except ValueError:

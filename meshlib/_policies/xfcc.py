@@ -9,6 +9,7 @@ elements separated by ``,``, one per proxy that handled the request, each a
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Final
 
@@ -17,7 +18,7 @@ from meshlib._policies.identity import PeerCertificate
 __all__ = ["XFCC_HEADER", "XfccError", "format_xfcc", "parse_xfcc", "peer_from_xfcc"]
 
 XFCC_HEADER: Final = "x-forwarded-client-cert"
-_SPECIAL: Final = frozenset(',;="\\')
+_NEEDS_QUOTES: Final = re.compile(r'[,;="\\\s]')  # a separator, a quote, a backslash or any whitespace
 _CACHE_SIZE: Final = 1024
 
 
@@ -26,7 +27,7 @@ class XfccError(ValueError):
 
 
 def _quote(value: str) -> str:
-    if any(c in _SPECIAL or c.isspace() for c in value):
+    if _NEEDS_QUOTES.search(value):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
