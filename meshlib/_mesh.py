@@ -26,6 +26,8 @@ from meshlib._snapshot.snapshot import Snapshot
 if TYPE_CHECKING:
     import pybreaker
 
+    from meshlib._frontdoors.asgi import ASGIApp
+    from meshlib._frontdoors.wsgi import WSGIApp
     from meshlib._tls.cluster import ServerCredentials
 
 __all__ = ["Mesh"]
@@ -280,7 +282,9 @@ class Mesh:
         every certificate loaded for ``tls`` and ``inbound.mtls``, by field path
         (``clusters.reviews.tls.cert_file``): ``file``, ``subject``,
         ``spiffe_id``, ``serial``, ``not_before``, ``not_after`` and
-        ``expires_in_seconds`` (negative once expired).
+        ``expires_in_seconds`` (negative once expired). ``observability`` has
+        what each of ``tracing``, ``metrics`` and ``access_log`` reports when
+        configured (spans exported and dropped, lines written and dropped).
         """
         snapshot = self._snapshot
         now = self._runtime.clock.monotonic()
@@ -309,7 +313,35 @@ class Mesh:
             "clusters": clusters,
             "reloads": self._reloads.as_dict(),
             "certificates": self._certificates(snapshot),
+            "observability": self._runtime.observers.stats(),
         }
+
+    def metrics_asgi_app(self) -> ASGIApp:
+        """An ASGI app serving this mesh's metrics in Prometheus's text format, to mount where Prometheus scrapes.
+
+        Needs ``metrics: {enabled: true}`` in the config; while the config in
+        force (reloads included) does not enable metrics, the app answers 404
+        saying so. It answers GET and HEAD at every path, so mount it at the
+        path you scrape, e.g. with FastAPI or Starlette::
+
+            app.mount("/metrics", mesh.metrics_asgi_app())
+
+        The page has the golden signals per route, cluster and endpoint, the
+        inbound side's (with ``meshlib.asgi.MeshMiddleware``) and the live
+        state of :meth:`stats`; docs/observability.md lists every metric.
+        """
+        from meshlib._observe.metrics import asgi_app  # here: prometheus_client loads only for a mesh that asks
+
+        return asgi_app(self)
+
+    def metrics_wsgi_app(self) -> WSGIApp:
+        """The WSGI twin of :meth:`metrics_asgi_app`, e.g. for Flask with werkzeug's ``DispatcherMiddleware``::
+
+            app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": mesh.metrics_wsgi_app()})
+        """
+        from meshlib._observe.metrics import wsgi_app
+
+        return wsgi_app(self)
 
     def _server_credentials(self) -> ServerCredentials | None:
         """The TLS material of ``inbound.mtls`` in force (None when mTLS is off): the sidecar's inbound listener's."""
@@ -344,6 +376,7 @@ class Mesh:
         with self._lock:  # after a reload in progress, which would otherwise start health checks anew
             self._runtime.registry.close()
         self._runtime.storages.close()
+        self._runtime.observers.close()  # flushes queued spans and log lines
         self._runtime.background.close()
 
     async def aclose(self) -> None:

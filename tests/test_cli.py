@@ -120,7 +120,18 @@ def test_schema_prints_a_valid_json_schema(capsys: pytest.CaptureFixture[str]) -
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["title"] == "MeshConfig"
     assert schema["additionalProperties"] is False
-    expected = {"service", "outbound_policy", "clusters", "routes", "sidecar", "inbound", "allow_empty"}
+    expected = {
+        "service",
+        "outbound_policy",
+        "clusters",
+        "routes",
+        "sidecar",
+        "inbound",
+        "allow_empty",
+        "tracing",
+        "metrics",
+        "access_log",
+    }
     assert set(schema["properties"]) == expected
 
 

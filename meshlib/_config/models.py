@@ -39,6 +39,7 @@ from meshlib._config.base import (
     raw_check_errors,
 )
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.observability import AccessLogConfig, MetricsConfig, TracingConfig
 from meshlib._config.redact import Secret
 from meshlib._config.resilience import (
     CircuitBreakerConfig,
@@ -491,6 +492,10 @@ class MeshConfig(ConfigModel):
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     # What every inbound door (the sidecar's inbound listener, the ASGI/WSGI middleware) applies.
     inbound: InboundConfig | None = None
+    # What the mesh reports (docs/observability.md): each is off when absent.
+    tracing: TracingConfig | None = None
+    metrics: MetricsConfig | None = None
+    access_log: AccessLogConfig | None = None
     # An empty config is far more often a truncated file or a bad template than a wish to route nothing.
     allow_empty: Annotated[bool, Field(strict=True)] = False
 

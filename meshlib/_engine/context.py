@@ -11,6 +11,8 @@ import httpx
 if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.alarms import TaskAlarm
+    from meshlib._observe.exchange import Exchange
+    from meshlib._observe.observers import Observers
     from meshlib._snapshot.route import CompiledRoute
     from meshlib._tls.senders import TlsSenders
     from meshlib._upstream.endpoint import Endpoint
@@ -48,6 +50,9 @@ class CallContext:
     try_deadline: float | None = None
     try_alarm: TaskAlarm | None = None
     tried: list[Endpoint] = field(default_factory=list)
+    # Set when the snapshot has observers (tracing, metrics, access log): shared by forked tries, one per request.
+    exchange: Exchange | None = None
+    observers: Observers | None = None
 
     def fork(self) -> CallContext:
         """A copy for a concurrent try (hedging, mirroring) that shares nothing mutable with this one."""

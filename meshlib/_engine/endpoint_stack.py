@@ -19,6 +19,7 @@ from meshlib._engine.base import Request, Response
 from meshlib._engine.context import context_of
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
+from meshlib._observe.hooks import try_started
 
 if TYPE_CHECKING:
     from meshlib._tls.cluster import ClusterTls
@@ -37,18 +38,27 @@ def send(request: Request, tls: ClusterTls | None = None) -> Response:
     assert sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state
+    watch = None
+    if ctx.observers is not None and ctx.exchange is not None:
+        watch = try_started(ctx.exchange, ctx.observers, request, ctx.attempt, ctx.cluster, ctx.endpoint.url)
     state.acquire()
     try:
         response = sender.handle_request(request)
     except httpx.TransportError as exc:
         state.release()
         mapped = upstream_error(exc, ctx)
+        if watch is not None:
+            watch.failed(mapped or exc)
         if mapped is None:
             raise
         raise mapped from exc
-    except BaseException:
+    except BaseException as exc:
         state.release()
+        if watch is not None:
+            watch.failed(exc)
         raise
+    if watch is not None:
+        watch.ended(response)
     return release_when_closed(response, state.release, ctx)
 
 
@@ -63,16 +73,25 @@ async def send_async(request: Request, tls: ClusterTls | None = None) -> Respons
     assert sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state
+    watch = None
+    if ctx.observers is not None and ctx.exchange is not None:
+        watch = try_started(ctx.exchange, ctx.observers, request, ctx.attempt, ctx.cluster, ctx.endpoint.url)
     state.acquire()
     try:
         response = await sender.handle_async_request(request)
     except httpx.TransportError as exc:
         state.release()
         mapped = upstream_error(exc, ctx)
+        if watch is not None:
+            watch.failed(mapped or exc)
         if mapped is None:
             raise
         raise mapped from exc
-    except BaseException:
+    except BaseException as exc:
         state.release()
+        if watch is not None:
+            watch.failed(exc)
         raise
+    if watch is not None:
+        watch.ended(response)
     return release_when_closed(response, state.release, ctx)

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from meshlib._engine.context import EXTENSION, CallContext
+from meshlib._engine.context import EXTENSION, CallContext, context_of
 from meshlib._errors import RouteNotFoundError
+from meshlib._observe.hooks import failed, observed, outbound_exchange
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.snapshot import Snapshot
 
@@ -41,6 +42,10 @@ def _prepare(
     ctx = CallContext(
         original=request, route=route, clock=snapshot.clock, sender=sender, async_sender=async_sender, tls=tls
     )
+    observers = snapshot.observers
+    if observers is not None:
+        ctx.observers = observers
+        ctx.exchange = outbound_exchange(request, route.name)
     # httpx.Request copies headers and extensions itself, so the caller's request stays untouched.
     upstream = httpx.Request(
         request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions
@@ -57,7 +62,17 @@ def handle(
     if prepared is None:
         return sender.handle_request(request)
     route, upstream = prepared
-    return route.handle(upstream)
+    ctx = context_of(upstream)
+    if ctx.observers is None:
+        return route.handle(upstream)
+    assert ctx.exchange is not None
+    ctx.observers.started(ctx.exchange)
+    try:
+        response = route.handle(upstream)
+    except BaseException as exc:
+        failed(ctx.exchange, ctx.observers, exc)
+        raise
+    return observed(response, ctx.exchange, ctx.observers)
 
 
 async def handle_async(
@@ -68,4 +83,14 @@ async def handle_async(
     if prepared is None:
         return await sender.handle_async_request(request)
     route, upstream = prepared
-    return await route.handle_async(upstream)
+    ctx = context_of(upstream)
+    if ctx.observers is None:
+        return await route.handle_async(upstream)
+    assert ctx.exchange is not None
+    ctx.observers.started(ctx.exchange)
+    try:
+        response = await route.handle_async(upstream)
+    except BaseException as exc:
+        failed(ctx.exchange, ctx.observers, exc)
+        raise
+    return observed(response, ctx.exchange, ctx.observers)

@@ -8,6 +8,9 @@ from urllib.parse import quote
 
 from meshlib._engine.inbound_context import Denial, InboundRequest
 from meshlib._frontdoors.inbound_door import IDENTITY_KEY, certificate_from_pem, denial_headers, resolve_peer
+from meshlib._observe.exchange import Exchange
+from meshlib._observe.hooks import error_code, inbound_exchange, inbound_finished
+from meshlib._observe.observers import Observers
 from meshlib._policies.identity import PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER
 
@@ -48,6 +51,31 @@ def _tls_certificate(scope: Scope) -> PeerCertificate | None:
     return certificate_from_pem(chain[0]) if chain else None
 
 
+async def _observed_app(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, exchange: Exchange, observers: Observers
+) -> None:
+    """Run the app, noting its status and body bytes; the request ends when the app returns (or raises)."""
+    status: int | None = None
+    sent = 0
+
+    async def observed_send(message: Message) -> None:
+        nonlocal status, sent
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = message["status"]
+        elif kind == "http.response.body":
+            sent += len(message.get("body", b""))
+        await send(message)
+
+    try:
+        await app(scope, receive, observed_send)
+    except BaseException as exc:
+        # What the server answers for an app that raised before its response: 500.
+        inbound_finished(exchange, observers, status or 500, error_code(exc), sent)
+        raise
+    inbound_finished(exchange, observers, status, None, sent)
+
+
 class MeshMiddleware:
     """Applies the mesh's ``inbound:`` policy to every HTTP and WebSocket request, before the app.
 
@@ -78,7 +106,9 @@ class MeshMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        stack = self.mesh.snapshot.inbound
+        snapshot = self.mesh.snapshot
+        stack = snapshot.inbound
+        observers = snapshot.observers if kind == "http" else None
         raw_headers = scope["headers"]
         # ASGI header names are lower-case already (the spec requires it of servers).
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
@@ -91,6 +121,20 @@ class MeshMiddleware:
         # Some servers leave the query in raw_path; without raw_path, the decoded path is encoded again.
         raw = raw_path.decode("latin-1").partition("?")[0] if raw_path else quote(scope["path"], safe=_PATH_SAFE)
         server = scope.get("server")
+        exchange = None
+        if observers is not None:
+            authority = headers.get("host") or (f"{server[0]}:{server[1]}" if server else "")
+            query = scope.get("query_string", b"")
+            exchange = inbound_exchange(
+                "asgi",
+                scope.get("method", "GET"),
+                scope.get("scheme", "http"),
+                authority,
+                raw + ("?" + query.decode("latin-1") if query else ""),
+                list(raw_headers),
+                peer.principal,
+            )
+            observers.started(exchange)
         result = stack.check(
             InboundRequest(
                 scope.get("method", "GET"),
@@ -103,7 +147,14 @@ class MeshMiddleware:
             )
         )
         if result.denial is not None:
-            await self._deny(scope, send, result.denial)
+            if observers is None or exchange is None:
+                await self._deny(scope, send, result.denial)
+                return
+            exchange.denied_by = result.denial.policy
+            try:
+                await self._deny(scope, send, result.denial)
+            finally:
+                inbound_finished(exchange, observers, result.denial.status, result.denial.code, len(result.denial.body))
             return
         scope = dict(scope)
         if result.path_changed:
@@ -122,7 +173,10 @@ class MeshMiddleware:
             edited.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in added or ())
             scope["headers"] = edited
         scope[IDENTITY_KEY] = result.identity
-        await self.app(scope, receive, send)
+        if observers is None or exchange is None:
+            await self.app(scope, receive, send)
+        else:
+            await _observed_app(self.app, scope, receive, send, exchange, observers)
 
     async def _deny(self, scope: Scope, send: Send, denial: Denial) -> None:
         head = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in denial_headers(denial)]

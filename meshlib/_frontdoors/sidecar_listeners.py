@@ -17,6 +17,7 @@ from meshlib._engine import outbound
 from meshlib._engine.urls import with_origin
 from meshlib._errors import RouteNotFoundError
 from meshlib._frontdoors.inbound_door import certificate_from_der, denial_headers, request_from_wire
+from meshlib._observe.hooks import SIDECAR_DOOR, error_code, inbound_exchange, inbound_finished, inbound_observed
 from meshlib._policies.identity import Peer, PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER, format_xfcc
 from meshlib._sidecar.server import DOWNSTREAM, REQUEST_LINE, Downstream, Handler
@@ -41,6 +42,7 @@ def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSende
 
     async def handle(request: httpx.Request) -> httpx.Response:
         request.extensions["timeout"] = DEFAULT_TIMEOUTS  # the engine copies it before tightening it per try
+        request.extensions[SIDECAR_DOOR] = True  # observers tell the sidecar's requests from in-process ones
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
         response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
         if ERROR_HEADER in response.headers:
@@ -95,6 +97,7 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
     origin = httpx.URL(app)
     tls = InboundTls(mesh)
     certificates: dict[bytes, PeerCertificate | None] = {}
+    xfccs: dict[tuple[bytes, str | None], str] = {}
 
     def certificate(der: bytes) -> PeerCertificate | None:
         # One parse per certificate, not per request: a workload sees few distinct callers.
@@ -106,18 +109,45 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
             certificates[der] = found
         return found  # type: ignore[return-value]
 
+    def xfcc(der: bytes, verified: PeerCertificate) -> str:
+        # Keyed by our own identity too: a rotation to another SPIFFE ID changes By= at once.
+        key = (der, tls.identity())
+        found = xfccs.get(key)
+        if found is None:
+            if len(xfccs) >= _CERTIFICATE_CACHE:
+                xfccs.pop(next(iter(xfccs)))
+            found = xfccs[key] = format_xfcc(verified, by=key[1])
+        return found
+
     async def handle(request: httpx.Request) -> httpx.Response:
         snapshot = mesh.snapshot
         downstream: Downstream | None = request.extensions.get(DOWNSTREAM)
         address = downstream.address[0] if downstream is not None and downstream.address else None
-        verified = certificate(downstream.certificate) if downstream is not None and downstream.certificate else None
+        der = downstream.certificate if downstream is not None else None
+        verified = certificate(der) if der else None
         peer = Peer(address, verified is not None, verified)
         method, target = request.extensions.get(REQUEST_LINE) or (request.method, request.url.raw_path)
+        observers = snapshot.observers
+        exchange = None
+        if observers is not None:
+            exchange = inbound_exchange(
+                "sidecar",
+                method,
+                "https" if downstream is not None and downstream.tls else "http",
+                request.headers.get("host", ""),
+                target.decode("latin-1"),
+                list(request.headers.raw),
+                peer.principal,
+            )
+            observers.started(exchange)
         result = snapshot.inbound.check(
             request_from_wire(method.encode("latin-1"), target, request.headers.raw, peer, origin.port)
         )
         denial = result.denial
         if denial is not None:
+            if observers is not None and exchange is not None:
+                exchange.denied_by = denial.policy
+                inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
             return httpx.Response(denial.status, headers=denial_headers(denial), content=denial.body)
         headers = request.headers
         headers.pop(XFCC_HEADER, None)
@@ -125,14 +155,22 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
             headers.pop(name, None)
         for name, value in result.set_headers or ():
             headers[name] = value
-        if verified is not None:
-            headers[XFCC_HEADER] = format_xfcc(verified, by=tls.identity())
+        if verified is not None and der:
+            headers[XFCC_HEADER] = xfcc(der, verified)
         # The normalised path, as authorization saw it; the query as it was sent.
         url = with_origin(request.url, origin)
         if result.path_changed:
             url = url.copy_with(raw_path=result.path.encode("latin-1") + _query_of(target))
         request.url = url
-        return await sender.handle_async_request(request)
+        if observers is None or exchange is None:
+            return await sender.handle_async_request(request)
+        try:
+            response = await sender.handle_async_request(request)
+        except BaseException as exc:
+            # The app is unreachable: the listener answers 502/503/504 for the error (its code says which).
+            inbound_finished(exchange, observers, None, error_code(exc))
+            raise
+        return inbound_observed(response, exchange, observers)
 
     return handle
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundRequest
 from meshlib._frontdoors.inbound_door import IDENTITY_KEY, certificate_from_pem, denial_headers, resolve_peer
+from meshlib._observe.exchange import Exchange
+from meshlib._observe.hooks import error_code, inbound_exchange, inbound_finished
+from meshlib._observe.observers import Observers
 from meshlib._policies.identity import PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER
 
@@ -51,6 +54,62 @@ def _raw_path(environ: WSGIEnvironment) -> str:
     return quote(full.encode("latin-1"), safe=_PATH_SAFE)
 
 
+class _ObservedResponse:
+    """The app's response iterable, counted; the request ends when the server closes it (PEP 3333), or on error."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        exchange: Exchange,
+        observers: Observers,
+    ) -> None:
+        self._exchange = exchange
+        self._observers = observers
+        self._status: int | None = None
+        self._sent = 0
+        self._done = False
+
+        def observed_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            code = status.partition(" ")[0]
+            self._status = int(code) if code.isdigit() else None
+            return (
+                start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
+            )
+
+        try:
+            self._body = app(environ, observed_start_response)
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        error = None if exc is None else error_code(exc)
+        status = self._status if exc is None or self._status is not None else 500
+        inbound_finished(self._exchange, self._observers, status, error, self._sent)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._body:
+                self._sent += len(chunk)
+                yield chunk
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+
 class MeshMiddleware:
     """Applies the mesh's ``inbound:`` policy to every request, before the WSGI app.
 
@@ -74,7 +133,9 @@ class MeshMiddleware:
         self.mesh = mesh
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        stack = self.mesh.snapshot.inbound
+        snapshot = self.mesh.snapshot
+        stack = snapshot.inbound
+        observers = snapshot.observers
         headers: dict[str, str] = {}
         for key, value in environ.items():
             if key.startswith("HTTP_"):
@@ -85,6 +146,19 @@ class MeshMiddleware:
         peer, strip_xfcc = resolve_peer(stack, address, _tls_certificate(environ), headers.get(XFCC_HEADER))
         raw = _raw_path(environ)
         port = environ.get("SERVER_PORT")
+        exchange = None
+        if observers is not None:
+            query = environ.get("QUERY_STRING", "")
+            exchange = inbound_exchange(
+                "wsgi",
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("wsgi.url_scheme", "http"),
+                headers.get("host") or f"{environ.get('SERVER_NAME', '')}:{port or ''}",
+                raw + (f"?{query}" if query else ""),
+                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+                peer.principal,
+            )
+            observers.started(exchange)
         result = stack.check(
             InboundRequest(
                 environ.get("REQUEST_METHOD", "GET"),
@@ -97,6 +171,10 @@ class MeshMiddleware:
             )
         )
         if result.denial is not None:
+            if observers is not None and exchange is not None:
+                exchange.denied_by = result.denial.policy
+                denial = result.denial
+                inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
             return self._deny(start_response, result.denial)
         if result.path_changed:
             script = environ.get("SCRIPT_NAME", "")
@@ -104,6 +182,8 @@ class MeshMiddleware:
             if not full.startswith(script):
                 # The normalised path left the app's mount (/mount/../x): it is no path of this app.
                 denial = Denial(400, BAD_REQUEST, "invalid path: outside the application's SCRIPT_NAME")
+                if observers is not None and exchange is not None:
+                    inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
                 return self._deny(start_response, denial)
             environ["PATH_INFO"] = full[len(script) :]
             query = environ.get("QUERY_STRING")
@@ -117,7 +197,9 @@ class MeshMiddleware:
         for name, value in result.set_headers or ():
             environ[_key(name)] = value
         environ[IDENTITY_KEY] = result.identity
-        return self.app(environ, start_response)
+        if observers is None or exchange is None:
+            return self.app(environ, start_response)
+        return _ObservedResponse(self.app, environ, start_response, exchange, observers)
 
     @staticmethod
     def _deny(start_response: StartResponse, denial: Denial) -> list[bytes]:

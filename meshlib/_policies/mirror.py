@@ -65,6 +65,8 @@ class MirrorPolicy:
         # The copy is a new call: no tries yet, and no share of the caller's deadline.
         ctx.tried, ctx.attempt, ctx.deadline = [], 1, None
         ctx.cluster = ctx.endpoint = None
+        # Fire-and-forget: the shadow's tries are not the caller's request's (its span, its log line).
+        ctx.exchange = ctx.observers = None
         headers = request.headers.copy()
         headers["host"] = shadow_host(headers.get("host") or request.url.netloc.decode("ascii"))
         return httpx.Request(

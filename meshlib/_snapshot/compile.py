@@ -24,6 +24,7 @@ from meshlib._engine.inbound_stack import InboundStack, build_inbound_stack
 from meshlib._engine.route_stack import build_route_handlers, route_filters
 from meshlib._errors import ConfigError
 from meshlib._hooks import Hooks
+from meshlib._observe.registry import ObserverRegistry
 from meshlib._policies.fault import FaultFilter
 from meshlib._policies.hedge import HedgeFilter, SlowShare
 from meshlib._policies.mirror import MirrorFilter
@@ -58,6 +59,7 @@ class Runtime:
     background: Background
     storages: StorageRegistry
     hooks: Hooks
+    observers: ObserverRegistry
 
     @classmethod
     def create(
@@ -70,6 +72,7 @@ class Runtime:
             Background(),
             StorageRegistry(),
             hooks or Hooks(),
+            ObserverRegistry(),
         )
 
 
@@ -283,6 +286,8 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
         for name in config.clusters:
             implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
             routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
+    # Last, once nothing else can fail: a replaced observer is closed here.
+    observers = rt.observers.observers_for(config, rt)
     return Snapshot(
         config=config,
         version=version,
@@ -291,4 +296,5 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
         passthrough=config.outbound_policy == "allow_any",
         clock=rt.clock,
         inbound=inbound,
+        observers=observers,
     )

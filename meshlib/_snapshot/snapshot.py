@@ -11,6 +11,7 @@ from meshlib._clock import Clock
 from meshlib._config.models import MeshConfig
 from meshlib._engine.cluster_stack import CompiledCluster
 from meshlib._engine.inbound_stack import InboundStack
+from meshlib._observe.observers import Observers
 from meshlib._snapshot.route_table import RouteTable
 
 __all__ = ["Snapshot"]
@@ -34,6 +35,8 @@ class Snapshot:
     clock: Clock
     # The inbound policy every inbound door applies (docs/security.md): normalisation, mTLS, JWT, authorization.
     inbound: InboundStack
+    # What this config reports (tracing, metrics, access log); None when it turns none on.
+    observers: Observers | None = None
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -103,6 +103,11 @@ class _Generations(Generic[T]):
         return gen.transport if gen is not None else None
 
 
+def _whole(stream: object) -> bool:
+    """Whether a response body is all here: in memory, or saying so (the sidecar's pooled client's ``complete``)."""
+    return isinstance(stream, httpx.ByteStream) or getattr(stream, "complete", False) is True
+
+
 class _Releasing(httpx.SyncByteStream, httpx.AsyncByteStream):
     """Passes a body through and tells its generation once, when the body closes."""
 
@@ -116,7 +121,7 @@ class _Releasing(httpx.SyncByteStream, httpx.AsyncByteStream):
     @property
     def complete(self) -> bool:
         """What the inner stream says (the mesh's body deadline is off once a body is all here)."""
-        return isinstance(self._stream, httpx.ByteStream) or getattr(self._stream, "complete", False) is True
+        return _whole(self._stream)
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._stream
@@ -173,7 +178,13 @@ class TlsTransport(httpx.BaseTransport):
             if idle is not None:
                 idle.close()
             raise
-        response.stream = _Releasing(response.stream, lambda: generations.release(gen))
+        if _whole(response.stream):
+            # Read whole already: its connection is back in the pool, nothing more of this response uses gen.
+            idle = generations.release(gen)
+            if idle is not None:
+                idle.close()
+        else:
+            response.stream = _Releasing(response.stream, lambda: generations.release(gen))
         return response
 
     def retire(self) -> None:
@@ -214,7 +225,12 @@ class AsyncTlsTransport(httpx.AsyncBaseTransport):
             if idle is not None:
                 await idle.aclose()
             raise
-        response.stream = _Releasing(response.stream, lambda: generations.release(gen))
+        if _whole(response.stream):
+            idle = generations.release(gen)
+            if idle is not None:
+                await idle.aclose()
+        else:
+            response.stream = _Releasing(response.stream, lambda: generations.release(gen))
         return response
 
     async def retire(self) -> None:

@@ -144,6 +144,7 @@ def test_an_empty_mesh_passes_everything_through(respx_mock: respx.MockRouter) -
         "clusters": {},
         "reloads": {"accepted": 0, "refused": 0, "last_error": None},
         "certificates": {},
+        "observability": {},
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import httpx
@@ -27,17 +28,32 @@ class FakeTls:
         return self.version, ssl.create_default_context()
 
 
+class Streamed(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body still on its connection (as httpx's network transports return): read when the caller reads."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+
 class Recorder(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """A transport per version: answers with its version, and records whether it was closed."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, *, whole: bool = False) -> None:
         self.version = version
+        self.whole = whole
         self.closed = False
         self.sni: list[Any] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sni.append(request.extensions.get("sni_hostname"))
-        return httpx.Response(200, stream=httpx.ByteStream(b"v%d" % self.version))
+        body = b"v%d" % self.version
+        return httpx.Response(200, stream=httpx.ByteStream(body) if self.whole else Streamed(body))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return self.handle_request(request)
@@ -49,12 +65,12 @@ class Recorder(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self.closed = True
 
 
-def _transports(kind: str) -> tuple[FakeTls, list[Recorder], TlsTransport | AsyncTlsTransport]:
+def _transports(kind: str, *, whole: bool = False) -> tuple[FakeTls, list[Recorder], TlsTransport | AsyncTlsTransport]:
     tls = FakeTls()
     built: list[Recorder] = []
 
     def build(context: ssl.SSLContext, verify_peer: object) -> Recorder:
-        built.append(Recorder(tls.version))
+        built.append(Recorder(tls.version, whole=whole))
         return built[-1]
 
     cls = TlsTransport if kind == "sync" else AsyncTlsTransport
@@ -93,6 +109,18 @@ async def test_a_rotation_builds_a_new_transport_and_the_old_closes_after_its_la
     await _close(after)
     assert not built[1].closed
     assert built[0].sni == built[1].sni == ["reviews"]  # server_name goes as the SNI
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_body_read_whole_already_frees_its_transport_at_once(kind: str) -> None:
+    # The sidecar's pooled client reads small bodies whole (``complete``): no wrapper waits for their close.
+    tls, built, transport = _transports(kind, whole=True)
+    response = await _send(transport)
+    assert isinstance(response.stream, httpx.ByteStream)
+    tls.version = 2
+    await _send(transport)
+    assert built[0].closed  # nothing of it is in use: closed when version 2 took over
+    assert response.read() == b"v1"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

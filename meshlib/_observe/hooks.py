@@ -1,0 +1,263 @@
+"""Where the engine tells observers: an outbound request's start, each try, and its end when the body is done.
+
+The engine calls these only when its snapshot has observers (``ctx.observers``
+is set), so a mesh that observes nothing pays one ``is None`` test per stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+
+from meshlib._observe.exchange import Exchange, Try, retry_reason
+from meshlib._observe.observers import Observers
+from meshlib._wire import ERROR_HEADER
+
+__all__ = [
+    "SIDECAR_DOOR",
+    "TryWatch",
+    "error_code",
+    "failed",
+    "inbound_exchange",
+    "inbound_finished",
+    "inbound_observed",
+    "observed",
+    "outbound_exchange",
+    "try_started",
+]
+
+# The sidecar's outbound listener marks the requests it hands the engine with this extension.
+SIDECAR_DOOR = "meshlib.sidecar"
+
+
+def error_code(exc: BaseException) -> str:
+    """The code observers record for a failure: a mesh error's own (``x-meshlib-error``'s value), else its kind."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit | KeyboardInterrupt):
+        return "cancelled"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "upstream_reset"
+    return "internal_error"
+
+
+def outbound_exchange(request: httpx.Request, route: str) -> Exchange:
+    """The record of an outbound request, as the caller sent it."""
+    url = request.url
+    headers = request.headers
+    return Exchange(
+        direction="outbound",
+        door="sidecar" if SIDECAR_DOOR in request.extensions else "client",
+        method=request.method,
+        scheme=url.scheme,
+        authority=headers.get("host") or url.netloc.decode("ascii"),
+        path=url.raw_path.decode("ascii", "replace"),
+        headers=list(headers.raw),
+        route=route,
+        user_agent=headers.get("user-agent"),
+        request_id=headers.get("x-request-id"),
+    )
+
+
+class TryWatch:
+    """One try being observed: tell the observers how it ended."""
+
+    __slots__ = ("exchange", "observers", "record")
+
+    def __init__(self, exchange: Exchange, observers: Observers, record: Try) -> None:
+        self.exchange = exchange
+        self.observers = observers
+        self.record = record
+
+    def ended(self, response: httpx.Response) -> None:
+        """The try got its response head."""
+        record = self.record
+        record.end = time.perf_counter()
+        record.status = response.status_code
+        self.observers.try_ended(self.exchange, record)
+
+    def failed(self, exc: BaseException) -> None:
+        """The try raised ``exc`` (the mesh error it maps to, when there is one)."""
+        record = self.record
+        record.end = time.perf_counter()
+        record.error = error_code(exc)
+        self.observers.try_ended(self.exchange, record)
+
+
+def inbound_exchange(
+    door: str,
+    method: str,
+    scheme: str,
+    authority: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    peer: str | None,
+) -> Exchange:
+    """The record of a request into the app, as the caller sent it (``door``: ``asgi``, ``wsgi`` or ``sidecar``)."""
+    user_agent = request_id = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"user-agent":
+            user_agent = value.decode("latin-1")
+        elif lowered == b"x-request-id":
+            request_id = value.decode("latin-1")
+    return Exchange(
+        direction="inbound",
+        door=door,
+        method=method,
+        scheme=scheme,
+        authority=authority,
+        path=path,
+        headers=headers,
+        peer=peer,
+        user_agent=user_agent,
+        request_id=request_id,
+    )
+
+
+def inbound_finished(
+    exchange: Exchange, observers: Observers, status: int | None, error: str | None = None, sent: int = 0
+) -> None:
+    """An inbound request is over: the app's response (``status``, ``sent`` body bytes) ended, or it failed."""
+    exchange.status = status
+    if error is not None:
+        exchange.error = error
+    exchange.bytes_sent = sent
+    exchange.end = time.perf_counter()
+    observers.finished(exchange)
+
+
+def try_started(
+    exchange: Exchange,
+    observers: Observers,
+    request: httpx.Request,
+    attempt: int,
+    cluster: str | None,
+    endpoint: str | None,
+) -> TryWatch:
+    """Record a try about to be sent to ``endpoint`` and tell the observers (tracing adds its headers here)."""
+    record = Try(attempt=attempt, cluster=cluster, endpoint=endpoint)
+    if exchange.tries:
+        record.reason = retry_reason(exchange.tries[-1])
+    exchange.tries.append(record)
+    exchange.cluster, exchange.endpoint = cluster, endpoint
+    observers.try_started(exchange, record, request)
+    return TryWatch(exchange, observers, record)
+
+
+def failed(exchange: Exchange, observers: Observers, exc: BaseException) -> None:
+    """The request failed before a response head reached the caller."""
+    exchange.error = error_code(exc)
+    exchange.end = time.perf_counter()
+    observers.finished(exchange)
+
+
+def inbound_observed(response: httpx.Response, exchange: Exchange, observers: Observers) -> httpx.Response:
+    """The sidecar's inbound door: the app answered ``response``; the request ends when its body has been sent."""
+    return observed(response, exchange, observers, sending=True)
+
+
+def observed(
+    response: httpx.Response, exchange: Exchange, observers: Observers, *, sending: bool = False
+) -> httpx.Response:
+    """Record the head of ``response``; the request ends when its body does (now, if it is in memory).
+
+    The body's bytes count as received (an outbound response), or as sent
+    when ``sending`` (an inbound door passing the app's response on).
+    """
+    exchange.status = response.status_code
+    code = response.headers.get(ERROR_HEADER)
+    if code is not None:
+        exchange.error = code
+    stream = response.stream
+    if response.is_closed or isinstance(stream, httpx.ByteStream):
+        # Whole already: a body in memory (the sidecar writes it with the head in one go) ends with the head.
+        size = len(response.content) if response.is_closed else len(b"".join(stream))  # type: ignore[arg-type]
+        if sending:
+            exchange.bytes_sent = size
+        else:
+            exchange.bytes_received = size
+        exchange.end = time.perf_counter()
+        observers.finished(exchange)
+    else:
+        response.stream = _ObservedBody(stream, exchange, observers, sending)
+    return response
+
+
+class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Counts the body's bytes and tells the observers once, when it ends, fails or is closed."""
+
+    __slots__ = ("_done", "_exchange", "_observers", "_sending", "_stream")
+
+    def __init__(
+        self,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+        exchange: Exchange,
+        observers: Observers,
+        sending: bool,
+    ) -> None:
+        self._stream = stream
+        self._exchange = exchange
+        self._observers = observers
+        self._sending = sending
+        self._done = False
+
+    def _count(self, size: int) -> None:
+        if self._sending:
+            self._exchange.bytes_sent += size
+        else:
+            self._exchange.bytes_received += size
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        exchange = self._exchange
+        if exc is not None:
+            exchange.error = error_code(exc)
+        exchange.end = time.perf_counter()
+        self._observers.finished(exchange)
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = self._stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        try:
+            for chunk in stream:
+                self._count(len(chunk))
+                yield chunk
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self._finish()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        try:
+            async for chunk in stream:
+                self._count(len(chunk))
+                yield chunk
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self._finish()
+
+    def close(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.SyncByteStream):
+                self._stream.close()
+        finally:
+            self._finish()
+
+    async def aclose(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.AsyncByteStream):
+                await self._stream.aclose()
+        finally:
+            self._finish()

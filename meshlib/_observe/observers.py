@@ -1,0 +1,104 @@
+"""The observer interface, and the set of observers one snapshot tells about each request.
+
+An observer overrides what it needs of :class:`Observer`. The calls, in order,
+for an outbound request: ``started`` (before routing), then per try
+``try_started`` (with the request about to be sent, so tracing can add its
+headers) and ``try_ended`` (at the response head or the failure), then
+``finished`` once (the response body closed, or the request failed). For an
+inbound request: ``started`` before the app is called and ``finished`` after
+its response ended, both in the context (task or thread) that runs the app,
+so an observer may make its span current in ``started`` and restore the
+context in ``finished``.
+
+Observers run on the request path: they must be quick and must never block
+(exports and writes go to a background queue). One that raises is logged and
+otherwise ignored: observing a request must never fail it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from meshlib._observe.exchange import Exchange, Try
+
+__all__ = ["Observer", "Observers"]
+
+logger = logging.getLogger("meshlib.observe")
+
+
+class Observer:
+    """Told what happens to each request; every method does nothing unless overridden."""
+
+    name = "observer"
+
+    def started(self, exchange: Exchange) -> None:
+        """A request begins (outbound: before its route is matched; inbound: before the app is called)."""
+
+    def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        """An outbound try is about to be sent as ``request`` (headers may still be added)."""
+
+    def try_ended(self, exchange: Exchange, attempt: Try) -> None:
+        """An outbound try got its response head, or failed (``attempt.error``)."""
+
+    def finished(self, exchange: Exchange) -> None:
+        """The request is over: its response body ended, or it failed (``exchange.error``)."""
+
+    def stats(self) -> dict[str, Any]:
+        """What this observer reports in ``Mesh.stats()["observability"][name]``."""
+        return {}
+
+    def close(self) -> None:
+        """The mesh is closing, or a reload replaced this observer: flush what is pending, stop workers."""
+
+
+class Observers:
+    """The observers of one snapshot, told in order; a failing observer is logged and skipped."""
+
+    __slots__ = ("_failed", "members")
+
+    def __init__(self, members: Iterable[Observer]) -> None:
+        self.members: tuple[Observer, ...] = tuple(members)
+        self._failed: set[str] = set()
+
+    def _failure(self, observer: Observer, what: str) -> None:
+        # Logged in full the first time per observer and hook, then at debug: a broken observer must not flood logs.
+        key = f"{observer.name}.{what}"
+        if key in self._failed:
+            logger.debug("observer %s failed in %s", observer.name, what, exc_info=True)
+        else:
+            self._failed.add(key)
+            logger.warning("observer %s failed in %s (ignored)", observer.name, what, exc_info=True)
+
+    def started(self, exchange: Exchange) -> None:
+        for observer in self.members:
+            try:
+                observer.started(exchange)
+            except Exception:
+                self._failure(observer, "started")
+
+    def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        for observer in self.members:
+            try:
+                observer.try_started(exchange, attempt, request)
+            except Exception:
+                self._failure(observer, "try_started")
+
+    def try_ended(self, exchange: Exchange, attempt: Try) -> None:
+        for observer in self.members:
+            try:
+                observer.try_ended(exchange, attempt)
+            except Exception:
+                self._failure(observer, "try_ended")
+
+    def finished(self, exchange: Exchange) -> None:
+        # Inbound doors call this in the reverse order of started, so context an observer set is restored last-in,
+        # first-out; outbound observers don't care, and one order for both is simpler to reason about.
+        for observer in reversed(self.members):
+            try:
+                observer.finished(exchange)
+            except Exception:
+                self._failure(observer, "finished")
