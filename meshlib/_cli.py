@@ -38,7 +38,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check_files(config: MeshConfig, path: str) -> list[tuple[str, str]]:
-    """Warnings about the TLS files ``config`` names; ConfigError when one cannot be used."""
+    """Warnings about the files ``config`` names (TLS, the access log); ConfigError when one cannot be used."""
+    if config.access_log is not None:
+        from meshlib._observe.access_log import path_problem
+
+        problem = path_problem(config.access_log.path)
+        if problem is not None:
+            raise ConfigError([("access_log.path", problem)], source=path)
     if not any(c.tls is not None for c in config.clusters.values()) and (
         config.inbound is None or config.inbound.mtls is None
     ):

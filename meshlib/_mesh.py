@@ -337,11 +337,27 @@ class Mesh:
     def metrics_wsgi_app(self) -> WSGIApp:
         """The WSGI twin of :meth:`metrics_asgi_app`, e.g. for Flask with werkzeug's ``DispatcherMiddleware``::
 
-            app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": mesh.metrics_wsgi_app()})
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": mesh.metrics_wsgi_app()})
         """
         from meshlib._observe.metrics import wsgi_app
 
         return wsgi_app(self)
+
+    def admin_asgi_app(self) -> ASGIApp:
+        """An ASGI app serving the live admin page of this mesh, the one ``meshlib proxy`` serves on its admin port.
+
+        The page shows the routes and their split weights, each cluster's
+        endpoints (health, ejection), breaker state, requests and errors per
+        second, and the recent errors, polling ``ui/state`` (the same as JSON)
+        every second. It is read-only (nothing reloads or drains) and loads
+        nothing from elsewhere. Mount it where only operators reach, e.g. with
+        FastAPI or Starlette::
+
+            app.mount("/mesh", mesh.admin_asgi_app())  # then open /mesh/
+        """
+        from meshlib._admin_ui.asgi import AdminApp  # here: nothing of the page loads for a mesh that never shows it
+
+        return AdminApp(self)
 
     def _server_credentials(self) -> ServerCredentials | None:
         """The TLS material of ``inbound.mtls`` in force (None when mTLS is off): the sidecar's inbound listener's."""

@@ -183,3 +183,18 @@ def test_python_m_meshlib_validate_runs_and_exits_with_the_right_code(tmp_path: 
     assert result.returncode == 2
     assert result.stdout == f"{good}: ok\n"
     assert result.stderr.splitlines() == [f"invalid mesh config in {bad}:", BAD_LINE]
+
+
+def test_validate_refuses_an_access_log_path_that_cannot_take_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = 'clusters: {a: {endpoints: ["http://127.0.0.1:1"]}}\naccess_log: {path: %s}\n'
+    missing = _write(tmp_path, "missing.yaml", config % (tmp_path / "no" / "such" / "access.log"))
+    directory = _write(tmp_path, "dir.yaml", config % tmp_path)
+    fine = _write(tmp_path, "fine.yaml", config % (tmp_path / "access.log"))
+    assert main(["validate", missing]) == 2
+    assert "access_log.path: cannot open" in capsys.readouterr().err
+    assert main(["validate", directory]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+    assert main(["validate", fine]) == 0
+    assert not (tmp_path / "access.log").exists()  # validating creates nothing

@@ -12,6 +12,7 @@ because a route may override the cluster's timeout, retry, rate_limit and hedge.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from meshlib._engine.context import context_of
 from meshlib._engine.endpoint_stack import send, send_async
 from meshlib._engine.urls import with_origin
 from meshlib._errors import NoHealthyUpstreamError
+from meshlib._observe.hooks import error_code
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint
 from meshlib._upstream.lb import LoadBalancer
@@ -31,6 +33,41 @@ if TYPE_CHECKING:
     from meshlib._tls.cluster import ClusterTls
 
 __all__ = ["CompiledCluster", "Leg"]
+
+# Refusals a cluster makes before any endpoint sees the request (counted as `refused` besides `errors`).
+_REFUSALS = frozenset(("circuit_open", "overloaded", "rate_limited", "no_healthy_upstream"))
+# Set on an error once noted: the retry loop re-raises a try's error, which must not be noted twice on its way out.
+_NOTED = "_meshlib_noted"
+
+
+def _endpoint_of(request: Request) -> str | None:
+    endpoint = context_of(request).endpoint
+    return endpoint.url if endpoint is not None else None
+
+
+def _try_failed(state: ClusterState, request: Request, exc: Exception) -> None:
+    state.record_error(error_code(exc), str(exc), route=context_of(request).route.name, endpoint=_endpoint_of(request))
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__ and no __dict__
+        setattr(exc, _NOTED, True)
+
+
+def _try_answered(state: ClusterState, request: Request, response: Response) -> None:
+    status = response.status_code
+    message = f"upstream answered {status} {response.reason_phrase}".rstrip()
+    route = context_of(request).route.name
+    state.record_error("upstream_5xx", message, route=route, endpoint=_endpoint_of(request), status=status)
+
+
+def _leg_failed(state: ClusterState, request: Request, exc: Exception) -> None:
+    if getattr(exc, _NOTED, False):
+        return
+    ctx = context_of(request)
+    code = error_code(exc)
+    refused = code in _REFUSALS
+    endpoint = None if refused else _endpoint_of(request)
+    state.record_error(code, str(exc), route=ctx.route.name, endpoint=endpoint, refused=refused)
+    if ctx.exchange is not None and ctx.exchange.cluster is None:
+        ctx.exchange.cluster = state.name  # refused before any try: observers still learn the cluster
 
 
 @dataclass(eq=False)
@@ -102,17 +139,51 @@ class Leg:
         to_endpoint = compose(self.endpoint_filters, terminal)
         to_endpoint_async = compose_async(self.endpoint_filters, terminal_async)
         pick = self.cluster.pick
+        # Failures (a try's error or 5xx, a refusal) are noted on the cluster for the admin page; success costs
+        # one status comparison.
+        state = self.cluster.state
 
         def pick_and_send(request: Request) -> Response:
             pick(request)
-            return to_endpoint(request)
+            try:
+                response = to_endpoint(request)
+            except Exception as exc:
+                _try_failed(state, request, exc)
+                raise
+            if response.status_code >= 500:
+                _try_answered(state, request, response)
+            return response
 
         async def pick_and_send_async(request: Request) -> Response:
             pick(request)
-            return await to_endpoint_async(request)
+            try:
+                response = await to_endpoint_async(request)
+            except Exception as exc:
+                _try_failed(state, request, exc)
+                raise
+            if response.status_code >= 500:
+                _try_answered(state, request, response)
+            return response
 
-        self.handle = compose(self.filters, pick_and_send)
-        self.handle_async = compose_async(self.filters, pick_and_send_async)
+        handle = compose(self.filters, pick_and_send)
+        handle_async = compose_async(self.filters, pick_and_send_async)
+
+        def noting(request: Request) -> Response:
+            try:
+                return handle(request)
+            except Exception as exc:
+                _leg_failed(state, request, exc)
+                raise
+
+        async def noting_async(request: Request) -> Response:
+            try:
+                return await handle_async(request)
+            except Exception as exc:
+                _leg_failed(state, request, exc)
+                raise
+
+        self.handle = noting
+        self.handle_async = noting_async
 
     @property
     def filter_names(self) -> list[str]:

@@ -35,10 +35,15 @@ def _prepare(
     if route is None:
         if snapshot.passthrough:
             return None
-        raise RouteNotFoundError(
+        error = RouteNotFoundError(
             f"no route or cluster for host {request.url.host!r} and outbound_policy is registry_only",
             request=request,
         )
+        if snapshot.observers is not None:  # a refused request is one to observe too (the access log's NR)
+            exchange = outbound_exchange(request, None)
+            snapshot.observers.started(exchange)
+            failed(exchange, snapshot.observers, error)
+        raise error
     ctx = CallContext(
         original=request, route=route, clock=snapshot.clock, sender=sender, async_sender=async_sender, tls=tls
     )

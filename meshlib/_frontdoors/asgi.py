@@ -57,6 +57,13 @@ async def _observed_app(
     """Run the app, noting its status and body bytes; the request ends when the app returns (or raises)."""
     status: int | None = None
     sent = 0
+    exchange.bytes_received = 0  # counted as the app reads it: a chunked upload has no Content-Length
+
+    async def observed_receive() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            exchange.bytes_received += len(message.get("body", b""))
+        return message
 
     async def observed_send(message: Message) -> None:
         nonlocal status, sent
@@ -68,7 +75,7 @@ async def _observed_app(
         await send(message)
 
     try:
-        await app(scope, receive, observed_send)
+        await app(scope, observed_receive, observed_send)
     except BaseException as exc:
         # What the server answers for an app that raised before its response: 500.
         inbound_finished(exchange, observers, status or 500, error_code(exc), sent)
@@ -134,6 +141,7 @@ class MeshMiddleware:
                 list(raw_headers),
                 peer.principal,
             )
+            exchange.protocol = "HTTP/" + scope.get("http_version", "1.1")
             observers.started(exchange)
         result = stack.check(
             InboundRequest(

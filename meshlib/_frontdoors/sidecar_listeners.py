@@ -135,10 +135,11 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 method,
                 "https" if downstream is not None and downstream.tls else "http",
                 request.headers.get("host", ""),
-                target.decode("latin-1"),
+                _origin_form(target).decode("latin-1"),
                 list(request.headers.raw),
                 peer.principal,
             )
+            exchange.protocol = request.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace")
             observers.started(exchange)
         result = snapshot.inbound.check(
             request_from_wire(method.encode("latin-1"), target, request.headers.raw, peer, origin.port)
@@ -177,6 +178,15 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
 
 _UNSEEN: Final = object()
 _CERTIFICATE_CACHE: Final = 1024
+
+
+def _origin_form(target: bytes) -> bytes:
+    """``http://host:port/p?q`` (absolute-form, RFC 9112 §3.2.2) → ``/p?q``; an origin-form target as it is."""
+    if target.startswith(b"/") or b"://" not in target:
+        return target
+    rest = target.partition(b"://")[2]
+    slash = rest.find(b"/")
+    return rest[slash:] if slash >= 0 else b"/" + rest.partition(b"?")[1] + rest.partition(b"?")[2]
 
 
 def _query_of(target: bytes) -> bytes:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundRequest
 from meshlib._frontdoors.inbound_door import IDENTITY_KEY, certificate_from_pem, denial_headers, resolve_peer
 from meshlib._observe.exchange import Exchange
-from meshlib._observe.hooks import error_code, inbound_exchange, inbound_finished
+from meshlib._observe.hooks import content_length, error_code, inbound_exchange, inbound_finished
 from meshlib._observe.observers import Observers
 from meshlib._policies.identity import PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER
@@ -158,6 +158,8 @@ class MeshMiddleware:
                 [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
                 peer.principal,
             )
+            exchange.protocol = environ.get("SERVER_PROTOCOL")
+            exchange.bytes_received = content_length(environ.get("CONTENT_LENGTH"))
             observers.started(exchange)
         result = stack.check(
             InboundRequest(

@@ -81,6 +81,8 @@ class Exchange:
     user_agent: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
+    protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
+    fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
     slots: dict[object, Any] = field(default_factory=dict)
 
     @property

@@ -19,6 +19,7 @@ from meshlib._wire import ERROR_HEADER
 __all__ = [
     "SIDECAR_DOOR",
     "TryWatch",
+    "content_length",
     "error_code",
     "failed",
     "inbound_exchange",
@@ -47,7 +48,7 @@ def error_code(exc: BaseException) -> str:
     return "internal_error"
 
 
-def outbound_exchange(request: httpx.Request, route: str) -> Exchange:
+def outbound_exchange(request: httpx.Request, route: str | None) -> Exchange:
     """The record of an outbound request, as the caller sent it."""
     url = request.url
     headers = request.headers
@@ -62,7 +63,16 @@ def outbound_exchange(request: httpx.Request, route: str) -> Exchange:
         route=route,
         user_agent=headers.get("user-agent"),
         request_id=headers.get("x-request-id"),
+        bytes_sent=content_length(headers.get("content-length")),
     )
+
+
+def content_length(value: str | bytes | None) -> int:
+    """A request body's size from its Content-Length (a chunked body's is not known up front: 0)."""
+    try:
+        return max(int(value), 0) if value else 0
+    except ValueError:
+        return 0
 
 
 class TryWatch:
@@ -101,12 +111,15 @@ def inbound_exchange(
 ) -> Exchange:
     """The record of a request into the app, as the caller sent it (``door``: ``asgi``, ``wsgi`` or ``sidecar``)."""
     user_agent = request_id = None
+    received = 0
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"user-agent":
             user_agent = value.decode("latin-1")
         elif lowered == b"x-request-id":
             request_id = value.decode("latin-1")
+        elif lowered == b"content-length":
+            received = content_length(value)
     return Exchange(
         direction="inbound",
         door=door,
@@ -118,6 +131,7 @@ def inbound_exchange(
         peer=peer,
         user_agent=user_agent,
         request_id=request_id,
+        bytes_received=received,
     )
 
 
@@ -172,6 +186,8 @@ def observed(
     when ``sending`` (an inbound door passing the app's response on).
     """
     exchange.status = response.status_code
+    if exchange.protocol is None:
+        exchange.protocol = response.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace")
     code = response.headers.get(ERROR_HEADER)
     if code is not None:
         exchange.error = code

@@ -42,28 +42,37 @@ class ObserverRegistry:
         self._live: dict[str, tuple[object, Observer]] = {}
 
     def observers_for(self, config: MeshConfig, runtime: Runtime) -> Observers | None:
-        """The observers ``config`` turns on (None when it turns on none); those whose section changed are remade."""
-        members: list[Observer] = []
-        retired: list[Observer] = []
+        """The observers ``config`` turns on (None when it turns on none); those whose section changed are remade.
+
+        All or nothing: every new observer is built before any replaces the one
+        in force, so a build that fails (an access log file that can't be
+        opened) leaves the mesh reporting as it did.
+        """
         with self._lock:
+            wanted: dict[str, tuple[object, Observer | None]] = {}
             for kind in KINDS:
                 section = getattr(config, kind)
                 if kind == "metrics" and section is not None and not section.enabled:
                     section = None
-                live = self._live.get(kind)
                 if section is None:
-                    if live is not None:
-                        retired.append(self._live.pop(kind)[1])
                     continue
                 key = (section, config.service)
-                if live is not None and live[0] == key:
-                    members.append(live[1])
-                    continue
-                observer = _factory(kind)(section, config, runtime)
-                if live is not None:
-                    retired.append(live[1])
-                self._live[kind] = (key, observer)
-                members.append(observer)
+                live = self._live.get(kind)
+                wanted[kind] = (key, live[1] if live is not None and live[0] == key else None)
+            built: list[Observer] = []
+            try:
+                for kind, (wanted_key, found) in wanted.items():
+                    if found is None:
+                        found = _factory(kind)(getattr(config, kind), config, runtime)
+                        built.append(found)
+                        wanted[kind] = (wanted_key, found)
+            except BaseException:
+                for observer in built:
+                    observer.close()
+                raise
+            retired = [live for kind, (_, live) in self._live.items() if wanted.get(kind, (None, None))[1] is not live]
+            self._live = {kind: (k, found) for kind, (k, found) in wanted.items() if found is not None}
+            members = [observer for _, observer in self._live.values()]
         for observer in retired:
             observer.close()
         return Observers(members) if members else None

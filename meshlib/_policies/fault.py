@@ -19,6 +19,7 @@ import httpx
 from meshlib._clock import Clock
 from meshlib._config.resilience import FaultConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
+from meshlib._engine.context import EXTENSION
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = ["ABORT_BODY", "Fault", "FaultFilter", "FaultPolicy"]
@@ -94,17 +95,24 @@ class FaultFilter:
         self.clock = clock
         self.states = tuple(states)
 
-    def _roll(self) -> Fault:
+    def _roll(self, request: Request) -> Fault:
         fault = self.policy.roll()
         for state in self.states:
             if fault.delay:
                 state.count("faults_delayed")
             if fault.abort is not None:
                 state.count("faults_aborted")
+        if fault.delay or fault.abort is not None:
+            # Observers (the access log's DI and FI flags) learn that this request's fate was rehearsed.
+            ctx = request.extensions.get(EXTENSION)
+            if ctx is not None and ctx.exchange is not None:
+                ctx.exchange.fault = "+".join(
+                    kind for kind, on in (("delay", fault.delay), ("abort", fault.abort is not None)) if on
+                )
         return fault
 
     def handle(self, request: Request, call_next: SyncHandler) -> Response:
-        fault = self._roll()
+        fault = self._roll(request)
         if fault.delay:
             self.clock.sleep(fault.delay)
         if fault.abort is not None:
@@ -112,7 +120,7 @@ class FaultFilter:
         return call_next(request)
 
     async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
-        fault = self._roll()
+        fault = self._roll(request)
         if fault.delay:
             await self.clock.asleep(fault.delay)
         if fault.abort is not None:

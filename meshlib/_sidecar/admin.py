@@ -3,18 +3,23 @@
 Served by the same HTTP server as the proxy listeners, on loopback only (the
 config refuses anything else), because it can reload and drain the proxy:
 
+* ``GET /`` - the live admin page (``meshlib/_admin_ui``): routes, clusters, rates and recent errors,
+  polling ``GET /ui/state`` (its JSON) about every second
 * ``GET /ready`` - 200 while serving, 503 while starting or draining
 * ``GET /healthz`` - 200 while the process runs
 * ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
 * ``GET /stats`` - counters of the clusters, the listeners and the reloads, and the certificates loaded, as JSON
+* ``GET /metrics`` - the same and the per-request golden signals in Prometheus's text format, when the
+  config has ``metrics: {enabled: true}`` (404 saying so otherwise); see ``meshlib/_observe/metrics.py``
 * ``POST /reload`` - load the config file again: 200 once it serves, 400 with an invalid config's
   errors, 500 (one line) for a failure that is not the config's; the old config serves on unless 200.
   The reload runs off the event loop, so the proxy keeps serving meanwhile
 * ``POST /drain`` - stop accepting, let requests in flight finish, then exit
 
-Under ``--workers N``, ``/stats`` and ``/clusters`` cover every worker: the
-other workers' own ``/stats`` are fetched and merged (``aggregate.py``), and
+Under ``--workers N``, ``/stats``, ``/clusters``, ``/metrics`` and the page cover every
+worker: the other workers' own ``/stats`` are fetched and merged
+(``aggregate.py``), their ``/metrics`` request counts added to worker 0's, and
 ``/reload`` answers 200 only once every worker runs the new config (see ``process.py``).
 """
 
@@ -27,6 +32,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from meshlib._admin_ui.state import PAGE_HEADERS, add_error_stats, asset, merge_recent_errors, ui_state
 from meshlib._config.redact import redact_config, redact_url
 from meshlib._control.reload import describe_failure
 from meshlib._errors import ConfigError
@@ -88,6 +94,13 @@ class AdminTarget(Protocol):
         """
         ...
 
+    async def peer_metrics(self) -> tuple[list[str], list[int]]:
+        """The other workers' own ``/metrics`` pages, and the indexes of those that did not answer 200.
+
+        Both empty for a single process, and for a worker other than 0.
+        """
+        ...
+
 
 def _json(status: int, body: Any) -> httpx.Response:
     return httpx.Response(status, content=json.dumps(body, indent=2).encode() + b"\n", headers=_JSON)
@@ -142,14 +155,24 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
     """The admin listener's request handler."""
 
     async def stats() -> dict[str, Any]:
-        own = {**target.mesh.stats(), "digest": target.mesh.snapshot.digest, "listeners": target.listener_stats()}
+        mesh = target.mesh
+        # With each cluster's error counts and the recent errors: what the admin page shows, merged like the rest.
+        own = add_error_stats(mesh.stats(), mesh)
+        own.update(digest=mesh.snapshot.digest, listeners=target.listener_stats())
         peers, missing = await target.peer_stats()
         if not (peers or missing):
             return own
         # Every worker reloads the same file: worker 0's counts speak for the proxy (each one's are under workers),
         # as do its certificates (every worker reads the same files).
-        merged = merge_stats([(0, own), *peers], missing)
-        return {**merged, "digest": own["digest"], "reloads": own["reloads"], "certificates": own["certificates"]}
+        docs = [(0, own), *peers]
+        merged = merge_stats(docs, missing)
+        return {
+            **merged,
+            "digest": own["digest"],
+            "reloads": own["reloads"],
+            "certificates": own["certificates"],
+            "recent_errors": merge_recent_errors(docs),
+        }
 
     async def ready() -> httpx.Response:
         return _text(200, "ready") if target.ready else _text(503, "not ready")
@@ -170,6 +193,23 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
             response.headers["x-meshlib-workers-missing"] = ",".join(map(str, merged["workers_missing"]))
         return response
 
+    async def metrics_response() -> httpx.Response:
+        # Here: prometheus_client loads only for a proxy whose config enables metrics and that is scraped.
+        from meshlib._observe import metrics
+
+        observer = metrics.observer_of(target.mesh)
+        if observer is None:
+            return _text(404, metrics.NOT_ENABLED)
+        merged = await stats()
+        pages, missing = await target.peer_metrics()
+        # Every worker's requests added up, and the live state merged as /stats merges it: one target, no worker label.
+        body = metrics.exposition(observer, merged, pages)
+        response = httpx.Response(200, content=body, headers={"content-type": metrics.CONTENT_TYPE})
+        absent = sorted({*merged.get("workers_missing", ()), *missing})
+        if absent:
+            response.headers["x-meshlib-workers-missing"] = ",".join(map(str, absent))
+        return response
+
     async def reload() -> httpx.Response:
         try:
             answer = await target.reload()
@@ -182,14 +222,32 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
     async def drain() -> httpx.Response:
         return _json(202, {"draining": True, "message": target.drain()})
 
+    async def ui_state_response() -> httpx.Response:
+        response = _json(200, ui_state(target.mesh, await stats()))
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    def static(path: str) -> Callable[[], Awaitable[httpx.Response]]:
+        found = asset(path)
+        assert found is not None
+        body, content_type = found
+
+        async def serve() -> httpx.Response:
+            return httpx.Response(200, content=body, headers={"content-type": content_type, **PAGE_HEADERS})
+
+        return serve
+
     routes: dict[tuple[str, str], Callable[[], Awaitable[httpx.Response]]] = {
         ("GET", "/ready"): ready,
         ("GET", "/healthz"): healthz,
         ("GET", "/config_dump"): dump,
         ("GET", "/clusters"): clusters_response,
         ("GET", "/stats"): stats_response,
+        ("GET", "/metrics"): metrics_response,
         ("POST", "/reload"): reload,
         ("POST", "/drain"): drain,
+        ("GET", "/ui/state"): ui_state_response,
+        **{("GET", path): static(path) for path in ("/", "/ui/app.js", "/ui/style.css")},
     }
     paths = {path for _, path in routes}
 
@@ -201,6 +259,10 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         if path in paths:
             allowed = ", ".join(sorted(m for m, p in routes if p == path))
             return httpx.Response(405, content=b"method not allowed\n", headers={**_TEXT, "allow": allowed})
-        return _text(404, f"no admin endpoint {path}; try /ready, /healthz, /config_dump, /clusters, /stats")
+        return _text(
+            404,
+            f"no admin endpoint {path}; try / (the admin page), /ready, /healthz, /config_dump, /clusters, /stats,"
+            " /metrics",
+        )
 
     return handle

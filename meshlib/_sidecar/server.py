@@ -554,6 +554,8 @@ class _Connection(asyncio.Protocol):
             # Method and target as sent: httpx upper-cases the method and httpx.URL removes dot segments, both
             # of which an inbound policy must see as they were (bypasses).
             request.extensions[REQUEST_LINE] = (head.method, head.url)
+            if not head.http11:  # httpx's own key: what the client spoke (HTTP/1.1 when absent)
+                request.extensions["http_version"] = b"HTTP/1.0"
             if self._downstream is not None:
                 request.extensions[DOWNSTREAM] = self._downstream
         except (httpx.InvalidURL, UnicodeError) as exc:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import EndpointState
+from meshlib._upstream.recent_errors import RecentErrors
 
 __all__ = ["StateRegistry"]
 
@@ -57,6 +58,8 @@ class StateRegistry:
         self._endpoints: dict[tuple[str, str], EndpointState] = {}
         self._components: dict[_Key, tuple[Any, Any]] = {}
         self._changes: _Changes | None = None
+        # The mesh's recent errors, shared by its clusters (the admin page's "recent errors").
+        self.recent_errors = RecentErrors()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -83,7 +86,7 @@ class StateRegistry:
         state = changes.clusters.get(name)
         if state is None:
             with self._lock:
-                state = self._clusters.get(name) or ClusterState(name)
+                state = self._clusters.get(name) or ClusterState(name, self.recent_errors)
             changes.clusters[name] = state
         return state
 

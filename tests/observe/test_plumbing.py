@@ -293,3 +293,96 @@ def test_the_wsgi_door_tells_each_request_when_its_body_is_closed(
     first, second = [value for hook, value in recorders[0].calls if hook == "finished"]
     assert (first.door, first.path, first.status, first.bytes_sent) == ("wsgi", "/jobs", 202, 7)
     assert (second.status, second.denied_by) == (403, "no-admin")
+
+
+def test_a_reload_whose_new_observer_fails_to_build_changes_no_observer(
+    make_mesh: MakeMesh, recorders: list[Recorder], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    mesh = make_mesh(CONFIG)
+    kept = recorders[0]
+
+    def failing(kind: str) -> Any:
+        # metrics (built first) succeeds, then the access log (a new one: the service changed) fails.
+        def build(section: Any, config: MeshConfig, runtime: Any) -> Observer:
+            if kind == "access_log":
+                raise meshlib.ConfigError([("access_log.path", "cannot open")])
+            recorders.append(Recorder())
+            return recorders[-1]
+
+        return build
+
+    monkeypatch.setattr(registry, "_factory", failing)
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "service": "renamed", "metrics": {}}))
+    with pytest.raises(meshlib.ConfigError):
+        mesh.reload(path)
+    assert len(recorders) == 2  # the new metrics observer was built, then dropped with the failed reload
+    assert recorders[1].closed
+    assert not kept.closed
+    assert mesh.snapshot.observers is not None
+    assert mesh.snapshot.observers.members == (kept,)
+
+
+async def test_the_protocol_is_what_each_side_spoke(
+    make_mesh: MakeMesh, recorders: list[Recorder], respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.get("http://127.0.0.1:9090/r").respond(200, extensions={"http_version": b"HTTP/1.1"})
+    with make_mesh(CONFIG).client() as client:
+        client.get("http://ratings/r")
+    assert recorders[0].exchange().protocol == "HTTP/1.1"
+
+    from meshlib.asgi import MeshMiddleware as AsgiMiddleware
+    from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
+
+    app = AsgiMiddleware(_asgi_app, mesh=make_mesh(INBOUND))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://reviews") as inbound:
+        await inbound.get("/")
+    assert recorders[1].exchange().protocol == "HTTP/1.1"
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    wsgi = WsgiMiddleware(wsgi_app, mesh=make_mesh(INBOUND))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.0", "wsgi.url_scheme": "http"}
+    body = wsgi(environ, lambda status, headers, exc_info=None: None)
+    list(body)
+    body.close()  # type: ignore[attr-defined]
+    assert recorders[2].exchange().protocol == "HTTP/1.0"
+
+
+async def test_request_bodies_are_counted_both_ways(
+    make_mesh: MakeMesh, recorders: list[Recorder], respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post("http://127.0.0.1:9090/r").respond(200)
+    with make_mesh(CONFIG).client() as client:
+        client.post("http://ratings/r", content=b"x" * 42)
+    assert recorders[0].exchange().bytes_sent == 42  # outbound: what the caller sent
+
+    from meshlib.asgi import MeshMiddleware as AsgiMiddleware
+    from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
+
+    async def reading_app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await _asgi_app(scope, receive, send)
+
+    async def chunks() -> Any:
+        yield b"a" * 10
+        yield b"b" * 7
+
+    app = AsgiMiddleware(reading_app, mesh=make_mesh(INBOUND))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://reviews") as inbound:
+        await inbound.post("/upload", content=chunks())  # chunked: no Content-Length
+    assert recorders[1].exchange().bytes_received == 17
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    wsgi = WsgiMiddleware(wsgi_app, mesh=make_mesh(INBOUND))
+    with httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://reviews") as client:
+        client.post("/upload", content=b"y" * 9)
+    assert recorders[2].exchange().bytes_received == 9

@@ -44,6 +44,7 @@ class Target:
         self.crash: Exception | None = None  # what reload() raises, as a bug would
         self.peers: list[tuple[int, dict[str, Any]]] = []  # other workers' /stats, as worker 0 would fetch them
         self.missing: list[int] = []
+        self.pages: list[str] = []  # other workers' /metrics pages, as worker 0 would fetch them
 
     def listener_stats(self) -> dict[str, Any]:
         return {"outbound": {"connections": 2, "in_flight": 1, "address": "127.0.0.1:15001"}}
@@ -63,6 +64,9 @@ class Target:
 
     async def peer_stats(self) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
         return self.peers, self.missing
+
+    async def peer_metrics(self) -> tuple[list[str], list[int]]:
+        return self.pages, self.missing
 
 
 @pytest.fixture
