@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests lint typecheck docs coverage bench` (each runs alone)."""
+"""Developer sessions: `nox -s tests lint typecheck doctest docs coverage bench` (each runs alone)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,20 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
-def docs(session: nox.Session) -> None:
-    """Every code sample of README.md, docs/ and examples/, run as written (part of `tests` too)."""
+def doctest(session: nox.Session) -> None:
+    """Every code sample of README.md, docs/ and examples/, run as written, and the config reference checked
+    against the models (part of `tests` too)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_docs.py", *session.posargs)
+    session.run("pytest", "tests/test_docs.py", "tests/test_docs_site.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site: docs/reference/config.md checked against the models, then `mkdocs build --strict`
+    into site/ (`mkdocs serve` for a live preview)."""
+    session.install("-e", ".[docs]")
+    session.run("python", "docs/gen_config_reference.py", "--check")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -58,9 +68,12 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_hedge_overload.py", *session.posargs)
     session.run("python", "benchmarks/bench_upstream_client.py", *session.posargs)
     session.run("python", "benchmarks/bench_inbound.py", "--check", *session.posargs)
+    session.run("python", "benchmarks/bench_metrics_choice.py", *session.posargs)
     if shutil.which("wrk") is None:
         session.skip("bench_sidecar needs wrk: apt-get install -y wrk")
     session.run("python", "benchmarks/bench_sidecar.py", *session.posargs)
+    session.run("python", "benchmarks/bench_mtls_chain.py", *session.posargs)
+    session.run("python", "benchmarks/bench_observability.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

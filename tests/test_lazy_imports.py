@@ -15,7 +15,7 @@ from meshlib._sidecar import process  # the sidecar's whole import graph
 mesh = meshlib.Mesh.from_dict(json.loads(sys.argv[1]))
 with mesh.client() as client:
     pass
-heavy = ("jwt", "cryptography", "limits", "pybreaker", "redis", "opentelemetry")
+heavy = ("jwt", "cryptography", "limits", "pybreaker", "redis", "opentelemetry", "requests")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 
@@ -33,7 +33,9 @@ JWKS = json.dumps(
         ]
     }
 )
-PLAIN = {"clusters": {"reviews": {"endpoints": ["http://127.0.0.1:9081"], "timeout": "1s", "retry": {"attempts": 2}}}}
+PLAIN: dict[str, object] = {
+    "clusters": {"reviews": {"endpoints": ["http://127.0.0.1:9081"], "timeout": "1s", "retry": {"attempts": 2}}}
+}
 
 
 def _loaded(config: dict[str, object]) -> list[str]:
@@ -57,3 +59,16 @@ def test_a_plaintext_mesh_with_timeouts_and_retries_loads_none_of_them() -> None
 )
 def test_the_inbound_policy_loads_pyjwt_only_for_tokens(extra: dict[str, object], expected: list[str]) -> None:
     assert _loaded({**PLAIN, **extra}) == expected
+
+
+@pytest.mark.parametrize(
+    ("tracing", "expected"),
+    [
+        ({"sampling": 0.5}, ["opentelemetry"]),
+        ({"zipkin": {"endpoint": "http://127.0.0.1:9411/api/v2/spans"}}, ["opentelemetry", "requests"]),
+    ],
+    ids=["spans-only", "zipkin"],
+)
+def test_opentelemetry_loads_only_for_a_mesh_with_tracing(tracing: object, expected: list[str]) -> None:
+    """The SDK for ``tracing:``, and the Zipkin exporter's HTTP client (requests) only when there is a collector."""
+    assert _loaded({**PLAIN, "tracing": tracing}) == expected

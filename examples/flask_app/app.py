@@ -1,40 +1,100 @@
-"""A Flask "storefront" that calls its upstreams through meshlib in process.
+"""The "reviews" service of the bookinfo example: a Flask app that calls ``ratings`` through meshlib.
 
-Run it from the repository root, with the upstreams of mesh.yaml listening (``meshlib demo --serve``):
+Two versions run side by side: the same code, told its version by ``REVIEWS_VERSION`` (v1 by default); v2
+also draws the ratings as stars. Run it from the repository root, with the upstreams of mesh.yaml listening
+(``meshlib demo --serve``):
 
-    flask --app examples.flask_app.app run --port 8001
+    REVIEWS_VERSION=v2 flask --app examples.flask_app.app run --port 8001
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 from flask import Flask, request
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import meshlib
 from meshlib.wsgi import MeshMiddleware
 
 CONFIG = Path(os.environ.get("MESH_CONFIG", Path(__file__).with_name("mesh.yaml")))
+VERSIONS = ("v1", "v2")
+REVIEWS = (
+    ("Reviewer1", "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!"),
+    ("Reviewer2", "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays."),
+)
+# Behind a sidecar the mesh cannot see which request a call belongs to: the app passes these on (as Istio's
+# bookinfo does). In process, the mesh's tracing joins the call to the request itself.
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled")
 
 
-def create_app(mesh: meshlib.Mesh | None = None) -> Flask:
-    """Build the app; tests pass their own mesh."""
+def stars(count: int) -> str:
+    """``★★★★☆`` for 4 out of 5."""
+    count = max(0, min(5, count))
+    return "★" * count + "☆" * (5 - count)
+
+
+def create_app(
+    mesh: meshlib.Mesh | None = None,
+    *,
+    version: str | None = None,
+    sidecar: str | None = None,
+    fail_every: int = 0,
+) -> Flask:
+    """Build the app; the bookinfo runner and the tests pass their own mesh.
+
+    ``version``: ``v1`` (the default) or ``v2``. ``sidecar``: the URL of a ``meshlib proxy`` to send through
+    instead of the mesh in process. ``fail_every``: answer every Nth request with 503, for the bookinfo demo's
+    flaky instance (0: never).
+    """
     the_mesh = mesh or meshlib.Mesh.from_file(CONFIG)
-    # httpx.Client is thread-safe: one pooled client serves every Flask worker thread.
-    client = the_mesh.client(timeout=5.0)
+    version = version or "v1"
+    if version not in VERSIONS:
+        raise ValueError(f"reviews version must be one of {VERSIONS}, not {version!r}")
+    # The one line that differs between the two modes. httpx.Client is thread-safe: one pooled client
+    # serves every Flask worker thread.
+    client = the_mesh.client(mode="sidecar", sidecar=sidecar, timeout=5.0) if sidecar else the_mesh.client(timeout=5.0)
     atexit.register(client.close)
-    app = Flask("storefront")
-    # The inbound side: mesh.yaml's `inbound:` policy (path normalisation, authorization) before every view.
-    app.wsgi_app = MeshMiddleware(app.wsgi_app, mesh=the_mesh)  # type: ignore[method-assign]
+    counter = itertools.count(1)
+    app = Flask("reviews")
+    # The mesh's metrics in Prometheus's text format at /metrics (404 while mesh.yaml turns them off), and the
+    # inbound side: mesh.yaml's `inbound:` policy, a server span and the inbound metrics, before every view.
+    metrics = DispatcherMiddleware(app.wsgi_app, {"/metrics": the_mesh.metrics_wsgi_app()})
+    app.wsgi_app = MeshMiddleware(metrics, mesh=the_mesh)  # type: ignore[method-assign]
 
-    @app.get("/products/<int:product_id>")
-    def product(product_id: int) -> dict[str, Any]:
-        reviews = client.get(f"http://reviews/api/reviews/{product_id}")
-        ratings = client.get(f"http://ratings/api/ratings/{product_id}")
-        return {"product": product_id, "reviews": reviews.json(), "ratings": ratings.json()}
+    @app.get("/reviews/<int:product_id>")
+    def reviews(product_id: int) -> tuple[dict[str, Any], int]:
+        if fail_every and next(counter) % fail_every == 0:
+            return {"service": "reviews", "version": version, "error": "failing on purpose"}, 503
+        headers = {name: value for name in TRACE_HEADERS if (value := request.headers.get(name))} if sidecar else {}
+        ratings: dict[str, Any] = {}
+        ratings_error = None
+        try:
+            response = client.get(f"http://ratings/ratings/{product_id}", headers=headers)
+            response.raise_for_status()
+            found = response.json()
+            ratings = (found.get("ratings") or {}) if isinstance(found, dict) else {}
+        except (httpx.HTTPError, ValueError) as exc:  # a mesh error is an httpx.HTTPError too
+            # The reviews still show without their ratings, as bookinfo's do.
+            ratings_error = f"ratings unavailable: {exc}"
+        shown = []
+        for reviewer, text in REVIEWS:
+            review: dict[str, Any] = {"reviewer": reviewer, "text": text}
+            rating = ratings.get(reviewer)
+            if isinstance(rating, int):
+                review["rating"] = rating
+                if version == "v2":
+                    review["stars"] = stars(rating)
+            shown.append(review)
+        body: dict[str, Any] = {"service": "reviews", "version": version, "product": product_id, "reviews": shown}
+        if ratings_error:
+            body["ratings_error"] = ratings_error
+        return body, 200
 
     @app.get("/whoami")
     def whoami() -> dict[str, Any]:
@@ -45,4 +105,5 @@ def create_app(mesh: meshlib.Mesh | None = None) -> Flask:
     return app
 
 
-app = create_app()
+# `flask --app examples.flask_app.app run`: REVIEWS_VERSION=v2 for v2; MESHLIB_SIDECAR=http://HOST:PORT: via a sidecar.
+app = create_app(version=os.environ.get("REVIEWS_VERSION"), sidecar=os.environ.get("MESHLIB_SIDECAR") or None)

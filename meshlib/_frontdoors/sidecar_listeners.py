@@ -165,6 +165,7 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
         request.url = url
         if observers is None or exchange is None:
             return await sender.handle_async_request(request)
+        observers.forwarding(exchange, request)
         try:
             response = await sender.handle_async_request(request)
         except BaseException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
@@ -54,8 +55,18 @@ def _raw_path(environ: WSGIEnvironment) -> str:
     return quote(full.encode("latin-1"), safe=_PATH_SAFE)
 
 
+_END: Final = object()
+_NO_CONTEXT: Final = contextvars.Context()  # stands in until observers make one (never run when they don't)
+
+
 class _ObservedResponse:
-    """The app's response iterable, counted; the request ends when the server closes it (PEP 3333), or on error."""
+    """The app's response iterable, counted; the request ends when it is all sent, closed (PEP 3333), or fails.
+
+    The app, each step of its body and the observers run in ``context``, a
+    copy of the server thread's made for this request: what an observer makes
+    current there (tracing's server span, the parent of the app's own mesh
+    calls) never stays behind in the thread, even when a server skips close().
+    """
 
     def __init__(
         self,
@@ -64,9 +75,11 @@ class _ObservedResponse:
         start_response: StartResponse,
         exchange: Exchange,
         observers: Observers,
+        context: contextvars.Context,
     ) -> None:
         self._exchange = exchange
         self._observers = observers
+        self._context = context
         self._status: int | None = None
         self._sent = 0
         self._done = False
@@ -79,7 +92,7 @@ class _ObservedResponse:
             )
 
         try:
-            self._body = app(environ, observed_start_response)
+            self._body = context.run(app, environ, observed_start_response)
         except BaseException as exc:
             self._finish(exc)
             raise
@@ -90,22 +103,27 @@ class _ObservedResponse:
         self._done = True
         error = None if exc is None else error_code(exc)
         status = self._status if exc is None or self._status is not None else 500
-        inbound_finished(self._exchange, self._observers, status, error, self._sent)
+        self._context.run(inbound_finished, self._exchange, self._observers, status, error, self._sent)
 
     def __iter__(self) -> Iterator[bytes]:
+        run = self._context.run
         try:
-            for chunk in self._body:
+            chunks = run(iter, self._body)
+            while (chunk := run(next, chunks, _END)) is not _END:
+                assert isinstance(chunk, bytes)
                 self._sent += len(chunk)
                 yield chunk
         except BaseException as exc:
             self._finish(exc)
             raise
+        # All sent: done now, as some servers (werkzeug's, when the client reset the connection) skip close().
+        self._finish()
 
     def close(self) -> None:
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
-                close()
+                self._context.run(close)
         finally:
             self._finish()
 
@@ -147,6 +165,7 @@ class MeshMiddleware:
         raw = _raw_path(environ)
         port = environ.get("SERVER_PORT")
         exchange = None
+        context = _NO_CONTEXT
         if observers is not None:
             query = environ.get("QUERY_STRING", "")
             exchange = inbound_exchange(
@@ -160,7 +179,8 @@ class MeshMiddleware:
             )
             exchange.protocol = environ.get("SERVER_PROTOCOL")
             exchange.bytes_received = content_length(environ.get("CONTENT_LENGTH"))
-            observers.started(exchange)
+            context = contextvars.copy_context()
+            context.run(observers.started, exchange)
         result = stack.check(
             InboundRequest(
                 environ.get("REQUEST_METHOD", "GET"),
@@ -176,7 +196,7 @@ class MeshMiddleware:
             if observers is not None and exchange is not None:
                 exchange.denied_by = result.denial.policy
                 denial = result.denial
-                inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
+                context.run(inbound_finished, exchange, observers, denial.status, denial.code, len(denial.body))
             return self._deny(start_response, result.denial)
         if result.path_changed:
             script = environ.get("SCRIPT_NAME", "")
@@ -185,7 +205,7 @@ class MeshMiddleware:
                 # The normalised path left the app's mount (/mount/../x): it is no path of this app.
                 denial = Denial(400, BAD_REQUEST, "invalid path: outside the application's SCRIPT_NAME")
                 if observers is not None and exchange is not None:
-                    inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
+                    context.run(inbound_finished, exchange, observers, denial.status, denial.code, len(denial.body))
                 return self._deny(start_response, denial)
             environ["PATH_INFO"] = full[len(script) :]
             query = environ.get("QUERY_STRING")
@@ -201,7 +221,7 @@ class MeshMiddleware:
         environ[IDENTITY_KEY] = result.identity
         if observers is None or exchange is None:
             return self.app(environ, start_response)
-        return _ObservedResponse(self.app, environ, start_response, exchange, observers)
+        return _ObservedResponse(self.app, environ, start_response, exchange, observers, context)
 
     @staticmethod
     def _deny(start_response: StartResponse, denial: Denial) -> list[bytes]:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
+
 __all__ = ["Exchange", "Try", "retry_reason"]
 
 Direction = Literal["outbound", "inbound"]
@@ -46,7 +48,6 @@ def retry_reason(previous: Try | None) -> str:
     return str(previous.status)
 
 
-@dataclass(slots=True, eq=False)
 class Exchange:
     """One request, outbound (a client's call through the mesh) or inbound (a call into the app).
 
@@ -56,34 +57,161 @@ class Exchange:
     response body is done or the request failed. Inbound exchanges also carry
     ``peer`` (the caller's principal), ``denied_by`` (the authorization policy
     that refused it) and ``headers`` (the request's, for trace extraction).
+
+    An outbound exchange made with ``request=`` reads its method, scheme,
+    authority, path, headers, user agent, request id and request body size
+    from that request only when an observer asks (most requests are not
+    traced and many are never logged): making one costs a few attribute stores.
     """
 
-    direction: Direction
-    door: str  # outbound: "client" (in process) or "sidecar"; inbound: "asgi", "wsgi" or "sidecar"
-    method: str
-    scheme: str
-    authority: str
-    path: str
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    start_time: float = field(default_factory=time.time)
-    start: float = field(default_factory=time.perf_counter)
-    route: str | None = None
-    cluster: str | None = None
-    endpoint: str | None = None
-    tries: list[Try] = field(default_factory=list)
-    status: int | None = None
-    error: str | None = None
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    end: float | None = None
-    peer: str | None = None
-    denied_by: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
-    trace_id: str | None = None
-    protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
-    fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
-    slots: dict[object, Any] = field(default_factory=dict)
+    __slots__ = (
+        "_authority",
+        "_bytes_sent",
+        "_headers",
+        "_method",
+        "_path",
+        "_request",
+        "_request_id",
+        "_scheme",
+        "_user_agent",
+        "bytes_received",
+        "cluster",
+        "denied_by",
+        "direction",
+        "door",
+        "end",
+        "endpoint",
+        "error",
+        "fault",
+        "peer",
+        "protocol",
+        "route",
+        "slots",
+        "start",
+        "start_time",
+        "status",
+        "trace_id",
+        "tries",
+    )
+
+    def __init__(
+        self,
+        direction: Direction,
+        door: str,
+        method: str | None = None,
+        scheme: str | None = None,
+        authority: str | None = None,
+        path: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        request: httpx.Request | None = None,
+        route: str | None = None,
+        status: int | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        peer: str | None = None,
+        bytes_received: int = 0,
+        bytes_sent: int | None = None,
+    ) -> None:
+        self.direction = direction
+        self.door = door  # outbound: "client" (in process) or "sidecar"; inbound: "asgi", "wsgi" or "sidecar"
+        self._request = request
+        self._method = method
+        self._scheme = scheme
+        self._authority = authority
+        self._path = path
+        self._headers = headers
+        self._user_agent = user_agent
+        self._request_id = request_id
+        self._bytes_sent = bytes_sent
+        self.start_time = time.time()
+        self.start = time.perf_counter()
+        self.route = route
+        self.cluster: str | None = None
+        self.endpoint: str | None = None
+        self.tries: list[Try] = []
+        self.status = status
+        self.error: str | None = None
+        self.bytes_received = bytes_received
+        self.end: float | None = None
+        self.peer = peer
+        self.denied_by: str | None = None
+        self.trace_id: str | None = None
+        self.protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
+        self.fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
+        self.slots: dict[object, Any] = {}
+
+    @property
+    def method(self) -> str:
+        """The request's method."""
+        if self._method is None:
+            self._method = self._request.method if self._request is not None else ""
+        return self._method
+
+    @property
+    def scheme(self) -> str:
+        """``http`` or ``https``."""
+        if self._scheme is None:
+            self._scheme = self._request.url.scheme if self._request is not None else ""
+        return self._scheme
+
+    @property
+    def authority(self) -> str:
+        """The Host the caller sent (the URL's host and port when it sent none)."""
+        if self._authority is None:
+            request = self._request
+            found = request.headers.get("host") if request is not None else None
+            if found is None and request is not None:
+                found = request.url.netloc.decode("ascii")
+            self._authority = found or ""
+        return self._authority
+
+    @property
+    def path(self) -> str:
+        """The path and query as sent."""
+        if self._path is None:
+            self._path = self._request.url.raw_path.decode("ascii", "replace") if self._request is not None else ""
+        return self._path
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers, raw (names as sent)."""
+        if self._headers is None:
+            self._headers = list(self._request.headers.raw) if self._request is not None else []
+        return self._headers
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of the request header ``name`` (lower case), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    @property
+    def user_agent(self) -> str | None:
+        """The request's User-Agent."""
+        if self._user_agent is None:
+            self._user_agent = self.header(b"user-agent")
+        return self._user_agent
+
+    @property
+    def request_id(self) -> str | None:
+        """The request's X-Request-Id."""
+        if self._request_id is None:
+            self._request_id = self.header(b"x-request-id")
+        return self._request_id
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes sent: outbound, the request's (its Content-Length); inbound, the response's."""
+        if self._bytes_sent is None:
+            length = self.header(b"content-length")
+            self._bytes_sent = int(length) if length is not None and length.isdigit() else 0
+        return self._bytes_sent
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self._bytes_sent = value
 
     @property
     def duration(self) -> float | None:

@@ -49,21 +49,9 @@ def error_code(exc: BaseException) -> str:
 
 
 def outbound_exchange(request: httpx.Request, route: str | None) -> Exchange:
-    """The record of an outbound request, as the caller sent it."""
-    url = request.url
-    headers = request.headers
+    """The record of an outbound request, as the caller sent it (read from it only when an observer asks)."""
     return Exchange(
-        direction="outbound",
-        door="sidecar" if SIDECAR_DOOR in request.extensions else "client",
-        method=request.method,
-        scheme=url.scheme,
-        authority=headers.get("host") or url.netloc.decode("ascii"),
-        path=url.raw_path.decode("ascii", "replace"),
-        headers=list(headers.raw),
-        route=route,
-        user_agent=headers.get("user-agent"),
-        request_id=headers.get("x-request-id"),
-        bytes_sent=content_length(headers.get("content-length")),
+        "outbound", "sidecar" if SIDECAR_DOOR in request.extensions else "client", request=request, route=route
     )
 
 
@@ -185,12 +173,13 @@ def observed(
     The body's bytes count as received (an outbound response), or as sent
     when ``sending`` (an inbound door passing the app's response on).
     """
-    exchange.status = response.status_code
+    status = exchange.status = response.status_code
     if exchange.protocol is None:
         exchange.protocol = response.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace")
-    code = response.headers.get(ERROR_HEADER)
-    if code is not None:
-        exchange.error = code
+    if status >= 400:  # a meshlib sidecar upstream names its local replies (they are all 4xx and 5xx)
+        code = response.headers.get(ERROR_HEADER)
+        if code is not None:
+            exchange.error = code
     stream = response.stream
     if response.is_closed or isinstance(stream, httpx.ByteStream):
         # Whole already: a body in memory (the sidecar writes it with the head in one go) ends with the head.

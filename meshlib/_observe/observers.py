@@ -5,10 +5,11 @@ for an outbound request: ``started`` (before routing), then per try
 ``try_started`` (with the request about to be sent, so tracing can add its
 headers) and ``try_ended`` (at the response head or the failure), then
 ``finished`` once (the response body closed, or the request failed). For an
-inbound request: ``started`` before the app is called and ``finished`` after
-its response ended, both in the context (task or thread) that runs the app,
-so an observer may make its span current in ``started`` and restore the
-context in ``finished``.
+inbound request: ``started`` before the app is called (the sidecar's door
+then calls ``forwarding`` with the request it passes on, so tracing can add
+its headers, as Envoy does) and ``finished`` after its response ended, both
+in the context (task or thread) that runs the app, so an observer may make
+its span current in ``started`` and restore the context in ``finished``.
 
 Observers run on the request path: they must be quick and must never block
 (exports and writes go to a background queue). One that raises is logged and
@@ -43,6 +44,9 @@ class Observer:
 
     def try_ended(self, exchange: Exchange, attempt: Try) -> None:
         """An outbound try got its response head, or failed (``attempt.error``)."""
+
+    def forwarding(self, exchange: Exchange, request: httpx.Request) -> None:
+        """The sidecar's inbound door is about to pass an allowed request on to the app (headers may be added)."""
 
     def finished(self, exchange: Exchange) -> None:
         """The request is over: its response body ended, or it failed (``exchange.error``)."""
@@ -93,6 +97,13 @@ class Observers:
                 observer.try_ended(exchange, attempt)
             except Exception:
                 self._failure(observer, "try_ended")
+
+    def forwarding(self, exchange: Exchange, request: httpx.Request) -> None:
+        for observer in self.members:
+            try:
+                observer.forwarding(exchange, request)
+            except Exception:
+                self._failure(observer, "forwarding")
 
     def finished(self, exchange: Exchange) -> None:
         # Inbound doors call this in the reverse order of started, so context an observer set is restored last-in,

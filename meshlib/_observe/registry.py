@@ -73,6 +73,8 @@ class ObserverRegistry:
             retired = [live for kind, (_, live) in self._live.items() if wanted.get(kind, (None, None))[1] is not live]
             self._live = {kind: (k, found) for kind, (k, found) in wanted.items() if found is not None}
             members = [observer for _, observer in self._live.values()]
+        # Closing flushes what is queued (at most about a second for spans to a slow collector): reloads run off
+        # the sidecar's event loop and the request path, so they may wait for it.
         for observer in retired:
             observer.close()
         return Observers(members) if members else None

@@ -25,6 +25,7 @@ worker: the other workers' own ``/stats`` are fetched and merged
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -200,8 +201,7 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
         observer = metrics.observer_of(target.mesh)
         if observer is None:
             return _text(404, metrics.NOT_ENABLED)
-        merged = await stats()
-        pages, missing = await target.peer_metrics()
+        merged, (pages, missing) = await asyncio.gather(stats(), target.peer_metrics())
         # Every worker's requests added up, and the live state merged as /stats merges it: one target, no worker label.
         body = metrics.exposition(observer, merged, pages)
         response = httpx.Response(200, content=body, headers={"content-type": metrics.CONTENT_TYPE})

@@ -11,7 +11,9 @@ admin endpoints describe the whole proxy, as Envoy's do for its worker threads:
   when any worker has it ejected;
 * a breaker's ``state`` is the most severe one a worker reports
   (``open`` > ``half-open`` > ``closed``);
-* anything else (addresses) is taken from the first worker that has it.
+* anything else (addresses) is taken from the first worker that has it;
+* ``observability``: counts add up (spans exported and dropped, log lines
+  written); settings (``sampling``) and text are worker 0's.
 
 Each worker's own document stays available under ``workers``.
 """
@@ -24,6 +26,8 @@ from typing import Any, Final
 __all__ = ["merge_stats"]
 
 _SEVERITY: Final = {"closed": 0, "half-open": 1, "open": 2}
+# Numbers under ``observability`` that are settings, the same in every worker: not added up.
+_SETTINGS: Final = frozenset({"sampling"})
 
 
 def merge_stats(docs: Sequence[tuple[int, dict[str, Any]]], missing: Sequence[int] = ()) -> dict[str, Any]:
@@ -36,7 +40,7 @@ def merge_stats(docs: Sequence[tuple[int, dict[str, Any]]], missing: Sequence[in
     if not docs:
         raise ValueError("merge_stats needs at least one worker's document")
     merged: dict[str, Any] = {"version": docs[0][1].get("version")}
-    for part in ("clusters", "listeners"):
+    for part in ("clusters", "listeners", "observability"):
         combined: dict[str, Any] = {}
         for _, doc in docs:
             combined = _merge(combined, doc.get(part, {}), part)
@@ -57,7 +61,7 @@ def _merge(a: Any, b: Any, key: str) -> Any:
     if isinstance(a, bool) and isinstance(b, bool):  # before the numbers: a bool is an int
         return (a and b) if key == "healthy" else (a or b)
     if isinstance(a, int | float) and isinstance(b, int | float):
-        return a + b
+        return a if key in _SETTINGS else a + b
     if key == "state" and isinstance(a, str) and isinstance(b, str):
         return a if _SEVERITY.get(a, 0) >= _SEVERITY.get(b, 0) else b
     return a

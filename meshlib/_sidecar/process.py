@@ -208,6 +208,25 @@ class Proxy:
         got = {index for index, _ in answered}
         return answered, [i for i in range(1, self._expected_peers + 1) if i not in got]
 
+    async def peer_metrics(self) -> tuple[list[str], list[int]]:
+        if not self._expected_peers:
+            return [], []
+        peers = sorted(self._peer_admins.items())
+        found = await asyncio.gather(*(self._ask_text(port, "/metrics") for _, port in peers))
+        pages = [page for page in found if page is not None]
+        answered = {index for (index, _), page in zip(peers, found, strict=True) if page is not None}
+        return pages, [i for i in range(1, self._expected_peers + 1) if i not in answered]
+
+    async def _ask_text(self, port: int, path: str) -> str | None:
+        """Another worker's 200 answer to ``GET path`` on its private admin port, as text; None if none came."""
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}{path}", extensions={"timeout": _PEER_TIMEOUTS})
+        try:
+            response = await self.sender.handle_async_request(request)
+            body = await response.aread()
+        except httpx.HTTPError:
+            return None
+        return body.decode("utf-8", "replace") if response.status_code == 200 else None
+
     async def _ask(
         self, port: int, method: str, path: str, timeouts: dict[str, float | None]
     ) -> tuple[int, dict[str, Any]]:

@@ -12,6 +12,7 @@ import respx
 import meshlib
 from examples.fastapi_app.app import create_app as create_fastapi_app
 from examples.flask_app.app import create_app as create_flask_app
+from examples.ratings_app.app import create_app as create_ratings_app, ratings_of
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -35,16 +36,14 @@ async def test_fastapi_example_routes_testers_to_v2_and_others_by_canary() -> No
     mesh = meshlib.Mesh.from_file(EXAMPLES / "fastapi_app" / "mesh.yaml", rng=random.Random(7))
     app = create_fastapi_app(mesh)
     with respx.mock:
-        v1 = respx.get(url__regex=r"http://127\.0\.0\.1:908[12]/api/reviews/.*").mock(side_effect=_echo("v1"))
-        v2 = respx.get(url__regex=r"http://127\.0\.0\.1:9083/api/reviews/.*").mock(side_effect=_echo("v2"))
-        respx.get(url__regex=r"http://127\.0\.0\.1:9090/api/ratings/.*").mock(side_effect=_echo("ratings"))
+        v1 = respx.get(url__regex=r"http://127\.0\.0\.1:908[12]/reviews/.*").mock(side_effect=_echo("v1"))
+        v2 = respx.get(url__regex=r"http://127\.0\.0\.1:9083/reviews/.*").mock(side_effect=_echo("v2"))
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://frontend") as client,
         ):
             tester = await client.get("/products/1", headers={"x-user": "tester"})
-            assert tester.json()["reviews"]["from"] == "v2"
-            assert tester.json()["ratings"]["from"] == "ratings"
+            assert tester.json() == {"product": 1, "reviews": {"from": "v2", "path": "/reviews/1", "x-caller": None}}
             v2_before = v2.call_count
             froms = [(await client.get("/products/2")).json()["reviews"]["from"] for _ in range(200)]
     assert froms.count("v1") == v1.call_count
@@ -52,19 +51,89 @@ async def test_fastapi_example_routes_testers_to_v2_and_others_by_canary() -> No
     assert froms.count("v2") == v2.call_count - v2_before
 
 
-def test_flask_example_balances_reviews_and_adds_caller_header() -> None:
-    mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml", rng=random.Random(3))
-    app = create_flask_app(mesh)
+@pytest.mark.anyio
+async def test_fastapi_example_retries_a_failed_try_and_says_when_reviews_are_down() -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "fastapi_app" / "mesh.yaml")
+    app = create_fastapi_app(mesh)
     with respx.mock:
-        first = respx.get("http://127.0.0.1:9081/api/reviews/3").mock(side_effect=_echo("r1"))
-        second = respx.get("http://127.0.0.1:9082/api/reviews/3").mock(side_effect=_echo("r2"))
-        respx.get("http://127.0.0.1:9090/api/ratings/3").mock(side_effect=_echo("ratings"))
-        client = app.test_client()
-        bodies = [client.get("/products/3").get_json() for _ in range(10)]
-    assert {b["reviews"]["x-caller"] for b in bodies} == {"storefront"}
-    assert first.call_count + second.call_count == 10
-    assert first.call_count >= 1
-    assert second.call_count >= 1
+        v2 = respx.get("http://127.0.0.1:9083/reviews/1").mock(
+            side_effect=[httpx.Response(503), httpx.Response(200, json={"version": "v2"})]
+        )
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://frontend") as client,
+        ):
+            retried = await client.get("/products/1", headers={"x-user": "tester"})
+            assert retried.json() == {"product": 1, "reviews": {"version": "v2"}}
+            assert v2.call_count == 2
+            v2.mock(return_value=httpx.Response(503))
+            down = await client.get("/products/1", headers={"x-user": "tester"})
+    assert down.status_code == 503
+    assert down.json()["error"].startswith("reviews unavailable")
+    assert v2.call_count == 2 + 3  # mesh.yaml: 3 attempts
+
+
+RATINGS = {"service": "ratings", "product": 3, "ratings": {"Reviewer1": 4, "Reviewer2": 2}}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_flask_reviews_example_shows_the_ratings_and_v2_the_stars(version: str) -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml")
+    client = create_flask_app(mesh, version=version).test_client()
+    with respx.mock:
+        ratings = respx.get("http://127.0.0.1:9090/ratings/3").mock(return_value=httpx.Response(200, json=RATINGS))
+        body = client.get("/reviews/3").get_json()
+    assert ratings.call_count == 1
+    assert body["service"] == "reviews"
+    assert body["version"] == version
+    assert [review["rating"] for review in body["reviews"]] == [4, 2]
+    stars = [review.get("stars") for review in body["reviews"]]
+    assert stars == (["★★★★☆", "★★☆☆☆"] if version == "v2" else [None, None])
+
+
+def test_flask_reviews_example_without_ratings_still_shows_the_reviews() -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml")
+    client = create_flask_app(mesh, version="v2", fail_every=3).test_client()
+    with respx.mock:
+        respx.get("http://127.0.0.1:9090/ratings/3").mock(return_value=httpx.Response(500))
+        answers = [client.get("/reviews/3") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 503]  # fail_every=3: the third fails on purpose
+    body = answers[0].get_json()
+    assert body["ratings_error"].startswith("ratings unavailable")
+    assert [set(review) for review in body["reviews"]] == [{"reviewer", "text"}] * 2
+
+
+def test_flask_reviews_example_refuses_an_unknown_version() -> None:
+    with pytest.raises(ValueError, match="v1"):
+        create_flask_app(meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml"), version="v3")
+
+
+def test_ratings_example_answers_reads_only() -> None:
+    client = create_ratings_app(meshlib.Mesh.from_file(EXAMPLES / "ratings_app" / "mesh.yaml")).test_client()
+    body = client.get("/ratings/3").get_json()
+    assert body == {"service": "ratings", "product": 3, "ratings": ratings_of(3)}
+    assert set(body["ratings"].values()) <= {1, 2, 3, 4, 5}
+    assert client.post("/ratings/3").status_code == 403
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("folder", ["fastapi_app", "flask_app", "ratings_app"])
+async def test_example_apps_serve_their_metrics(folder: str) -> None:
+    mesh = meshlib.Mesh.from_file(EXAMPLES / folder / "mesh.yaml")
+    if folder == "fastapi_app":
+        app = create_fastapi_app(mesh)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://frontend") as client,
+        ):
+            page = await client.get("/metrics/")  # Starlette serves a mount with a slash (and redirects to it)
+        status, text = page.status_code, page.text
+    else:
+        factory = create_flask_app if folder == "flask_app" else create_ratings_app
+        answer = factory(mesh).test_client().get("/metrics")
+        status, text = answer.status_code, answer.text
+    assert status == 200
+    assert "# TYPE meshlib_inbound_requests_total counter" in text
 
 
 XFCC = "URI=spiffe://example.org/ns/default/sa/gateway"

@@ -386,3 +386,40 @@ async def test_request_bodies_are_counted_both_ways(
     with httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://reviews") as client:
         client.post("/upload", content=b"y" * 9)
     assert recorders[2].exchange().bytes_received == 9
+
+
+def test_what_an_observer_makes_current_in_a_wsgi_request_never_stays_in_the_server_thread(
+    make_mesh: MakeMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextvars
+
+    from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
+
+    current: contextvars.ContextVar[str | None] = contextvars.ContextVar("current", default=None)
+    seen_by_app: list[str | None] = []
+
+    class Attaching(Observer):
+        # As tracing does: make the request's span current in started, restore it in finished.
+        def started(self, exchange: Exchange) -> None:
+            exchange.slots[self] = current.set(exchange.path)
+
+        def finished(self, exchange: Exchange) -> None:
+            current.reset(exchange.slots.pop(self))
+
+    monkeypatch.setattr(registry, "_factory", lambda kind: lambda section, config, runtime: Attaching())
+
+    def app(environ: Any, start_response: Any) -> Any:
+        seen_by_app.append(current.get())
+        start_response("200 OK", [])
+        return iter([b"a", b"b"])
+
+    wsgi = WsgiMiddleware(app, mesh=make_mesh(INBOUND))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/first", "wsgi.url_scheme": "http"}
+    body = wsgi(environ, lambda status, headers, exc_info=None: None)
+    chunks = iter(body)
+    next(chunks)  # a server that reads part of the body, then stops without close() (the client reset)
+    assert seen_by_app == ["/first"]
+    assert current.get() is None  # nothing of that request is current in this thread now
+    del chunks
+    wsgi({**environ, "PATH_INFO": "/second"}, lambda status, headers, exc_info=None: None)
+    assert seen_by_app == ["/first", "/second"]

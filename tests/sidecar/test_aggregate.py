@@ -76,3 +76,18 @@ def test_missing_workers_are_listed_and_an_empty_merge_is_refused() -> None:
     assert "workers_missing" not in merge_stats([(0, doc(1))])
     with pytest.raises(ValueError, match="at least one"):
         merge_stats([])
+
+
+def test_observability_counts_add_up_and_settings_stay_worker_0s() -> None:
+    def doc(exported: int, written: int) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "observability": {
+                "tracing": {"exporter": "zipkin", "sampling": 0.25, "exported": exported, "last_export_error": None},
+                "access_log": {"path": "/var/log/mesh.log", "written": written, "dropped": 1},
+            },
+        }
+
+    merged = merge_stats([(0, doc(10, 100)), (1, doc(5, 50))])["observability"]
+    assert merged["tracing"] == {"exporter": "zipkin", "sampling": 0.25, "exported": 15, "last_export_error": None}
+    assert merged["access_log"] == {"path": "/var/log/mesh.log", "written": 150, "dropped": 2}

@@ -1,0 +1,594 @@
+"""Metrics: the golden signals in Prometheus's text format, per route, cluster and endpoint, and the inbound side's.
+
+Two sources make one page:
+
+* **per request**, recorded on the request path by :class:`MetricsObserver`
+  into its own ``prometheus_client`` registry (one per mesh, never the
+  global one): requests by status class and error code, latency, active
+  requests, retries by reason, and the inbound side's requests, latency and
+  denials. Label children are bound once per label tuple and kept in dicts,
+  so a request costs a few dict lookups and lock-protected adds
+  (``benchmarks/bench_metrics_choice.py``: about 10× cheaper than the
+  OpenTelemetry metrics SDK's ``add``/``record`` with attribute dicts);
+* **live state**, read at scrape time from a :meth:`meshlib.Mesh.stats`
+  document (:func:`state_families`): what the policies already count per
+  cluster (retries, budget exhaustion, rate limiting, breaker transitions,
+  ejections, hedges...), breaker state, endpoint health, ejection and
+  requests in flight, certificate expiry, reloads. Nothing is counted twice
+  on the request path.
+
+Under ``meshlib proxy --workers N``, worker 0 merges: the live state comes
+from the merged ``/stats`` document (counts added, breaker state the most
+severe, as ``aggregate.py`` does) and the per-request samples of every
+worker are added up (:func:`merge_request_families`), so the page describes
+the proxy as one target, with no ``worker`` label.
+
+The observer is kept across reloads while ``metrics:`` is unchanged, so the
+counters survive them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from meshlib._config.redact import redact_url
+from meshlib._errors import MeshError
+from meshlib._observe.exchange import Exchange, Try
+from meshlib._observe.observers import Observer
+
+if TYPE_CHECKING:
+    import httpx
+
+    from meshlib._config.models import MeshConfig
+    from meshlib._config.observability import MetricsConfig
+    from meshlib._frontdoors.asgi import ASGIApp, Receive, Scope, Send
+    from meshlib._frontdoors.wsgi import StartResponse, WSGIApp, WSGIEnvironment
+    from meshlib._mesh import Mesh
+    from meshlib._snapshot.compile import Runtime
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "NOT_ENABLED",
+    "MetricsObserver",
+    "asgi_app",
+    "build",
+    "exposition",
+    "merge_request_families",
+    "observer_of",
+    "scrape",
+    "state_families",
+    "wsgi_app",
+]
+
+# Prometheus's classic text format: what every Prometheus and promtool reads.
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+
+# Envoy's default histogram buckets (0.5 ms to 1 h), in seconds.
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+NOT_ENABLED: Final = (
+    "metrics are not enabled in this mesh's config: add `metrics: {enabled: true}` (docs/observability.md, Metrics)"
+)
+
+
+def _local_statuses() -> dict[str, int]:
+    """Each mesh error code → the status the sidecar answers for it (``MeshError.status``)."""
+    out: dict[str, int] = {}
+    pending: list[type[MeshError]] = [MeshError]
+    while pending:
+        cls = pending.pop()
+        code, status = getattr(cls, "code", None), getattr(cls, "status", None)
+        if isinstance(code, str) and isinstance(status, int):
+            out.setdefault(code, status)
+        pending.extend(cls.__subclasses__())
+    return out
+
+
+_LOCAL_STATUS: Final = _local_statuses()
+# Codes an error label may hold (error_code()'s own besides the mesh errors'); anything else an upstream wrote in
+# x-meshlib-error is "other", so that no answer can mint label values without bound.
+_KNOWN_ERRORS: Final = frozenset(_LOCAL_STATUS) | {
+    "cancelled",
+    "internal_error",
+    "forbidden",
+    "unauthenticated",
+    "bad_request",
+}
+_OTHER_ERROR = "other"
+_STATUS_CLASS: Final = {status: f"{status // 100}xx" for status in range(100, 600)}
+_NO_STATUS = "none"
+
+
+def status_class(status: int | None, error: str | None) -> str:
+    """``2xx``...``5xx`` of the status the caller got; for a local error, of the status the sidecar answers for it.
+
+    ``none`` when there is no status at all (the caller went away: ``cancelled``).
+    """
+    if status is None and error is not None:
+        status = _LOCAL_STATUS.get(error)
+    return _STATUS_CLASS.get(status, _NO_STATUS) if status is not None else _NO_STATUS
+
+
+class MetricsObserver(Observer):
+    """Records each request's golden signals into a ``prometheus_client`` registry of its own."""
+
+    name = "metrics"
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+        where = ("route", "cluster", "endpoint")
+        self._requests = Counter(
+            "meshlib_outbound_requests",
+            "Outbound requests by the status class the caller got (a local error: the class of the status the "
+            "sidecar answers for it) and the mesh error code (x-meshlib-error), at the end of the response body.",
+            (*where, "status_class", "error"),
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "meshlib_outbound_request_duration_seconds",
+            "Outbound request latency, from the request to the end of the response body, every try included.",
+            where,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._active = Gauge(
+            "meshlib_outbound_requests_active",
+            "Outbound requests in flight (until their response body ends).",
+            ("route",),
+            registry=registry,
+        )
+        self._retries = Counter(
+            "meshlib_outbound_retries",
+            "Tries beyond a request's first, by where they went and why they were made: the previous try's "
+            "error code or status, or hedge.",
+            (*where, "reason"),
+            registry=registry,
+        )
+        self._inbound = Counter(
+            "meshlib_inbound_requests",
+            "Inbound requests by the status class of the answer and the error code (a denial's, or the app's failure).",
+            ("status_class", "error"),
+            registry=registry,
+        )
+        self._inbound_duration = Histogram(
+            "meshlib_inbound_request_duration_seconds",
+            "Inbound request latency, from the request to the end of the answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._inbound_active = Gauge(
+            "meshlib_inbound_requests_active", "Inbound requests in flight.", registry=registry
+        )
+        self._denied = Counter(
+            "meshlib_inbound_denied",
+            "Inbound requests refused by an authorization policy, by policy name and error code.",
+            ("policy", "error"),
+            registry=registry,
+        )
+        # Label children, bound once per label tuple: .labels() takes a lock and builds a tuple every call.
+        self._request_children: dict[tuple[str, str, str, str, str], Any] = {}
+        self._duration_children: dict[tuple[str, str, str], Any] = {}
+        self._active_children: dict[str, Any] = {}
+        self._retry_children: dict[tuple[str, str, str, str], Any] = {}
+        self._inbound_children: dict[tuple[str, str], Any] = {}
+        self._denied_children: dict[tuple[str, str], Any] = {}
+        # The families a merge of workers adds up (as the registry names them: a counter without _total).
+        self.families: frozenset[str] = frozenset(family.name for family in registry.collect())
+
+    # --- the request path ----------------------------------------------------------------------------------------
+
+    def started(self, exchange: Exchange) -> None:
+        if exchange.direction == "inbound":
+            self._inbound_active.inc()
+            return
+        route = exchange.route or ""
+        child = self._active_children.get(route)
+        if child is None:
+            child = self._active_children[route] = self._active.labels(route)
+        child.inc()
+
+    def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        reason = attempt.reason
+        if reason is None:
+            return
+        key = (exchange.route or "", attempt.cluster or "", attempt.endpoint or "", reason)
+        child = self._retry_children.get(key)
+        if child is None:
+            child = self._retry_children[key] = self._retries.labels(key[0], key[1], _endpoint(key[2]), reason)
+        child.inc()
+
+    def finished(self, exchange: Exchange) -> None:
+        error = exchange.error or ""
+        klass = status_class(exchange.status, exchange.error)
+        if error and error not in _KNOWN_ERRORS:
+            error = _OTHER_ERROR
+        duration = exchange.duration
+        if exchange.direction == "inbound":
+            self._inbound_active.dec()
+            key = (klass, error)
+            child = self._inbound_children.get(key)
+            if child is None:
+                child = self._inbound_children[key] = self._inbound.labels(klass, error)
+            child.inc()
+            if duration is not None:
+                self._inbound_duration.observe(duration)
+            if exchange.denied_by is not None:
+                denial = (exchange.denied_by, error)
+                denied = self._denied_children.get(denial)
+                if denied is None:
+                    denied = self._denied_children[denial] = self._denied.labels(*denial)
+                denied.inc()
+            return
+        route, cluster, endpoint = exchange.route or "", exchange.cluster or "", exchange.endpoint or ""
+        active = self._active_children.get(route)
+        if active is not None:  # started() made it
+            active.dec()
+        request_key = (route, cluster, endpoint, klass, error)
+        counter = self._request_children.get(request_key)
+        if counter is None:
+            counter = self._request_children[request_key] = self._requests.labels(
+                route, cluster, _endpoint(endpoint), klass, error
+            )
+        counter.inc()
+        if duration is not None:
+            where = (route, cluster, endpoint)
+            histogram = self._duration_children.get(where)
+            if histogram is None:
+                histogram = self._duration_children[where] = self._duration.labels(route, cluster, _endpoint(endpoint))
+            histogram.observe(duration)
+
+    # --- reporting -----------------------------------------------------------------------------------------------
+
+    def request_families(self) -> list[Metric]:
+        """The per-request families as they stand, without ``_created`` samples (they would not add up)."""
+        return [_without_created(family) for family in self.registry.collect()]
+
+    def stats(self) -> dict[str, Any]:
+        """How many labelled series the request metrics hold (their cardinality)."""
+        children = (
+            self._request_children,
+            self._duration_children,
+            self._active_children,
+            self._retry_children,
+            self._inbound_children,
+            self._denied_children,
+        )
+        return {"series": sum(len(c) for c in children)}
+
+
+def _endpoint(url: str) -> str:
+    # An endpoint URL may carry credentials: never in a label.
+    return redact_url(url) if url else url
+
+
+def _without_created(family: Metric) -> Metric:
+    family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+    return family
+
+
+def build(section: MetricsConfig, config: MeshConfig, runtime: Runtime) -> MetricsObserver:
+    """The metrics observer of a mesh whose config has ``metrics: {enabled: true}``."""
+    return MetricsObserver()
+
+
+# --- live state, from a Mesh.stats() document --------------------------------------------------------------------
+
+# Cluster counters (ClusterState) shown even before they first count, and what each means.
+_HEADLINE = (
+    "retries",
+    "retry_budget_exhausted",
+    "rate_limited",
+    "breaker_open",
+    "breaker_rejected",
+    "ejections",
+    "hedges",
+)
+_COUNTER_HELP: Final = {
+    "retries": "Retries sent by the retry policy (tries beyond a request's first).",
+    "retried_requests": "Requests retried at least once, counted when they end.",
+    "retry_budget_exhausted": "Retries (and hedges) refused because the retry budget was spent.",
+    "rate_limited": "Requests refused by the rate limit (rate_limited).",
+    "rate_limit_errors": "Rate limit checks whose storage failed (the request was let through).",
+    "breaker_open": "Times the circuit breaker opened.",
+    "breaker_half_open": "Times the circuit breaker went half-open (a recovery trial).",
+    "breaker_closed": "Times the circuit breaker closed again.",
+    "breaker_rejected": "Tries refused because the circuit breaker was open (circuit_open).",
+    "breaker_storage_errors": "Circuit breaker storage (Redis) failures.",
+    "overflow": "Tries refused because max_concurrent_requests were in flight (overloaded).",
+    "ejections": "Endpoints ejected by outlier detection.",
+    "ejections_skipped_max_percent": "Ejections outlier detection skipped because of max_ejection_percent.",
+    "hedges": "Hedged tries sent.",
+    "hedge_wins": "Hedged tries whose answer was used.",
+    "hedge_overload_refused": "Hedges refused by the overload guard.",
+    "hedge_budget_exhausted": "Hedges refused because the retry budget was spent.",
+    "no_healthy_upstream": "Requests that found no healthy endpoint (no_healthy_upstream).",
+    "faults_delayed": "Requests delayed by fault injection.",
+    "faults_aborted": "Requests aborted by fault injection.",
+    "mirrored": "Requests mirrored to this cluster.",
+    "mirror_failed": "Mirrored requests that failed.",
+    "mirror_skipped": "Requests not mirrored (the mirror's percentage).",
+    "mirror_overflow": "Mirrored requests dropped because too many were in flight.",
+    "health_checks": "Active health check rounds.",
+    "health_check_failures": "Active health checks that failed.",
+    "endpoints_marked_healthy": "Endpoints active health checking marked healthy.",
+    "endpoints_marked_unhealthy": "Endpoints active health checking marked unhealthy.",
+    "certificate_reloads": "Rotated TLS certificate files taken.",
+    "certificate_reloads_refused": "Rotated TLS certificate files refused (the old ones serve on).",
+}
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+_BREAKER_STATES = ("closed", "half-open", "open")
+
+
+def _flag(value: Any) -> float:
+    return 1.0 if value else 0.0
+
+
+def state_families(stats: Mapping[str, Any]) -> list[Metric]:
+    """Metric families of the live state in ``stats`` (a :meth:`meshlib.Mesh.stats` or merged ``/stats`` document)."""
+    clusters: Mapping[str, Any] = stats.get("clusters", {})
+    families: list[Metric] = []
+
+    counters: dict[str, CounterMetricFamily] = {}
+
+    def counter(key: str) -> CounterMetricFamily:
+        family = counters.get(key)
+        if family is None:
+            name = f"meshlib_cluster_{_NAME_UNSAFE.sub('_', key)}"
+            help_text = _COUNTER_HELP.get(key, f"What the cluster counted as {key} (Mesh.stats() counters).")
+            family = counters[key] = CounterMetricFamily(name, help_text, labels=("cluster",))
+        return family
+
+    for key in _HEADLINE:
+        counter(key)
+    for cluster, entry in clusters.items():
+        found = entry.get("counters", {})
+        for key in _HEADLINE:
+            counter(key).add_metric((cluster,), float(found.get(key, 0)))
+        for key, value in sorted(found.items()):
+            if key not in _HEADLINE:
+                counter(key).add_metric((cluster,), float(value))
+    families.extend(counters.values())
+
+    breaker = GaugeMetricFamily(
+        "meshlib_cluster_breaker_state",
+        "The circuit breaker's state: 1 for the state it is in (closed, half-open, open), 0 for the others.",
+        labels=("cluster", "state"),
+    )
+    sent = CounterMetricFamily(
+        "meshlib_endpoint_requests",
+        "Requests sent to the endpoint, each try counted.",
+        labels=("cluster", "endpoint"),
+    )
+    active = GaugeMetricFamily(
+        "meshlib_endpoint_requests_active",
+        "Tries in flight at the endpoint (until their response body ends).",
+        labels=("cluster", "endpoint"),
+    )
+    healthy = GaugeMetricFamily(
+        "meshlib_endpoint_healthy",
+        "1 while active health checks find the endpoint healthy (always 1 without health checks).",
+        labels=("cluster", "endpoint"),
+    )
+    ejected = GaugeMetricFamily(
+        "meshlib_endpoint_ejected",
+        "1 while outlier detection has the endpoint ejected.",
+        labels=("cluster", "endpoint"),
+    )
+    for cluster, entry in clusters.items():
+        state = (entry.get("circuit_breaker") or {}).get("state")
+        if state is not None:
+            for name in _BREAKER_STATES:
+                breaker.add_metric((cluster, name), _flag(state == name))
+        for url, endpoint in entry.get("endpoints", {}).items():
+            labels = (cluster, _endpoint(url))
+            sent.add_metric(labels, float(endpoint.get("requests", 0)))
+            active.add_metric(labels, float(endpoint.get("in_flight", 0)))
+            healthy.add_metric(labels, _flag(endpoint.get("healthy", True)))
+            ejected.add_metric(labels, _flag(endpoint.get("ejected", False)))
+    families += [breaker, sent, active, healthy, ejected]
+
+    expires = GaugeMetricFamily(
+        "meshlib_certificate_expires_in_seconds",
+        "Seconds until the certificate expires (negative once expired), by its config field path.",
+        labels=("certificate",),
+    )
+    expiry = GaugeMetricFamily(
+        "meshlib_certificate_expiry_timestamp_seconds",
+        "When the certificate expires, in seconds since the epoch, by its config field path.",
+        labels=("certificate",),
+    )
+    for where, info in stats.get("certificates", {}).items():
+        expires.add_metric((where,), float(info["expires_in_seconds"]))
+        expiry.add_metric((where,), dt.datetime.fromisoformat(info["not_after"]).timestamp())
+    families += [expires, expiry]
+
+    reloads = stats.get("reloads", {})
+    reload_family = CounterMetricFamily(
+        "meshlib_config_reloads",
+        "Config reloads, accepted and refused (the config in force serves on).",
+        labels=("result",),
+    )
+    for result in ("accepted", "refused"):
+        reload_family.add_metric((result,), float(reloads.get(result, 0)))
+    version = GaugeMetricFamily("meshlib_config_version", "The version of the config in force (1, then +1 per reload).")
+    version.add_metric((), float(stats.get("version") or 0))
+    families += [reload_family, version]
+
+    listeners = stats.get("listeners")
+    if listeners:  # the sidecar's
+        connections = GaugeMetricFamily(
+            "meshlib_listener_connections_active", "Client connections open at the listener.", labels=("listener",)
+        )
+        in_flight = GaugeMetricFamily(
+            "meshlib_listener_requests_active", "Requests in flight at the listener.", labels=("listener",)
+        )
+        for name, listener in listeners.items():
+            connections.add_metric((name,), float(listener.get("connections", 0)))
+            in_flight.add_metric((name,), float(listener.get("in_flight", 0)))
+        families += [connections, in_flight]
+    return families
+
+
+# --- workers: per-request samples added up --------------------------------------------------------------------------
+
+_Series = tuple[tuple[str, str], ...]
+
+
+def merge_request_families(own: Sequence[Metric], others: Iterable[str], families: Iterable[str]) -> list[Metric]:
+    """``own`` per-request families with the same families of each text page in ``others`` added in.
+
+    Samples with the same name and labels add up (counters, histogram buckets,
+    sums and counts, and the active-request gauges: all are sums over
+    workers); a series only another worker has is added. Only ``families``
+    are taken from ``others``: the rest of their page is live state, which
+    comes merged from ``/stats``.
+    """
+    wanted = set(families)
+    merged: dict[str, Metric] = {}
+    # Per family, per series (labels but le), per (sample name, le): the value, in the order first seen.
+    values: dict[str, dict[_Series, dict[tuple[str, str | None], float]]] = {}
+
+    def add(family: Metric) -> None:
+        if family.name not in merged:
+            merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            values[family.name] = {}
+        by_series = values[family.name]
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            le = sample.labels.get("le")
+            series = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            points = by_series.setdefault(series, {})
+            key = (sample.name, le)
+            points[key] = points.get(key, 0.0) + sample.value
+
+    for family in own:
+        add(family)
+    for text in others:
+        for family in text_string_to_metric_families(text):
+            if family.name in wanted:
+                add(family)
+    out = []
+    for name, family in merged.items():
+        for series, points in values[name].items():
+            labels = dict(series)
+            for (sample_name, le), value in points.items():
+                family.add_sample(sample_name, labels if le is None else {**labels, "le": le}, value)
+        out.append(family)
+    return out
+
+
+class _Page(Collector):
+    """Hands ``generate_latest`` families already made."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def exposition(observer: MetricsObserver, stats: Mapping[str, Any], others: Iterable[str] = ()) -> bytes:
+    """The metrics page: ``observer``'s per-request metrics (plus the workers' ``others`` pages), then ``stats``'s."""
+    own = observer.request_families()
+    others = list(others)
+    request = merge_request_families(own, others, observer.families) if others else own
+    return generate_latest(_Page([*request, *state_families(stats)]))
+
+
+def observer_of(mesh: Mesh) -> MetricsObserver | None:
+    """``mesh``'s live metrics observer; None while its config does not enable metrics."""
+    observer = mesh._runtime.observers.get("metrics")
+    return observer if isinstance(observer, MetricsObserver) else None
+
+
+def scrape(mesh: Mesh) -> tuple[int, bytes]:
+    """``mesh``'s metrics page: ``(200, page)``, or ``(404, why)`` when its config does not enable metrics."""
+    observer = observer_of(mesh)
+    if observer is None:
+        return 404, NOT_ENABLED.encode() + b"\n"
+    return 200, exposition(observer, mesh.stats())
+
+
+# --- the mountable apps ----------------------------------------------------------------------------------------------
+
+_TEXT: Final = "text/plain; charset=utf-8"
+
+
+def _answer(mesh: Mesh, method: str) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+    """(status, content type, body, extra headers) for one request to a metrics app."""
+    if method not in ("GET", "HEAD"):
+        return 405, _TEXT, b"method not allowed: GET or HEAD\n", [("allow", "GET, HEAD")]
+    status, body = scrape(mesh)
+    return status, CONTENT_TYPE if status == 200 else _TEXT, body, []
+
+
+def asgi_app(mesh: Mesh) -> ASGIApp:
+    """An ASGI app serving ``mesh``'s metrics page at every path (mount it where Prometheus scrapes)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            # Mounted apps see none; run on its own (uvicorn), it starts and stops at once.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            raise RuntimeError(f"the metrics app serves HTTP only, not {scope['type']!r}")
+        method = scope.get("method", "GET")
+        status, content_type, body, extra = _answer(mesh, method)
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    return app
+
+
+_REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def wsgi_app(mesh: Mesh) -> WSGIApp:
+    """A WSGI app serving ``mesh``'s metrics page at every path (mount it where Prometheus scrapes)."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        status, content_type, body, extra = _answer(mesh, method)
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+        start_response(f"{status} {_REASONS[status]}", headers)
+        return iter([b"" if method == "HEAD" else body])
+
+    return app

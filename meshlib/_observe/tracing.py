@@ -1,0 +1,588 @@
+"""Tracing: an OpenTelemetry span per request and per try, exported to Zipkin off the request path.
+
+Built only for a config with ``tracing:`` (this is the one module that imports
+OpenTelemetry). Each mesh gets its own ``TracerProvider``, never the global
+one, so an app's own tracing setup is left alone. Outbound requests get a
+CLIENT span with a child per try, and each try's request carries the try's
+context in every configured header format; inbound requests get a SERVER
+span whose parent is extracted from the first configured format present,
+made current while an ASGI/WSGI app runs so the app's own mesh calls become
+its children. Ended spans go to a bounded queue that a background thread
+exports: a collector that is down or slow costs dropped spans (counted in
+``stats()``), never a request's time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+from opentelemetry import context as otel_context, trace
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span as SdkSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from meshlib.__version__ import __version__
+from meshlib._observe.exchange import Exchange, Try
+from meshlib._observe.observers import Observer
+
+if TYPE_CHECKING:
+    from meshlib._config.models import MeshConfig
+    from meshlib._config.observability import TracingConfig
+    from meshlib._snapshot.compile import Runtime
+
+__all__ = ["TracingObserver", "build"]
+
+logger = logging.getLogger("meshlib.observe")
+
+# How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
+CLOSE_TIMEOUT: Final = 1.0
+_MAX_EXPORT_BATCH: Final = 512  # BatchSpanProcessor's default, capped by the queue size
+
+# Every header a format writes, and those that only go with one (parent span id, flags): all are replaced on
+# injection, so a request never carries two contexts (one stale) in different formats.
+_FORMAT_HEADERS: Final[dict[str, tuple[str, ...]]] = {
+    "tracecontext": ("traceparent", "tracestate"),
+    "b3": ("b3",),
+    "b3multi": ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"),
+}
+_TRACE_HEADERS: Final = frozenset(name for names in _FORMAT_HEADERS.values() for name in names)
+_TRACE_HEADERS_RAW: Final = frozenset(name.encode() for name in _TRACE_HEADERS)
+# The header whose presence says a format was sent (B3 multi needs its trace id; the sampled flag alone is no context).
+_PRESENCE: Final = {"tracecontext": "traceparent", "b3": "b3", "b3multi": "x-b3-traceid"}
+
+# OpenTelemetry HTTP semantic conventions: methods other than these are recorded as _OTHER.
+_KNOWN_METHODS: Final = frozenset(("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"))
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+_ROOT: Final = otel_context.Context()  # no parent: a new trace
+# What the SDK gives a root span its sampler dropped: not sampled, its trace id random (W3C trace context level 2).
+_UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+CLIENT: Final = SpanKind.CLIENT
+SERVER: Final = SpanKind.SERVER
+# Set with the attached context in an inbound door: finished() detaches only in the context it attached in.
+_ATTACHED: contextvars.ContextVar[object] = contextvars.ContextVar("meshlib_trace_attached")
+
+
+def _propagator(name: str) -> TextMapPropagator:
+    if name == "tracecontext":
+        return TraceContextTextMapPropagator()
+    if name == "b3":
+        return B3SingleFormat()
+    return B3MultiFormat()
+
+
+def _host_port(authority: str, scheme: str) -> tuple[str, int | None]:
+    """``host[:port]`` (IPv6 in brackets) → host and port, the scheme's default port when none is given."""
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit() and (not host.startswith("[") or host.endswith("]")):
+        return host.strip("[]"), int(port)
+    return authority.strip("[]"), _DEFAULT_PORTS.get(scheme)
+
+
+def _method_attributes(method: str) -> dict[str, Any]:
+    if method in _KNOWN_METHODS:
+        return {"http.request.method": method}
+    return {"http.request.method": "_OTHER", "http.request.method_original": method}
+
+
+def trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The trace headers among raw ``headers`` (lower-case names; the first of a repeated one), None if none."""
+    found: dict[str, str] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _TRACE_HEADERS_RAW:
+            if found is None:
+                found = {}
+            # A repeated header: the first one counts, as OpenTelemetry's getters read it.
+            found.setdefault(lowered.decode("ascii"), value.decode("latin-1"))
+    return found
+
+
+class Propagation:
+    """The configured header formats: all injected on a try's request, the first one present extracted."""
+
+    __slots__ = ("_formats", "_names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = tuple(names)
+        self._formats = tuple((_PRESENCE[name], _FORMAT_HEADERS[name], _propagator(name)) for name in names)
+
+    def extract(self, found: dict[str, str] | None) -> otel_context.Context | None:
+        """The remote parent in the first configured format present in ``found`` and well formed, else None."""
+        if found is None:
+            return None
+        for presence, names, propagator in self._formats:
+            if presence not in found:
+                continue
+            # Only this format's headers: B3 multi's extractor would otherwise prefer a single b3 header.
+            carrier = {key: found[key] for key in names if key in found}
+            ctx = propagator.extract(carrier, _ROOT)
+            if trace.get_current_span(ctx).get_span_context().is_valid:
+                return ctx
+        return None
+
+    def inject(self, headers: httpx.Headers, context: SpanContext, *, replace: bool) -> None:
+        """Write ``context`` into ``headers`` in every configured format; ``replace`` first removes trace headers there.
+
+        The values are those OpenTelemetry's propagators write (tests/observe/test_tracing_fast_paths.py compares them
+        for every format), formatted here: through the propagators, two formats cost about 8 µs a request, most of
+        the unsampled request's share of the observability budget.
+        """
+        if replace:
+            for key in _TRACE_HEADERS.intersection(headers.keys()):
+                del headers[key]
+        trace_id = f"{context.trace_id:032x}"
+        span_id = f"{context.span_id:016x}"
+        flags = context.trace_flags
+        sampled = "1" if flags & TraceFlags.SAMPLED else "0"
+        for name in self._names:
+            if name == "tracecontext":
+                headers["traceparent"] = f"00-{trace_id}-{span_id}-{flags:02x}"
+                if context.trace_state:
+                    headers["tracestate"] = context.trace_state.to_header()
+            elif name == "b3":
+                headers["b3"] = f"{trace_id}-{span_id}-{sampled}"
+            else:
+                headers["x-b3-traceid"] = trace_id
+                headers["x-b3-spanid"] = span_id
+                headers["x-b3-sampled"] = sampled
+
+
+class _ExportCounter(SpanExporter):
+    """Wraps the Zipkin exporter: counts what it exported and what it failed, and never lets it raise."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self._lock = threading.Lock()
+        self.exported = 0
+        self.failed = 0
+        self.last_error: str | None = None
+        self._stop_at: float | None = None
+        # Called with the size of each batch taken from the queue (the queue's own count goes down by that).
+        self.on_batch: Callable[[int], None] | None = None
+
+    def stop_after(self, deadline: float) -> None:
+        """Past ``deadline`` (monotonic), batches still queued are failed at once: close() must not wait for them."""
+        self._stop_at = deadline
+
+    def _fail(self, count: int, why: str) -> SpanExportResult:
+        with self._lock:
+            self.failed += count
+            first = self.last_error is None
+            self.last_error = why
+        # The first failure is worth a warning; a collector that stays down must not flood the log.
+        logger.log(logging.WARNING if first else logging.DEBUG, "tracing: %d spans not exported: %s", count, why)
+        return SpanExportResult.FAILURE
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        count = len(spans)
+        if self.on_batch is not None:
+            self.on_batch(count)
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            return self._fail(count, "the mesh closed before they were exported")
+        try:
+            result = self._exporter.export(spans)
+        except Exception as exc:  # requests' ConnectionError, Timeout, ...: the collector is down or slow
+            return self._fail(count, f"{type(exc).__name__}: {exc}")
+        if result is not SpanExportResult.SUCCESS:
+            return self._fail(count, "the collector refused them (see the exporter's log)")
+        with self._lock:
+            self.exported += count
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _BoundedProcessor(SpanProcessor):
+    """A BatchSpanProcessor whose queue bound is kept (and its overflow counted) here.
+
+    The count of queued spans goes up as a span is handed over and down as
+    the exporter takes a batch, so it is never below the real queue's length:
+    a span is refused (and counted dropped) before the batch processor would
+    have to drop one itself, and nothing is dropped uncounted.
+    """
+
+    def __init__(self, exporter: _ExportCounter, max_queue_size: int) -> None:
+        self._exporter = exporter
+        self._max = max_queue_size
+        self._lock = threading.Lock()
+        self.queued = 0
+        self.ended = 0
+        self.dropped_queue_full = 0
+        self.dropped_closed = 0
+        self._closed = False
+        exporter.on_batch = self._taken
+        self._batch = BatchSpanProcessor(
+            exporter, max_queue_size=max_queue_size, max_export_batch_size=min(_MAX_EXPORT_BATCH, max_queue_size)
+        )
+
+    def _taken(self, count: int) -> None:
+        with self._lock:
+            self.queued -= count
+
+    def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None or not span.context.trace_flags.sampled:
+            return
+        with self._lock:
+            self.ended += 1
+            if self._closed:
+                self.dropped_closed += 1
+                return
+            if self.queued >= self._max:
+                self.dropped_queue_full += 1
+                return
+            self.queued += 1
+        self._batch.on_end(span)
+
+    def shutdown(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        with self._lock:
+            self._closed = True
+        deadline = time.monotonic() + timeout
+        self._exporter.stop_after(deadline)
+        # BatchSpanProcessor.shutdown waits up to 30 s for its worker (and one slow export can take the exporter's
+        # whole timeout): run it aside and wait only until the deadline. Whatever is still queued then is dropped.
+        worker = threading.Thread(target=self._batch.shutdown, name="meshlib-tracing-shutdown", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError:  # interpreter shutdown (3.12+ starts no threads): wait here, for one export at most
+            self._batch.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
+            return
+        worker.join(max(deadline - time.monotonic(), 0.0))
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._batch.force_flush(timeout_millis)
+
+
+class _DrawnIds(RandomIdGenerator):
+    """The SDK's random ids, except that a trace id drawn ahead to decide sampling is the one the SDK then uses."""
+
+    def __init__(self) -> None:
+        self._drawn = threading.local()
+
+    def draw(self, trace_id: int) -> None:
+        self._drawn.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        drawn: int | None = getattr(self._drawn, "trace_id", None)
+        if drawn is None:
+            return super().generate_trace_id()
+        self._drawn.trace_id = None
+        return drawn
+
+
+class _Outbound:
+    """An outbound request's span, and whether the caller's request may have come with trace headers."""
+
+    __slots__ = ("caller_headers", "span")
+
+    def __init__(self, span: trace.Span, caller_headers: bool) -> None:
+        self.span = span
+        self.caller_headers = caller_headers
+
+
+class TracingObserver(Observer):
+    """Makes the spans of each request with one mesh's own tracer provider, and propagates their context."""
+
+    name = "tracing"
+
+    def __init__(self, section: TracingConfig, config: MeshConfig, runtime: Runtime) -> None:
+        self.section = section
+        self.service_name = section.service_name or config.service
+        self._registry = runtime.registry
+        self.propagation = Propagation(section.propagation)
+        self._processor: _BoundedProcessor | None = None
+        self._exporter: _ExportCounter | None = None
+        self._ratio = TraceIdRatioBased(section.sampling)
+        self._ids = _DrawnIds()
+        # Never registered as the global provider, and not shut down at exit by OpenTelemetry: Mesh.close() does it.
+        self.provider = TracerProvider(
+            sampler=ParentBased(self._ratio),
+            resource=Resource.create({SERVICE_NAME: self.service_name}),
+            shutdown_on_exit=False,
+            id_generator=self._ids,
+        )
+        if section.zipkin is not None:
+            import requests
+            from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+            # Straight to the configured endpoint: an HTTP_PROXY meant for the app's own calls (a sidecar, say)
+            # must not carry the mesh's spans, which that proxy would trace in turn.
+            session = requests.Session()
+            session.trust_env = False
+            # The timeout goes to requests, which takes fractions of a second (the annotation says int).
+            timeout: Any = section.zipkin.timeout
+            zipkin = ZipkinExporter(endpoint=section.zipkin.endpoint, timeout=timeout, session=session)
+            self._exporter = _ExportCounter(zipkin)
+            self._processor = _BoundedProcessor(self._exporter, section.max_queue_size)
+            self.provider.add_span_processor(self._processor)
+        self.tracer = self.provider.get_tracer("meshlib", __version__)
+        self._closed = False
+        # A mesh never closed still sends its last spans when the process exits (held weakly: no leak until then).
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def _start_span(self, name: str, parent: otel_context.Context, kind: SpanKind) -> trace.Span:
+        """``tracer.start_span``, except that a span the sampler drops is made here, as the SDK would make it.
+
+        An unsampled span is most requests' (at ``sampling: 0.01``) and the SDK takes about 6 µs to make one; the
+        decisions stay the sampler's: ParentBased follows a valid parent's flag, and a root's trace id is drawn
+        here and tested with TraceIdRatioBased's own bound, then handed to the SDK (``_DrawnIds``) when sampled.
+        tests/observe/test_tracing_fast_paths.py checks both paths against a plain SDK tracer.
+        """
+        parent_context = trace.get_current_span(parent).get_span_context()
+        if parent_context.is_valid:
+            if parent_context.trace_flags.sampled:
+                return self.tracer.start_span(name, parent, kind)
+            flags = TraceFlags(parent_context.trace_flags & TraceFlags.RANDOM_TRACE_ID)
+            return NonRecordingSpan(
+                SpanContext(
+                    parent_context.trace_id, self._ids.generate_span_id(), False, flags, parent_context.trace_state
+                )
+            )
+        trace_id = self._ids.generate_trace_id()
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._ratio.bound:
+            self._ids.draw(trace_id)
+            return self.tracer.start_span(name, parent, kind)
+        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, _UNSAMPLED_ROOT))
+
+    # Outbound: a CLIENT span per request, an INTERNAL child per try whose context each try's request carries.
+
+    def _outbound_parent(self, exchange: Exchange) -> tuple[otel_context.Context, bool]:
+        """The parent of an outbound request's span, and whether the request may carry trace headers to replace."""
+        if exchange.door != "sidecar":
+            current = otel_context.get_current()
+            if trace.get_current_span(current).get_span_context().is_valid:
+                # The caller's headers are not read here (an exchange reads them only when asked): the first try
+                # looks for trace headers to replace instead.
+                return current, True
+        # The sidecar's task has no context of the app's: the app propagated its trace in the headers, or none.
+        # In process, a caller without a current span may have forwarded the trace headers it received.
+        sent = trace_headers(exchange.headers)
+        return self.propagation.extract(sent) or _ROOT, sent is not None
+
+    def _start_client(self, exchange: Exchange) -> None:
+        parent, caller_headers = self._outbound_parent(exchange)
+        span = self._start_span(f"{exchange.method} {exchange.route}", parent, CLIENT)
+        exchange.slots[self] = _Outbound(span, caller_headers)
+        exchange.trace_id = f"{span.get_span_context().trace_id:032x}"
+        if span.is_recording():
+            host, port = _host_port(exchange.authority, exchange.scheme)
+            attributes = _method_attributes(exchange.method)
+            attributes["url.full"] = f"{exchange.scheme}://{exchange.authority}{exchange.path}"
+            attributes["server.address"] = host
+            if port is not None:
+                attributes["server.port"] = port
+            if exchange.route is not None:
+                attributes["meshlib.route"] = exchange.route
+            if exchange.request_id is not None:
+                attributes["meshlib.request_id"] = exchange.request_id
+            span.set_attributes(attributes)
+
+    def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        outbound: _Outbound | None = exchange.slots.get(self)
+        if outbound is None:
+            return
+        span = outbound.span
+        # Trace headers to replace: the caller's, or an earlier try's (a retry resends the same request).
+        replace = outbound.caller_headers or len(exchange.tries) > 1
+        if not span.is_recording():
+            # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
+            self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
+            return
+        child = self.tracer.start_span(f"try {attempt.attempt}", trace.set_span_in_context(span, _ROOT))
+        attempt.slots[self] = child
+        url = request.url
+        attributes = _method_attributes(request.method)
+        attributes["url.full"] = str(url)
+        attributes["server.address"] = url.host
+        attributes["meshlib.try"] = attempt.attempt
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        if port is not None:
+            attributes["server.port"] = port
+        if attempt.cluster is not None:
+            attributes["meshlib.cluster"] = attempt.cluster
+            breaker = self._registry.get("circuit_breaker", attempt.cluster)
+            # A shared (Redis) breaker's state is a network read: not worth a round trip on the request path.
+            if breaker is not None and not breaker.shared:
+                attributes["meshlib.breaker_state"] = breaker.state
+        if attempt.endpoint is not None:
+            attributes["meshlib.endpoint"] = attempt.endpoint
+        if attempt.reason is not None:
+            attributes["meshlib.retry_reason"] = attempt.reason
+        child.set_attributes(attributes)
+        self.propagation.inject(request.headers, child.get_span_context(), replace=replace)
+
+    def try_ended(self, exchange: Exchange, attempt: Try) -> None:
+        child = attempt.slots.pop(self, None)
+        if child is None:
+            return
+        _set_outcome(child, attempt.status, attempt.error, server=False)
+        child.end()
+
+    # Inbound: a SERVER span, current while an ASGI/WSGI app runs.
+
+    def _start_server(self, exchange: Exchange) -> None:
+        parent = self.propagation.extract(trace_headers(exchange.headers)) or _ROOT
+        span = self._start_span(exchange.method, parent, SERVER)
+        exchange.trace_id = f"{span.get_span_context().trace_id:032x}"
+        token = mark = None
+        if exchange.door != "sidecar":
+            # The app's own mesh calls, made in this context, become this span's children.
+            token = otel_context.attach(trace.set_span_in_context(span, _ROOT))
+            mark = _ATTACHED.set(token)
+        exchange.slots[self] = (span, token, mark)
+        if span.is_recording():
+            host, port = _host_port(exchange.authority, exchange.scheme)
+            path, _, query = exchange.path.partition("?")
+            attributes = _method_attributes(exchange.method)
+            attributes["url.scheme"] = exchange.scheme
+            attributes["url.path"] = path
+            if query:
+                attributes["url.query"] = query
+            attributes["server.address"] = host
+            if port is not None:
+                attributes["server.port"] = port
+            if exchange.user_agent is not None:
+                attributes["user_agent.original"] = exchange.user_agent
+            if exchange.request_id is not None:
+                attributes["meshlib.request_id"] = exchange.request_id
+            attributes["meshlib.door"] = exchange.door
+            span.set_attributes(attributes)
+
+    def forwarding(self, exchange: Exchange, request: httpx.Request) -> None:
+        # The sidecar's inbound door passes the request on: the app's own calls become this server span's children,
+        # as behind Envoy (it writes its span into the request it forwards).
+        found = exchange.slots.get(self)
+        if found is not None:
+            self.propagation.inject(request.headers, found[0].get_span_context(), replace=True)
+
+    def started(self, exchange: Exchange) -> None:
+        if exchange.direction == "outbound":
+            self._start_client(exchange)
+        else:
+            self._start_server(exchange)
+
+    def finished(self, exchange: Exchange) -> None:
+        held = exchange.slots.pop(self, None)
+        if held is None:
+            return
+        if exchange.direction == "outbound":
+            span = held.span
+            for attempt in exchange.tries:  # a try never told its end (cancelled with its request)
+                child = attempt.slots.pop(self, None)
+                if child is not None:
+                    _set_outcome(child, attempt.status, attempt.error or "cancelled", server=False)
+                    child.end()
+        else:
+            span, token, mark = held
+            if token is not None:
+                _detach(token, mark)
+        if span.is_recording():
+            attributes: dict[str, Any] = {}
+            if exchange.direction == "outbound":
+                if exchange.cluster is not None:
+                    attributes["meshlib.cluster"] = exchange.cluster
+                if exchange.endpoint is not None:
+                    attributes["meshlib.endpoint"] = exchange.endpoint
+                attributes["meshlib.tries"] = len(exchange.tries)
+            else:
+                if exchange.peer is not None:
+                    attributes["meshlib.peer"] = exchange.peer
+                if exchange.denied_by is not None:
+                    attributes["meshlib.denied_by"] = exchange.denied_by
+            span.set_attributes(attributes)
+            _set_outcome(span, exchange.status, exchange.error, server=exchange.direction == "inbound")
+        span.end()
+
+    # The exporter's side.
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export what is queued now (a test's or a demo's convenience; the background thread does it anyway)."""
+        return self.provider.force_flush(int(timeout * 1000))
+
+    def stats(self) -> dict[str, Any]:
+        """Spans recorded, exported, dropped (queue full, export failed, after close) and still queued."""
+        processor, exporter = self._processor, self._exporter
+        if processor is None or exporter is None:
+            return {"exporter": None, "sampling": self.section.sampling}
+        queue_full, closed = processor.dropped_queue_full, processor.dropped_closed
+        return {
+            "exporter": "zipkin",
+            "sampling": self.section.sampling,
+            "spans": processor.ended,
+            "exported": exporter.exported,
+            "dropped": queue_full + exporter.failed + closed,
+            "dropped_queue_full": queue_full,
+            "dropped_export_failed": exporter.failed,
+            "dropped_after_close": closed,
+            "queued": max(processor.queued, 0),
+            "last_export_error": exporter.last_error,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        if self._processor is not None:
+            self._processor.shutdown(CLOSE_TIMEOUT)
+
+
+def _close_at_exit(observer: weakref.ref[TracingObserver]) -> None:
+    live = observer()
+    if live is not None:
+        live.close()
+
+
+def _set_outcome(span: trace.Span, status: int | None, error: str | None, *, server: bool) -> None:
+    """The response status and error of a span; ERROR for a 5xx or a failure (a server's 4xx is the client's)."""
+    if not span.is_recording():
+        return
+    attributes: dict[str, Any] = {}
+    if status is not None:
+        attributes["http.response.status_code"] = status
+    failed = status is None or status >= 500 or (error is not None and not server)
+    if error is not None:
+        attributes["meshlib.error"] = error
+    if failed:
+        attributes["error.type"] = error or (str(status) if status is not None else "_OTHER")
+        span.set_status(Status(StatusCode.ERROR, error or (f"HTTP {status}" if status is not None else None)))
+    span.set_attributes(attributes)
+
+
+def _detach(token: contextvars.Token[otel_context.Context], mark: contextvars.Token[object] | None) -> None:
+    """Restore the context an inbound door's started() replaced, when this is that context; else leave it be."""
+    if mark is None:
+        return
+    try:
+        _ATTACHED.reset(mark)  # raises when this is another context (or a copy): OpenTelemetry's detach would log
+    except (ValueError, RuntimeError):
+        return
+    otel_context.detach(token)
+
+
+def build(section: TracingConfig, config: MeshConfig, runtime: Runtime) -> TracingObserver:
+    """The tracing observer of a mesh whose config has ``tracing:`` (called by the observer registry)."""
+    return TracingObserver(section, config, runtime)
