@@ -4,7 +4,9 @@ Run ``python benchmarks/soak_sidecar.py`` (``--rounds N``, ``--duration S``,
 ``--concurrency C``, ``--check`` to exit 1 on growth). The proxy gets a route
 timeout of 1 s, retries on 5xx and connect failures, a circuit breaker, outlier
 detection and a rate limit far above the load (so every policy runs on every
-request but none refuses), and wrk drives it at c64 in rounds; the table
+request but none refuses), metrics, an access log (to a file) and tracing at
+1% to a Zipkin sink on loopback (``--no-observability`` leaves those three
+out), and wrk drives it at c64 in rounds; the table
 shows RSS after each round and the growth per request after the first round
 (the warm-up, when pools and caches fill). A leak of a few bytes per request
 shows as steady growth round after round; the target is none: at most
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_observability import ZipkinSink
 from bench_sidecar import (
     WRK_SCRIPT,
     Processes,
@@ -38,9 +41,12 @@ from bench_sidecar import (
 START_TIMEOUT = 30.0
 
 
-def soak_config(upstreams: Sequence[int], port: int, admin: int) -> dict[str, Any]:
-    """One round-robin cluster with the resilience policies a user would set, and a catch-all route."""
+def soak_config(
+    upstreams: Sequence[int], port: int, admin: int, observe: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One round-robin cluster with the resilience policies a user would set, a catch-all route, ``observe``."""
     return {
+        **(observe or {}),
         "clusters": {
             "upstream": {
                 "endpoints": [f"http://127.0.0.1:{p}" for p in upstreams],
@@ -63,6 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--max-growth", type=float, default=2.0, help="MB allowed after round 1 (default 2)")
     parser.add_argument("--check", action="store_true", help="exit 1 when RSS grew more than --max-growth")
+    parser.add_argument("--no-observability", action="store_true", help="without metrics, the access log and tracing")
     return parser.parse_args(argv)
 
 
@@ -76,17 +83,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         script = workdir / "summary.lua"
         script.write_text(WRK_SCRIPT)
-        with fast_upstream(procs, None) as (ports, _):
+        with fast_upstream(procs, None) as (ports, _), ZipkinSink() as zipkin:
             port, admin = _free_port(), _free_port()
+            observe = None
+            if not args.no_observability:
+                observe = {
+                    "metrics": {"enabled": True},
+                    "access_log": {"path": str(workdir / "access.log")},
+                    "tracing": {"sampling": 0.01, "zipkin": {"endpoint": zipkin.endpoint}},
+                }
             config = workdir / "mesh.yaml"
-            config.write_text(yaml.safe_dump(soak_config(ports, port, admin), sort_keys=False))
+            config.write_text(yaml.safe_dump(soak_config(ports, port, admin, observe), sort_keys=False))
             proxy = procs.start("meshlib", [sys.executable, "-m", "meshlib", "proxy", "--config", str(config)])
             reason = _wait(proxy, lambda: _answers_200(f"http://127.0.0.1:{admin}/ready"), START_TIMEOUT)
             if reason is not None:
                 print(f"meshlib proxy did not start: {reason}", file=sys.stderr)
                 return 2
             url = f"http://127.0.0.1:{port}/"
-            print(f"soak: meshlib proxy, wrk -c{args.concurrency} × {args.rounds} rounds of {args.duration} s")
+            with_what = "" if args.no_observability else ", with metrics, an access log and tracing at 1%"
+            print(
+                f"soak: meshlib proxy{with_what}, wrk -c{args.concurrency} × {args.rounds} rounds of {args.duration} s"
+            )
             print(f"  idle RSS {rss_mb(proxy.pid):.1f} MB")
             print(f"  {'round':>5} {'requests':>10} {'req/s':>8} {'errors':>7} {'RSS MB':>8}")
             samples: list[tuple[int, float]] = []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from meshlib._admin_ui.state import PAGE_HEADERS, STATE_PATH, add_error_stats, asset, ui_state
+from meshlib._frontdoors.asgi import serve_lifespan
 
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
@@ -38,13 +39,8 @@ class AdminApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if kind != "http":
             await send({"type": "websocket.close", "code": 1000})
             return

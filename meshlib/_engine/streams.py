@@ -40,7 +40,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     pooled, and ``on_close`` runs.
     """
 
-    __slots__ = ("_alarm", "_closed", "_ctx", "_deadline", "_on_close", "_stream")
+    __slots__ = ("_alarm", "_closed", "_ctx", "_deadline", "_on_close", "_stream", "failure", "received")
 
     def __init__(
         self,
@@ -54,11 +54,18 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._closed = False
         self._deadline: float | None = None
         self._alarm: TaskAlarm | None = None
+        self.received = 0  # body bytes passed on so far (what observers count)
+        self.failure: BaseException | None = None  # why the body failed, when it did (the mesh error raised)
         if ctx is not None:
             # Read now: a retry after this response was dropped would move the context on to the next try.
             self._deadline = ctx.try_deadline
             # The try's own timer on asyncio, due at that deadline: the body's now, so it costs no timer of its own.
             self._alarm, ctx.try_alarm = ctx.try_alarm, None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the body is done (read to its end, failed or closed): ``on_close`` ran."""
+        return self._closed
 
     def also(self, on_close: Callable[[], None]) -> None:
         """Call ``on_close`` too when the body closes (one wrapper per response, however many policies wait)."""
@@ -76,14 +83,19 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         stream = self._stream
         assert isinstance(stream, httpx.SyncByteStream)
         try:
-            if self._deadline is None or _received_whole(stream):
-                yield from stream
-            else:
-                yield from self._until_deadline(stream, self._deadline)
+            chunks = (
+                stream
+                if self._deadline is None or _received_whole(stream)
+                else self._until_deadline(stream, self._deadline)
+            )
+            for chunk in chunks:
+                self.received += len(chunk)
+                yield chunk
         except httpx.TransportError as exc:
+            mapped = self._mapped(exc)
+            self.failure = mapped or exc
             with contextlib.suppress(Exception):  # the body's error is what the caller needs to see
                 self.close()
-            mapped = self._mapped(exc)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -120,6 +132,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         try:
             if deadline is None or _received_whole(stream):
                 async for chunk in stream:
+                    self.received += len(chunk)
                     yield chunk
                 return
             ctx = self._ctx
@@ -130,6 +143,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             while True:
                 if _received_whole(stream):  # the rest came meanwhile: nothing left to wait for
                     async for chunk in chunks:
+                        self.received += len(chunk)
                         yield chunk
                     return
                 left = deadline - monotonic()
@@ -163,11 +177,13 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                     raise timeout_error(ctx) from None
                 if monotonic() >= deadline:  # came too late: the timeout ran out while it was read
                     raise timeout_error(ctx)
+                self.received += len(chunk)
                 yield chunk
         except httpx.TransportError as exc:
+            mapped = self._mapped(exc)
+            self.failure = mapped or exc
             with contextlib.suppress(Exception):
                 await self.aclose()
-            mapped = self._mapped(exc)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -203,7 +219,7 @@ def release_when_closed(
         # Already read and closed (a Response built with content=, as httpx.MockTransport handlers
         # return): nobody will close it again, so the request is over now.
         release()
-    elif isinstance(response.stream, OnCloseStream) and not response.stream._closed:
+    elif isinstance(response.stream, OnCloseStream) and not response.stream.closed:
         response.stream.also(release)
     else:
         response.stream = OnCloseStream(response.stream, release, ctx)

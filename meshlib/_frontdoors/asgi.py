@@ -17,7 +17,7 @@ from meshlib._policies.xfcc import XFCC_HEADER
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
 
-__all__ = ["ASGIApp", "MeshMiddleware", "Receive", "Scope", "Send"]
+__all__ = ["ASGIApp", "MeshMiddleware", "Receive", "Scope", "Send", "serve_lifespan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,6 +29,17 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 _XFCC = XFCC_HEADER.encode()
 # quote()'s safe set for a path the server gave only decoded: every pchar and '/' (RFC 3986 §3.3).
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer a lifespan scope for an app with nothing to start or stop (the mesh's own small apps, run alone)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _merged(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -9,7 +9,6 @@ time), keyed by the observer, so one record serves them all.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -19,19 +18,21 @@ __all__ = ["Exchange", "Try", "retry_reason"]
 Direction = Literal["outbound", "inbound"]
 
 
-@dataclass(slots=True, eq=False)
 class Try:
     """One try of an outbound request: to which endpoint, how it ended, and why it was made."""
 
-    attempt: int
-    cluster: str | None
-    endpoint: str | None
-    start: float = field(default_factory=time.perf_counter)
-    end: float | None = None
-    status: int | None = None
-    error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
-    reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
-    slots: dict[object, Any] = field(default_factory=dict)
+    __slots__ = ("attempt", "cluster", "end", "endpoint", "error", "reason", "slots", "start", "status")
+
+    def __init__(self, attempt: int, cluster: str | None, endpoint: str | None) -> None:
+        self.attempt = attempt
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.start = time.perf_counter()
+        self.end: float | None = None
+        self.status: int | None = None
+        self.error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
+        self.reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
+        self.slots: dict[object, Any] = {}
 
     @property
     def duration(self) -> float | None:
@@ -124,7 +125,7 @@ class Exchange:
         self._user_agent = user_agent
         self._request_id = request_id
         self._bytes_sent = bytes_sent
-        self.start_time = time.time()
+        self.start_time = time.time()  # the wall clock, as Envoy's START_TIME: logs line up with other systems'
         self.start = time.perf_counter()
         self.route = route
         self.cluster: str | None = None
@@ -179,6 +180,12 @@ class Exchange:
         if self._headers is None:
             self._headers = list(self._request.headers.raw) if self._request is not None else []
         return self._headers
+
+    def has_any_header(self, names: frozenset[bytes]) -> bool:
+        """Whether the request has a header named in ``names`` (lower case): a scan, no copy of the headers."""
+        if self._headers is None and self._request is not None:
+            return any(entry[1] in names for entry in self._request.headers._list)  # httpx: (raw, lower, value)
+        return any(key.lower() in names for key, _ in self.headers)
 
     def header(self, name: bytes) -> str | None:
         """The first value of the request header ``name`` (lower case), or None."""

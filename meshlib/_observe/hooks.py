@@ -7,11 +7,13 @@ is set), so a mesh that observes nothing pays one ``is None`` test per stage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
+from meshlib._engine.streams import OnCloseStream
 from meshlib._observe.exchange import Exchange, Try, retry_reason
 from meshlib._observe.observers import Observers
 from meshlib._wire import ERROR_HEADER
@@ -190,9 +192,23 @@ def observed(
             exchange.bytes_received = size
         exchange.end = time.perf_counter()
         observers.finished(exchange)
+    elif isinstance(stream, OnCloseStream) and not stream.closed:
+        # The engine's own body wrapper counts and closes it already: one more callback, not one more layer.
+        stream.also(functools.partial(_body_done, exchange, observers, stream, sending))
     else:
         response.stream = _ObservedBody(stream, exchange, observers, sending)
     return response
+
+
+def _body_done(exchange: Exchange, observers: Observers, stream: OnCloseStream, sending: bool) -> None:
+    if sending:
+        exchange.bytes_sent = stream.received
+    else:
+        exchange.bytes_received = stream.received
+    if stream.failure is not None:
+        exchange.error = error_code(stream.failure)
+    exchange.end = time.perf_counter()
+    observers.finished(exchange)
 
 
 class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):

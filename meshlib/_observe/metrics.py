@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from meshlib._config.redact import redact_url
 from meshlib._errors import MeshError
+from meshlib._frontdoors.asgi import serve_lifespan
 from meshlib._observe.exchange import Exchange, Try
 from meshlib._observe.observers import Observer
 
@@ -559,13 +560,8 @@ def asgi_app(mesh: Mesh) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             # Mounted apps see none; run on its own (uvicorn), it starts and stops at once.
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise RuntimeError(f"the metrics app serves HTTP only, not {scope['type']!r}")
         method = scope.get("method", "GET")

@@ -59,14 +59,24 @@ class Observer:
         """The mesh is closing, or a reload replaced this observer: flush what is pending, stop workers."""
 
 
+def _overriding(members: tuple[Observer, ...], hook: str) -> tuple[Observer, ...]:
+    return tuple(m for m in members if getattr(type(m), hook) is not getattr(Observer, hook))
+
+
 class Observers:
     """The observers of one snapshot, told in order; a failing observer is logged and skipped."""
 
-    __slots__ = ("_failed", "members")
+    __slots__ = ("_failed", "_finished", "_forwarding", "_started", "_try_ended", "_try_started", "members")
 
     def __init__(self, members: Iterable[Observer]) -> None:
         self.members: tuple[Observer, ...] = tuple(members)
         self._failed: set[str] = set()
+        # Per hook, only the observers that override it: every request calls each hook, most observers need few.
+        self._started = _overriding(self.members, "started")
+        self._try_started = _overriding(self.members, "try_started")
+        self._try_ended = _overriding(self.members, "try_ended")
+        self._forwarding = _overriding(self.members, "forwarding")
+        self._finished = tuple(reversed(_overriding(self.members, "finished")))
 
     def _failure(self, observer: Observer, what: str) -> None:
         # Logged in full the first time per observer and hook, then at debug: a broken observer must not flood logs.
@@ -78,37 +88,36 @@ class Observers:
             logger.warning("observer %s failed in %s (ignored)", observer.name, what, exc_info=True)
 
     def started(self, exchange: Exchange) -> None:
-        for observer in self.members:
+        for observer in self._started:
             try:
                 observer.started(exchange)
             except Exception:
                 self._failure(observer, "started")
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
-        for observer in self.members:
+        for observer in self._try_started:
             try:
                 observer.try_started(exchange, attempt, request)
             except Exception:
                 self._failure(observer, "try_started")
 
     def try_ended(self, exchange: Exchange, attempt: Try) -> None:
-        for observer in self.members:
+        for observer in self._try_ended:
             try:
                 observer.try_ended(exchange, attempt)
             except Exception:
                 self._failure(observer, "try_ended")
 
     def forwarding(self, exchange: Exchange, request: httpx.Request) -> None:
-        for observer in self.members:
+        for observer in self._forwarding:
             try:
                 observer.forwarding(exchange, request)
             except Exception:
                 self._failure(observer, "forwarding")
 
     def finished(self, exchange: Exchange) -> None:
-        # Inbound doors call this in the reverse order of started, so context an observer set is restored last-in,
-        # first-out; outbound observers don't care, and one order for both is simpler to reason about.
-        for observer in reversed(self.members):
+        # In the reverse order of started, so context an observer set is restored last-in, first-out (inbound).
+        for observer in self._finished:
             try:
                 observer.finished(exchange)
             except Exception:

@@ -423,3 +423,27 @@ def test_what_an_observer_makes_current_in_a_wsgi_request_never_stays_in_the_ser
     del chunks
     wsgi({**environ, "PATH_INFO": "/second"}, lambda status, headers, exc_info=None: None)
     assert seen_by_app == ["/first", "/second"]
+
+
+class _Breaking(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Sends one chunk, then the connection breaks."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"12345"
+        raise httpx.ReadError("connection reset mid-body")
+
+    async def __aiter__(self) -> Any:
+        yield b"12345"
+        raise httpx.ReadError("connection reset mid-body")
+
+
+async def test_a_body_that_breaks_ends_the_request_with_its_error_and_the_bytes_it_gave(
+    make_mesh: MakeMesh, caller: Caller, recorders: list[Recorder], respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.get("http://127.0.0.1:9090/b").mock(side_effect=lambda request: httpx.Response(200, stream=_Breaking()))
+    async with caller(make_mesh(CONFIG)) as client:
+        response = await client.open_stream("GET", "http://ratings/b")
+        with pytest.raises(meshlib.UpstreamResetError):
+            await client.read_response(response)
+    exchange = recorders[0].exchange()
+    assert (exchange.status, exchange.error, exchange.bytes_received) == (200, "upstream_reset", 5)
