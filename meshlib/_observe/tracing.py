@@ -139,7 +139,7 @@ class Propagation:
                 return ctx
         return None
 
-    def inject(self, headers: httpx.Headers, context: SpanContext, *, replace: bool) -> None:
+    def inject(self, headers: httpx.Headers, context: SpanContext | _Unsampled, *, replace: bool) -> None:
         """Write ``context`` into ``headers`` in every configured format; ``replace`` first removes trace headers there.
 
         The values are those OpenTelemetry's propagators write (tests/observe/test_tracing_fast_paths.py compares them
@@ -300,14 +300,34 @@ class _DrawnIds(RandomIdGenerator):
         return drawn
 
 
+class _Unsampled:
+    """The context of a new trace the sampler dropped: what its tries' headers carry, without OpenTelemetry objects.
+
+    Most requests' at a low ratio: a ``SpanContext`` and a ``NonRecordingSpan`` for each would cost more than
+    the rest of the request's tracing. ``Propagation.inject`` reads these four attributes as it reads a
+    ``SpanContext``'s.
+    """
+
+    __slots__ = ("span_id", "trace_id")
+
+    trace_flags: Final = _UNSAMPLED_ROOT
+    trace_state: Final = None
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+
+
 class _Outbound:
-    """An outbound request's span, and whether the caller's request may have come with trace headers."""
+    """An outbound request's span (None for an unsampled new trace: ``unsampled`` then), and whether the caller's
+    request may have come with trace headers."""
 
-    __slots__ = ("caller_headers", "span")
+    __slots__ = ("caller_headers", "span", "unsampled")
 
-    def __init__(self, span: trace.Span, caller_headers: bool) -> None:
+    def __init__(self, span: trace.Span | None, caller_headers: bool, unsampled: _Unsampled | None = None) -> None:
         self.span = span
         self.caller_headers = caller_headers
+        self.unsampled = unsampled
 
 
 class TracingObserver(Observer):
@@ -401,7 +421,23 @@ class TracingObserver(Observer):
 
     def _start_client(self, exchange: Exchange) -> None:
         parent, caller_headers = self._outbound_parent(exchange)
-        span = self._start_span(f"{exchange.method} {exchange.route}", parent, CLIENT)
+        if parent is _ROOT:
+            # A new trace: the sampler's decision first (as _start_span takes it), and for most requests at a
+            # low ratio, no span at all.
+            trace_id = _random_bits(128)
+            while trace_id == trace.INVALID_TRACE_ID:
+                trace_id = _random_bits(128)
+            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._ratio.bound:
+                span_id = _random_bits(64)
+                while span_id == trace.INVALID_SPAN_ID:
+                    span_id = _random_bits(64)
+                exchange.slots[self] = _Outbound(None, caller_headers, _Unsampled(trace_id, span_id))
+                exchange.trace_id = f"{trace_id:032x}"
+                return
+            self._ids.draw(trace_id)
+            span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
+        else:
+            span = self._start_span(f"{exchange.method} {exchange.route}", parent, CLIENT)
         exchange.slots[self] = _Outbound(span, caller_headers)
         exchange.trace_id = f"{span.get_span_context().trace_id:032x}"
         if span.is_recording():
@@ -424,6 +460,10 @@ class TracingObserver(Observer):
         span = outbound.span
         # Trace headers to replace: the caller's, or an earlier try's (a retry resends the same request).
         replace = outbound.caller_headers or len(exchange.tries) > 1
+        if span is None:
+            assert outbound.unsampled is not None
+            self.propagation.inject(request.headers, outbound.unsampled, replace=replace)
+            return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
             self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
@@ -507,6 +547,8 @@ class TracingObserver(Observer):
             return
         if exchange.direction == "outbound":
             span = held.span
+            if span is None:  # an unsampled new trace: nothing was made, nothing to end
+                return
             for attempt in exchange.tries:  # a try never told its end (cancelled with its request)
                 child = attempt.slots.pop(self, None)
                 if child is not None:
