@@ -97,7 +97,6 @@ def test_a_stale_description_stops_the_generator(generator: ModuleType, monkeypa
 
 
 def test_links_to_repository_files_point_at_their_copies_in_the_site() -> None:
-    pytest.importorskip("mkdocs")
     hooks = _load("site_hooks")
     page = "[a](../examples/fastapi_app) [b](../benchmarks/README.md#x) [c](../nowhere/x.md) [d](../README.md)"
     taken = hooks.take_repository_files(REPO, [("docs/index.md", page)], [])
@@ -115,7 +114,6 @@ def test_links_to_repository_files_point_at_their_copies_in_the_site() -> None:
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocs")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=REPO,
