@@ -34,7 +34,7 @@ worse than no hedging: as many successes and no more timeouts in every round,
 and median p50 and p99 ratios at most 1 + NOISE; with stragglers, hedging keeps
 its use: as many successes, and a median p99 ratio at most STRAGGLER_P99.
 
-The mesh's sender is meshlib's ``PooledTransport`` (``--sender pooled``), so
+The mesh's sender is meshlib's ``AsyncHTTP1Transport`` (``--sender pooled``), so
 that the upstream is what is overloaded: ``--sender httpx`` uses httpx's own
 transport, whose pool of 100 connections queues the tries beyond it, with
 bookkeeping that grows with that queue, so that the client's CPU decides the
@@ -69,7 +69,7 @@ from bench_resilience import _table
 
 import meshlib
 import meshlib._policies.hedge as hedge_module
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 
 REQUESTS = 150
 TIMEOUT = "1s"
@@ -322,7 +322,7 @@ async def _burst(
     config: dict[str, Any], workload: Workload, sender: str
 ) -> tuple[list[tuple[str, float]], dict[str, int]]:
     mesh = meshlib.Mesh.from_dict(config)
-    inner: dict[str, Any] = {"transport": PooledTransport()} if sender == "pooled" else {}
+    inner: dict[str, Any] = {"transport": AsyncHTTP1Transport()} if sender == "pooled" else {}
     try:
         async with mesh.async_client(**inner) as client:
 
@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sender",
         choices=["pooled", "httpx"],
         default="pooled",
-        help="the mesh's inner transport: meshlib's PooledTransport (default), or httpx's own (pool of 100)",
+        help="the mesh's inner transport: meshlib's AsyncHTTP1Transport (default), or httpx's own (pool of 100)",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

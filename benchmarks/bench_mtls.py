@@ -10,7 +10,7 @@ Run ``python benchmarks/bench_mtls.py`` (``--quick`` for a smoke run,
   benchmark's CA); wrk drives both in turn (ABAB), and the table gives
   req/s, p99 and the sidecar's CPU per request. Connections to the upstream
   are kept alive, so the handshake is paid once per pooled connection.
-* **the upstream client alone**: the sidecar's ``PooledTransport`` in this
+* **the upstream client alone**: the sidecar's ``AsyncHTTP1Transport`` in this
   process, plaintext, mTLS with kept-alive connections, and mTLS with a new
   connection (a full handshake) for every request: why reuse matters,
   since asyncio cannot resume TLS sessions.
@@ -52,9 +52,9 @@ from bench_sidecar import (  # noqa: E402 - a sibling script, importable once it
     run_wrk,
 )
 
-from meshlib._sidecar.upstream import PooledTransport  # noqa: E402
 from meshlib._tls import ca  # noqa: E402
 from meshlib._tls.identity import IdentityCheck  # noqa: E402
+from meshlib._transport import AsyncHTTP1Transport  # noqa: E402
 
 CONCURRENCIES = (16, 64)
 ROUNDS = 3
@@ -181,7 +181,7 @@ class ClientRow:
     cpu_us: float
 
 
-async def _client_run(transport: PooledTransport, url: str, requests: int) -> tuple[float, float]:
+async def _client_run(transport: AsyncHTTP1Transport, url: str, requests: int) -> tuple[float, float]:
     left = requests
 
     async def worker() -> None:
@@ -209,12 +209,16 @@ def upstream_client_alone(workdir: Path, pki: Pki, requests: int) -> list[Client
         _, plain = start_upstream(procs, "plain upstream", None)
         _, mtls = start_upstream(procs, "mtls upstream", pki)
         cases = [
-            ("plaintext, kept alive", f"http://127.0.0.1:{plain}/", PooledTransport()),
-            ("mTLS, kept alive", f"https://127.0.0.1:{mtls}/", PooledTransport(ssl_context=context, verify_peer=check)),
+            ("plaintext, kept alive", f"http://127.0.0.1:{plain}/", AsyncHTTP1Transport()),
+            (
+                "mTLS, kept alive",
+                f"https://127.0.0.1:{mtls}/",
+                AsyncHTTP1Transport(ssl_context=context, verify_peer=check),
+            ),
             (
                 "mTLS, a handshake per request",
                 f"https://127.0.0.1:{mtls}/",
-                PooledTransport(ssl_context=context, verify_peer=check, max_idle_per_origin=0),
+                AsyncHTTP1Transport(ssl_context=context, verify_peer=check, max_idle_per_origin=0),
             ),
         ]
 
@@ -245,7 +249,7 @@ def print_tables(rows: Sequence[Row], client: Sequence[ClientRow]) -> None:
             f"{row.name:<22} {row.concurrency:>5} {row.rps:>9,.0f} {row.p99_ms:>8.2f} {row.cpu_us:>11.0f}"
             f" {ratio:>8.2f}× {row.errors:>7}"
         )
-    print(f"\nthe upstream client alone (PooledTransport, {CLIENT_CONCURRENCY} concurrent, uvloop)")
+    print(f"\nthe upstream client alone (AsyncHTTP1Transport, {CLIENT_CONCURRENCY} concurrent, uvloop)")
     print(f"{'case':<32} {'req/s':>9} {'CPU µs/req':>11}")
     print("─" * 54)
     for crow in client:

@@ -1,8 +1,8 @@
-"""Upstream client benchmark: the sidecar's ``PooledTransport`` against ``httpx.AsyncHTTPTransport``.
+"""Upstream client benchmark: the sidecar's ``AsyncHTTP1Transport`` against ``httpx.AsyncHTTPTransport``.
 
 Run ``python benchmarks/bench_upstream_client.py`` (``--quick`` for a smoke
 run, ``--upstream uvicorn`` to answer with uvicorn instead of the built-in
-server, ``--profile`` to print a cProfile of PooledTransport). Not collected
+server, ``--profile`` to print a cProfile of AsyncHTTP1Transport). Not collected
 by pytest.
 
 Each transport is driven directly, as the mesh's engine drives its inner
@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 
 try:
     import uvloop
@@ -182,7 +182,7 @@ async def compare(url: str, pairs: int, seconds: float) -> dict[str, list[Batch]
     """ABBA batches of both transports (each warmed up once); one transport object per side for the whole run."""
     sides: dict[str, httpx.AsyncBaseTransport] = {
         "httpx.AsyncHTTPTransport": httpx.AsyncHTTPTransport(),
-        "PooledTransport": PooledTransport(),
+        "AsyncHTTP1Transport": AsyncHTTP1Transport(),
     }
     names = list(sides)
     request = make_request(url)
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--upstream", choices=["builtin", "uvicorn"], default="builtin")
-    parser.add_argument("--profile", action="store_true", help="also profile PooledTransport on asyncio")
+    parser.add_argument("--profile", action="store_true", help="also profile AsyncHTTP1Transport on asyncio")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -226,12 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with upstream(args.upstream) as url:
         for loop_kind in loops:
             result = run_loop(loop_kind, lambda: compare(url, pairs, seconds))
-            rows.append((loop_kind, _median(result["httpx.AsyncHTTPTransport"]), _median(result["PooledTransport"])))
+            rows.append(
+                (loop_kind, _median(result["httpx.AsyncHTTPTransport"]), _median(result["AsyncHTTP1Transport"]))
+            )
         if args.profile:
             profiler = cProfile.Profile()
 
             async def profiled() -> None:
-                transport = PooledTransport()
+                transport = AsyncHTTP1Transport()
                 profiler.enable()
                 await run_batch(transport, make_request(url), seconds)
                 profiler.disable()

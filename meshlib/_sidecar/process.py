@@ -68,8 +68,8 @@ from meshlib._frontdoors.sidecar_listeners import InboundTls, connect_policy, in
 from meshlib._mesh import Mesh
 from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
 from meshlib._sidecar.server import HttpServer
-from meshlib._sidecar.upstream import PooledTransport
 from meshlib._tls.senders import TlsSenders
+from meshlib._transport import AsyncHTTP1Transport
 
 __all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
 
@@ -167,7 +167,7 @@ class Proxy:
         # loaded: the digest of the config file's content, for the watcher (see load_settled).
         self.options = options
         self.mesh = Mesh(config)
-        self.sender = PooledTransport()
+        self.sender = AsyncHTTP1Transport()
         # Clusters with tls: pools of the sender's own kind, per cluster and certificate version.
         self.tls = TlsSenders(async_base=self.sender)
         self.servers: dict[str, HttpServer] = {}

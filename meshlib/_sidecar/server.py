@@ -56,6 +56,7 @@ from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import ProtocolError, RequestHead
 from meshlib._sidecar.tls_accept import Downstream, FixedTls, ServerTls, accept_loop
 from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
+from meshlib._transport.flow import HIGH_WATER, LOW_WATER
 from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
 
 __all__ = [
@@ -97,9 +98,6 @@ _LINGER: Final = 4
 
 _LINGER_TIME: Final = 2.0
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST, not a FIN
-# Request body chunks waiting for the engine, or pipelined bytes waiting for their turn, before reading pauses.
-_HIGH_WATER: Final = 256 * 1024
-_LOW_WATER: Final = 64 * 1024
 _FLUSH_SIZE: Final = 64 * 1024  # queued response bytes written at once
 _EMPTY: Final = httpx.ByteStream(b"")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -198,7 +196,7 @@ class _StreamBody(httpx.AsyncByteStream):
             if chunks:
                 chunk = chunks.popleft()
                 self.size -= len(chunk)
-                if self.size <= _LOW_WATER:
+                if self.size <= LOW_WATER:
                     self._conn.body_drained()
                 yield chunk
             elif self._error is not None:
@@ -299,7 +297,7 @@ class _Connection(asyncio.Protocol):
             self._on_body_bytes(data)
         elif state == _WAIT:
             self._buffer += data
-            if len(self._buffer) > _HIGH_WATER:
+            if len(self._buffer) > HIGH_WATER:
                 self._pause_reading()
         elif state == _TUNNEL:
             assert self._tunnel is not None
@@ -502,9 +500,9 @@ class _Connection(asyncio.Protocol):
             self._deadline_kind = _NO_DEADLINE
             self._state = _WAIT
             self._buffer = data[used:]
-            if len(self._buffer) > _HIGH_WATER:
+            if len(self._buffer) > HIGH_WATER:
                 self._pause_reading()
-        elif body.size > _HIGH_WATER:
+        elif body.size > HIGH_WATER:
             self._pause_reading()
 
     def _fail_body(self, error: ProtocolError) -> None:

@@ -26,15 +26,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
+from meshlib._transport.flow import HIGH_WATER, LOW_WATER
+
 __all__ = ["CONNECT_TIMEOUT", "ConnectPolicy", "NetworkStream", "StreamTunnel", "TcpTunnel", "Tunnel"]
 
 ConnectPolicy = Callable[[str, int], Awaitable[bool]]
 """``await policy(host, port)``: whether CONNECT may open a tunnel there (False, or a raised MeshError, refuses)."""
 
 CONNECT_TIMEOUT: Final = 10.0
-# Client bytes waiting for a slow upstream stream before the client's reading pauses.
-_HIGH_WATER: Final = 256 * 1024
-_LOW_WATER: Final = 64 * 1024
 _READ_SIZE: Final = 64 * 1024
 
 
@@ -262,7 +261,7 @@ class StreamTunnel:
             while self._queue:
                 data = self._queue.popleft()
                 self._queued -= len(data)
-                if self._reading_paused and self._queued <= _LOW_WATER and not self.client.is_closing():
+                if self._reading_paused and self._queued <= LOW_WATER and not self.client.is_closing():
                     self._reading_paused = False
                     self.client.resume_reading()
                 await self.stream.write(data)
@@ -288,7 +287,7 @@ class StreamTunnel:
     def client_data(self, data: bytes) -> None:
         self._queue.append(data)
         self._queued += len(data)
-        if self._queued > _HIGH_WATER and not self._reading_paused:
+        if self._queued > HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             self.client.pause_reading()
         self._wake("_wake_up")

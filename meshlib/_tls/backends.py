@@ -3,7 +3,7 @@
 httpcore opens a connection with the backend's ``connect_tcp`` and then
 calls ``start_tls`` on the stream; the wrapped stream runs the check on the
 TLS stream it gets back and closes it on a mismatch, so the request is never
-written (the sidecar's upstream client does the same in ``_sidecar/upstream.py``).
+written (the sidecar's upstream client does the same in ``_transport/``).
 
 The async TLS stream also maps ``ssl.SSLError`` raised by a read or write
 (an upstream that refuses this workload's certificate says so with an alert

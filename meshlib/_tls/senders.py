@@ -35,7 +35,7 @@ T = TypeVar("T", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 class TlsCapable(Protocol):
-    """A base transport that makes its own TLS variant (the sidecar's ``PooledTransport``)."""
+    """A base transport that makes its own TLS variant (the sidecar's ``AsyncHTTP1Transport``)."""
 
     def tls_variant(self, context: ssl.SSLContext, verify_peer: PeerCheck | None) -> httpx.AsyncBaseTransport: ...
 

@@ -10,7 +10,7 @@ import pytest
 import meshlib
 from meshlib._frontdoors import sidecar_listeners
 from meshlib._frontdoors.sidecar_listeners import outbound_handler
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.failing_upstreams import unaccepting_endpoint
 from tests.sidecar.conftest import proxy_url, serving
 
@@ -25,7 +25,7 @@ async def test_a_passthrough_to_an_endpoint_that_never_accepts_fails_at_the_conn
     try:
         with unaccepting_endpoint() as url:
             async with (
-                PooledTransport() as sender,
+                AsyncHTTP1Transport() as sender,
                 serving(outbound_handler(mesh, sender)) as proxy,
                 httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client,
             ):

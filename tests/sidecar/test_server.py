@@ -30,7 +30,7 @@ from meshlib._errors import (
 )
 from meshlib._frontdoors.sidecar_listeners import inbound_handler, outbound_handler
 from meshlib._sidecar.server import HttpServer
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import (
     MakeMesh,
     Receive,
@@ -120,7 +120,7 @@ def mesh(make_mesh: MakeMesh, upstream: RunningServer) -> meshlib.Mesh:
 @pytest.fixture(params=["httpx", "pooled"])
 async def sender(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncBaseTransport]:
     """The listener doesn't care what sends: httpx's own transport, and the sidecar's pooled one."""
-    transport = httpx.AsyncHTTPTransport() if request.param == "httpx" else PooledTransport()
+    transport = httpx.AsyncHTTPTransport() if request.param == "httpx" else AsyncHTTP1Transport()
     async with transport:
         yield transport
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from meshlib._engine import alarms
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import MakeMesh
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +39,7 @@ async def test_timer_structures_do_not_grow_with_requests(make_mesh: MakeMesh, u
         }
     )
     loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(transport=mesh.async_transport(inner=PooledTransport())) as client:
+    async with httpx.AsyncClient(transport=mesh.async_transport(inner=AsyncHTTP1Transport())) as client:
 
         async def burst(n: int) -> None:
             async def one() -> None:

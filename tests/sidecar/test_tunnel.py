@@ -19,7 +19,7 @@ import pytest
 import meshlib
 from meshlib._frontdoors.sidecar_listeners import connect_policy, outbound_handler
 from meshlib._sidecar.server import HttpServer
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import MakeMesh, raw_server, read_request_head
 from tests.sidecar.conftest import exchange, parse_responses, serving
 
@@ -182,7 +182,7 @@ def websocket_like(
 
 @pytest.fixture(params=["httpx", "pooled"])
 def make_sender(request: pytest.FixtureRequest) -> Callable[[], httpx.AsyncBaseTransport]:
-    return httpx.AsyncHTTPTransport if request.param == "httpx" else PooledTransport
+    return httpx.AsyncHTTPTransport if request.param == "httpx" else AsyncHTTP1Transport
 
 
 async def test_a_websocket_upgrade_goes_through_the_engine_and_tunnels(
@@ -221,7 +221,7 @@ async def test_the_clients_half_close_reaches_the_upgraded_upstream(make_mesh: M
     """With the sidecar's pooled client the tunnel passes a half-close on, as CONNECT tunnels do."""
     with raw_server(websocket_like([], on_eof=b"[eof]")) as upstream:
         mesh = make_mesh({"clusters": {"ws": {"endpoints": [upstream.url]}}})
-        async with PooledTransport() as sender, serving(outbound_handler(mesh, sender)) as proxy:
+        async with AsyncHTTP1Transport() as sender, serving(outbound_handler(mesh, sender)) as proxy:
             reader, writer = await asyncio.open_connection(*proxy.address)
             writer.write(HANDSHAKE)
             await read_head(reader)

@@ -1,4 +1,4 @@
-"""The sidecar's upstream client, PooledTransport, over real sockets on 127.0.0.1.
+"""The sidecar's upstream client, AsyncHTTP1Transport, over real sockets on 127.0.0.1.
 
 Well-behaved upstreams are uvicorn apps; misbehaving ones (stalls, early
 closes, odd framing, upgrades) are raw socket servers in threads
@@ -25,7 +25,7 @@ import pytest
 
 import meshlib
 from meshlib._errors import UpstreamConnectError, UpstreamResetError
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import (
     MakeMesh,
     Receive,
@@ -98,8 +98,8 @@ def bodies() -> Iterator[str]:
 
 
 @pytest.fixture
-async def transport() -> AsyncIterator[PooledTransport]:
-    pooled = PooledTransport()
+async def transport() -> AsyncIterator[AsyncHTTP1Transport]:
+    pooled = AsyncHTTP1Transport()
     yield pooled
     await pooled.aclose()
 
@@ -170,7 +170,7 @@ def request(method: str, url: str, timeout: float = 5.0, **kwargs: Any) -> httpx
     return httpx.Request(method, url, extensions={"timeout": httpx.Timeout(timeout).as_dict()}, **kwargs)
 
 
-async def send(transport: PooledTransport, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, bytes]:
+async def send(transport: AsyncHTTP1Transport, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, bytes]:
     """Send a request built by :func:`request` and read its body."""
     response = await transport.handle_async_request(request(method, url, **kwargs))
     body = b""
@@ -185,7 +185,7 @@ async def send(transport: PooledTransport, method: str, url: str, **kwargs: Any)
 # -- bodies both ways --------------------------------------------------------------------------------------------------
 
 
-async def test_get_returns_status_headers_body_and_extensions(transport: PooledTransport, echo: str) -> None:
+async def test_get_returns_status_headers_body_and_extensions(transport: AsyncHTTP1Transport, echo: str) -> None:
     response, body = await send(transport, "GET", f"{echo}/items/7?q=1", headers={"x-trace": "abc"})
     assert response.status_code == 200
     assert response.headers["x-upstream"] == "echo"
@@ -196,14 +196,16 @@ async def test_get_returns_status_headers_body_and_extensions(transport: PooledT
     assert ["host", echo.removeprefix("http://")] in seen["headers"]
 
 
-async def test_post_with_content_length_body(transport: PooledTransport, echo: str) -> None:
+async def test_post_with_content_length_body(transport: AsyncHTTP1Transport, echo: str) -> None:
     _, body = await send(transport, "POST", f"{echo}/p", content=b"hello world")
     seen = json.loads(body)
     assert seen["body"] == "hello world"
     assert ["content-length", "11"] in seen["headers"]
 
 
-async def test_post_streams_a_chunked_body_and_reads_a_chunked_response(transport: PooledTransport, echo: str) -> None:
+async def test_post_streams_a_chunked_body_and_reads_a_chunked_response(
+    transport: AsyncHTTP1Transport, echo: str
+) -> None:
     async def parts() -> AsyncIterator[bytes]:
         for part in (b"one ", b"", b"two ", b"three"):
             yield part
@@ -215,7 +217,7 @@ async def test_post_streams_a_chunked_body_and_reads_a_chunked_response(transpor
     assert ["transfer-encoding", "chunked"] in seen["headers"]
 
 
-async def test_a_streamed_body_with_content_length_is_sent_as_is(transport: PooledTransport, echo: str) -> None:
+async def test_a_streamed_body_with_content_length_is_sent_as_is(transport: AsyncHTTP1Transport, echo: str) -> None:
     async def parts() -> AsyncIterator[bytes]:
         yield b"abc"
         yield b"def"
@@ -227,7 +229,7 @@ async def test_a_streamed_body_with_content_length_is_sent_as_is(transport: Pool
     assert not any(name == "transfer-encoding" for name, _ in seen["headers"])
 
 
-async def test_a_streamed_body_that_breaks_its_content_length_is_refused(transport: PooledTransport) -> None:
+async def test_a_streamed_body_that_breaks_its_content_length_is_refused(transport: AsyncHTTP1Transport) -> None:
     async def parts() -> AsyncIterator[bytes]:
         yield b"abc"
 
@@ -238,7 +240,7 @@ async def test_a_streamed_body_that_breaks_its_content_length_is_refused(transpo
         assert transport.idle_connections == 0  # the upstream saw a wrongly framed body: never reuse
 
 
-async def test_an_answer_before_the_body_is_sent_stops_the_upload(transport: PooledTransport) -> None:
+async def test_an_answer_before_the_body_is_sent_stops_the_upload(transport: AsyncHTTP1Transport) -> None:
     def too_large(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()  # the head only: the body is chunked, so the Reader leaves it
         conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
@@ -260,7 +262,7 @@ async def test_an_answer_before_the_body_is_sent_stops_the_upload(transport: Poo
         assert transport.idle_connections == 0  # the body was cut short: the connection cannot be reused
 
 
-async def test_a_large_upload_is_streamed(transport: PooledTransport, bodies: str) -> None:
+async def test_a_large_upload_is_streamed(transport: AsyncHTTP1Transport, bodies: str) -> None:
     block = bytes(range(256)) * 256  # 64 KiB
     produced = 0
 
@@ -275,7 +277,7 @@ async def test_a_large_upload_is_streamed(transport: PooledTransport, bodies: st
     assert produced == LARGE
 
 
-async def test_a_large_download_arrives_in_chunks(transport: PooledTransport, bodies: str) -> None:
+async def test_a_large_download_arrives_in_chunks(transport: AsyncHTTP1Transport, bodies: str) -> None:
     response = await transport.handle_async_request(request("GET", f"{bodies}/download"))
     sizes = [len(chunk) async for chunk in response.stream]  # type: ignore[union-attr]
     await response.aclose()
@@ -297,7 +299,7 @@ async def test_reading_pauses_while_the_consumer_is_behind() -> None:
                 return
             conn.sendall(block)
 
-    pooled = PooledTransport()
+    pooled = AsyncHTTP1Transport()
     with raw_server(big) as server:
         response = await pooled.handle_async_request(request("GET", f"{server.url}/big"))
         stream: Any = response.stream
@@ -315,7 +317,7 @@ async def test_reading_pauses_while_the_consumer_is_behind() -> None:
 # -- the pool --------------------------------------------------------------------------------------------------------
 
 
-async def test_sequential_requests_reuse_one_connection(transport: PooledTransport) -> None:
+async def test_sequential_requests_reuse_one_connection(transport: AsyncHTTP1Transport) -> None:
     with raw_server(keep_alive(ok)) as server:
         for _ in range(5):
             response, body = await send(transport, "GET", f"{server.url}/x")
@@ -324,7 +326,7 @@ async def test_sequential_requests_reuse_one_connection(transport: PooledTranspo
     assert server.connections == 1
 
 
-async def test_concurrent_requests_open_connections_that_return_to_the_pool(transport: PooledTransport) -> None:
+async def test_concurrent_requests_open_connections_that_return_to_the_pool(transport: AsyncHTTP1Transport) -> None:
     n = 4
     barrier = threading.Barrier(n, timeout=5)
     first_round = threading.Event()
@@ -346,7 +348,7 @@ async def test_concurrent_requests_open_connections_that_return_to_the_pool(tran
     assert transport.idle_connections <= n
 
 
-async def test_connection_close_on_either_side_is_not_reused(transport: PooledTransport) -> None:
+async def test_connection_close_on_either_side_is_not_reused(transport: AsyncHTTP1Transport) -> None:
     def closing(head: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
 
@@ -363,7 +365,7 @@ async def test_connection_close_on_either_side_is_not_reused(transport: PooledTr
         assert transport.idle_connections == 0
 
 
-async def test_a_body_left_unread_closes_its_connection(transport: PooledTransport) -> None:
+async def test_a_body_left_unread_closes_its_connection(transport: AsyncHTTP1Transport) -> None:
     def long(head: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"  # the rest never comes
 
@@ -377,7 +379,7 @@ async def test_a_body_left_unread_closes_its_connection(transport: PooledTranspo
 
 
 async def test_max_idle_per_origin_bounds_the_idle_connections() -> None:
-    pooled = PooledTransport(max_idle_per_origin=1)
+    pooled = AsyncHTTP1Transport(max_idle_per_origin=1)
     n = 3
     barrier = threading.Barrier(n, timeout=5)
 
@@ -392,7 +394,7 @@ async def test_max_idle_per_origin_bounds_the_idle_connections() -> None:
 
 
 async def test_a_connection_idle_past_keepalive_expiry_is_closed_not_reused() -> None:
-    pooled = PooledTransport(keepalive_expiry=0.2)
+    pooled = AsyncHTTP1Transport(keepalive_expiry=0.2)
     with raw_server(keep_alive(ok)) as server:
         await send(pooled, "GET", f"{server.url}/1")
         await send(pooled, "GET", f"{server.url}/2")  # well within the expiry: the same connection
@@ -406,7 +408,7 @@ async def test_a_connection_idle_past_keepalive_expiry_is_closed_not_reused() ->
 
 
 async def test_expiry_closes_only_the_connections_idle_too_long() -> None:
-    pooled = PooledTransport(keepalive_expiry=0.3)
+    pooled = AsyncHTTP1Transport(keepalive_expiry=0.3)
     n = 2
     barrier = threading.Barrier(n, timeout=5)
     together_once = threading.Event()
@@ -432,7 +434,7 @@ async def test_expiry_closes_only_the_connections_idle_too_long() -> None:
 @pytest.mark.parametrize("bad", [{"keepalive_expiry": -1}, {"max_idle_per_origin": -1}])
 def test_bad_pool_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
-        PooledTransport(**bad)
+        AsyncHTTP1Transport(**bad)
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
@@ -440,7 +442,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
         Reader(conn, stop).request()
         conn.sendall(ok(b""))  # keep-alive as far as the client knows, then gone
 
-    pooled = PooledTransport()
+    pooled = AsyncHTTP1Transport()
     with raw_server(once_then_close) as server:
         await send(pooled, "GET", f"{server.url}/1")
         await eventually(lambda: pooled.idle_connections == 0)  # the EOF took it out of the pool
@@ -460,7 +462,7 @@ def close_on_second_request(conn: socket.socket, stop: threading.Event) -> None:
 
 
 async def test_a_request_that_loses_the_keep_alive_race_is_sent_again_on_a_new_connection() -> None:
-    pooled = PooledTransport()
+    pooled = AsyncHTTP1Transport()
     with raw_server(close_on_second_request) as server:
         await send(pooled, "GET", f"{server.url}/1")
         response, body = await send(pooled, "PUT", f"{server.url}/2", content=b"replayable")
@@ -471,7 +473,7 @@ async def test_a_request_that_loses_the_keep_alive_race_is_sent_again_on_a_new_c
 
 async def test_a_post_that_loses_the_keep_alive_race_is_not_sent_again() -> None:
     """The server may have taken the POST before it closed: sending it twice is not the transport's call."""
-    pooled = PooledTransport()
+    pooled = AsyncHTTP1Transport()
     with raw_server(close_on_second_request) as server:
         await send(pooled, "GET", f"{server.url}/1")
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
@@ -484,7 +486,7 @@ async def test_a_streamed_body_is_not_sent_again_after_a_keep_alive_race() -> No
     async def once() -> AsyncIterator[bytes]:
         yield b"gone once sent"
 
-    pooled = PooledTransport()
+    pooled = AsyncHTTP1Transport()
     with raw_server(close_on_second_request) as server:
         await send(pooled, "GET", f"{server.url}/1")
         # A close (or a reset: the server had not read the body) before any response byte, not retried.
@@ -495,7 +497,7 @@ async def test_a_streamed_body_is_not_sent_again_after_a_keep_alive_race() -> No
 
 
 async def test_requests_beyond_the_connection_limit_wait_for_a_connection() -> None:
-    pooled = PooledTransport(max_connections_per_origin=1)
+    pooled = AsyncHTTP1Transport(max_connections_per_origin=1)
     with raw_server(keep_alive(ok)) as server:
         results = await asyncio.gather(*(send(pooled, "GET", f"{server.url}/{i}") for i in range(5)))
         assert [body for _, body in results] == [b"ok"] * 5
@@ -504,7 +506,7 @@ async def test_requests_beyond_the_connection_limit_wait_for_a_connection() -> N
 
 
 async def test_pool_timeout_when_every_connection_is_busy() -> None:
-    pooled = PooledTransport(max_connections_per_origin=1)
+    pooled = AsyncHTTP1Transport(max_connections_per_origin=1)
     with raw_server(stall) as server:
         first = asyncio.ensure_future(pooled.handle_async_request(request("GET", f"{server.url}/1", timeout=5)))
         await eventually(lambda: server.connections == 1)
@@ -525,7 +527,7 @@ async def test_pool_timeout_when_every_connection_is_busy() -> None:
 # -- responses without a body, or delimited by the close -----------------------------------------------------------
 
 
-async def test_head_204_and_304_have_no_body_and_keep_the_connection(transport: PooledTransport) -> None:
+async def test_head_204_and_304_have_no_body_and_keep_the_connection(transport: AsyncHTTP1Transport) -> None:
     def answer(head: bytes) -> bytes:
         path = head.split(b" ")[1]
         if head.startswith(b"HEAD"):
@@ -545,7 +547,7 @@ async def test_head_204_and_304_have_no_body_and_keep_the_connection(transport: 
         assert server.connections == 1
 
 
-async def test_interim_1xx_responses_are_skipped(transport: PooledTransport) -> None:
+async def test_interim_1xx_responses_are_skipped(transport: AsyncHTTP1Transport) -> None:
     def answer(head: bytes) -> bytes:
         return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(head)
 
@@ -557,7 +559,7 @@ async def test_interim_1xx_responses_are_skipped(transport: PooledTransport) -> 
 
 
 @pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
-async def test_a_body_without_length_is_read_to_the_close(transport: PooledTransport, version: bytes) -> None:
+async def test_a_body_without_length_is_read_to_the_close(transport: AsyncHTTP1Transport, version: bytes) -> None:
     def close_delimited(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
         conn.sendall(version + b" 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
@@ -574,18 +576,18 @@ async def test_a_body_without_length_is_read_to_the_close(transport: PooledTrans
 # -- errors ----------------------------------------------------------------------------------------------------------
 
 
-async def test_a_refused_port_is_a_connect_error(transport: PooledTransport, free_port: int) -> None:
+async def test_a_refused_port_is_a_connect_error(transport: AsyncHTTP1Transport, free_port: int) -> None:
     with pytest.raises(httpx.ConnectError) as raised:
         await transport.handle_async_request(request("GET", f"http://127.0.0.1:{free_port}/"))
     assert raised.value.request.url.port == free_port
 
 
-async def test_an_unknown_host_is_a_connect_error(transport: PooledTransport) -> None:
+async def test_an_unknown_host_is_a_connect_error(transport: AsyncHTTP1Transport) -> None:
     with pytest.raises(httpx.ConnectError):
         await transport.handle_async_request(request("GET", "http://no-such-host.invalid/"))
 
 
-async def test_a_connect_that_hangs_is_a_connect_timeout(transport: PooledTransport) -> None:
+async def test_a_connect_that_hangs_is_a_connect_timeout(transport: AsyncHTTP1Transport) -> None:
     # A listener whose accept queue is full drops new SYNs, so connecting hangs.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -609,7 +611,7 @@ async def test_a_connect_that_hangs_is_a_connect_timeout(transport: PooledTransp
         listener.close()
 
 
-async def test_a_stalled_server_is_a_read_timeout(transport: PooledTransport) -> None:
+async def test_a_stalled_server_is_a_read_timeout(transport: AsyncHTTP1Transport) -> None:
     with raw_server(stall) as server:
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout) as raised:
@@ -619,7 +621,7 @@ async def test_a_stalled_server_is_a_read_timeout(transport: PooledTransport) ->
     assert transport.idle_connections == 0
 
 
-async def test_a_body_that_stalls_is_a_read_timeout(transport: PooledTransport) -> None:
+async def test_a_body_that_stalls_is_a_read_timeout(transport: AsyncHTTP1Transport) -> None:
     def half(head: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
 
@@ -631,7 +633,7 @@ async def test_a_body_that_stalls_is_a_read_timeout(transport: PooledTransport) 
     assert transport.idle_connections == 0
 
 
-async def test_a_server_that_does_not_read_is_a_write_timeout(transport: PooledTransport) -> None:
+async def test_a_server_that_does_not_read_is_a_write_timeout(transport: AsyncHTTP1Transport) -> None:
     def never_reads(conn: socket.socket, stop: threading.Event) -> None:
         stop.wait(10)
 
@@ -641,7 +643,7 @@ async def test_a_server_that_does_not_read_is_a_write_timeout(transport: PooledT
             await transport.handle_async_request(request("POST", f"{server.url}/x", timeout=0.2, content=body))
 
 
-async def test_a_close_before_the_response_is_a_remote_protocol_error(transport: PooledTransport) -> None:
+async def test_a_close_before_the_response_is_a_remote_protocol_error(transport: AsyncHTTP1Transport) -> None:
     with (
         raw_server(close_before_response) as server,
         pytest.raises(httpx.RemoteProtocolError, match="Server disconnected without sending a response"),
@@ -649,7 +651,7 @@ async def test_a_close_before_the_response_is_a_remote_protocol_error(transport:
         await transport.handle_async_request(request("GET", f"{server.url}/x"))
 
 
-async def test_a_close_in_the_middle_of_the_head_is_a_remote_protocol_error(transport: PooledTransport) -> None:
+async def test_a_close_in_the_middle_of_the_head_is_a_remote_protocol_error(transport: AsyncHTTP1Transport) -> None:
     def half_head(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
@@ -658,7 +660,7 @@ async def test_a_close_in_the_middle_of_the_head_is_a_remote_protocol_error(tran
         await transport.handle_async_request(request("GET", f"{server.url}/x"))
 
 
-async def test_a_close_mid_body_is_a_read_error(transport: PooledTransport) -> None:
+async def test_a_close_mid_body_is_a_read_error(transport: AsyncHTTP1Transport) -> None:
     with raw_server(close_mid_body) as server:
         response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
         assert response.status_code == 200
@@ -671,14 +673,14 @@ async def test_a_close_mid_body_is_a_read_error(transport: PooledTransport) -> N
         await response.aclose()
 
 
-async def test_a_reset_mid_body_is_a_read_error_in_the_oss_words(transport: PooledTransport) -> None:
+async def test_a_reset_mid_body_is_a_read_error_in_the_oss_words(transport: AsyncHTTP1Transport) -> None:
     with raw_server(reset_mid_body) as server:
         response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
         with pytest.raises(httpx.ReadError, match=r"^\[Errno 104\] Connection reset by peer$"):
             await response.aread()
 
 
-async def test_a_chunked_body_without_its_last_chunk_is_a_read_error(transport: PooledTransport) -> None:
+async def test_a_chunked_body_without_its_last_chunk_is_a_read_error(transport: AsyncHTTP1Transport) -> None:
     def no_last_chunk(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -701,7 +703,7 @@ async def test_a_chunked_body_without_its_last_chunk_is_a_read_error(transport: 
     ],
     ids=["status-not-a-number", "no-status-line", "two-lengths", "length-and-chunked", "status-99", "bare-101"],
 )
-async def test_a_malformed_response_is_a_remote_protocol_error(transport: PooledTransport, head: bytes) -> None:
+async def test_a_malformed_response_is_a_remote_protocol_error(transport: AsyncHTTP1Transport, head: bytes) -> None:
     def malformed(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
         conn.sendall(head)
@@ -720,7 +722,7 @@ async def test_a_malformed_response_is_a_remote_protocol_error(transport: Pooled
     ],
     ids=["101-header-lines", "70-KiB-head"],
 )
-async def test_a_response_head_beyond_the_limits_is_refused(transport: PooledTransport, head: bytes) -> None:
+async def test_a_response_head_beyond_the_limits_is_refused(transport: AsyncHTTP1Transport, head: bytes) -> None:
     def big_head(conn: socket.socket, stop: threading.Event) -> None:
         Reader(conn, stop).request()
         conn.sendall(head)
@@ -730,7 +732,7 @@ async def test_a_response_head_beyond_the_limits_is_refused(transport: PooledTra
         await transport.handle_async_request(request("GET", f"{server.url}/x"))
 
 
-async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_one(transport: PooledTransport) -> None:
+async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_one(transport: AsyncHTTP1Transport) -> None:
     def extra(head: bytes) -> bytes:
         return ok(head) + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
 
@@ -741,14 +743,14 @@ async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_one(tr
         assert server.connections == 2
 
 
-async def test_cr_or_lf_in_a_header_is_refused_before_sending(transport: PooledTransport) -> None:
+async def test_cr_or_lf_in_a_header_is_refused_before_sending(transport: AsyncHTTP1Transport) -> None:
     with raw_server(keep_alive(ok)) as server:
         with pytest.raises(httpx.LocalProtocolError):
             await transport.handle_async_request(request("GET", f"{server.url}/x", headers={"x-a": "1\r\nx-b: 2"}))
         assert server.connections == 0
 
 
-async def test_cancelling_a_request_drops_its_connection(transport: PooledTransport) -> None:
+async def test_cancelling_a_request_drops_its_connection(transport: AsyncHTTP1Transport) -> None:
     with raw_server(stall) as server:
         task = asyncio.ensure_future(transport.handle_async_request(request("GET", f"{server.url}/x")))
         await eventually(lambda: server.connections == 1)
@@ -761,7 +763,7 @@ async def test_cancelling_a_request_drops_its_connection(transport: PooledTransp
 # -- upgrades --------------------------------------------------------------------------------------------------------
 
 
-async def test_101_hands_over_the_connection_as_a_network_stream(transport: PooledTransport) -> None:
+async def test_101_hands_over_the_connection_as_a_network_stream(transport: AsyncHTTP1Transport) -> None:
     def upgrade_then_echo(conn: socket.socket, stop: threading.Event) -> None:
         reader = Reader(conn, stop)
         reader.request()
@@ -869,7 +871,7 @@ def tls_keep_alive(context: ssl.SSLContext) -> Callable[[socket.socket, threadin
 
 async def test_https_with_a_given_ssl_context(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_context, client_context = tls
-    pooled = PooledTransport(ssl_context=client_context)
+    pooled = AsyncHTTP1Transport(ssl_context=client_context)
     with raw_server(tls_keep_alive(server_context)) as server:
         url = server.url.replace("http://", "https://")
         for _ in range(2):
@@ -880,7 +882,7 @@ async def test_https_with_a_given_ssl_context(tls: tuple[ssl.SSLContext, ssl.SSL
 
 
 async def test_https_checks_the_certificate_by_default(
-    transport: PooledTransport, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+    transport: AsyncHTTP1Transport, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     with raw_server(tls_keep_alive(tls[0])) as server:
         url = server.url.replace("http://", "https://")
@@ -899,7 +901,7 @@ async def test_the_mesh_retries_through_it_on_another_endpoint(make_mesh: MakeMe
     with raw_server(close_before_response) as failing:
         retry = {"attempts": 2, "backoff": {"base": "1ms", "max": "2ms"}}
         mesh = make_mesh(mesh_config(failing.url, echo, retry=retry))
-        transport = mesh.async_transport(inner=PooledTransport())
+        transport = mesh.async_transport(inner=AsyncHTTP1Transport())
         async with httpx.AsyncClient(transport=transport) as client:
             responses = [await client.get("http://up/x") for _ in range(4)]
         assert [r.status_code for r in responses] == [200] * 4
@@ -910,11 +912,11 @@ async def test_the_mesh_retries_through_it_on_another_endpoint(make_mesh: MakeMe
 async def test_the_mesh_maps_its_errors(make_mesh: MakeMesh, free_port: int) -> None:
     with raw_server(close_mid_body) as failing:
         mesh = make_mesh(mesh_config(failing.url, retry={"attempts": 1}))
-        async with httpx.AsyncClient(transport=mesh.async_transport(inner=PooledTransport())) as client:
+        async with httpx.AsyncClient(transport=mesh.async_transport(inner=AsyncHTTP1Transport())) as client:
             with pytest.raises(UpstreamResetError):
                 await client.get("http://up/x")
     mesh = make_mesh(mesh_config(f"http://127.0.0.1:{free_port}", retry={"attempts": 1}))
-    async with httpx.AsyncClient(transport=mesh.async_transport(inner=PooledTransport())) as client:
+    async with httpx.AsyncClient(transport=mesh.async_transport(inner=AsyncHTTP1Transport())) as client:
         with pytest.raises(UpstreamConnectError):
             await client.get("http://up/x")
 
@@ -922,7 +924,7 @@ async def test_the_mesh_maps_its_errors(make_mesh: MakeMesh, free_port: int) -> 
 async def test_the_mesh_per_try_timeout_cancels_a_try(make_mesh: MakeMesh) -> None:
     with raw_server(stall) as stalled:
         mesh = make_mesh(mesh_config(stalled.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
-        inner = PooledTransport()
+        inner = AsyncHTTP1Transport()
         async with httpx.AsyncClient(transport=mesh.async_transport(inner=inner)) as client:
             with pytest.raises(meshlib.MeshError):
                 await client.get("http://up/x")
@@ -933,14 +935,14 @@ async def test_a_body_received_whole_is_past_the_meshs_timeouts(make_mesh: MakeM
     """As Envoy disarms its timeouts once the upstream response is complete: reading it later is fine."""
     mesh = make_mesh(mesh_config(echo, retry={"attempts": 1, "per_try_timeout": "100ms"}))
     async with (
-        httpx.AsyncClient(transport=mesh.async_transport(inner=PooledTransport())) as client,
+        httpx.AsyncClient(transport=mesh.async_transport(inner=AsyncHTTP1Transport())) as client,
         client.stream("GET", "http://up/x") as response,
     ):
         await asyncio.sleep(0.2)  # past the per-try timeout: a small answer came whole with its head
         assert (await response.aread()).startswith(b'{"name": "echo"')
 
 
-async def test_a_body_is_complete_once_it_all_came(transport: PooledTransport, echo: str) -> None:
+async def test_a_body_is_complete_once_it_all_came(transport: AsyncHTTP1Transport, echo: str) -> None:
     with raw_server(drip) as server:
         response = await transport.handle_async_request(request("GET", f"{server.url}/x"))
         stream: Any = response.stream
@@ -962,7 +964,7 @@ async def test_a_body_that_came_whole_while_the_reader_was_away_is_past_the_time
 
     with raw_server(in_two_parts) as server:
         mesh = make_mesh(mesh_config(server.url, retry={"attempts": 1, "per_try_timeout": "150ms"}))
-        pooled = PooledTransport()
+        pooled = AsyncHTTP1Transport()
         async with (
             httpx.AsyncClient(transport=mesh.async_transport(inner=pooled)) as client,
             client.stream("GET", "http://up/x") as response,

@@ -1,4 +1,4 @@
-"""PooledTransport's name lookups: one at a time per host, so a name that resolves slowly cannot clog the resolver.
+"""AsyncHTTP1Transport's name lookups: one at a time per host, so a name that resolves slowly cannot clog the resolver.
 
 The proxy's wedge (issue 9): a config without a cluster sends its host's
 requests through (``outbound_policy: allow_any``), each one looking the name
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import RunningServer, echo_app, start_server
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +82,7 @@ async def _get(client: httpx.AsyncClient, url: str) -> int | str:
 
 async def test_concurrent_connections_to_one_name_share_one_lookup(upstream: RunningServer, resolver: Resolver) -> None:
     port = _port(upstream)
-    async with httpx.AsyncClient(transport=PooledTransport()) as client:
+    async with httpx.AsyncClient(transport=AsyncHTTP1Transport()) as client:
         results = await asyncio.gather(*(_get(client, f"http://gone.test:{port}/") for _ in range(20)))
         assert results == ["ConnectError"] * 20
         assert resolver.calls["gone.test"] == 1
@@ -97,7 +97,7 @@ async def test_a_name_that_resolves_slowly_does_not_hold_up_other_names(
 ) -> None:
     """The wedge: with a lookup per request, 30 lookups of gone.test take 30 × 0.3 s / 2 threads = 4.5 s."""
     port = _port(upstream)
-    async with httpx.AsyncClient(transport=PooledTransport()) as client:
+    async with httpx.AsyncClient(transport=AsyncHTTP1Transport()) as client:
         stuck = [asyncio.ensure_future(_get(client, f"http://gone.test:{port}/")) for _ in range(30)]
         await asyncio.sleep(0.01)  # their lookups have started
         started = time.monotonic()
@@ -110,7 +110,7 @@ async def test_a_waiter_that_gives_up_leaves_the_lookup_to_the_others(
     upstream: RunningServer, resolver: Resolver
 ) -> None:
     url = f"http://slow.test:{_port(upstream)}/"
-    async with httpx.AsyncClient(transport=PooledTransport()) as client:
+    async with httpx.AsyncClient(transport=AsyncHTTP1Transport()) as client:
         hasty = asyncio.ensure_future(client.get(url, timeout=httpx.Timeout(5, connect=0.05)))
         patient = asyncio.ensure_future(client.get(url))
         with pytest.raises(httpx.ConnectTimeout):

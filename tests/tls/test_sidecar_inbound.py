@@ -21,7 +21,7 @@ import pytest
 import meshlib
 from meshlib._frontdoors.sidecar_listeners import InboundTls, inbound_handler
 from meshlib._sidecar.server import HttpServer
-from meshlib._sidecar.upstream import PooledTransport
+from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import start_server
 from tests.envoy_process import HCM, ROUTER, running_envoy, stats
 from tests.inbound.bypass_cases import CASES, POLICY, Case, raw_request
@@ -55,7 +55,7 @@ async def sidecar(inbound: dict[str, Any], app: str) -> AsyncIterator[tuple[mesh
     """The sidecar's inbound listener (in this loop) with ``inbound`` as the policy, forwarding to ``app``."""
     mesh = meshlib.Mesh.from_dict({"allow_empty": True, "inbound": inbound})
     sock = socket.create_server(("127.0.0.1", 0))
-    async with PooledTransport() as sender:
+    async with AsyncHTTP1Transport() as sender:
         server = HttpServer(
             "inbound", inbound_handler(mesh, app, sender), mesh.config.sidecar.limits, tls=InboundTls(mesh)
         )
