@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from meshlib._config.base import Loc
 from meshlib._config.durations import format_duration as _d
+from meshlib._config.hosts import host_matches
 from meshlib._config.load import format_loc
 from meshlib._config.models import (
     ClusterConfig,
@@ -23,7 +24,6 @@ from meshlib._config.models import (
     route_clusters,
 )
 from meshlib._config.resilience import needs_codes
-from meshlib._snapshot.matchers import host_matches
 
 __all__ = ["config_warnings", "log_config_warnings"]
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "live_queues", "schedule", "set_alarm"]
+__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "asyncio_loop", "live_queues", "schedule", "set_alarm"]
 
 # Queues per loop: enough for the few configured delays a mesh uses (per-try timeouts, hedge delays).
 MAX_QUEUES: Final = 16
@@ -181,3 +181,11 @@ def live_queues(loop: asyncio.AbstractEventLoop) -> tuple[int, int]:
     """How many queues ``loop`` has and how many alarms they hold (cancelled ones not yet dropped included)."""
     queues = _queues.get(loop, {})
     return len(queues), sum(len(q.alarms) for q in queues.values())
+
+
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under another anyio backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

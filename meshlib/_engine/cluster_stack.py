@@ -1,19 +1,21 @@
 """Cluster level: the way one route's requests take into one cluster, down to the endpoint.
 
-Built once per (route, cluster) pair per snapshot: the *leg*. In order,
-outermost first:
+Built once per (route, cluster) pair per snapshot: the *leg*, by
+:func:`build_leg` below. In order, outermost first:
 
     timeout → rate_limit → retry → hedge → circuit_breaker → [pick endpoint] → outlier → per_try_timeout → send
 
-The policies' live state (breaker, budget, limiter, ejections) belongs to the
-cluster and is shared by every leg into it; only the filters are per leg,
-because a route may override the cluster's timeout, retry, rate_limit and hedge.
+(the part after the pick is the endpoint level, endpoint_stack.py).
+``_snapshot/compile.py`` makes each policy from the route's and the
+cluster's config and hands it in. The policies' live state (breaker, budget,
+limiter, ejections) belongs to the cluster and is shared by every leg into
+it; only the filters are per leg, because a route may override the cluster's
+timeout, retry, rate_limit and hedge.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING
 from meshlib._clock import Clock
 from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
 from meshlib._engine.context import context_of
-from meshlib._engine.endpoint_stack import send, send_async
+from meshlib._engine.endpoint_stack import build_endpoint_stack, endpoint_filters
+from meshlib._engine.timeouts import TryTimeouts
 from meshlib._engine.urls import with_origin
 from meshlib._errors import NoHealthyUpstreamError
 from meshlib._observe.hooks import error_code
@@ -32,7 +35,7 @@ from meshlib._upstream.lb import LoadBalancer
 if TYPE_CHECKING:
     from meshlib._tls.cluster import ClusterTls
 
-__all__ = ["CompiledCluster", "Leg"]
+__all__ = ["CompiledCluster", "Leg", "build_leg"]
 
 # Refusals a cluster makes before any endpoint sees the request (counted as `refused` besides `errors`).
 _REFUSALS = frozenset(("circuit_open", "overloaded", "rate_limited", "no_healthy_upstream"))
@@ -130,14 +133,18 @@ class Leg:
     endpoint_filters: Sequence[Filter] = ()
     handle: SyncHandler = field(init=False, repr=False)
     handle_async: AsyncHandler = field(init=False, repr=False)
+    # What the timeout errors name (timeouts.py), read once here off the filters that set them.
+    request_timeout: float | None = field(init=False, default=None)
+    try_timeouts: TryTimeouts | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        tls = self.cluster.tls
-        # Chosen once per leg: a cluster without tls pays nothing for TLS on its requests.
-        terminal = send if tls is None else functools.partial(send, tls=tls)
-        terminal_async = send_async if tls is None else functools.partial(send_async, tls=tls)
-        to_endpoint = compose(self.endpoint_filters, terminal)
-        to_endpoint_async = compose_async(self.endpoint_filters, terminal_async)
+        for f in self.filters:
+            if f.name == "timeout":
+                self.request_timeout = getattr(f, "timeout", None)
+        for f in self.endpoint_filters:
+            if f.name == "per_try_timeout":
+                self.try_timeouts = getattr(f, "timeouts", None)
+        to_endpoint, to_endpoint_async = build_endpoint_stack(self.endpoint_filters, self.cluster.tls)
         pick = self.cluster.pick
         # Failures (a try's error or 5xx, a refusal) are noted on the cluster for the admin page; success costs
         # one status comparison.
@@ -188,3 +195,35 @@ class Leg:
     @property
     def filter_names(self) -> list[str]:
         return [f.name for f in (*self.filters, *self.endpoint_filters)]
+
+
+def build_leg(
+    cluster: CompiledCluster,
+    *,
+    timeout: Filter | None = None,
+    rate_limit: Filter | None = None,
+    retry: Filter | None = None,
+    hedge: Filter | None = None,
+    circuit_breaker: Filter | None = None,
+    outlier: Filter | None = None,
+    per_try_timeout: Filter | None = None,
+) -> Leg:
+    """One route's leg into ``cluster``: the filters in the documented order; a policy not given is left out."""
+    filters = [
+        f
+        for f in (
+            # The deadline is outermost so that it spans every try and every backoff below it.
+            timeout,
+            # Rate limit above the retries: a request costs one hit however many tries it takes.
+            rate_limit,
+            # Retry above the breaker: every try is admitted (or refused) by the breaker on its own.
+            retry,
+            # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
+            hedge,
+            # The breaker is the cluster's: admission before any I/O, outcome of each try after.
+            circuit_breaker,
+        )
+        if f is not None
+    ]
+    # Then the endpoint pick (Leg), and below it the endpoint level.
+    return Leg(cluster, filters, endpoint_filters(outlier=outlier, per_try_timeout=per_try_timeout))

@@ -11,9 +11,9 @@ import httpx
 if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.alarms import TaskAlarm
+    from meshlib._engine.route_stack import Route
     from meshlib._observe.exchange import Exchange
     from meshlib._observe.observers import Observers
-    from meshlib._snapshot.route import CompiledRoute
     from meshlib._tls.senders import TlsSenders
     from meshlib._upstream.endpoint import Endpoint
 
@@ -38,7 +38,7 @@ class CallContext:
     """
 
     original: httpx.Request
-    route: CompiledRoute
+    route: Route
     clock: Clock
     sender: httpx.BaseTransport | None = None
     async_sender: httpx.AsyncBaseTransport | None = None

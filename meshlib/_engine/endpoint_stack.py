@@ -1,21 +1,26 @@
-"""Endpoint level: the last step, sending one try to one endpoint through the front door's transport.
+"""Endpoint level: outlier → per_try_timeout → send, one try to the endpoint the leg picked.
 
-Errors from httpx are mapped to the mesh's typed errors here (``upstream_error``),
-at the one boundary where they come in; the endpoint (and the cluster's
-in-flight cap, in circuit_breaker.py) counts the request as busy until its
-body closes. A cluster with ``tls`` sends through the front door's transport
-for that cluster's TLS settings (``_tls/senders.py``) instead of its inner
-one: its leg binds ``tls`` once (``cluster_stack.py``), and a cluster without
-it pays one ``is None`` test.
+Built once per leg per snapshot: :func:`endpoint_filters` puts the filters in
+this order (``_snapshot/compile.py`` makes them), :func:`build_endpoint_stack`
+composes them over the send. The last step sends through the front door's
+transport. Errors from httpx are mapped to the mesh's typed errors here
+(``upstream_error``), at the one boundary where they come in; the endpoint
+(and the cluster's in-flight cap, in circuit_breaker.py) counts the request
+as busy until its body closes. A cluster with ``tls`` sends through the front
+door's transport for that cluster's TLS settings (``_tls/senders.py``)
+instead of its inner one: its leg binds ``tls`` once (:func:`build_endpoint_stack`),
+and a cluster without it pays one ``is None`` test.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httpx
 
-from meshlib._engine.base import Request, Response
+from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
 from meshlib._engine.context import context_of
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
@@ -24,7 +29,29 @@ from meshlib._observe.hooks import try_started
 if TYPE_CHECKING:
     from meshlib._tls.cluster import ClusterTls
 
-__all__ = ["send", "send_async"]
+__all__ = ["build_endpoint_stack", "endpoint_filters", "send", "send_async"]
+
+
+def endpoint_filters(*, outlier: Filter | None = None, per_try_timeout: Filter | None = None) -> list[Filter]:
+    """The endpoint level's filters in the documented order; a policy not given is left out."""
+    return [
+        f
+        for f in (
+            # Outlier detection sees every try's outcome on its endpoint, timeouts of this try included.
+            outlier,
+            # Per try, below the endpoint pick: bounds this try by per_try_timeout, connect_timeout and the deadline.
+            per_try_timeout,
+        )
+        if f is not None
+    ]
+
+
+def build_endpoint_stack(filters: Sequence[Filter], tls: ClusterTls | None) -> tuple[SyncHandler, AsyncHandler]:
+    """``filters`` (from :func:`endpoint_filters`) composed over the send, sync and async."""
+    # Chosen once per leg: a cluster without tls pays nothing for TLS on its requests.
+    terminal = send if tls is None else functools.partial(send, tls=tls)
+    terminal_async = send_async if tls is None else functools.partial(send_async, tls=tls)
+    return compose(filters, terminal), compose_async(filters, terminal_async)
 
 
 def send(request: Request, tls: ClusterTls | None = None) -> Response:

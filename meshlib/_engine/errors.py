@@ -1,10 +1,18 @@
-"""Error mapping at the send boundary: httpx's transport errors → the mesh's typed errors.
+"""Error mapping at the send boundary: httpx's transport errors → the mesh's typed errors, in one place.
 
-Like httpx's ``map_httpcore_exceptions``: the most specific match wins, and
-the original error stays as ``__cause__``. Every message says what happened
-in words that read the same in sync and async (:func:`describe`), with the
-try, route, cluster and endpoint; a timeout's names the timeout that ran out
-(``_policies/timeout.py``).
+Like httpx's ``map_httpcore_exceptions``: one table, the most specific match
+wins, and the original error stays as ``__cause__``. Every message says what
+happened in words that read the same in sync and async (:func:`describe`).
+Two callers:
+
+* :func:`upstream_error`, for a try the engine sent: the message names the
+  try, route, cluster and endpoint; a timeout's names the timeout that ran
+  out (``_policies/timeout.py``); errors that are not the upstream's (a
+  malformed request, an unsupported scheme) pass through as they are.
+* :func:`mesh_error`, for a front door that must answer every failure on the
+  wire (the sidecar's listener: passthrough traffic goes straight to the
+  sender, and a response it cannot write is the upstream's fault): the
+  message names the endpoint, and any other transport error is a reset.
 """
 
 from __future__ import annotations
@@ -18,11 +26,18 @@ import ssl
 import httpx
 
 from meshlib._engine.context import CallContext
-from meshlib._errors import MeshError, PeerIdentityError, UpstreamConnectError, UpstreamResetError, try_message
-from meshlib._policies.timeout import Phase, timeout_error
+from meshlib._engine.timeouts import Phase, timeout_error
+from meshlib._errors import (
+    MeshError,
+    PeerIdentityError,
+    RequestTimeoutError,
+    UpstreamConnectError,
+    UpstreamResetError,
+    try_message,
+)
 from meshlib._tls.identity import PeerIdentityMismatch
 
-__all__ = ["describe", "openssl_words", "upstream_error"]
+__all__ = ["describe", "mesh_error", "openssl_words", "upstream_error"]
 
 # Order matters: ConnectTimeout is a TimeoutException, but the request never left, so it is a connect failure.
 _PHASES: tuple[tuple[type[httpx.TimeoutException], Phase], ...] = (
@@ -30,9 +45,12 @@ _PHASES: tuple[tuple[type[httpx.TimeoutException], Phase], ...] = (
     (httpx.WriteTimeout, "write"),
     (httpx.PoolTimeout, "pool"),
 )
-# ConnectError is a NetworkError too, so it goes first.
+# What a transport error stands for, most specific first: ConnectError is a NetworkError, and ConnectTimeout
+# a TimeoutException whose request never left, so a connect failure. (A try's timeouts say more: timeout_error.)
 _MAPPING: tuple[tuple[type[httpx.TransportError], type[MeshError]], ...] = (
     (httpx.ConnectError, UpstreamConnectError),
+    (httpx.ConnectTimeout, UpstreamConnectError),
+    (httpx.TimeoutException, RequestTimeoutError),
     (httpx.NetworkError, UpstreamResetError),
     (httpx.RemoteProtocolError, UpstreamResetError),
 )
@@ -84,17 +102,42 @@ def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | N
     if isinstance(exc, httpx.TimeoutException):
         phase: Phase = next((phase for cls, phase in _PHASES if isinstance(exc, cls)), "read")
         return timeout_error(ctx, phase)
-    for source, target in _MAPPING:
-        if isinstance(exc, source):
-            message = try_message(
-                describe(exc),
-                attempt=ctx.attempt,
-                route=ctx.route.name,
-                cluster=ctx.cluster,
-                endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
-            )
-            return target(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
-    return None
+    target = _mesh_class(exc)
+    if target is None:
+        return None
+    message = try_message(
+        describe(exc),
+        attempt=ctx.attempt,
+        route=ctx.route.name,
+        cluster=ctx.cluster,
+        endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
+    )
+    return target(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
+
+
+def mesh_error(exc: BaseException, request: httpx.Request | None) -> MeshError | None:
+    """The ``MeshError`` that stands for ``exc`` on the wire, or None for an exception that is no transport error.
+
+    For a front door that answers every failure itself (the sidecar's
+    listener): a ``MeshError`` is itself; a transport error raised outside
+    the engine's tries (passthrough traffic) maps through the same table as
+    a try's, every other one (a malformed request, a response that can't be
+    passed on) is an :class:`UpstreamResetError`, as Envoy resets the
+    stream. The message says what happened and where:
+    ``connection refused (endpoint http://host:port)``.
+    """
+    if isinstance(exc, MeshError):
+        return exc
+    if not isinstance(exc, httpx.TransportError):
+        return None
+    message = describe(exc)
+    if request is not None:
+        message += f" (endpoint {request.url.scheme}://{request.url.netloc.decode('ascii')})"
+    return (_mesh_class(exc) or UpstreamResetError)(message, request=request)
+
+
+def _mesh_class(exc: httpx.TransportError) -> type[MeshError] | None:
+    return next((target for source, target in _MAPPING if isinstance(exc, source)), None)
 
 
 def describe(exc: BaseException) -> str:

@@ -1,7 +1,9 @@
 """Inbound: normalise → peer authn (mTLS) → JWT authn → authz; compiled once per snapshot, called by every door.
 
-A door (ASGI/WSGI middleware, the sidecar's inbound listener) builds an
-:class:`InboundRequest` from what it received, calls
+Built by :func:`build_inbound_stack` below, which says where each filter
+goes; ``_snapshot/compile.py`` makes each policy from the ``inbound:``
+config and hands it in. A door (ASGI/WSGI middleware, the sidecar's inbound
+listener) builds an :class:`InboundRequest` from what it received, calls
 ``mesh.snapshot.inbound.check(request)`` and carries out the
 :class:`InboundResult`: answer its ``denial``, or hand the app the
 normalised path, the header edits and ``identity``. Sans-I/O: nothing here
@@ -11,74 +13,30 @@ features (rate limits, server spans, metrics) join the filter list.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Final
+from collections.abc import Callable, Sequence
+from typing import Final
 
 from meshlib._config.security import InboundConfig
-from meshlib._engine.inbound_context import (
-    BAD_REQUEST,
-    Denial,
-    InboundContext,
-    InboundFilter,
-    InboundRequest,
-    InboundResult,
-)
-from meshlib._policies.authz import AuthzFilter, IpMatch, compile_policies, normal_host
-from meshlib._policies.identity import Identity, Peer
-from meshlib._policies.path_normalize import PathError, normalize_path
-from meshlib._policies.peer_authn import PeerAuthnFilter
+from meshlib._engine.inbound_context import Identity, InboundContext, InboundFilter, InboundRequest, InboundResult, Peer
 
-if TYPE_CHECKING:
-    from meshlib._policies.authn import KeySource
+__all__ = ["InboundStack", "build_inbound_stack"]
 
-__all__ = ["InboundStack", "NormalizeFilter", "build_inbound_stack"]
-
-# RFC 9110 §9.1: a method is a token; Istio refuses one that is not upper case with 400, so that a
-# deny on DELETE cannot be dodged with "delete" (an app such as Werkzeug upper-cases it).
 # Distinct peer addresses remembered; a workload has few (its sidecar, its callers).
 _TRUST_CACHE_SIZE: Final = 4096
-_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
-_METHOD: Final = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]+")
-
-
-# Host header → its normal form; a workload is called by few names.
-_HOST_CACHE_SIZE: Final = 1024
-_hosts: dict[str, str] = {}
-
-
-class NormalizeFilter:
-    """Checks the method and normalises the path (path_normalize.py) and host; 400 for what it refuses."""
-
-    name: ClassVar[str] = "normalize"
-
-    def apply(self, ctx: InboundContext) -> Denial | None:
-        request = ctx.request
-        if request.method not in _METHODS and _METHOD.fullmatch(request.method) is None:
-            return Denial(400, BAD_REQUEST, f"invalid method {request.method!r}: methods are upper-case tokens")
-        try:
-            ctx.path, ctx.decoded_path = normalize_path(request.raw_path)
-        except PathError as exc:
-            return Denial(400, BAD_REQUEST, f"invalid path: {exc}")
-        host = request.host
-        if host is not None:
-            found = _hosts.get(host)
-            if found is None:
-                found = normal_host(host)
-                if len(_hosts) < _HOST_CACHE_SIZE:
-                    _hosts[host] = found
-            ctx.host = found
-        return None
 
 
 class InboundStack:
-    """The compiled ``inbound:`` policy of one snapshot: its filters in order, and :meth:`check`."""
+    """The compiled ``inbound:`` policy of one snapshot: its filters in order, and :meth:`check`.
 
-    def __init__(self, filters: Sequence[InboundFilter], config: InboundConfig | None) -> None:
+    ``trusted`` tells the addresses of ``inbound.trusted_proxies`` (authz.py's ``IpMatch``).
+    """
+
+    def __init__(
+        self, filters: Sequence[InboundFilter], config: InboundConfig | None, trusted: Callable[[str | None], bool]
+    ) -> None:
         self.filters = tuple(filters)
         self.config = config
-        blocks = config.trusted_proxies if config is not None else InboundConfig().trusted_proxies
-        self._trusted = IpMatch(blocks)
+        self._trusted = trusted
         self._trust_cache: dict[str | None, bool] = {}
         # The doors' (address, XFCC) → (Peer, strip XFCC) memo (inbound_door.resolve_peer); dropped with the stack.
         self.peer_cache: dict[tuple[str | None, str | None], tuple[Peer, bool]] = {}
@@ -110,22 +68,26 @@ class InboundStack:
 
 
 def build_inbound_stack(
-    config: InboundConfig | None, jwks: Sequence[KeySource], *, realm: str = "meshlib"
+    config: InboundConfig | None,
+    *,
+    normalize: InboundFilter,
+    trusted: Callable[[str | None], bool],
+    peer_authn: InboundFilter | None = None,
+    jwt: InboundFilter | None = None,
+    authz: InboundFilter | None = None,
 ) -> InboundStack:
-    """The stack for ``config`` (None: normalisation only); ``jwks[i]`` holds the keys of ``config.jwt[i]``."""
-    # Normalise first: every later decision (and the app) must see the same path (CVE-2021-31920).
-    filters: list[InboundFilter] = [NormalizeFilter()]
-    if config is not None:
-        # The peer is settled before the token: Istio's PeerAuthentication runs in the TLS handshake.
-        if config.mtls is not None:
-            filters.append(PeerAuthnFilter(config.mtls))
-        # Authentication before authorization: rules on request_principals need the verified token.
-        if config.jwt:
-            # PyJWT (and cryptography) load only for a mesh that checks tokens: idle memory and start-up stay small.
-            from meshlib._policies.authn import JwtFilter, JwtProvider
-
-            providers = [JwtProvider.from_config(p, keys) for p, keys in zip(config.jwt, jwks, strict=True)]
-            filters.append(JwtFilter(providers, realm=realm))
-        if config.authorization:
-            filters.append(AuthzFilter(compile_policies(config.authorization)))
-    return InboundStack(filters, config)
+    """The stack for ``config`` (None: normalisation only), its filters in the documented order; None is left out."""
+    filters = [
+        f
+        for f in (
+            # Normalise first: every later decision (and the app) must see the same path (CVE-2021-31920).
+            normalize,
+            # The peer is settled before the token: Istio's PeerAuthentication runs in the TLS handshake.
+            peer_authn,
+            # Authentication before authorization: rules on request_principals need the verified token.
+            jwt,
+            authz,
+        )
+        if f is not None
+    ]
+    return InboundStack(filters, config, trusted)

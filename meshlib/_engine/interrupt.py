@@ -19,6 +19,14 @@ The same streams end each read at :data:`READ_DEADLINE`, when the try (its
 response body included) must be over: httpcore hands every read of a body the
 same read timeout, so without it an upstream that sends a byte now and then
 could keep a sync caller reading long past its timeouts.
+
+Only a config that needs one or the other gets the backend
+(:func:`interrupts_needed`: a ``hedge``, or a ``timeout`` or
+``per_try_timeout`` that bounds a try), and the front door installs it only
+then, also when a reload brings one in; a client wrapped for a mesh without
+them keeps httpx's own backend untouched. Connections a pool opened before
+the backend was installed cannot be interrupted: while any is in the pool,
+the transport counts as not interruptible.
 """
 
 from __future__ import annotations
@@ -27,12 +35,16 @@ import contextlib
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
+
+if TYPE_CHECKING:
+    from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig
 
 __all__ = [
     "CURRENT",
@@ -42,6 +54,7 @@ __all__ = [
     "TryInterrupted",
     "WrappingBackend",
     "interruptible",
+    "interrupts_needed",
     "make_interruptible",
 ]
 
@@ -53,6 +66,8 @@ READ_DEADLINE: ContextVar[float | None] = ContextVar("meshlib_read_deadline", de
 
 # Set on a sender whose blocking calls honour CURRENT (or that never block).
 _MARK = "_meshlib_interruptible"
+# Set on a transport whose pool had connections when it got the backend: those (weakly held) cannot be interrupted.
+_OLDER = "_meshlib_uninterruptible_connections"
 
 
 class TryInterrupted(BaseException):
@@ -189,6 +204,23 @@ class InterruptibleBackend(WrappingBackend):
         super().__init__(inner, _Stream)
 
 
+def interrupts_needed(config: MeshConfig) -> bool:
+    """Whether a sync try under ``config`` may have to be cut short in a read: by a hedge that won, or at its deadline.
+
+    True when a route or cluster has a ``hedge`` (what a hedge interrupts), a
+    ``timeout`` or a ``retry.per_try_timeout`` (what sets ``READ_DEADLINE``).
+    A cluster no route sends to may make this true for nothing: the backend
+    then only costs a context variable read or two per read and write.
+    """
+    scopes: list[ClusterConfig | RouteConfig] = [*config.clusters.values(), *config.routes]
+    for policies in scopes:
+        if policies.hedge is not None or policies.timeout is not None:
+            return True
+        if policies.retry is not None and policies.retry.per_try_timeout is not None:
+            return True
+    return False
+
+
 def make_interruptible(transport: httpx.BaseTransport) -> None:
     """Let a hedge interrupt ``transport``'s blocked tries, when it is httpx's HTTP/1.1 transport.
 
@@ -202,6 +234,9 @@ def make_interruptible(transport: httpx.BaseTransport) -> None:
         return  # HTTP/2 multiplexes tries over one socket: shutting it down would cut the others
     if not isinstance(backend, InterruptibleBackend):
         pool._network_backend = InterruptibleBackend(backend)
+        older = pool.connections  # opened through the backend before: their streams do not honour an Interrupt
+        if older:
+            setattr(transport, _OLDER, weakref.WeakSet(older))
     setattr(transport, _MARK, True)
 
 
@@ -210,5 +245,11 @@ def interruptible(sender: httpx.BaseTransport | None) -> bool:
     if not getattr(sender, _MARK, False):
         return False
     pool = getattr(sender, "_pool", None)
+    older: weakref.WeakSet[httpcore.ConnectionInterface] | None = getattr(sender, _OLDER, None)
+    if older is not None and pool is not None:
+        # A try might be sent on a connection opened before the backend was installed: not until those are gone.
+        if any(connection in older for connection in pool.connections):
+            return False
+        setattr(sender, _OLDER, None)
     # respx patches the pool class's handle_request: no socket is ever read, so nothing could be interrupted.
     return pool is None or type(pool).handle_request.__module__.startswith("httpcore.")

@@ -8,29 +8,52 @@ the CallContext down to the endpoint level.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from meshlib._engine.context import EXTENSION, CallContext, context_of
 from meshlib._errors import RouteNotFoundError
 from meshlib._observe.hooks import failed, observed, outbound_exchange
-from meshlib._snapshot.route import CompiledRoute
-from meshlib._snapshot.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from meshlib._clock import Clock
+    from meshlib._engine.route_stack import Route
+    from meshlib._observe.observers import Observers
     from meshlib._tls.senders import TlsSenders
 
-__all__ = ["handle", "handle_async"]
+__all__ = ["OutboundSnapshot", "Routes", "handle", "handle_async"]
+
+
+class Routes(Protocol):
+    """A snapshot's route table (``_snapshot/route_table.py``): the route that claims a request, or None."""
+
+    def match(self, request: httpx.Request) -> Route | None: ...
+
+
+class OutboundSnapshot(Protocol):
+    """What the outbound entry reads of a snapshot (``_snapshot/snapshot.py``), which the engine does not import."""
+
+    @property
+    def routes(self) -> Routes: ...
+
+    @property
+    def passthrough(self) -> bool: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def observers(self) -> Observers | None: ...
 
 
 def _prepare(
-    snapshot: Snapshot,
+    snapshot: OutboundSnapshot,
     request: httpx.Request,
     sender: httpx.BaseTransport | None,
     async_sender: httpx.AsyncBaseTransport | None,
     tls: TlsSenders | None,
-) -> tuple[CompiledRoute, httpx.Request] | None:
+) -> tuple[Route, httpx.Request] | None:
     route = snapshot.routes.match(request)
     if route is None:
         if snapshot.passthrough:
@@ -60,7 +83,7 @@ def _prepare(
 
 
 def handle(
-    snapshot: Snapshot, request: httpx.Request, sender: httpx.BaseTransport, tls: TlsSenders | None = None
+    snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.BaseTransport, tls: TlsSenders | None = None
 ) -> httpx.Response:
     """Send ``request`` through the mesh, using ``sender`` for the network (sync), ``tls`` for clusters with tls."""
     prepared = _prepare(snapshot, request, sender, None, tls)
@@ -81,7 +104,7 @@ def handle(
 
 
 async def handle_async(
-    snapshot: Snapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
+    snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
 ) -> httpx.Response:
     """The async twin of :func:`handle`."""
     prepared = _prepare(snapshot, request, None, sender, tls)

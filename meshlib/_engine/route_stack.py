@@ -1,6 +1,8 @@
 """Route level: fault → header edits → rewrite → mirror → split (dispatch to a cluster) or direct response.
 
-Built once per route per snapshot. The terminal handler of this level is the
+Built once per route per snapshot, by :func:`build_route_stack` below: it
+says where each filter goes; ``_snapshot/compile.py`` makes each policy from
+the route's config and hands it in. The terminal handler of this level is the
 dispatcher, which calls the route's leg into the chosen cluster
 (cluster_stack.py). The split draws once per request: like Envoy's weighted
 clusters, retries stay in the cluster that was drawn.
@@ -8,68 +10,93 @@ clusters, retries stay in the cluster that was drawn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
-from meshlib._config.models import RouteConfig
 from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
 from meshlib._engine.cluster_stack import Leg
-from meshlib._policies.direct_response import DirectResponsePolicy
-from meshlib._policies.headers import HeadersFilter
-from meshlib._policies.rewrite import RewriteFilter, RewritePolicy
-from meshlib._policies.split import SplitPolicy
 
-__all__ = ["build_route_handlers", "route_filters"]
+__all__ = ["Route", "RouteStack", "build_route_stack"]
 
 
-def route_filters(config: RouteConfig, *, fault: Filter | None = None, mirror: Filter | None = None) -> list[Filter]:
-    """The route's filters, outermost first; a policy that is not configured is left out."""
-    filters: list[Filter] = []
-    # Faults first: an injected abort must not reach a mirror, spend retry budget or trip a breaker.
-    if fault is not None:
-        filters.append(fault)
-    # Header edits wrap everything below, so response edits also apply to direct responses.
-    headers = HeadersFilter.from_config(config.headers)
-    if headers is not None:
-        filters.append(headers)
-    # Rewrite changes what the upstream sees, not what matched.
-    rewrite = RewritePolicy.from_route(config)
-    if rewrite is not None:
-        filters.append(RewriteFilter(rewrite))
-    # Mirror last, so the shadow gets the request exactly as the primary cluster does (edited, rewritten),
-    # and outside the cluster's timeout and retries, so the copy never eats the caller's time.
-    if mirror is not None:
-        filters.append(mirror)
-    return filters
+class Route(Protocol):
+    """A route as the engine runs it: the snapshot's ``CompiledRoute`` (``_snapshot/route.py``).
+
+    ``handle``/``handle_async`` are the route's stack, composed by :func:`build_route_stack`;
+    ``legs`` its ways into its clusters (cluster_stack.py), by cluster name.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def legs(self) -> Mapping[str, Leg]: ...
+
+    @property
+    def handle(self) -> SyncHandler: ...
+
+    @property
+    def handle_async(self) -> AsyncHandler: ...
 
 
-def build_route_handlers(
-    config: RouteConfig,
-    filters: list[Filter],
+class RouteStack(NamedTuple):
+    """What :func:`build_route_stack` composed: the route's filters, outermost first, and its handlers."""
+
+    filters: Sequence[Filter]
+    handle: SyncHandler
+    handle_async: AsyncHandler
+
+
+def build_route_stack(
     legs: Mapping[str, Leg],
-    split: SplitPolicy | None,
-) -> tuple[SyncHandler, AsyncHandler]:
-    """Compose ``filters`` over the route's terminal: a direct response or a split dispatch."""
-    if config.direct_response is not None:
-        direct = DirectResponsePolicy.from_config(config.direct_response)
+    *,
+    fault: Filter | None = None,
+    headers: Filter | None = None,
+    rewrite: Filter | None = None,
+    mirror: Filter | None = None,
+    draw: Callable[[], str] | None = None,
+    direct_response: SyncHandler | None = None,
+) -> RouteStack:
+    """The route's stack: its filters in the documented order over its terminal; a policy not given is left out.
 
-        def respond(request: Request) -> Response:
-            return direct.respond(request)
+    The terminal is ``direct_response`` when given, else the dispatch into
+    ``legs``: the only leg, or ``legs[draw()]`` (the split's draw) when there are several.
+    """
+    filters = [
+        f
+        for f in (
+            # Faults first: an injected abort must not reach a mirror, spend retry budget or trip a breaker.
+            fault,
+            # Header edits wrap everything below, so response edits also apply to direct responses.
+            headers,
+            # Rewrite changes what the upstream sees, not what matched.
+            rewrite,
+            # Mirror last, so the shadow gets the request exactly as the primary cluster does (edited, rewritten),
+            # and outside the cluster's timeout and retries, so the copy never eats the caller's time.
+            mirror,
+        )
+        if f is not None
+    ]
+    if direct_response is not None:
+        respond = direct_response
 
         async def respond_async(request: Request) -> Response:
-            return direct.respond(request)
+            return respond(request)
 
-        return compose(filters, respond), compose_async(filters, respond_async)
+        return RouteStack(filters, compose(filters, respond), compose_async(filters, respond_async))
 
-    assert split is not None
-    if len(split.clusters) == 1:
+    if len(legs) == 1:
         # No draw needed: call the cluster's stack directly.
-        only = legs[split.clusters[0]]
-        return compose(filters, only.handle), compose_async(filters, only.handle_async)
+        only = next(iter(legs.values()))
+        return RouteStack(filters, compose(filters, only.handle), compose_async(filters, only.handle_async))
+
+    assert draw is not None, "a route into several clusters needs the split's draw"
+    pick = draw
 
     def dispatch(request: Request) -> Response:
-        return legs[split.pick()].handle(request)
+        return legs[pick()].handle(request)
 
     async def dispatch_async(request: Request) -> Response:
-        return await legs[split.pick()].handle_async(request)
+        return await legs[pick()].handle_async(request)
 
-    return compose(filters, dispatch), compose_async(filters, dispatch_async)
+    return RouteStack(filters, compose(filters, dispatch), compose_async(filters, dispatch_async))

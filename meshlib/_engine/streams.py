@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import anyio
 import httpx
 
-from meshlib._engine.alarms import TaskAlarm, schedule
+from meshlib._engine.alarms import TaskAlarm, asyncio_loop, schedule
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.interrupt import READ_DEADLINE
-from meshlib._policies.timeout import timeout_error
+from meshlib._engine.timeouts import timeout_error
 
 if TYPE_CHECKING:
     from meshlib._engine.context import CallContext
@@ -61,6 +61,11 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._deadline = ctx.try_deadline
             # The try's own timer on asyncio, due at that deadline: the body's now, so it costs no timer of its own.
             self._alarm, ctx.try_alarm = ctx.try_alarm, None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body is here already, so no read of it waits (a listener then writes it at once)."""
+        return _received_whole(self._stream)
 
     @property
     def closed(self) -> bool:
@@ -138,7 +143,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             ctx = self._ctx
             assert ctx is not None
             monotonic = ctx.clock.monotonic
-            loop = asyncio._get_running_loop()
+            loop = asyncio_loop()
             chunks = stream.__aiter__()
             while True:
                 if _received_whole(stream):  # the rest came meanwhile: nothing left to wait for

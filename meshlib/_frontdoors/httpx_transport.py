@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 from meshlib._engine import outbound
-from meshlib._engine.interrupt import make_interruptible
+from meshlib._engine.interrupt import interrupts_needed, make_interruptible
 from meshlib._tls.senders import TlsSenders
 
 if TYPE_CHECKING:
     from meshlib._mesh import Mesh
+    from meshlib._snapshot.snapshot import Snapshot
 
 __all__ = ["AsyncMeshTransport", "MeshTransport", "wrap"]
 
@@ -22,23 +24,43 @@ class MeshTransport(httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that routes each request through a :class:`meshlib.Mesh`.
 
     ``inner`` does the network I/O (default: ``httpx.HTTPTransport()``); since
-    it is httpx's own transport, respx mocks sit under the whole mesh. An
-    ``httpx.HTTPTransport`` gets a network backend that lets a winning hedge
-    interrupt a try blocked in a read (see ``_engine/interrupt.py``).
-    Clusters with ``tls`` are sent through transports of the mesh's own,
-    built with their TLS settings (an ``httpx.MockTransport`` inner is used
-    for them too: it does no network I/O).
+    it is httpx's own transport, respx mocks sit under the whole mesh. When
+    the mesh's config has a hedge or a timeout for a sync try
+    (``interrupts_needed``), an ``httpx.HTTPTransport`` gets a network
+    backend that lets a winning hedge interrupt a try blocked in a read, and
+    ends a read at the try's deadline (see ``_engine/interrupt.py``): at
+    once, or at the first request after a reload that brings one in. Until
+    then, httpx's own backend is left untouched. Clusters with ``tls`` are
+    sent through transports of the mesh's own, built with their TLS settings
+    (an ``httpx.MockTransport`` inner is used for them too: it does no
+    network I/O).
     """
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self.mesh = mesh
         self.inner = inner if inner is not None else httpx.HTTPTransport()
-        make_interruptible(self.inner)
         self._tls = TlsSenders(sync_base=self.inner)
+        self._lock = threading.Lock()
+        self._interruptible = False  # the backend is installed (never taken out: a reload may bring it back)
+        self._checked: Snapshot | None = None  # the snapshot whose config was last asked
+        self._check(mesh.snapshot)
+
+    def _check(self, snapshot: Snapshot) -> None:
+        """Install the interrupting backend if ``snapshot``'s config needs it (once per snapshot, and only once)."""
+        with self._lock:
+            if self._checked is snapshot:
+                return
+            if not self._interruptible and interrupts_needed(snapshot.config):
+                make_interruptible(self.inner)
+                self._interruptible = True
+            self._checked = snapshot
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         # One read of the current snapshot: a reload mid-request does not change this request's view.
-        return outbound.handle(self.mesh.snapshot, request, self.inner, self._tls)
+        snapshot = self.mesh.snapshot
+        if snapshot is not self._checked:  # a reload since: it may bring the first hedge or timeout
+            self._check(snapshot)
+        return outbound.handle(snapshot, request, self.inner, self._tls)
 
     def close(self) -> None:
         try:

@@ -8,9 +8,8 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
-from meshlib._engine.inbound_context import Denial, InboundRequest
+from meshlib._engine.inbound_context import Denial, InboundRequest, Peer, PeerCertificate
 from meshlib._engine.inbound_stack import InboundStack
-from meshlib._policies.identity import Peer, PeerCertificate
 from meshlib._policies.xfcc import peer_from_xfcc
 from meshlib._wire import ERROR_HEADER
 

@@ -3,7 +3,9 @@
 The listener (``meshlib/_sidecar/server.py``) parses and checks the request
 and builds an ``httpx.Request`` with the absolute URL; these handlers hand it
 to the engine. Errors are turned into responses by the listener, one format
-for all (``meshlib._wire.error_head``).
+for all (``meshlib._wire.error_head``). What the two share is defined on this
+side (``sidecar_requests.py``): ``_sidecar`` imports the front door, never
+the other way round.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from typing import TYPE_CHECKING, Final, Literal
 import httpx
 
 from meshlib._engine import outbound
+from meshlib._engine.inbound_context import Peer, PeerCertificate
 from meshlib._engine.urls import with_origin
 from meshlib._errors import RouteNotFoundError
 from meshlib._frontdoors.inbound_door import certificate_from_der, denial_headers, request_from_wire
+from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
 from meshlib._observe.hooks import SIDECAR_DOOR, error_code, inbound_exchange, inbound_finished, inbound_observed
-from meshlib._policies.identity import Peer, PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER, format_xfcc
-from meshlib._sidecar.server import DOWNSTREAM, REQUEST_LINE, Downstream, Handler
-from meshlib._sidecar.tunnel import ConnectPolicy
 from meshlib._wire import ERROR_HEADER
 
 if TYPE_CHECKING:

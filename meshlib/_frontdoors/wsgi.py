@@ -8,12 +8,11 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundRequest
+from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundRequest, PeerCertificate
 from meshlib._frontdoors.inbound_door import IDENTITY_KEY, certificate_from_pem, denial_headers, resolve_peer
 from meshlib._observe.exchange import Exchange
 from meshlib._observe.hooks import content_length, error_code, inbound_exchange, inbound_finished
 from meshlib._observe.observers import Observers
-from meshlib._policies.identity import PeerCertificate
 from meshlib._policies.xfcc import XFCC_HEADER
 
 if TYPE_CHECKING:

@@ -25,8 +25,7 @@ from urllib.parse import parse_qsl
 import jwt
 
 from meshlib._config.security import JwtProviderConfig
-from meshlib._engine.inbound_context import UNAUTHENTICATED, Denial, InboundContext
-from meshlib._policies.identity import JwtPrincipal
+from meshlib._engine.inbound_context import UNAUTHENTICATED, Denial, InboundContext, JwtPrincipal
 from meshlib._policies.jwks import ALGORITHMS, KeySet
 
 __all__ = ["JwtError", "JwtFilter", "JwtProvider", "KeySource", "TokenCache"]

@@ -24,8 +24,7 @@ from meshlib._config.security import (
     RuleConfig,
     SourceConfig,
 )
-from meshlib._engine.inbound_context import FORBIDDEN, Denial, InboundContext
-from meshlib._policies.identity import spiffe_namespace
+from meshlib._engine.inbound_context import FORBIDDEN, Denial, InboundContext, spiffe_namespace
 
 __all__ = ["AuthzFilter", "CompiledPolicy", "IpMatch", "compile_policies", "normal_host"]
 

@@ -24,6 +24,14 @@ against the cluster's ``retry_budget``). A refused hedge is not sent and the
 request stops hedging: it keeps waiting on the tries already in flight. Both
 refusals are decided in one place, ``HedgeFilter._spend``, which all four
 drivers (sync and async, inline and racing) call.
+
+The rest is decided in one place too, without I/O: ``_Race`` sends each try
+(asking ``_spend``), takes the outcomes, says which ends the race, and tells
+the caller's context where the request went (the winner's try, or the failed
+try whose failure is the outcome, and every try's endpoints, for a retry
+above); ``_Inline`` adds what the two inline drivers share (a hedge that wins
+while the first try runs, the end of the first try, settling on the hedges
+when it failed). The drivers, sync and async twins, only do the I/O.
 """
 
 from __future__ import annotations
@@ -151,11 +159,31 @@ class SlowShare:
 
 
 class _Race:
-    """One request's tries and their outcomes so far; what the drivers of both modes share.
+    """One request's tries and their outcomes so far: the decisions all four drivers share, without I/O.
 
-    Per request (never kept on the filter). Times are real monotonic seconds,
-    passed in by the driver.
+    Per request (never kept on the filter). ``contexts`` holds each try's
+    CallContext, in the order the tries were sent; a try's index is its place
+    there. The racing drivers send every try as a copy (:meth:`launch`); the
+    inline drivers (:class:`_Inline`) run the first try on the request itself,
+    so their ``contexts[0]`` is the caller's own context. Times are real
+    monotonic seconds, passed in by the driver.
     """
+
+    __slots__ = (
+        "caller",
+        "contexts",
+        "done",
+        "in_time",
+        "limit",
+        "next_at",
+        "outcome",
+        "policy",
+        "request",
+        "running",
+        "slow",
+        "spend",
+        "state",
+    )
 
     def __init__(
         self,
@@ -164,23 +192,31 @@ class _Race:
         state: ClusterState,
         spend: Callable[[CallContext, bool], bool],
         in_time: Callable[[CallContext], None],
+        *,
+        inline: bool = False,
     ) -> None:
         self.policy = policy
         self.request = request
         self.state = state
         self.spend = spend
         self.in_time = in_time
-        self.contexts: list[CallContext] = []
+        self.caller = context_of(request)  # the caller's context: what it learns in the end (finish)
+        # Inline: the first try is under way already, on the request itself (and so on the caller's context).
+        self.contexts: list[CallContext] = [self.caller] if inline else []
         self.limit = 1 + policy.max_extra
-        self.running = 0
+        self.running = 1 if inline else 0
         self.next_at = 0.0
         self.slow = False  # a hedge was due (then the guard has counted the request slow)
-        self.outcome: _Outcome | None = None  # the last failure until decided, then the result
+        self.outcome: _Outcome | None = None  # the latest failure until decided, then the result
         self.done = False
+
+    def more(self) -> bool:
+        """Whether another try may still be sent."""
+        return len(self.contexts) < self.limit
 
     def wait(self, now: float) -> float | None:
         """Seconds until the next try is due, or None when no more tries may be sent."""
-        return max(0.0, self.next_at - now) if len(self.contexts) < self.limit else None
+        return max(0.0, self.next_at - now) if self.more() else None
 
     def launch(self, start: Callable[[int, Request], T], now: float) -> T | None:
         """Send one more try through ``start(index, copy)``; None if the guard, the budget or the mesh refused it."""
@@ -203,31 +239,129 @@ class _Race:
             self.state.count("hedges")
         return handle
 
-    def record(self, outcome: _Outcome) -> Response | None:
-        """Take one try's outcome; returns a response that is no longer needed (the caller closes it)."""
+    def record(self, outcome: _Outcome | None) -> Response | None:
+        """Take one try's outcome (None: the try was cancelled, with none); returns an answer no longer needed.
+
+        The caller closes that answer. The outcome ends the race when it is a
+        good answer, or when no other try is left to wait for
+        (:meth:`HedgePolicy.settles`); then ``outcome`` is the result.
+        """
         self.running -= 1
         if not self.slow:
             self.in_time(self.contexts[0])  # the first try answered before a hedge was due
-        _, response, _ = outcome
+        if outcome is None:
+            self.done = self.running == 0
+            return None
+        response = outcome[1]
         previous = self.outcome[1] if self.outcome is not None else None
         self.outcome = outcome
         self.done = self.policy.settles(response, self.running)
         return previous
 
     def finish(self) -> Response:
-        """The winner (or the last failure, raised if an error); the caller's context learns where it went."""
+        """The result: the winner, or the latest failure (raised if an error).
+
+        The caller's context learns where the request went: the endpoint and
+        cluster of the try whose outcome this is (a failed one's too), and every
+        try's endpoints, so that a retry above moves on to one no try has used.
+        """
         assert self.outcome is not None
         index, response, error = self.outcome
-        ctx, won = context_of(self.request), self.contexts[index]
-        ctx.endpoint, ctx.cluster = won.endpoint, won.cluster
-        for other in self.contexts:
-            ctx.tried.extend(e for e in list(other.tried) if e not in ctx.tried)
+        ctx, last = self.caller, self.contexts[index]
+        if last is not ctx or len(self.contexts) > 1:  # else an inline try alone, which has told it already
+            ctx.endpoint, ctx.cluster = last.endpoint, last.cluster
+            for other in self.contexts:
+                if other is not ctx:
+                    ctx.tried.extend(e for e in list(other.tried) if e not in ctx.tried)
         if error is not None:
             raise error
         assert response is not None
         if index > 0 and self.policy.good(response):
             self.state.count("hedge_wins")
         return response
+
+
+class _Inline(_Race):
+    """What the two inline drivers share: the first try runs on the request itself, hedges run beside it.
+
+    The first try (index 0) runs in the caller's thread or task, on the
+    caller's own context; each hedge is sent by a timer (:meth:`_Race.launch`)
+    and runs on a worker thread or in a task. A hedge that answers well while
+    the inline try runs wins at once (:meth:`claim`) and the driver interrupts
+    the inline try. Otherwise the inline try's end decides
+    (:meth:`inline_ended`), or, when it failed while hedges run, the hedges'
+    outcomes do (:meth:`settle`, then :meth:`_Race.record` for each later one).
+    The drivers only do the I/O: timers, interrupting, waiting, closing.
+    """
+
+    __slots__ = ("first_done", "winner")
+
+    def __init__(
+        self,
+        policy: HedgePolicy,
+        request: Request,
+        state: ClusterState,
+        spend: Callable[[CallContext, bool], bool],
+        in_time: Callable[[CallContext], None],
+    ) -> None:
+        super().__init__(policy, request, state, spend, in_time, inline=True)
+        self.first_done = False  # the inline try is over: no hedge starts or wins any more
+        self.winner: _Outcome | None = None  # a hedge that answered well while the inline try ran
+
+    def may_launch(self) -> bool:
+        """Whether a hedge that is due may still be sent (asked before :meth:`_Race.launch`)."""
+        return not self.first_done and self.winner is None
+
+    def claim(self, index: int, response: Response) -> bool:
+        """A hedge answered while the race is open: whether it wins now (then the driver interrupts the inline try).
+
+        It does when its answer is good, no other hedge won before it and the
+        inline try has not ended; anything else is left to the driver's paths
+        after the inline try, which close what they do not keep.
+        """
+        if self.winner is None and not self.first_done and self.policy.good(response):
+            self.winner = (index, response, None)
+            return True
+        return False
+
+    def inline_ended(self, response: Response | None, error: Exception | None) -> bool:
+        """The inline try is over (``first_done`` set): whether the outcome is decided now (``outcome``).
+
+        It is when a hedge won meanwhile (an answer of the inline try is then
+        not needed: the driver closes it), when no hedge was sent, and when
+        the inline try answered well. Otherwise the inline try failed while
+        hedges run, and they settle the race (:meth:`settle`).
+        """
+        if not self.slow:
+            self.in_time(self.contexts[0])  # it answered before a hedge was due
+        if self.winner is not None:
+            self.outcome = self.winner
+        elif len(self.contexts) == 1 or (response is not None and self.policy.good(response)):
+            self.outcome = (0, response, error)
+        else:
+            return False
+        self.done = True
+        return True
+
+    def settle(self, inline: _Outcome, over: list[_Outcome | None]) -> list[Response]:
+        """The inline try failed while hedges run: take its outcome and those of the hedges ``over`` already.
+
+        Returns the answers no longer needed (the driver closes them). A good
+        answer among them came after the inline try failed (before, it would
+        have won there) and wins; the other hedges that are over failed before
+        it, so the inline failure is the latest so far. Unless that decides
+        the race, the driver passes each later outcome to :meth:`_Race.record`.
+        """
+        good = [o for o in over if o is not None and o[1] is not None and self.policy.good(o[1])]
+        failed = [o for o in over if not any(o is g for g in good)]
+        stale: list[Response] = []
+        for outcome in [*failed, inline, *good]:
+            previous = self.record(outcome)
+            if previous is not None:
+                stale.append(previous)
+            if self.done:
+                break
+        return stale
 
 
 def _close_quietly(response: Response) -> None:
@@ -241,9 +375,12 @@ def _discard(future: Future[Response]) -> None:
         _close_quietly(future.result())
 
 
-def _outcome_of(future: Future[Response], index: int) -> _Outcome:
-    error = future.exception()
-    return (index, None, error) if error is not None else (index, future.result(), None)
+def _outcome_of(done: Future[Response] | asyncio.Task[Response], index: int) -> _Outcome | None:
+    """The outcome of a try that is over, as its worker thread's future or its task has it; None if cancelled."""
+    if done.cancelled():
+        return None
+    error = done.exception()
+    return (index, None, error) if error is not None else (index, done.result(), None)
 
 
 async def _close_unused(receive: MemoryObjectReceiveStream[_Outcome]) -> None:
@@ -432,32 +569,19 @@ class HedgeFilter:
         return race.finish()
 
 
-class _InlineSyncHedge:
+class _InlineSyncHedge(_Inline):
     """The sync hedge for interruptible senders: the first try runs in the caller's thread, hedges on workers.
 
     An idle hedge costs one timer on the mesh's timer thread. If the inline try
     has not answered after ``after``, the timer sends a hedged try to a worker
     thread (in a copy of the caller's context, for tracing). A hedge that
     answers well while the inline try still runs wins and interrupts it; the
-    other hedges' answers are closed when they come.
+    other hedges' answers are closed when they come. The decisions are
+    :class:`_Inline`'s; ``lock`` orders the caller, the timer thread and the
+    hedges' done-callbacks around them.
     """
 
-    __slots__ = (
-        "background",
-        "call_next",
-        "context",
-        "first_done",
-        "hedges",
-        "in_time",
-        "interrupt",
-        "lock",
-        "policy",
-        "request",
-        "spend",
-        "state",
-        "timer",
-        "winner",
-    )
+    __slots__ = ("background", "call_next", "context", "hedges", "interrupt", "lock", "timer")
 
     def __init__(
         self,
@@ -469,19 +593,13 @@ class _InlineSyncHedge:
         call_next: SyncHandler,
         background: Background,
     ) -> None:
-        self.policy = policy
-        self.request = request
-        self.state = state
-        self.spend = spend
-        self.in_time = in_time
+        super().__init__(policy, request, state, spend, in_time)
         self.call_next = call_next
         self.background = background
-        self.lock = threading.Lock()  # orders the caller, the timer thread and the hedges' done-callbacks
+        self.lock = threading.Lock()
         self.interrupt = Interrupt()
         self.context = contextvars.copy_context()
-        self.hedges: list[tuple[Future[Response], CallContext]] = []
-        self.winner: tuple[Response, CallContext] | None = None
-        self.first_done = False
+        self.hedges: list[Future[Response]] = []  # hedge i is the try of index i + 1
         self.timer: TimerHandle | None = None
 
     def run(self) -> Response:
@@ -504,107 +622,81 @@ class _InlineSyncHedge:
             raise
         finally:
             CURRENT.reset(token)
-        if self._end_inline():
-            self.in_time(context_of(self.request))
-        if self.winner is not None:
-            if response is not None:
+        self._end_inline()
+        if self.inline_ended(response, error):
+            if response is not None and self.winner is not None:
                 _close_quietly(response)
-            return self._won()
-        if (response is not None and self.policy.good(response)) or not self.hedges:
-            self._drop()
-            if error is not None:
-                raise error
-            assert response is not None
-            return response
-        return self._settle(response, error)
+        else:
+            try:
+                self._settle((0, response, error))
+            except BaseException:
+                self._drop()
+                raise
+        assert self.outcome is not None
+        if self.hedges:
+            self._drop(keep=self.outcome[1])
+        return self.finish()
 
-    def _end_inline(self) -> bool:
-        """The inline try is over: no more hedges. Returns whether it ended before a hedge was due."""
+    def _end_inline(self) -> None:
+        """The inline try is over: no hedge is sent or wins any more."""
         with self.lock:
             self.first_done = True
             timer, self.timer = self.timer, None
         if timer is not None:
             timer.cancel()
-        # A timer still set is the first hedge's (once one was sent, hedges is not empty).
-        return timer is not None and not self.hedges
 
     def _launch(self) -> None:
         """Timer thread: the inline try (and earlier hedges) are slow; send one more try."""
         with self.lock:
             self.timer = None
-            # Asked under the lock, so that a hedge is paid for only when it is sent; refused, no more are.
-            if self.first_done or self.winner is not None or not self.spend(context_of(self.request), not self.hedges):
+            if not self.may_launch():
                 return
-            earlier = [context_of(self.request), *(ctx for _, ctx in self.hedges)]
-            copy = self.policy.try_request(self.request, earlier)
-            try:
-                future = self.background.submit_try(self.context.copy().run, self.call_next, copy)
-            except RuntimeError:  # the mesh was closed: no more tries
+            # Under the lock, so that a hedge is paid for only when it is sent; refused, no more are.
+            future = self.launch(self._start, time.monotonic())
+            if future is None:
                 return
-            self.hedges.append((future, context_of(copy)))
-            if len(self.hedges) < self.policy.max_extra:
+            if self.more():
                 self.timer = self.background.call_later(self.policy.after, self._launch)
-        self.state.count("hedges")
         future.add_done_callback(self._hedge_done)
+
+    def _start(self, index: int, copy: Request) -> Future[Response]:
+        future = self.background.submit_try(self.context.copy().run, self.call_next, copy)
+        self.hedges.append(future)
+        return future
 
     def _hedge_done(self, future: Future[Response]) -> None:
         """A hedge answered: if well and first, it wins and interrupts the inline try."""
-        if future.cancelled() or future.exception() is not None or not self.policy.good(future.result()):
+        if future.cancelled() or future.exception() is not None:
             return
         with self.lock:
-            if self.winner is not None or self.first_done:
-                return  # the caller decides (and closes what it does not keep)
-            self.winner = (future.result(), next(ctx for f, ctx in self.hedges if f is future))
-        self.interrupt.interrupt()
+            won = self.claim(self.hedges.index(future) + 1, future.result())
+        if won:
+            self.interrupt.interrupt()
 
-    def _settle(self, response: Response | None, error: Exception | None) -> Response:
-        """The inline try failed while hedges run: the first good hedge wins, else the last failure."""
-        contexts = dict(self.hedges)
-        last: tuple[Response | None, BaseException | None] = (response, error)
-        # Hedges done already: a good one answered after the inline try failed and wins; failed ones
-        # failed earlier, so the inline failure is the latest so far.
-        for future in contexts:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                if self.policy.good(future.result()):
-                    if response is not None:
-                        _close_quietly(response)
-                    self.winner = (future.result(), contexts[future])
-                    return self._won()
-                _close_quietly(future.result())
-        pending = {future for future in contexts if not future.done()}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+    def _settle(self, inline: _Outcome) -> None:
+        """The inline try failed while hedges run: wait for them until the race is decided (:meth:`_Inline.settle`)."""
+        pending: dict[Future[Response], int] = {}
+        over: list[_Outcome | None] = []
+        for index, future in enumerate(self.hedges, 1):
+            if future.done():
+                over.append(_outcome_of(future, index))
+            else:
+                pending[future] = index
+        for dropped in self.settle(inline, over):
+            _close_quietly(dropped)
+        while not self.done and pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                if future.cancelled():
-                    continue
-                outcome = _outcome_of(future, 0)
-                if last[0] is not None:
-                    _close_quietly(last[0])
-                if outcome[1] is not None and self.policy.good(outcome[1]):
-                    self.winner = (outcome[1], contexts[future])
-                    return self._won()
-                last = (outcome[1], outcome[2])
-        final, failure = last
-        if failure is not None:
-            raise failure
-        assert final is not None
-        return final
-
-    def _won(self) -> Response:
-        assert self.winner is not None
-        response, won = self.winner
-        self._drop(keep=response)
-        ctx = context_of(self.request)
-        ctx.endpoint, ctx.cluster = won.endpoint, won.cluster
-        ctx.tried.extend(e for e in list(won.tried) if e not in ctx.tried)
-        self.state.count("hedge_wins")
-        return response
+                stale = self.record(_outcome_of(future, pending.pop(future)))
+                if stale is not None:
+                    _close_quietly(stale)
+                if self.done:
+                    break
 
     def _drop(self, keep: Response | None = None) -> None:
         """Hedges not kept: cancel those not started, close the others' answers when they come."""
-        with self.lock:
-            hedges = list(self.hedges)
-        for future, _ in hedges:
+        # No lock: the inline try is over, so no hedge is added any more.
+        for future in self.hedges:
             if future.done() and not future.cancelled() and future.exception() is None and future.result() is keep:
                 continue
             future.cancel()
@@ -613,10 +705,14 @@ class _InlineSyncHedge:
 
 def _inline_possible() -> bool:
     """Whether the caller runs on asyncio, where the inline hedge works (it uses asyncio's task API)."""
-    return asyncio._get_running_loop() is not None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another anyio backend (trio)
+        return False
+    return True
 
 
-class _InlineHedge:
+class _InlineHedge(_Inline):
     """asyncio's cheap hedge: the first try runs inline in the caller's task; tasks only once it is slow.
 
     A task group and a stream per request cost about 100 µs even when the
@@ -625,24 +721,11 @@ class _InlineHedge:
     ``after``, hedged tries start as tasks, and the first good answer wins. A
     hedge that wins interrupts the inline try by cancelling the caller's task
     and taking the cancellation back (``Task.uncancel``), as ``asyncio.timeout``
-    does. Other anyio backends use the task-group race.
+    does. Other anyio backends use the task-group race. The decisions are
+    :class:`_Inline`'s, as in the sync twin above.
     """
 
-    __slots__ = (
-        "call_next",
-        "first_done",
-        "hedges",
-        "in_time",
-        "interrupted",
-        "loop",
-        "policy",
-        "request",
-        "spend",
-        "state",
-        "task",
-        "timer",
-        "winner",
-    )
+    __slots__ = ("call_next", "hedges", "interrupted", "loop", "task", "timer")
 
     def __init__(
         self,
@@ -653,48 +736,13 @@ class _InlineHedge:
         in_time: Callable[[CallContext], None],
         call_next: AsyncHandler,
     ) -> None:
-        self.policy = policy
-        self.request = request
-        self.state = state
-        self.spend = spend
-        self.in_time = in_time
+        super().__init__(policy, request, state, spend, in_time)
         self.call_next = call_next
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
-        self.hedges: list[tuple[asyncio.Task[Response], CallContext]] = []
-        self.winner: tuple[Response, CallContext] | None = None
-        self.first_done = False
+        self.hedges: list[asyncio.Task[Response]] = []  # hedge i is the try of index i + 1
         self.interrupted = False
         self.timer: Alarm | None = None
-
-    def _launch(self) -> None:
-        """Timer callback: the inline try (and earlier hedges) are slow; send one more try."""
-        self.timer = None
-        # Asked last, so that a hedge is paid for only when it is sent; refused, this request sends no more.
-        if self.first_done or self.winner is not None or not self.spend(context_of(self.request), not self.hedges):
-            return
-        earlier = [context_of(self.request), *(ctx for _, ctx in self.hedges)]
-        copy = self.policy.try_request(self.request, earlier)
-        task: asyncio.Task[Response] = self.loop.create_task(_call(self.call_next, copy))
-        self.hedges.append((task, context_of(copy)))
-        task.add_done_callback(self._hedge_done)
-        self.state.count("hedges")
-        if len(self.hedges) < self.policy.max_extra:
-            self.timer = set_alarm(self.loop, self.policy.after, self._launch)
-
-    def _hedge_done(self, task: asyncio.Task[Response]) -> None:
-        """A hedge answered: if well and before the inline try, it wins and interrupts it.
-
-        Anything else is left to the caller's paths, which close what they do not keep.
-        """
-        if task.cancelled() or task.exception() is not None:
-            return
-        response = task.result()
-        if self.winner is None and not self.first_done and self.policy.good(response):
-            self.winner = (response, next(ctx for t, ctx in self.hedges if t is task))
-            if self.task is not None:
-                self.interrupted = True
-                self.task.cancel()  # interrupt the inline try: the hedge answered first
 
     async def run(self) -> Response:
         self.timer = set_alarm(self.loop, self.policy.after, self._launch)
@@ -704,6 +752,7 @@ class _InlineHedge:
             response = await self.call_next(self.request)
         except asyncio.CancelledError:
             if not self.interrupted or self.task is None:
+                self.first_done = True
                 await self._cancel_hedges()
                 raise
             self.task.uncancel()
@@ -711,83 +760,78 @@ class _InlineHedge:
             error = exc
         finally:
             self.first_done = True
-            timer = self.timer
-            if timer is not None:
-                timer.cancel()
-        # Answered before its first hedge was due (a timer still set after a hedge is the next hedge's).
-        if timer is not None and not self.hedges:
-            self.in_time(context_of(self.request))
-        if self.winner is not None:
-            return await self._won()
-        if (response is not None and self.policy.good(response)) or not self.hedges:
-            if self.hedges:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        if self.inline_ended(response, error):
+            if response is not None and self.winner is not None:
+                await _aclose_quietly(response)
+        else:
+            try:
+                await self._settle((0, response, error))
+            except BaseException:
                 await self._cancel_hedges()
-            if error is not None:
-                raise error
-            assert response is not None
-            return response
-        return await self._settle(response, error)
+                raise
+        assert self.outcome is not None
+        if self.hedges:
+            await self._cancel_hedges(keep=self.outcome[1])
+        return self.finish()
 
-    async def _won(self) -> Response:
-        assert self.winner is not None
-        response, won = self.winner
-        await self._cancel_hedges(keep=response)
-        ctx = context_of(self.request)
-        ctx.endpoint, ctx.cluster = won.endpoint, won.cluster
-        ctx.tried.extend(e for e in won.tried if e not in ctx.tried)
-        self.state.count("hedge_wins")
-        return response
+    def _launch(self) -> None:
+        """Timer callback: the inline try (and earlier hedges) are slow; send one more try."""
+        self.timer = None
+        if not self.may_launch():
+            return
+        # Asked last, so that a hedge is paid for only when it is sent; refused, this request sends no more.
+        task = self.launch(self._start, time.monotonic())
+        if task is None:
+            return
+        task.add_done_callback(self._hedge_done)
+        if self.more():
+            self.timer = set_alarm(self.loop, self.policy.after, self._launch)
 
-    async def _settle(self, response: Response | None, error: Exception | None) -> Response:
-        """The inline try failed while hedges run: the first good hedge wins, else the last failure."""
-        # Hedges done already: a good one answered after the inline try failed (before, it would have won
-        # there) and wins now; failed ones failed earlier, so the inline failure is the latest so far.
-        for task, ctx in self.hedges:
-            if task.done() and not task.cancelled() and task.exception() is None:
-                if self.policy.good(task.result()):
-                    if response is not None:
-                        await _aclose_quietly(response)
-                    self.winner = (task.result(), ctx)
-                    return await self._won()
-                await _aclose_quietly(task.result())
-        pending = {task for task, _ in self.hedges if not task.done()}
-        last: tuple[Response | None, BaseException | None, CallContext | None] = (response, error, None)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    def _start(self, index: int, copy: Request) -> asyncio.Task[Response]:
+        task: asyncio.Task[Response] = self.loop.create_task(_call(self.call_next, copy))
+        self.hedges.append(task)
+        return task
+
+    def _hedge_done(self, task: asyncio.Task[Response]) -> None:
+        """A hedge answered: if well and before the inline try, it wins and interrupts it."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        if self.claim(self.hedges.index(task) + 1, task.result()) and self.task is not None:
+            self.interrupted = True
+            self.task.cancel()  # interrupt the inline try: the hedge answered first
+
+    async def _settle(self, inline: _Outcome) -> None:
+        """The inline try failed while hedges run: wait for them until the race is decided (:meth:`_Inline.settle`)."""
+        pending: dict[asyncio.Task[Response], int] = {}
+        over: list[_Outcome | None] = []
+        for index, task in enumerate(self.hedges, 1):
+            if task.done():
+                over.append(_outcome_of(task, index))
+            else:
+                pending[task] = index
+        for dropped in self.settle(inline, over):
+            await _aclose_quietly(dropped)
+        while not self.done and pending:
+            done, _ = await asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.cancelled():
-                    continue
-                ctx = next(c for t, c in self.hedges if t is task)
-                failure = task.exception()
-                if failure is not None:
-                    if last[0] is not None:
-                        await _aclose_quietly(last[0])
-                    last = (None, failure, ctx)
-                    continue
-                answer = task.result()
-                if self.policy.good(answer):
-                    if last[0] is not None:
-                        await _aclose_quietly(last[0])
-                    self.winner = (answer, ctx)
-                    return await self._won()
-                if last[0] is not None:
-                    await _aclose_quietly(last[0])
-                last = (answer, None, ctx)
-        final, failure, _ = last
-        if failure is not None:
-            raise failure
-        assert final is not None
-        return final
+                stale = self.record(_outcome_of(task, pending.pop(task)))
+                if stale is not None:
+                    await _aclose_quietly(stale)
+                if self.done:
+                    break
 
     async def _cancel_hedges(self, keep: Response | None = None) -> None:
         """Cancel the hedges still running and close every hedge's answer but ``keep``."""
-        for task, _ in self.hedges:
+        for task in self.hedges:
             if not task.done():
                 task.cancel()
-        pending = [task for task, _ in self.hedges if not task.done()]
+        pending = [task for task in self.hedges if not task.done()]
         if pending:
             await asyncio.wait(pending)
-        for task, _ in self.hedges:
+        for task in self.hedges:
             # A task may answer before its cancellation lands: its response too is closed.
             if not task.cancelled() and task.exception() is None and task.result() is not keep:
                 await _aclose_quietly(task.result())

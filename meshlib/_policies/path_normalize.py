@@ -17,10 +17,13 @@ Envoy's ``normalize_path`` + ``merge_slashes`` with Istio's hardened options
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import ClassVar, Final
 from urllib.parse import unquote
 
-__all__ = ["PathError", "normalize_path"]
+from meshlib._engine.inbound_context import BAD_REQUEST, Denial, InboundContext
+from meshlib._policies.authz import normal_host
+
+__all__ = ["NormalizeFilter", "PathError", "normalize_path"]
 
 # RFC 3986 §2.3: escapes of these are equivalent to the characters themselves (§6.2.2.2).
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -115,3 +118,38 @@ def _normalize(raw: str) -> tuple[str, str]:
         # Overlong or broken UTF-8 (%C0%AE is an overlong '.'): no two readers agree on it.
         raise PathError("percent-encoded bytes in the path are not UTF-8") from None
     return canonical, decoded
+
+
+# RFC 9110 §9.1: a method is a token; Istio refuses one that is not upper case with 400, so that a
+# deny on DELETE cannot be dodged with "delete" (an app such as Werkzeug upper-cases it).
+_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+_METHOD: Final = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]+")
+
+
+# Host header → its normal form; a workload is called by few names.
+_HOST_CACHE_SIZE: Final = 1024
+_hosts: dict[str, str] = {}
+
+
+class NormalizeFilter:
+    """The inbound stack's first filter: checks the method and normalises the path and host; 400 for what it refuses."""
+
+    name: ClassVar[str] = "normalize"
+
+    def apply(self, ctx: InboundContext) -> Denial | None:
+        request = ctx.request
+        if request.method not in _METHODS and _METHOD.fullmatch(request.method) is None:
+            return Denial(400, BAD_REQUEST, f"invalid method {request.method!r}: methods are upper-case tokens")
+        try:
+            ctx.path, ctx.decoded_path = normalize_path(request.raw_path)
+        except PathError as exc:
+            return Denial(400, BAD_REQUEST, f"invalid path: {exc}")
+        host = request.host
+        if host is not None:
+            found = _hosts.get(host)
+            if found is None:
+                found = normal_host(host)
+                if len(_hosts) < _HOST_CACHE_SIZE:
+                    _hosts[host] = found
+            ctx.host = found
+        return None

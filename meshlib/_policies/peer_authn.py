@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from meshlib._config.security import InboundMtlsConfig
-from meshlib._engine.inbound_context import FORBIDDEN, Denial, InboundContext
-from meshlib._policies.identity import Peer
+from meshlib._engine.inbound_context import FORBIDDEN, Denial, InboundContext, Peer
 
 __all__ = ["PeerAuthnFilter"]
 

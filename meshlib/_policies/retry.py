@@ -28,10 +28,10 @@ from meshlib._clock import Clock
 from meshlib._config.resilience import RetryConfig
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.timeouts import deadline_error
 from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 from meshlib._hooks import Hooks, RetryEvent
 from meshlib._policies.retry_budget import RetryBudget
-from meshlib._policies.timeout import deadline_error
 from meshlib._upstream.cluster import ClusterState
 
 __all__ = [
@@ -155,7 +155,7 @@ class RetryPolicy:
         stream = request.stream
         if not isinstance(stream, httpx.ByteStream):
             return False  # a streaming body is never retried
-        return len(stream._stream) <= self.buffer_limit
+        return len(b"".join(stream)) <= self.buffer_limit  # a ByteStream yields its one bytes object
 
     def retriable_response(self, request: httpx.Request, response: httpx.Response) -> bool:
         return response.status_code in self.statuses and request.method in self.methods

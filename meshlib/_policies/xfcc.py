@@ -13,7 +13,7 @@ import re
 import threading
 from typing import Final
 
-from meshlib._policies.identity import PeerCertificate
+from meshlib._engine.inbound_context import PeerCertificate
 
 __all__ = ["XFCC_HEADER", "XfccError", "format_xfcc", "parse_xfcc", "peer_from_xfcc"]
 

@@ -27,6 +27,13 @@ would be checked again anyway, and it reports no byte offsets, so a pipelined
 request behind a body could not be held back until the one before is
 answered. Two strict regular expressions over the head do most of the
 checking in C.
+
+Response heads (:func:`response_head`) are the handler's response as the
+client must read it: hop-by-hop headers and what ``Connection`` names are
+dropped, the framing is redone (the upstream's Content-Length, else chunked
+on HTTP/1.1, else the connection's end), and names and values are checked
+(a token name; a value without CR, LF or other control bytes) without a
+regular expression, since every response passes here.
 """
 
 from __future__ import annotations
@@ -35,18 +42,31 @@ import re
 from http import HTTPStatus
 from typing import Final
 
-from meshlib._wire import CLIENT_HEADER
+import httpx
+
+from meshlib._wire import CLIENT_HEADER, LENGTH_HEADER
 
 __all__ = [
     "BUFFERED_BODY_LIMIT",
+    "CHUNKED",
+    "LAST_CHUNK",
+    "LENGTH",
     "MAX_HEADERS",
     "MAX_REQUEST_LINE",
+    "UNTIL_CLOSE",
+    "WHOLE",
+    "BadResponseError",
     "ChunkedDecoder",
     "ProtocolError",
     "RequestHead",
+    "ResponseHead",
     "local_response",
     "parse_head",
+    "plain_error",
+    "response_head",
     "status_line",
+    "upgrade_head",
+    "with_body",
 ]
 
 MAX_REQUEST_LINE: Final = 16 * 1024
@@ -332,19 +352,22 @@ def parse_head(head: bytes, max_header_bytes: int) -> RequestHead:
     else:
         result.keep_alive = b"keep-alive" in connection and b"close" not in connection
     if (
-        upgrade is not None
+        http11  # RFC 9110 §7.8: a server must ignore Upgrade in an HTTP/1.0 request
+        and upgrade is not None
         and b"upgrade" in connection
         and b"websocket" in _tokens(upgrade)
         and result.connect is None
         and not result.has_body
     ):
         result.upgrade = True
-        headers.append((b"Connection", b"Upgrade"))
-        headers.append((b"Upgrade", upgrade))
     named = [t for t in connection if t not in (b"close", b"keep-alive", b"upgrade", b"") and t not in _PROTECTED]
     if named:
         drop = frozenset(named)
-        result.headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        result.headers = headers = [(n, v) for n, v in headers if n.lower() not in drop]
+    if result.upgrade and upgrade is not None:
+        # Added after the named headers are dropped: a Connection naming "connection" cannot take these away.
+        headers.append((b"Connection", b"Upgrade"))
+        headers.append((b"Upgrade", upgrade))
     if result.chunked:
         # The framing is the proxy's to redo; the upstream request is chunked as well.
         result.headers.append((b"Transfer-Encoding", b"chunked"))
@@ -464,3 +487,164 @@ def plain_error(status: int, reason: str, *, head_only: bool = False) -> bytes:
     body = f"{reason}\n".encode("ascii", "replace")
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
     return local_response(status, headers, body, close=True, head_only=head_only)
+
+
+# --- response heads ----------------------------------------------------------------------------------------------
+
+# Response framings, as the client reads them: where the body ends.
+WHOLE: Final = 0  # no body, or the body written whole with the head: nothing can fail midway
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3  # HTTP/1.0 without a length: the connection's end is the body's end
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+_LENGTH_HEADER: Final = LENGTH_HEADER.encode()
+# Response headers that describe the upstream connection or its framing: never passed on as they came.
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", _LENGTH_HEADER}
+_TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# What a header line may hold besides its CRLF: visible ASCII, space, tab, obs-text.
+_LINE_CHARS: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# Response header names checked already (tokens), by their bytes as sent: their lower case. Few names recur.
+_NAMES: dict[bytes, bytes] = {}
+_NAME_CACHE_SIZE: Final = 1024
+
+
+class BadResponseError(httpx.RemoteProtocolError):
+    """The handler's response can't be written as a valid HTTP/1.1 response: a malformed response, as httpcore
+    says of one it can't parse (so the one error mapping, ``_engine/errors.py``, makes it an UpstreamResetError).
+
+    ``close``: the connection was to close after the response (its head was framed already), so it closes
+    after the answer given in its place too.
+    """
+
+    close = False
+
+
+class ResponseHead:
+    """A response head ready to write: ``data``, the body's ``framing``, its Content-Length (-1: none), and
+    whether the connection ``close``\\ s after it."""
+
+    __slots__ = ("close", "data", "framing", "length")
+
+    def __init__(self, data: bytes, framing: int, length: int, close: bool) -> None:
+        self.data = data
+        self.framing = framing
+        self.length = length
+        self.close = close
+
+
+def _is_token(name: bytes) -> bool:
+    return bool(name) and not name.translate(None, _TOKEN_CHARS)
+
+
+def _header_lines(headers: list[tuple[bytes, bytes]], names_checked: bool) -> bytes:
+    """The header lines, CRLF after each; BadResponseError unless every name is a token and no value holds CR,
+    LF or another control byte."""
+    if not headers:
+        return b""
+    lines = b"\r\n".join(map(b": ".join, headers))  # in C: no bytecode per header
+    # The names are tokens (checked, or known), so only the values' CR, LF and controls can be left beside the CRLFs.
+    if lines.translate(None, _LINE_CHARS) != b"\r\n" * (len(headers) - 1) or not (
+        names_checked or all(_is_token(name) for name, _ in headers)
+    ):
+        raise BadResponseError("invalid header in the response")
+    return lines + b"\r\n"
+
+
+def response_head(
+    status: int, fields: list[tuple[bytes, bytes]], request: RequestHead, *, close: bool, in_memory: bool
+) -> ResponseHead:
+    """The head of a handler's response (``fields``: its raw headers) to ``request``, for a client on HTTP/1.x.
+
+    ``close``: the connection closes after this response (the head then says
+    so; HTTP/1.0 without a length forces it). ``in_memory``: the body is
+    bytes already, so it can't fail midway. Raises BadResponseError for a
+    response that can't be passed on (a bad or conflicting Content-Length, an
+    invalid header).
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    named: list[bytes] | None = None
+    names = _NAMES
+    checked = True
+    for field in fields:
+        name, value = field
+        lname = names.get(name)
+        if lname is None:
+            lname = name.lower()
+            if _is_token(name):
+                if len(names) >= _NAME_CACHE_SIZE:
+                    names.clear()
+                names[name] = lname
+            else:
+                checked = False  # checked with the block: a name that is dropped anyway may be anything
+        if lname in _RESPONSE_DROP:
+            if lname == b"content-length":
+                if length is not None and value != length:
+                    raise BadResponseError("conflicting Content-Length in the response")
+                length = value
+            elif lname == b"connection":
+                named = [t.strip().lower() for t in value.split(b",")]
+            continue
+        headers.append(field)
+    if named:
+        drop = frozenset(named)
+        headers = [(n, v) for n, v in headers if n.lower() not in drop]
+    if length is not None and (not length.isdigit() or len(length) > 18):
+        raise BadResponseError("invalid Content-Length in the response")
+    framing = WHOLE
+    if request.method == "HEAD" or status == 204 or status == 304:
+        if length is not None and status != 204:
+            headers.append((b"content-length", length))
+    elif length is not None:
+        if request.meshlib_client and request.http11 and not in_memory:
+            # meshlib's sidecar client reads why a body failed from its error chunk, so it gets every
+            # streamed body chunked, and puts the Content-Length back (meshlib/_wire.py).
+            headers.append((_LENGTH_HEADER, length))
+            headers.append((b"transfer-encoding", b"chunked"))
+            framing = CHUNKED
+        else:
+            headers.append((b"content-length", length))
+            framing = LENGTH
+    elif request.http11:
+        headers.append((b"transfer-encoding", b"chunked"))
+        framing = CHUNKED
+    else:
+        close = True  # HTTP/1.0 without a length: the body ends with the connection
+        framing = UNTIL_CLOSE
+    if close:
+        headers.append((b"connection", b"close"))
+    elif not request.http11:
+        headers.append((b"connection", b"keep-alive"))
+    try:
+        lines = _header_lines(headers, checked)
+    except BadResponseError as error:
+        error.close = close
+        raise
+    return ResponseHead(
+        status_line(status) + lines + b"\r\n", framing, int(length) if length is not None else -1, close
+    )
+
+
+def upgrade_head(fields: list[tuple[bytes, bytes]], upgrade: bytes | None) -> bytes:
+    """The ``101 Switching Protocols`` head of an upgrade the upstream accepted (``fields``: its raw headers)."""
+    headers = [(n, v) for n, v in fields if n.lower() not in _RESPONSE_DROP]
+    headers.append((b"connection", b"upgrade"))
+    if upgrade is not None:
+        headers.append((b"upgrade", upgrade))
+    return status_line(101) + _header_lines(headers, False) + b"\r\n"
+
+
+def with_body(head: bytes, parts: list[bytes], chunked: bool, *, end: bool = False) -> bytes:
+    """A response head and body ``parts`` as one write; when ``chunked``, each part a chunk of its own, and the
+    last chunk after them if ``end``."""
+    if not chunked:
+        if len(parts) == 1:
+            return head + parts[0]
+        return b"".join([head, *parts]) if parts else head
+    out = [head]
+    for part in parts:
+        out += (b"%x\r\n" % len(part), part, b"\r\n")
+    if end:
+        out.append(LAST_CHUNK)
+    return b"".join(out)

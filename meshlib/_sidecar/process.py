@@ -85,6 +85,13 @@ _PEER_TIMEOUTS: dict[str, float | None] = {"connect": 2.0, "read": 2.0, "write":
 # How long worker 0's POST /reload waits for another worker's reload (one may wait out an empty read).
 RELOAD_WAIT: Final = 10.0
 _RELOAD_TIMEOUTS: dict[str, float | None] = {**_PEER_TIMEOUTS, "read": RELOAD_WAIT}
+# The collector's thresholds once serving (Python's: 700, 10, 10). At 700 the objects of the requests in
+# flight alone start a young collection every few dozen requests (benchmarks/soak_sidecar.py
+# --no-observability, 64 connections: 4,300 collections over 147k requests, about 4 µs a request; at 3,000:
+# 3 collections). With observers on, requests leave cyclic garbage and collections run anyway: 17-20 µs a
+# request in the collector at 700, 13-17 at 3,000. 50,000 was worse there: its young generation outgrows the
+# CPU caches (28 µs a request, pauses of 40-60 ms, RSS +8 MB). Start-up's objects are frozen (gc.freeze).
+_GC_THRESHOLDS: Final = (3_000, 20, 100)
 
 
 class ListenError(Exception):
@@ -335,9 +342,12 @@ class Proxy:
                 self._admin = server
         self._started = True
         # Everything built so far (config, snapshot, modules) lives as long as the process: keep it out of the
-        # collector's scans, which otherwise stall the loop for milliseconds and show in the p99.
+        # collector's scans, which otherwise stall the loop for milliseconds and show in the p99; and collect
+        # less often while serving (_GC_THRESHOLDS).
         gc.collect()
         gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*_GC_THRESHOLDS)
         workers = f" (worker {self.options.worker_index})" if self._under_supervisor else ""
         for name, server in self.servers.items():
             _say(f"{name} listening on {_shown(*server.address)}{workers}")
@@ -358,6 +368,7 @@ class Proxy:
         try:
             await self._stopped.wait()
         finally:
+            gc.set_threshold(*thresholds)  # as it was, for a caller that goes on (the tests run proxies in process)
             if watcher is not None:
                 watcher.close()
             self._reloader.shutdown(wait=False, cancel_futures=True)

@@ -13,9 +13,18 @@ body's framing is still in doubt.
   engine is behind. ``Expect: 100-continue`` is answered here. Responses keep
   the upstream's Content-Length, else are chunked (HTTP/1.1) or end with the
   connection (HTTP/1.0).
+* Responses: the head is :func:`http1.response_head`'s. A body the handler
+  has whole already (in memory, or one whose chunks all come without
+  waiting, as the upstream client's usually do by the time its head is
+  there) goes out with the head in one ``transport.write``, with no flush
+  queued for later: a stream that says it is ``complete`` is read at once,
+  any other is read by hand until a read would wait (:func:`_take_ready`).
+  Once one does, the head and what came go out, and the rest streams with
+  flow control (reads wait while the client's socket buffer is full).
 * Errors: a ``MeshError`` becomes :func:`meshlib._wire.error_head`; other
   httpx transport errors (passthrough traffic goes straight to the sender)
-  first become the matching ``MeshError``. Once response bytes went out, a
+  first become the matching ``MeshError`` (``_engine/errors.py``'s
+  :func:`~meshlib._engine.errors.mesh_error`). Once response bytes went out, a
   failure ends the body short instead (an error chunk when chunked, then a
   FIN for a timeout, an RST otherwise), so a client never sees a truncated
   but well-framed response, and can tell why (``_end_failed_body``).
@@ -27,6 +36,11 @@ body's framing is still in doubt.
 * Every refusal is a whole response with ``Connection: close``, then a
   lingering close: our side half-closes and drops whatever the client still
   sends, so the answer isn't lost to a reset.
+* CONNECT and upgrades: :mod:`tunnel` answers a CONNECT and runs the tunnel;
+  the connection hands it its client-side events.
+
+The request extensions a handler reads, and the handler's type, are the
+front door's (``meshlib/_frontdoors/sidecar_requests.py``).
 """
 
 from __future__ import annotations
@@ -38,26 +52,21 @@ import re
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, Final, cast
 
 import httpx
 
 from meshlib._config.sidecar import SidecarLimitsConfig
-from meshlib._engine.errors import describe
-from meshlib._errors import (
-    MeshError,
-    RequestTimeoutError,
-    RouteNotFoundError,
-    UpstreamConnectError,
-    UpstreamResetError,
-)
+from meshlib._engine.errors import mesh_error
+from meshlib._errors import MeshError, RequestTimeoutError
+from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
 from meshlib._sidecar import http1
-from meshlib._sidecar.http1 import ProtocolError, RequestHead
-from meshlib._sidecar.tls_accept import Downstream, FixedTls, ServerTls, accept_loop
-from meshlib._sidecar.tunnel import CONNECT_TIMEOUT, ConnectPolicy, StreamTunnel, TcpTunnel, Tunnel
+from meshlib._sidecar.http1 import BadResponseError, ProtocolError, RequestHead
+from meshlib._sidecar.tls_accept import FixedTls, ServerTls, accept_loop
+from meshlib._sidecar.tunnel import CONNECTED, StreamTunnel, TcpTunnel, Tunnel, open_connect
 from meshlib._transport.flow import HIGH_WATER, LOW_WATER
-from meshlib._wire import LENGTH_HEADER, error_chunk, error_head
+from meshlib._wire import error_chunk, error_head
 
 __all__ = [
     "DOWNSTREAM",
@@ -69,14 +78,6 @@ __all__ = [
     "HttpServer",
     "ServerTls",
 ]
-
-# The request extension that tells a handler who the client is (a Downstream): address, TLS, certificate.
-DOWNSTREAM: Final = "meshlib.downstream"
-# The request extension holding (method, absolute URL bytes) exactly as read, before httpx normalised them.
-REQUEST_LINE: Final = "meshlib.request_line"
-
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
-"""``await handler(request)`` → the response to send back (its body is streamed, then closed)."""
 
 logger = logging.getLogger("meshlib")
 
@@ -98,20 +99,10 @@ _LINGER: Final = 4
 
 _LINGER_TIME: Final = 2.0
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST, not a FIN
-_FLUSH_SIZE: Final = 64 * 1024  # queued response bytes written at once
+_FLUSH_SIZE: Final = 64 * 1024  # queued response bytes written at once; body bytes taken with the head at most
 _EMPTY: Final = httpx.ByteStream(b"")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CONNECTED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _LEADING_CRLF: Final = re.compile(rb"(?:\r\n)*")
-_RESPONSE_BLOCK: Final = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Response framings, as the client reads them: where the body ends.
-_IN_MEMORY: Final = 0  # written whole with the head (or no body): cannot fail midway
-_LENGTH: Final = 1
-_CHUNKED: Final = 2
-_UNTIL_CLOSE: Final = 3  # HTTP/1.0 without a length: the connection's end is the body's end
-# Response headers that describe the upstream connection or its framing: never passed on as they came.
-_LENGTH_HEADER: Final = LENGTH_HEADER.encode()
-_RESPONSE_DROP: Final = http1.HOP_BY_HOP | {b"content-length", _LENGTH_HEADER}
 
 # Parsed absolute URLs by their bytes: httpx.URL() costs about 11 µs, and a URL object is immutable.
 _URLS: dict[bytes, httpx.URL] = {}
@@ -128,29 +119,64 @@ def _url(raw: bytes) -> httpx.URL:
     return url
 
 
-class _BadResponseError(Exception):
-    """The handler's response can't be written as a valid HTTP/1.1 response."""
-
-
 class _ClientGoneError(Exception):
     """The client closed the connection before its request body ended."""
 
 
-def mesh_error_for(exc: Exception, request: httpx.Request | None) -> MeshError | None:
-    """The ``MeshError`` that stands for ``exc`` on the wire, or None for an unexpected exception."""
-    if isinstance(exc, MeshError):
-        return exc
-    message = describe(exc)
-    if request is not None:
-        message += f" (endpoint {request.url.scheme}://{request.url.netloc.decode('ascii')})"
-    # As the engine maps them: a connect timeout never reached the upstream, so it is a connect failure.
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return UpstreamConnectError(message, request=request)
-    if isinstance(exc, httpx.TimeoutException):
-        return RequestTimeoutError(message, request=request)
-    if isinstance(exc, httpx.TransportError | _BadResponseError):
-        return UpstreamResetError(message, request=request)
-    return None
+class _Resume:
+    """Awaits the rest of a body read (an ``__anext__()`` step) that was run up to its first wait, on ``signal``.
+
+    :func:`_take_ready` runs a body's reads by hand while none waits; the
+    first that does is handed to the task here, as ``await`` would have.
+    """
+
+    __slots__ = ("_signal", "_step")
+
+    def __init__(self, step: Generator[Any, None, bytes], signal: Any) -> None:
+        self._step = step
+        self._signal = signal
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        step = self._step
+        signal = self._signal
+        while True:
+            try:
+                yield signal
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:  # a cancellation: the read gets it, as it would have under await
+                try:
+                    signal = step.throw(exc)
+                except StopIteration as done:
+                    chunk: bytes = done.value
+                    return chunk
+                continue
+            return (yield from step)
+
+
+def _take_ready(chunks: AsyncIterator[bytes], parts: list[bytes], limit: int) -> tuple[int, bool, _Resume | None]:
+    """Read the chunks ``chunks`` has without waiting into ``parts``, up to ``limit`` bytes.
+
+    Returns how many bytes were read; whether the body ended; and, when a
+    read had to wait, the rest of that read to await. Neither: the limit was
+    reached. An exception of the body's is raised here, as ``await`` would.
+    """
+    size = 0
+    while size < limit:
+        step = chunks.__anext__().__await__()
+        try:
+            signal = step.send(None)
+        except StopIteration as read:
+            chunk: bytes = read.value
+            if chunk:
+                parts.append(chunk)
+                size += len(chunk)
+            continue
+        except StopAsyncIteration:
+            return size, True, None
+        return size, False, _Resume(step, signal)
+    return size, False, None
 
 
 class _StreamBody(httpx.AsyncByteStream):
@@ -158,7 +184,7 @@ class _StreamBody(httpx.AsyncByteStream):
 
     __slots__ = ("_chunks", "_conn", "_done", "_error", "_started", "_waiter", "size")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _DownstreamConnection) -> None:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self.size = 0
@@ -197,7 +223,7 @@ class _StreamBody(httpx.AsyncByteStream):
                 chunk = chunks.popleft()
                 self.size -= len(chunk)
                 if self.size <= LOW_WATER:
-                    self._conn.body_drained()
+                    self._conn.body_caught_up()
                 yield chunk
             elif self._error is not None:
                 raise self._error
@@ -211,8 +237,11 @@ class _StreamBody(httpx.AsyncByteStream):
                     self._waiter = None
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parse, call the handler, answer, repeat."""
+class _DownstreamConnection(asyncio.Protocol):
+    """One client's connection to the listener: parse, call the handler, answer, repeat.
+
+    (The upstream side's connections are the HTTP client's, ``meshlib/_transport/connection.py``.)
+    """
 
     __slots__ = (
         "_body",
@@ -271,7 +300,7 @@ class _Connection(asyncio.Protocol):
         self._out_size = 0
         self._flush_scheduled = False
         self._sent = False  # bytes of the current response reached the transport
-        self._framing = _IN_MEMORY  # of the current response's body
+        self._framing = http1.WHOLE  # of the current response's body
         self._tunnel: Tunnel | None = None
         self._downstream: Downstream | None = None
 
@@ -420,7 +449,7 @@ class _Connection(asyncio.Protocol):
         self._deadline_kind = _NO_DEADLINE
         self._close_after = not head.keep_alive
         self._sent = False
-        self._framing = _IN_MEMORY
+        self._framing = http1.WHOLE
         self._body_error = None
         if head.connect is not None:
             self._state = _WAIT
@@ -525,7 +554,7 @@ class _Connection(asyncio.Protocol):
             if not self._sent and self._state not in (_CLOSING, _CLOSED):
                 self._transport.write(_CONTINUE)
 
-    def body_drained(self) -> None:
+    def body_caught_up(self) -> None:
         """The handler caught up with a streamed body: read the socket again."""
         if self._reading_paused and self._state == _BODY:
             self._resume_reading()
@@ -599,9 +628,9 @@ class _Connection(asyncio.Protocol):
         if self._state >= _CLOSING:
             return
         body_error = self._body_error
-        mesh_error = mesh_error_for(exc, request) if isinstance(exc, Exception) else None
+        error = mesh_error(exc, request)
         client_side = body_error is not None or isinstance(exc, _ClientGoneError | ProtocolError)
-        if mesh_error is None and not client_side:
+        if error is None and not client_side:
             logger.error(
                 "%s listener: unexpected error handling %s %s",
                 self._server.name,
@@ -613,7 +642,7 @@ class _Connection(asyncio.Protocol):
             if client_side:
                 self._transport.abort()
             else:
-                self._end_failed_body(mesh_error)
+                self._end_failed_body(error)
             return
         self._out.clear()
         self._out_size = 0
@@ -627,13 +656,13 @@ class _Connection(asyncio.Protocol):
             return
         # A request body not read to its end leaves the connection's framing unknown: close after answering.
         close = self._close_after or self._state != _WAIT or self._server._draining
-        if mesh_error is None:
+        if error is None:
             body = b"internal error in the mesh proxy\n"
             status = 500
             headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
             close = True
         else:
-            status, headers, body = error_head(mesh_error)
+            status, headers, body = error_head(error)
         self._close_after = close
         response = http1.local_response(
             status, headers, body, close=close, head_only=head_only, keep_alive_header=not head.http11
@@ -692,7 +721,8 @@ class _Connection(asyncio.Protocol):
                 self._transport.write(data)
                 self._sent = True
 
-    async def _writable(self) -> None:
+    async def _wait_writable(self) -> None:
+        """Wait while the client's socket buffer is full (the transport paused writing)."""
         if self._write_paused and self._state != _CLOSED:
             self._write_waiter = self._loop.create_future()
             try:
@@ -706,81 +736,62 @@ class _Connection(asyncio.Protocol):
             if status == 101 and head.upgrade and "network_stream" in response.extensions:
                 await self._tunnel_upgrade(response)
                 return
-            raise _BadResponseError(f"unexpected {status} response")
-        headers: list[tuple[bytes, bytes]] = []
-        length: bytes | None = None
-        named: list[bytes] | None = None
-        for name, value in response.headers.raw:
-            lname = name.lower()
-            if lname in _RESPONSE_DROP:
-                if lname == b"content-length":
-                    if length is not None and value != length:
-                        raise _BadResponseError("conflicting Content-Length in the response")
-                    length = value
-                elif lname == b"connection":
-                    named = [t.strip().lower() for t in value.split(b",")]
-                continue
-            headers.append((name, value))
-        if named:
-            drop = frozenset(named)
-            headers = [(n, v) for n, v in headers if n.lower() not in drop]
-        if length is not None and (not length.isdigit() or len(length) > 18):
-            raise _BadResponseError("invalid Content-Length in the response")
-        no_body = head.method == "HEAD" or status == 204 or status == 304
+            raise BadResponseError(f"unexpected {status} response")
+        stream = response.stream
+        in_memory = isinstance(stream, httpx.ByteStream)
         # A refused upgrade: the client may have sent bytes for the new protocol already.
         close = self._close_after or self._state != _WAIT or self._server._draining or head.upgrade
-        chunked = False
-        if no_body:
-            if length is not None and status != 204:
-                headers.append((b"content-length", length))
-        elif length is not None:
-            if head.meshlib_client and head.http11 and not isinstance(response.stream, httpx.ByteStream):
-                # meshlib's sidecar client reads why a body failed from its error chunk, so it gets every
-                # streamed body chunked, and puts the Content-Length back (meshlib/_wire.py).
-                headers.append((_LENGTH_HEADER, length))
-                headers.append((b"transfer-encoding", b"chunked"))
-                chunked = True
-            else:
-                headers.append((b"content-length", length))
-        elif head.http11:
-            headers.append((b"transfer-encoding", b"chunked"))
-            chunked = True
-        else:
-            close = True  # HTTP/1.0 without a length: the body ends with the connection
-        if close:
+        try:
+            out = http1.response_head(status, response.headers.raw, head, close=close, in_memory=in_memory)
+        except BadResponseError as error:
+            self._close_after = self._close_after or error.close
+            raise
+        if out.close:
             self._close_after = True
-            headers.append((b"connection", b"close"))
-        elif not head.http11:
-            headers.append((b"connection", b"keep-alive"))
-        block = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
-        if _RESPONSE_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
-            raise _BadResponseError("invalid header in the response")
-        head_bytes = http1.status_line(status) + block + b"\r\n"
-        if no_body:
-            self._write(head_bytes)
+        framing = out.framing
+        if framing == http1.WHOLE:  # no body
+            self._write(out.data)
             return
-        stream = response.stream
-        if isinstance(stream, httpx.ByteStream):  # in memory: one write with the head
-            body = b"".join(stream)  # also a SyncByteStream
-            if length is not None and len(body) != int(length):
-                raise _BadResponseError("response body does not match its Content-Length")
-            if chunked:
-                self._write(head_bytes + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"))
-            else:
-                self._write(head_bytes + body)
+        chunked = framing == http1.CHUNKED
+        expected = out.length
+        if in_memory:  # one write with the head
+            body = b"".join(stream)  # type: ignore[arg-type]  # also a SyncByteStream
+            if expected >= 0 and len(body) != expected:
+                raise BadResponseError("response body does not match its Content-Length")
+            self._write(http1.with_body(out.data, [body] if body else [], chunked, end=True))
             return
-        self._queue(head_bytes)
-        self._framing = _CHUNKED if chunked else _LENGTH if length is not None else _UNTIL_CLOSE
-        expected = int(length) if length is not None else -1
-        sent = 0
         assert isinstance(stream, httpx.AsyncByteStream)
-        async for chunk in stream:
+        chunks = stream.__aiter__()
+        # What the body has now goes with the head: all of it, in one write, when no read has to wait.
+        parts: list[bytes] = []
+        if getattr(stream, "complete", False) is True:  # says so (the upstream client's): no read waits
+            parts = [chunk async for chunk in chunks if chunk]
+            sent = sum(map(len, parts))
+            ended, waiting = True, None
+        else:  # the engine's wrapper, say: read by hand, up to the first read that waits
+            sent, ended, waiting = _take_ready(chunks, parts, _FLUSH_SIZE)
+        if 0 <= expected < sent:
+            raise BadResponseError("response body longer than its Content-Length")
+        if ended:
+            if 0 <= expected != sent:
+                raise BadResponseError("response body shorter than its Content-Length")
+            self._write(http1.with_body(out.data, parts, chunked, end=True))
+            return
+        # The rest has to wait: the head and what came so far go now, then the body streams.
+        self._framing = framing
+        self._write(http1.with_body(out.data, parts, chunked))
+        while True:
+            try:
+                chunk = await (waiting if waiting is not None else chunks.__anext__())
+            except StopAsyncIteration:
+                break
+            waiting = None
             if not chunk:
                 continue
             if expected >= 0:
                 sent += len(chunk)
                 if expected < sent:
-                    raise _BadResponseError("response body longer than its Content-Length")
+                    raise BadResponseError("response body longer than its Content-Length")
             if chunked:
                 self._queue(b"%x\r\n" % len(chunk))
                 self._queue(chunk)
@@ -789,13 +800,13 @@ class _Connection(asyncio.Protocol):
                 self._queue(chunk)
             if self._write_paused:
                 self._flush()
-                await self._writable()
+                await self._wait_writable()
             if self._state == _CLOSED:
                 raise _ClientGoneError("the client closed the connection")
         if 0 <= expected != sent:
-            raise _BadResponseError("response body shorter than its Content-Length")
+            raise BadResponseError("response body shorter than its Content-Length")
         if chunked:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(http1.LAST_CHUNK)
         self._flush()
 
     def _end_failed_body(self, error: MeshError | None) -> None:
@@ -812,10 +823,10 @@ class _Connection(asyncio.Protocol):
         body fails").
         """
         framing = self._framing
-        if error is not None and framing == _CHUNKED:
+        if error is not None and framing == http1.CHUNKED:
             self._out.append(error_chunk(error))
         self._flush()
-        if isinstance(error, RequestTimeoutError) and framing != _UNTIL_CLOSE:
+        if isinstance(error, RequestTimeoutError) and framing != http1.UNTIL_CLOSE:
             self._close_after = True  # _exchange_done closes: a FIN once the bytes above are sent
             return
         sock = self._transport.get_extra_info("socket")
@@ -827,15 +838,10 @@ class _Connection(asyncio.Protocol):
     # --- tunnels -----------------------------------------------------------------------------------------------------
 
     async def _tunnel_upgrade(self, response: httpx.Response) -> None:
-        headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _RESPONSE_DROP]
-        headers.append((b"connection", b"upgrade"))
         upgrade = response.headers.get("upgrade")
-        if upgrade is not None:
-            headers.append((b"upgrade", upgrade.encode("latin-1")))
-        block = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
-        if _RESPONSE_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
-            raise _BadResponseError("invalid header in the response")
-        self._write(http1.status_line(101) + block + b"\r\n")
+        self._write(
+            http1.upgrade_head(response.headers.raw, upgrade.encode("latin-1") if upgrade is not None else None)
+        )
         tunnel = StreamTunnel(self._transport, response.extensions["network_stream"])
         await self._enter_tunnel(tunnel)
 
@@ -854,28 +860,14 @@ class _Connection(asyncio.Protocol):
         try:
             assert head.connect is not None
             host, port = head.connect
-            policy = self._server._connect_tunnel
-            try:
-                if policy is None:
-                    self._write(http1.plain_error(405, "CONNECT is not served on this listener"))
-                    return
-                if not await policy(host, port):
-                    raise RouteNotFoundError(
-                        f"CONNECT to {host}:{port} is not allowed: outbound_policy is registry_only"
-                    )
-                try:
-                    tunnel = await TcpTunnel.open(self._transport, host, port, connect_timeout=CONNECT_TIMEOUT)
-                except (OSError, TimeoutError) as exc:
-                    message = f"CONNECT {host}:{port}: {describe(exc)}"
-                    raise UpstreamConnectError(message) from exc
-            except MeshError as error:
-                status, headers, body = error_head(error)
-                self._write(http1.local_response(status, headers, body, close=True))
+            tunnel = await open_connect(self._server._connect_tunnel, self._transport, host, port)
+            if isinstance(tunnel, bytes):  # refused: the whole answer
+                self._write(tunnel)
                 return
             if self._state >= _CLOSING:
                 tunnel.close()
                 return
-            self._write(_CONNECTED)
+            self._write(CONNECTED)
             await self._enter_tunnel(tunnel)
         finally:
             self._server._in_flight -= 1
@@ -963,7 +955,7 @@ class HttpServer:
         self._max_header_bytes = limits.max_request_headers_kb * 1024
         self._header_timeout = limits.header_timeout
         self._idle_timeout = limits.idle_timeout
-        self._connections: set[_Connection] = set()
+        self._connections: set[_DownstreamConnection] = set()
         self._in_flight = 0
         self._server: asyncio.AbstractServer | None = None
         self._address: tuple[str, int] = ("", 0)
@@ -979,7 +971,7 @@ class HttpServer:
         self._address = (address[0], address[1])
         if self._tls is None:
             self._server = await loop.create_server(
-                lambda: _Connection(self, loop), sock=sock, backlog=socket.SOMAXCONN
+                lambda: _DownstreamConnection(self, loop), sock=sock, backlog=socket.SOMAXCONN
             )
             return
         self._listening = sock
@@ -987,7 +979,7 @@ class HttpServer:
             accept_loop(
                 sock,
                 self._tls,
-                lambda: _Connection(self, loop),
+                lambda: _DownstreamConnection(self, loop),
                 handshake_timeout=self._header_timeout,
                 connections=self._handshakes,
             )
@@ -1055,7 +1047,7 @@ class HttpServer:
         if self._all_closed is not None:
             self._all_closed.set()
 
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: _DownstreamConnection) -> None:
         self._connections.discard(conn)
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()

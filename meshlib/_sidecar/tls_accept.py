@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["Downstream", "FixedTls", "ServerTls", "accept_loop"]
+__all__ = ["FixedTls", "ServerTls", "accept_loop"]
 
 logger = logging.getLogger("meshlib.tls")
 
@@ -47,15 +47,6 @@ class FixedTls:
 
     mode: Literal["strict", "permissive", "disable"]
     context: Callable[[], ssl.SSLContext]
-
-
-@dataclass(frozen=True, slots=True)
-class Downstream:
-    """What a listener knows of the client of a connection: its address and, over TLS, its certificate."""
-
-    address: tuple[str, int] | None
-    tls: bool = False
-    certificate: bytes | None = None  # DER, when the client presented one that verified
 
 
 async def _first_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket, within: float) -> int | None:

@@ -1,5 +1,8 @@
 """Tunnels: raw bytes both ways between a client connection and an upstream, after CONNECT or an upgrade.
 
+* :func:`open_connect` answers ``CONNECT host:port``: the listener's
+  :data:`ConnectPolicy` says whether it may, then the TCP connection is
+  opened (within :data:`CONNECT_TIMEOUT`); a refusal is a whole response.
 * :class:`TcpTunnel` (CONNECT host:port): the listener opens a TCP connection
   itself and joins two asyncio transports. Half-close aware: an end of stream
   from one side is passed on as a half-close to the other, and the tunnel
@@ -23,17 +26,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
+from meshlib._engine.errors import describe
+from meshlib._errors import MeshError, RouteNotFoundError, UpstreamConnectError
+from meshlib._frontdoors.sidecar_requests import ConnectPolicy
+from meshlib._sidecar import http1
 from meshlib._transport.flow import HIGH_WATER, LOW_WATER
+from meshlib._wire import error_head
 
-__all__ = ["CONNECT_TIMEOUT", "ConnectPolicy", "NetworkStream", "StreamTunnel", "TcpTunnel", "Tunnel"]
-
-ConnectPolicy = Callable[[str, int], Awaitable[bool]]
-"""``await policy(host, port)``: whether CONNECT may open a tunnel there (False, or a raised MeshError, refuses)."""
+__all__ = [
+    "CONNECTED",
+    "CONNECT_TIMEOUT",
+    "ConnectPolicy",
+    "NetworkStream",
+    "StreamTunnel",
+    "TcpTunnel",
+    "Tunnel",
+    "open_connect",
+]
 
 CONNECT_TIMEOUT: Final = 10.0
+# What an accepted CONNECT is answered, before the tunnel runs.
+CONNECTED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _READ_SIZE: Final = 64 * 1024
 
 
@@ -198,7 +213,7 @@ class StreamTunnel:
         self._client_paused = False  # the client's transport asked us to stop writing to it
         self._reading_paused = False  # we paused reading from the client
         self._wake_up: asyncio.Future[None] | None = None  # the up pump waits for client bytes
-        self._wake_down: asyncio.Future[None] | None = None  # the down pump waits for the client to drain
+        self._wake_down: asyncio.Future[None] | None = None  # the down pump waits until the client is writable
         # Resolved when the tunnel must end before the upstream closes: True to abort the client's connection
         # (it is gone, or writing upstream failed), False to close it after what was written.
         self._ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -309,3 +324,23 @@ class StreamTunnel:
     def client_resume_writing(self) -> None:
         self._client_paused = False
         self._wake("_wake_down")
+
+
+async def open_connect(
+    policy: ConnectPolicy | None, client: asyncio.Transport, host: str, port: int
+) -> TcpTunnel | bytes:
+    """Answer ``CONNECT host:port`` from ``client``: the tunnel, opened (the caller answers :data:`CONNECTED` and
+    runs it), or the whole response that refuses it: 405 without a ``policy``; the MeshError's answer when the
+    policy refuses (False or a raised MeshError) or the connection fails (an UpstreamConnectError)."""
+    if policy is None:
+        return http1.plain_error(405, "CONNECT is not served on this listener")
+    try:
+        if not await policy(host, port):
+            raise RouteNotFoundError(f"CONNECT to {host}:{port} is not allowed: outbound_policy is registry_only")
+        try:
+            return await TcpTunnel.open(client, host, port, connect_timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamConnectError(f"CONNECT {host}:{port}: {describe(exc)}") from exc
+    except MeshError as error:
+        status, headers, body = error_head(error)
+        return http1.local_response(status, headers, body, close=True)

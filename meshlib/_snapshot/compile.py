@@ -18,21 +18,28 @@ from meshlib._clock import Clock, SystemClock
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
 from meshlib._config.resilience import RetryBudgetConfig
 from meshlib._config.security import InboundConfig
-from meshlib._engine.base import Filter
-from meshlib._engine.cluster_stack import CompiledCluster, Leg
+from meshlib._engine.cluster_stack import CompiledCluster, Leg, build_leg
+from meshlib._engine.inbound_context import InboundFilter
 from meshlib._engine.inbound_stack import InboundStack, build_inbound_stack
-from meshlib._engine.route_stack import build_route_handlers, route_filters
+from meshlib._engine.route_stack import build_route_stack
+from meshlib._engine.timeouts import TryTimeouts
 from meshlib._errors import ConfigError
 from meshlib._hooks import Hooks
 from meshlib._observe.registry import ObserverRegistry
+from meshlib._policies.authz import AuthzFilter, IpMatch, compile_policies
+from meshlib._policies.direct_response import DirectResponsePolicy
 from meshlib._policies.fault import FaultFilter
+from meshlib._policies.headers import HeadersFilter
 from meshlib._policies.hedge import HedgeFilter, SlowShare
 from meshlib._policies.mirror import MirrorFilter
+from meshlib._policies.path_normalize import NormalizeFilter
+from meshlib._policies.peer_authn import PeerAuthnFilter
 from meshlib._policies.retry import RetryFilter, RetryPolicy
 from meshlib._policies.retry_budget import RetryBudget
+from meshlib._policies.rewrite import RewriteFilter, RewritePolicy
 from meshlib._policies.split import SplitPolicy
 from meshlib._policies.storage import StorageRegistry
-from meshlib._policies.timeout import DeadlineFilter, PerTryTimeoutFilter, TryTimeouts
+from meshlib._policies.timeout import DeadlineFilter, PerTryTimeoutFilter
 from meshlib._snapshot.matchers import compile_match
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
@@ -44,6 +51,7 @@ from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
 from meshlib._upstream.registry import StateRegistry
 
 if TYPE_CHECKING:
+    from meshlib._policies.jwks import FileJwks, RemoteJwks, StaticJwks
     from meshlib._tls.cluster import ClusterTls
 
 __all__ = ["Runtime", "compile_snapshot"]
@@ -121,20 +129,21 @@ _NO_OVERRIDES = RouteConfig(cluster="-")
 
 
 def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: ClusterConfig, rt: Runtime) -> Leg:
-    """The filters of one route's way into one cluster; the route's keys override the cluster's."""
+    """The filters of one route's way into one cluster; the route's keys override the cluster's.
+
+    Each policy is made here; where it goes in the leg is cluster_stack.build_leg's.
+    """
     state = cluster.state
     timeout = route.timeout if route.timeout is not None else config.timeout
     # A route's retry replaces the cluster's, but may take its retriable_status_codes (RetryConfig.inheriting_codes).
     retry = route.retry.inheriting_codes(config.retry) if route.retry is not None else config.retry
     rate_limit = route.rate_limit or config.rate_limit
     hedge = route.hedge or config.hedge
-    filters: list[Filter] = []
-    endpoint_filters: list[Filter] = []
+    deadline_filter = rate_limit_filter = retry_filter = hedge_filter = breaker_filter = None
+    outlier_filter = per_try_filter = None
 
-    # The deadline is outermost so that it spans every try and every backoff below it.
     if timeout is not None:
-        filters.append(DeadlineFilter(timeout, rt.clock))
-    # Rate limit above the retries: a request costs one hit however many tries it takes.
+        deadline_filter = DeadlineFilter(timeout, rt.clock)
     if rate_limit is not None:
         # Imported here: limits (and redis) load only for a mesh that limits rates.
         from meshlib._policies import rate_limit as rate_limit_module
@@ -143,7 +152,7 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
         limiter = rt.registry.component(
             "rate_limit", key, rate_limit, lambda: rate_limit_module.RateLimiter(rate_limit, key, rt.storages)
         )
-        filters.append(rate_limit_module.RateLimitFilter(limiter, state))
+        rate_limit_filter = rate_limit_module.RateLimitFilter(limiter, state)
     retries = retry is not None and retry.attempts > 1
     # Hedges spend the retry budget too (gRFC A6; Envoy's retry_budget counts hedges). With hedging and no
     # retry configured, the default budget bounds them, so that hedging cannot double an overloaded upstream's load.
@@ -155,20 +164,17 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
         budget = rt.registry.component(
             "retry_budget", budget_key, budget_config, lambda: RetryBudget(budget_config, rt.clock, owner)
         )
-    # Retry above the breaker: every try is admitted (or refused) by the breaker on its own.
     if retry is not None and retries:
-        filters.append(RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state, rt.hooks))
-    # Hedge below the retries: a hedged try is one try to the retry loop, however many copies it sent.
+        retry_filter = RetryFilter(RetryPolicy.from_config(retry, rt.rng), budget, rt.clock, state, rt.hooks)
     # The retry filter counts each request in the budget once; without one, the hedge filter does.
     if hedge is not None:
         # The overload guard's estimate: per cluster, and per route with its own hedge (its `after` defines slow).
         load_key = (cluster.name, route_name if route.hedge else None)
         load = rt.registry.component("hedge_load", load_key, hedge.after, SlowShare)
         endpoints = tuple(e.url for e in cluster.endpoints)
-        filters.append(
-            HedgeFilter(hedge, state, rt.background, budget, deposits=not retries, load=load, endpoints=endpoints)
+        hedge_filter = HedgeFilter(
+            hedge, state, rt.background, budget, deposits=not retries, load=load, endpoints=endpoints
         )
-    # The breaker is the cluster's: admission before any I/O, outcome of each try after.
     if config.circuit_breaker is not None:
         # Imported here: pybreaker imports redis when it is installed, about 20 MB a mesh without breakers saves.
         from meshlib._policies import circuit_breaker as breaker_module
@@ -180,19 +186,27 @@ def _leg(route: RouteConfig, route_name: str, cluster: CompiledCluster, config: 
             breaker_config,
             lambda: breaker_module.BreakerState(breaker_config, state, rt.clock, listeners=rt.hooks.breaker_listeners),
         )
-        filters.append(breaker_module.CircuitBreakerFilter(breaker))
-    # Outlier detection sees every try's outcome on its endpoint, timeouts of this try included.
+        breaker_filter = breaker_module.CircuitBreakerFilter(breaker)
     if config.outlier_detection is not None:
         outlier_config = config.outlier_detection
         detector = rt.registry.component(
             "outlier_detection", cluster.name, outlier_config, lambda: OutlierDetector(outlier_config, state, rt.clock)
         )
-        endpoint_filters.append(OutlierFilter(detector, cluster.endpoints))
-    # Per try, below the endpoint pick: bounds this try by per_try_timeout, connect_timeout and the deadline.
+        outlier_filter = OutlierFilter(detector, cluster.endpoints)
+    # Bounds each try by per_try_timeout, connect_timeout and the deadline: needed when any of them is set.
     per_try = retry.per_try_timeout if retry is not None else None
     if per_try is not None or config.connect_timeout is not None or timeout is not None:
-        endpoint_filters.append(PerTryTimeoutFilter(TryTimeouts(per_try, config.connect_timeout), rt.clock))
-    return Leg(cluster, filters, endpoint_filters)
+        per_try_filter = PerTryTimeoutFilter(TryTimeouts(per_try, config.connect_timeout), rt.clock)
+    return build_leg(
+        cluster,
+        timeout=deadline_filter,
+        rate_limit=rate_limit_filter,
+        retry=retry_filter,
+        hedge=hedge_filter,
+        circuit_breaker=breaker_filter,
+        outlier=outlier_filter,
+        per_try_timeout=per_try_filter,
+    )
 
 
 def _compile_route(
@@ -205,7 +219,7 @@ def _compile_route(
     implicit: bool = False,
 ) -> CompiledRoute:
     name = config.name or f"route-{index}"
-    fault = mirror = None
+    fault = mirror = rewrite = None
     if config.fault is not None:
         targets = [
             clusters[c].state for c in ([config.cluster] if config.cluster else [s.cluster for s in config.split or ()])
@@ -216,10 +230,24 @@ def _compile_route(
         shadow = config.mirror.cluster
         shadow_leg = _leg(_NO_OVERRIDES, name, clusters[shadow], mesh.clusters[shadow], rt)
         mirror = MirrorFilter(config.mirror, shadow_leg, rt.rng, rt.background)
-    filters = route_filters(config, fault=fault, mirror=mirror)
-    split = None if config.direct_response is not None else SplitPolicy.from_route(config, rt.rng)
+    rewrite_policy = RewritePolicy.from_route(config)
+    if rewrite_policy is not None:
+        rewrite = RewriteFilter(rewrite_policy)
+    direct = split = None
+    if config.direct_response is not None:
+        direct = DirectResponsePolicy.from_config(config.direct_response)
+    else:
+        split = SplitPolicy.from_route(config, rt.rng)
     legs = {c: _leg(config, name, clusters[c], mesh.clusters[c], rt) for c in (split.clusters if split else ())}
-    handle, handle_async = build_route_handlers(config, filters, legs, split)
+    filters, handle, handle_async = build_route_stack(
+        legs,
+        fault=fault,
+        headers=HeadersFilter.from_config(config.headers),
+        rewrite=rewrite,
+        mirror=mirror,
+        draw=split.pick if split is not None else None,
+        direct_response=direct.respond if direct is not None else None,
+    )
     return CompiledRoute(
         name=name,
         index=index,
@@ -235,10 +263,33 @@ def _compile_route(
 
 
 def _compile_inbound(config: InboundConfig | None, service: str, rt: Runtime) -> InboundStack:
-    """The inbound policy: JWKS files and inline sets are read now (errors name their field), URLs in the background."""
-    if config is None or not config.jwt:
-        return build_inbound_stack(config, [], realm=service)
-    # Here: PyJWT and cryptography load only for a mesh that checks tokens.
+    """The inbound policy: JWKS files and inline sets are read now (errors name their field), URLs in the background.
+
+    Each policy is made here; where it goes in the stack is inbound_stack.build_inbound_stack's.
+    """
+    trusted = IpMatch(config.trusted_proxies if config is not None else InboundConfig().trusted_proxies)
+    if config is None:
+        return build_inbound_stack(None, normalize=NormalizeFilter(), trusted=trusted)
+    jwt: InboundFilter | None = None
+    if config.jwt:
+        # Here: PyJWT and cryptography load only for a mesh that checks tokens: idle memory and start-up stay small.
+        from meshlib._policies.authn import JwtFilter, JwtProvider
+
+        keys = _compile_jwks(config, rt)
+        providers = [JwtProvider.from_config(p, k) for p, k in zip(config.jwt, keys, strict=True)]
+        jwt = JwtFilter(providers, realm=service)
+    return build_inbound_stack(
+        config,
+        normalize=NormalizeFilter(),
+        trusted=trusted,
+        peer_authn=PeerAuthnFilter(config.mtls) if config.mtls is not None else None,
+        jwt=jwt,
+        authz=AuthzFilter(compile_policies(config.authorization)) if config.authorization else None,
+    )
+
+
+def _compile_jwks(config: InboundConfig, rt: Runtime) -> list[StaticJwks | FileJwks | RemoteJwks]:
+    """The key sources of ``config.jwt``, one per provider; a ConfigError names every one that cannot be read."""
     from meshlib._policies.jwks import FileJwks, JwksError, RemoteJwks, StaticJwks
 
     sources: list[StaticJwks | FileJwks | RemoteJwks] = []
@@ -264,7 +315,7 @@ def _compile_inbound(config: InboundConfig | None, service: str, rt: Runtime) ->
             errors.append((f"{where}.{key}", f"invalid JWKS: {exc}"))
     if errors:
         raise ConfigError(errors)
-    return build_inbound_stack(config, sources, realm=service)
+    return sources
 
 
 def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Snapshot:

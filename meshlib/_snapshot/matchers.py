@@ -9,7 +9,7 @@ import httpx
 
 from meshlib._config.models import RouteMatchConfig, StringMatchConfig
 
-__all__ = ["MatchInput", "Predicate", "ValueMatcher", "compile_match", "compile_value", "host_matches"]
+__all__ = ["MatchInput", "Predicate", "ValueMatcher", "compile_match", "compile_value"]
 
 ValueMatcher = Callable[[str | None], bool]
 
@@ -65,15 +65,6 @@ def compile_value(config: StringMatchConfig) -> ValueMatcher:
     if config.present:
         return lambda v: v is not None
     return lambda v: v is None
-
-
-def host_matches(pattern: str, host: str) -> bool:
-    """``*`` matches any host; ``*.example.com`` matches ``a.example.com`` but not ``example.com``."""
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:])
-    return host == pattern
 
 
 def _header(name: str, match: ValueMatcher) -> Predicate:

@@ -19,6 +19,10 @@ __all__ = ["CompiledRoute"]
 class CompiledRoute:
     """A route ready to serve: ``matches`` decides, ``handle``/``handle_async`` carry it out.
 
+    ``filters``, ``handle`` and ``handle_async`` are the route's stack, as
+    ``_engine/route_stack.py``'s ``build_route_stack`` composed it; the engine
+    sees a CompiledRoute as a ``route_stack.Route``.
+
     ``implicit`` marks the route every cluster gets for its own name as host
     (``http://ratings/``), placed after all configured routes.
     """

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import httpx
 
+from meshlib._config.hosts import host_matches
 from meshlib._engine.urls import path_of
-from meshlib._snapshot.matchers import MatchInput, host_matches
+from meshlib._snapshot.matchers import MatchInput
 from meshlib._snapshot.route import CompiledRoute
 
 __all__ = ["RouteTable"]

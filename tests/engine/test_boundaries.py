@@ -1,14 +1,27 @@
-"""Architecture checks: the engine imports no front door, and each route's stack is in the documented order."""
+"""Architecture checks: the engine imports no front door, and each stack is built in the order its module documents.
+
+Each level's module says its order in its docstring and builds it
+(``route_stack.build_route_stack``, ``cluster_stack.build_leg``,
+``endpoint_stack.endpoint_filters``, ``inbound_stack.build_inbound_stack``):
+the checks below hand each builder a stand-in for every filter it takes and
+compare what it built with the docstring, then check compiled meshes too.
+"""
 
 from __future__ import annotations
 
 import ast
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 import meshlib._engine
-from meshlib._engine import cluster_stack, route_stack
+from meshlib._engine import cluster_stack, endpoint_stack, inbound_stack, route_stack
+from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler
+from meshlib._engine.inbound_context import Denial, InboundContext, InboundFilter
 from tests.conftest import MakeMesh
 
 ENGINE_DIR = Path(meshlib._engine.__file__).parent
@@ -77,6 +90,95 @@ def _documented_order(doc: str | None, first: str) -> list[str]:
     assert doc is not None
     line = next(line.strip() for line in doc.splitlines() if line.strip().startswith(first))
     return [stage.strip() for stage in line.split("→")]
+
+
+def _slots(builder: Callable[..., Any], annotation: str) -> list[str]:
+    """The builder's keyword-only parameters that take a filter (annotated ``annotation``), in signature order."""
+    return [
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.annotation == annotation
+    ]
+
+
+class _Stage:
+    """A filter that only passes the request on; its class's ``name`` is the builder keyword it was given as."""
+
+    name = "stage"
+
+    def handle(self, request: Request, call_next: SyncHandler) -> Response:
+        return call_next(request)
+
+    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+        return await call_next(request)
+
+    def apply(self, ctx: InboundContext) -> Denial | None:
+        return None
+
+
+def _stand_ins(slots: list[str]) -> dict[str, Any]:
+    """One stand-in per slot, named after it; passed in reverse so that keyword order cannot be what orders them."""
+    return {slot: type(f"_{slot}", (_Stage,), {"name": slot})() for slot in reversed(slots)}
+
+
+def _names(filters: Any) -> list[str]:
+    return [f.name for f in filters]
+
+
+def test_the_route_builder_builds_the_documented_order() -> None:
+    """build_route_stack puts every filter it takes where route_stack.py's docstring says."""
+    documented = _documented_order(route_stack.__doc__, "Route level:")
+    documented[0] = documented[0].removeprefix("Route level:").strip()
+    assert documented[-1].startswith("split")
+    assert documented[-1].rstrip(".").endswith("or direct response")
+    slots = _slots(route_stack.build_route_stack, "Filter | None")
+    # The docstring's words for the builder's keywords.
+    spelled = {"fault": "fault", "headers": "header edits", "rewrite": "rewrite", "mirror": "mirror"}
+    assert set(slots) == set(spelled), "a filter slot of build_route_stack the docstring does not name"
+    built = route_stack.build_route_stack({}, **_stand_ins(slots), direct_response=lambda r: httpx.Response(204))
+    assert [spelled[name] for name in _names(built.filters)] == documented[:-1]
+    assert built.handle(httpx.Request("GET", "http://x/")).status_code == 204
+
+
+def test_the_leg_and_endpoint_builders_build_the_documented_order(make_mesh: MakeMesh) -> None:
+    """build_leg (and endpoint_filters below it) put every filter where cluster_stack.py's docstring says."""
+    documented = _documented_order(cluster_stack.__doc__, "timeout →")
+    pick = documented.index("[pick endpoint]")
+    assert documented[-1] == "send"
+    slots = _slots(cluster_stack.build_leg, "Filter | None")
+    assert slots == [s for s in documented if s not in ("[pick endpoint]", "send")]
+    cluster = make_mesh({"clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}}}).snapshot.clusters["a"]
+    leg = cluster_stack.build_leg(cluster, **_stand_ins(slots))
+    assert _names(leg.filters) == documented[:pick]
+    assert _names(leg.endpoint_filters) == documented[pick + 1 : -1]
+    assert leg.filter_names == slots
+    # The endpoint level's own docstring says the same as the leg's, from the pick on.
+    endpoint = _documented_order(endpoint_stack.__doc__, "Endpoint level:")
+    endpoint[0] = endpoint[0].removeprefix("Endpoint level:").strip()
+    endpoint[-1] = endpoint[-1].split(",")[0]
+    assert endpoint == documented[pick + 1 :]
+    endpoint_slots = _slots(endpoint_stack.endpoint_filters, "Filter | None")
+    assert _names(endpoint_stack.endpoint_filters(**_stand_ins(endpoint_slots))) == endpoint[:-1]
+
+
+def test_the_inbound_builder_builds_the_documented_order() -> None:
+    """build_inbound_stack puts every filter it takes where inbound_stack.py's docstring says."""
+    doc = inbound_stack.__doc__
+    assert doc is not None
+    line = doc.splitlines()[0].removeprefix("Inbound:").split(";")[0]
+    documented = [stage.strip() for stage in line.split("→")]
+    spelled = {"normalize": "normalise", "peer_authn": "peer authn (mTLS)", "jwt": "JWT authn", "authz": "authz"}
+    slots = [*_slots(inbound_stack.build_inbound_stack, "InboundFilter"), "peer_authn", "jwt", "authz"]
+    assert _slots(inbound_stack.build_inbound_stack, "InboundFilter | None") == slots[1:]
+    assert set(slots) == set(spelled), "a filter slot of build_inbound_stack the docstring does not name"
+    built = inbound_stack.build_inbound_stack(None, trusted=lambda address: False, **_stand_ins(slots))
+    assert [spelled[name] for name in built.names] == documented
+
+
+def test_the_stand_ins_are_filters() -> None:
+    stage: Filter = _stand_ins(["x"])["x"]
+    inbound: InboundFilter = _stand_ins(["y"])["y"]
+    assert (stage.name, inbound.name) == ("x", "y")
 
 
 def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from meshlib._engine.errors import describe
+from meshlib._engine.timeouts import timeout_message
 from meshlib._errors import TimeoutKind, try_message
-from meshlib._policies.timeout import timeout_message
 
 
 def chained(*errors: BaseException) -> BaseException:

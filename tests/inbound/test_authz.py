@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 import meshlib
-from meshlib._engine.inbound_context import InboundRequest
-from meshlib._policies.identity import Peer, PeerCertificate
+from meshlib._engine.inbound_context import InboundRequest, Peer, PeerCertificate
 from tests.inbound import tokens
 
 FRONTEND = "spiffe://example.org/ns/default/sa/frontend"

@@ -102,8 +102,8 @@ def test_bypass_case_over_a_socket(request: pytest.FixtureRequest, server: str, 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bypass_case_from_the_wire(mesh: meshlib.Mesh, case: Case) -> None:
     """The view a socket door (the sidecar's inbound listener) builds from raw bytes reaches the same verdicts."""
+    from meshlib._engine.inbound_context import Peer
     from meshlib._frontdoors.inbound_door import request_from_wire
-    from meshlib._policies.identity import Peer
     from tests.inbound.bypass_cases import HOST
 
     names = {k for k, _ in case.headers}

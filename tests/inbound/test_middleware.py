@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import meshlib
+from meshlib._engine.inbound_context import PeerCertificate
 from meshlib._engine.inbound_stack import InboundStack
-from meshlib._policies.identity import PeerCertificate
 from meshlib._policies.path_normalize import PathError, normalize_path
 from meshlib._policies.xfcc import XfccError, format_xfcc, parse_xfcc, peer_from_xfcc
 from meshlib.asgi import MeshMiddleware as AsgiMiddleware

@@ -101,12 +101,13 @@ class Upstream:
         return self.sync if self.mode == "sync" else self.async_
 
 
-@pytest.fixture(autouse=True, params=["inline", "task-group"])
-def async_race(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Async hedging has two drivers: asyncio's inline one, and the task-group race other anyio backends use."""
-    if request.param == "task-group":
+@pytest.fixture(params=["sync", "async-inline", "async-task-group"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each case once per driver: sync over respx (every try on a thread), and async's two drivers, asyncio's
+    inline one and the task-group race other anyio backends use. (Overrides tests/conftest.py's ``mode``.)"""
+    if request.param == "async-task-group":
         monkeypatch.setattr(hedge_module, "_inline_possible", lambda: False)
-    return str(request.param)
+    return "sync" if request.param == "sync" else "async"
 
 
 def _background_threads() -> set[threading.Thread]:
@@ -234,6 +235,49 @@ async def test_a_failure_with_no_other_try_running_ends_the_race_at_once(
         assert time.monotonic() - started < 0.5  # not held until the hedge was due
     assert upstream.call_count == 1
     assert _counters(mesh) == {}
+
+
+async def test_a_retry_after_a_failed_hedge_avoids_the_endpoints_of_every_try(
+    make_mesh: MakeMesh, caller: Caller, respx_mock: respx.MockRouter, mode: str
+) -> None:
+    """The hedge's 502 is the last failure: the caller's context learns its try, so the retry goes to a third endpoint.
+
+    Every driver does so (tests/policies/test_hedge_inline.py has the sync
+    inline one). ring_hash walks the ring from one point for every try of a
+    request: a retry that knew only the first try's endpoint would go where
+    the hedge went.
+    """
+    plan = iter([(0.15, 503), (0.25, 502), (0.0, 200)])
+    ports: list[int] = []
+    lock = threading.Lock()
+
+    def begin(request: httpx.Request) -> tuple[float, int]:
+        assert request.url.port is not None
+        with lock:
+            ports.append(request.url.port)
+            return next(plan)
+
+    def sync(request: httpx.Request) -> httpx.Response:
+        seconds, status = begin(request)
+        time.sleep(seconds)
+        return httpx.Response(status, json={"port": request.url.port})
+
+    async def async_(request: httpx.Request) -> httpx.Response:
+        seconds, status = begin(request)
+        await anyio.sleep(seconds)
+        return httpx.Response(status, json={"port": request.url.port})
+
+    respx_mock.route(host="127.0.0.1").mock(side_effect=sync if mode == "sync" else async_)
+    retry = {"attempts": 2, "retry_on": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}}
+    mesh = make_mesh(_config(endpoints=3, after="50ms", lb="ring_hash", hash_on={"header": "x-user"}, retry=retry))
+    async with caller(mesh) as client:
+        response = await client.get("http://reviews/x", headers={"x-user": "alice"})
+        await eventually(lambda: _in_flight(mesh) == 0)
+    assert response.status_code == 200
+    assert len(ports) == 3
+    assert len(set(ports)) == 3, ports
+    assert response.json() == {"port": ports[2]}
+    assert _counters(mesh) == {"hedges": 1, "retries": 1, "retried_requests": 1}
 
 
 def _slow_app(seconds: float) -> Callable[[Scope, Receive, Send], Any]:

@@ -49,12 +49,13 @@ def no_overload_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hedge_module, "OVERLOAD_SHARE", math.inf)
 
 
-@pytest.fixture(autouse=True, params=["inline", "task-group"])
-def async_race(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both async drivers: asyncio's inline hedge, and the task-group race of other anyio backends."""
-    if request.param == "task-group":
+@pytest.fixture(params=["sync", "async-inline", "async-task-group"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each case once per driver: sync over respx (every try on a thread), and both async drivers, asyncio's
+    inline hedge and the task-group race of other anyio backends. (Overrides tests/conftest.py's ``mode``.)"""
+    if request.param == "async-task-group":
         monkeypatch.setattr(hedge_module, "_inline_possible", lambda: False)
-    return str(request.param)
+    return "sync" if request.param == "sync" else "async"
 
 
 def _config(retry: Any = _DEFAULT, max_extra: int = 1) -> dict[str, Any]:
@@ -248,7 +249,6 @@ def slow_servers() -> Iterator[tuple[list[Counting], list[RunningServer]]]:
             server.stop()
 
 
-@pytest.mark.parametrize("async_race", ["inline"], indirect=True)
 def test_the_sync_inline_hedge_spends_the_budget(
     make_mesh: MakeMesh, mesh_clock: FakeClock, slow_servers: tuple[list[Counting], list[RunningServer]]
 ) -> None:
@@ -264,7 +264,6 @@ def test_the_sync_inline_hedge_spends_the_budget(
     assert hedges >= 2
 
 
-@pytest.mark.parametrize("async_race", ["inline"], indirect=True)
 def test_the_sync_inline_hedge_stops_at_a_refusal(
     make_mesh: MakeMesh, mesh_clock: FakeClock, slow_servers: tuple[list[Counting], list[RunningServer]]
 ) -> None:

@@ -180,3 +180,67 @@ async def test_when_every_try_fails_slowly_the_last_failure_is_returned(make_mes
     finally:
         for server in servers:
             server.stop()
+
+
+class ByArrival:
+    """Upstreams sharing one count of requests: the n-th request overall waits and answers as ``plan[n - 1]`` says.
+
+    ``seen`` lists the name of the upstream each request reached, in order.
+    """
+
+    def __init__(self, plan: list[tuple[float, int]]) -> None:
+        self.plan = plan
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+
+    def app(self, name: str) -> Any:
+        inner = echo_app(name)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            with self._lock:
+                self.seen.append(name)
+                seconds, status = self.plan[len(self.seen) - 1]
+            await anyio.sleep(seconds)
+            if status == 200:
+                await inner(scope, receive, send)
+                return
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+
+        return app
+
+
+async def test_a_retry_after_a_failed_hedge_avoids_the_endpoints_of_every_try(
+    make_mesh: MakeMesh, caller: Caller
+) -> None:
+    """First try: 503 after 150 ms; its hedge (sent at 50 ms): 502 after 250 ms, the last failure; then a retry.
+
+    The caller's context learns the failed hedge's try too (its endpoint, and
+    the endpoints tried), as after a win: the retry goes to the one endpoint no
+    try used. With ring_hash, a retry that knew only the inline try's endpoint
+    would walk the ring to where the hedge went.
+    """
+    upstreams = ByArrival([(0.15, 503), (0.25, 502), (0.0, 200)])
+    servers = [start_server(upstreams.app(name), name) for name in ("a", "b", "c")]
+    try:
+        cluster = {
+            "endpoints": [s.url for s in servers],
+            "lb": "ring_hash",
+            "hash_on": {"header": "x-user"},
+            "hedge": {"after": "50ms"},
+            "retry": {"attempts": 2, "retry_on": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}},
+        }
+        mesh = make_mesh({"clusters": {"reviews": cluster}})
+        async with caller(mesh) as client:
+            response = await client.get("http://reviews/x", headers={"x-user": "alice"})
+            assert response.status_code == 200
+            await eventually(lambda: _in_flight(mesh) == 0)
+        assert len(upstreams.seen) == 3
+        assert len(set(upstreams.seen)) == 3, upstreams.seen
+        assert response.json()["name"] == upstreams.seen[2]
+        assert _stats(mesh)["counters"] == {"hedges": 1, "retries": 1, "retried_requests": 1}
+    finally:
+        for server in servers:
+            server.stop()

@@ -1,12 +1,12 @@
-"""mesh_error_for: httpx errors that reach the sidecar's listener outside the engine (passthrough) still say what."""
+"""mesh_error: httpx errors that reach the sidecar's listener outside the engine (passthrough) still say what."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from meshlib._engine.errors import mesh_error
 from meshlib._errors import MeshError, RequestTimeoutError, UpstreamConnectError, UpstreamResetError
-from meshlib._sidecar.server import mesh_error_for
 
 REQUEST = httpx.Request("GET", "http://example.com:8080/x")
 
@@ -24,10 +24,10 @@ REQUEST = httpx.Request("GET", "http://example.com:8080/x")
 def test_a_passthrough_error_names_what_happened_and_where(
     error: httpx.TransportError, cls: type[MeshError], message: str
 ) -> None:
-    mapped = mesh_error_for(error, REQUEST)
+    mapped = mesh_error(error, REQUEST)
     assert type(mapped) is cls
     assert str(mapped) == f"{message} (endpoint http://example.com:8080)"
 
 
 def test_an_unexpected_exception_is_not_a_mesh_error() -> None:
-    assert mesh_error_for(ValueError("bug"), REQUEST) is None
+    assert mesh_error(ValueError("bug"), REQUEST) is None
