@@ -67,6 +67,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_resilience.py", *session.posargs)
     session.run("python", "benchmarks/bench_hedge_overload.py", *session.posargs)
     session.run("python", "benchmarks/bench_upstream_client.py", *session.posargs)
+    session.run("python", "benchmarks/bench_inner_transport.py", *session.posargs)
     session.run("python", "benchmarks/bench_inbound.py", "--check", *session.posargs)
     session.run("python", "benchmarks/bench_metrics_choice.py", *session.posargs)
     if shutil.which("wrk") is None:

@@ -41,7 +41,12 @@ import meshlib
 HERE = Path(__file__).resolve().parent
 
 CONCURRENCIES = (16, 64)
-WRK_THREADS = 2
+WRK_THREADS_PINNED = 1  # pinned, wrk shares CPU 0 with the upstream: one thread (wrk -t1)
+WRK_THREADS_UNPINNED = 2
+# A run during which the rest of the machine (not the proxy, wrk or the upstream) kept more than this many cores
+# busy is repeated, up to NOISY_REPEATS times, and the quietest attempt is kept.
+NOISY_CORES = 0.25
+NOISY_REPEATS = 2
 FULL_DURATION = 5  # seconds per measured wrk run
 QUICK_DURATION = 2
 FULL_ROUNDS = 3  # measured runs per proxy and concurrency, interleaved across proxies
@@ -55,11 +60,11 @@ START_TIMEOUT = 30.0  # seconds a proxy has to become ready
 ATTEMPTS = 3  # the retry policy every proxy gets: 3 attempts on a 5xx or a connect failure
 
 # The targets (the sidecar issue's numbers).
-TARGET_ENVOY_RPS = 0.5  # meshlib req/s ≥ this × Envoy's, at every concurrency
-TARGET_ENVOY_P99 = 3.0  # meshlib p99 ≤ this × Envoy's
+TARGET_ENVOY_RPS = 0.8  # meshlib req/s ≥ this × Envoy's, at every concurrency (issue 13)
+TARGET_ENVOY_P99 = 2.0  # meshlib p99 ≤ this × Envoy's
 TARGET_BASELINE_RPS = 10.0  # meshlib req/s ≥ this × the uvicorn + httpx proxy's
 TARGET_WORKERS_GAIN = 1.6  # --workers 2 req/s ≥ this × one worker's
-TARGET_IDLE_RSS_MB = 60.0
+TARGET_IDLE_RSS_MB = 45.0
 TARGET_RSS_GROWTH_MB = 5.0  # RSS after the soak − RSS before it
 
 MESHLIB = "meshlib"
@@ -488,8 +493,8 @@ class WrkResult:
 
 
 def run_wrk(wrk: list[str], url: str, concurrency: int, duration: int, script: Path) -> WrkResult:
-    """``wrk -t 2 -c N -d D --latency`` with the summary script; raises RuntimeError if wrk fails."""
-    cmd = [*wrk, "-t", str(WRK_THREADS), "-c", str(concurrency), "-d", f"{duration}s", "--latency", "-s", str(script)]
+    """``wrk -c N -d D --latency`` with the summary script (``wrk`` holds ``-t``); raises RuntimeError if wrk fails."""
+    cmd = [*wrk, "-c", str(concurrency), "-d", f"{duration}s", "--latency", "-s", str(script)]
     done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 60, check=False)
     match = re.search(r"^WRK_RESULT (\{.*\})$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or match is None:
@@ -509,6 +514,7 @@ class Row:
     cpu: float = 0.0  # CPU seconds of the proxy's process tree over the measured runs
     rig_cpu: float = 0.0  # CPU seconds of wrk and the upstream (the test rig) over the measured runs
     busy: float = 0.0  # busy core-seconds of the whole machine over the measured runs
+    repeated: int = 0  # runs measured again because other load was too high
     wall: float = 0.0  # wall-clock seconds of the measured runs
     rss: float = float("nan")  # MB after the last run
     reason: str = ""
@@ -539,9 +545,9 @@ class Row:
         return self.rig_cpu / max(sum(r.requests for r in self.runs), 1) * 1e6
 
     @property
-    def busy_cores(self) -> float:
-        """How many of the machine's cores were busy, on average over the measured runs."""
-        return self.busy / self.wall if self.wall else 0.0
+    def other_cores(self) -> float:
+        """Cores the rest of the machine kept busy during the kept runs (not the proxy, wrk or the upstream)."""
+        return max(self.busy - self.cpu - self.rig_cpu, 0.0) / self.wall if self.wall else 0.0
 
     @property
     def errors(self) -> int:
@@ -569,21 +575,35 @@ class Bench:
         """One measured wrk run (after a warm-up if asked), with the proxy tree's CPU time and RSS around it."""
         if warm_up and self.warmup:
             run_wrk(self.wrk, proxy.url, row.concurrency, self.warmup, self.script)
-        before = cpu_seconds(proxy.running.pid)
-        rig_before = children_cpu_seconds() + cpu_seconds(self.upstream_pid)
-        busy_before, wall_before = busy_core_seconds(), time.monotonic()
-        result = run_wrk(self.wrk, proxy.url, row.concurrency, self.duration, self.script)
-        row.busy += busy_core_seconds() - busy_before
-        row.wall += time.monotonic() - wall_before
-        row.cpu += cpu_seconds(proxy.running.pid) - before
-        row.rig_cpu += children_cpu_seconds() + cpu_seconds(self.upstream_pid) - rig_before
+        attempts: list[tuple[float, WrkResult, float, float, float, float]] = []
+        for attempt in range(1 + NOISY_REPEATS):
+            before = cpu_seconds(proxy.running.pid)
+            rig_before = children_cpu_seconds() + cpu_seconds(self.upstream_pid)
+            busy_before, wall_before = busy_core_seconds(), time.monotonic()
+            result = run_wrk(self.wrk, proxy.url, row.concurrency, self.duration, self.script)
+            busy, wall = busy_core_seconds() - busy_before, time.monotonic() - wall_before
+            cpu = cpu_seconds(proxy.running.pid) - before
+            rig = children_cpu_seconds() + cpu_seconds(self.upstream_pid) - rig_before
+            other = max(busy - cpu - rig, 0.0) / wall if wall else 0.0
+            attempts.append((other, result, busy, wall, cpu, rig))
+            print(
+                f"  {proxy.name:<22} c={row.concurrency:<3} {result.rps:>9,.0f} req/s"
+                f"  p99 {result.p99_us / 1000:6.2f} ms  {cpu / max(result.requests, 1) * 1e6:6.1f} µs/req"
+                f"  other load {other:.2f} cores"
+                + (f"  {result.errors} errors" if result.errors else "")
+                + ("  (noisy: again)" if other > NOISY_CORES and attempt < NOISY_REPEATS else ""),
+                flush=True,
+            )
+            if other <= NOISY_CORES:
+                break
+        row.repeated += len(attempts) - 1
+        _, result, busy, wall, cpu, rig = min(attempts, key=lambda a: a[0])  # the quietest attempt
+        row.busy += busy
+        row.wall += wall
+        row.cpu += cpu
+        row.rig_cpu += rig
         row.rss = rss_mb(proxy.running.pid)
         row.runs.append(result)
-        print(
-            f"  {proxy.name:<22} c={row.concurrency:<3} {result.rps:>9,.0f} req/s  p99 {result.p99_us / 1000:6.2f} ms"
-            + (f"  {result.errors} errors" if result.errors else ""),
-            flush=True,
-        )
 
 
 @dataclass
@@ -637,7 +657,7 @@ def _short(reason: str, limit: int = 160) -> str:
 
 def print_table(rows: Sequence[Row]) -> None:
     """The results, with each row's ratios to Envoy at the same concurrency."""
-    header = ["proxy", "conc", "req/s", "±", "p50 ms", "p99 ms", "CPU µs/req", "rig µs/req", "busy cores", "RSS MB"]
+    header = ["proxy", "conc", "req/s", "±", "p50 ms", "p99 ms", "CPU µs/req", "rig µs/req", "other load", "RSS MB"]
     header += ["rps ÷ envoy", "p99 ÷ envoy", "errors"]
     body: list[list[str]] = []
     for row in rows:
@@ -655,7 +675,7 @@ def print_table(rows: Sequence[Row]) -> None:
                 f"{row.p99_us / 1000:.2f}",
                 f"{row.cpu_us:.1f}",
                 f"{row.rig_us:.1f}",
-                f"{row.busy_cores:.2f}",
+                f"{row.other_cores:.2f}" + (f" ({row.repeated} again)" if row.repeated else ""),
                 f"{row.rss:.1f}",
                 f"{row.rps / envoy.rps:.2f}×" if envoy and envoy.rps else "—",
                 f"{row.p99_us / envoy.p99_us:.2f}×" if envoy and envoy.p99_us else "—",
@@ -834,8 +854,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["meshlib", "envoy", "baseline"], help="measure this proxy only")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--pin", action="store_true", help="taskset: single-process proxies on CPU 1, wrk and the upstream on CPU 0"
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="no taskset (by default single-process proxies run on CPU 1, wrk -t1 and the upstream on CPU 0)",
     )
+    parser.add_argument("--pin", dest="pin", action="store_true", help="the default: pin, as above")
     parser.add_argument(
         "--meshlib-command",
         metavar="CMD",
@@ -865,9 +889,10 @@ def run(args: argparse.Namespace, wrk_path: str) -> tuple[list[Row], Soak | None
     duration = args.duration or (QUICK_DURATION if args.quick else FULL_DURATION)
     rounds = args.rounds or (1 if args.quick else FULL_ROUNDS)
     proxy_cpus, load_cpus = ("1", "0") if args.pin else (None, None)
+    threads = WRK_THREADS_PINNED if args.pin else WRK_THREADS_UNPINNED
     print(
         f"bench_sidecar{' --quick' if args.quick else ''}: {_versions(ENVOY in selected)}\n"
-        f"wrk -t {WRK_THREADS} -c {'/'.join(map(str, CONCURRENCIES))} -d {duration}s --latency, {rounds} round(s) "
+        f"wrk -t {threads} -c {'/'.join(map(str, CONCURRENCIES))} -d {duration}s --latency, {rounds} round(s) "
         f"with the proxies interleaved (a {WARMUP} s warm-up before the first); one upstream process on two ports; "
         + ("pinned: proxies on CPU 1, wrk and upstream on CPU 0" if args.pin else "no CPU pinning"),
         flush=True,
@@ -879,7 +904,7 @@ def run(args: argparse.Namespace, wrk_path: str) -> tuple[list[Row], Soak | None
         script = workdir / "summary.lua"
         script.write_text(WRK_SCRIPT)
         with fast_upstream(procs, load_cpus) as (ports, upstream_pid):
-            bench = Bench(duration, WARMUP, _pinned([wrk_path], load_cpus), script, upstream_pid)
+            bench = Bench(duration, WARMUP, _pinned([wrk_path, "-t", str(threads)], load_cpus), script, upstream_pid)
             if len(selected) > 1:
                 direct = run_wrk(bench.wrk, f"http://127.0.0.1:{ports[0]}/", CONCURRENCIES[0], duration, script)
                 print(f"  upstream direct, c={CONCURRENCIES[0]}: {direct.rps:,.0f} req/s (the ceiling)", flush=True)

@@ -8,6 +8,7 @@ import pytest
 import meshlib
 
 PUBLIC_NAMES = [
+    "AsyncHTTP1Transport",
     "AsyncMeshTransport",
     "CircuitOpenError",
     "ConfigError",

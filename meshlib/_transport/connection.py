@@ -184,7 +184,7 @@ class NetworkStream:
         if conn.lost or conn.transport is None or conn.transport.is_closing():
             raise httpx.WriteError("The upgraded connection is closed")
         conn.transport.write(data)
-        await conn.drain(None, None)
+        await conn.wait_writable(None, None)
 
     def write_eof(self) -> None:
         """Half-close: the peer sees the end of stream and may still answer (the tunnel passes a client's on)."""
@@ -212,7 +212,6 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "counted",
-        "drain_waiter",
         "exchange",
         "idle",
         "idle_since",
@@ -227,6 +226,7 @@ class Connection(asyncio.Protocol):
         "tunnel",
         "usable",
         "waiter",
+        "writable_waiter",
         "write_paused",
     )
 
@@ -238,7 +238,7 @@ class Connection(asyncio.Protocol):
         self.exchange: ResponseStream | None = None
         self.tunnel: NetworkStream | None = None
         self.waiter: asyncio.Future[bool] | None = None
-        self.drain_waiter: asyncio.Future[bool] | None = None
+        self.writable_waiter: asyncio.Future[bool] | None = None
         self.usable = False
         self.lost = False
         self.lost_error: Exception | None = None
@@ -424,15 +424,15 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def wake(self) -> None:
-        """Resolve whatever waits on this connection (the reader, and a writer waiting for the buffer to drain)."""
+        """Resolve whatever waits on this connection (the reader, and a writer waiting for the buffer to empty)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(False)
-        waiter = self.drain_waiter
+        waiter = self.writable_waiter
         if waiter is not None:
-            self.drain_waiter = None
+            self.writable_waiter = None
             if not waiter.done():
                 waiter.set_result(False)
 
@@ -449,11 +449,11 @@ class Connection(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    async def drain(self, seconds: float | None, ex: ResponseStream | None) -> None:
+    async def wait_writable(self, seconds: float | None, ex: ResponseStream | None) -> None:
         """Wait while the transport's write buffer is full (or until ``ex`` got its response head or failed)."""
         while self.write_paused and not self.lost and (ex is None or not (ex.head_done or ex.error)):
             future: asyncio.Future[bool] = self.loop.create_future()
-            self.drain_waiter = future
+            self.writable_waiter = future
             timer = schedule(self.loop, seconds, _Timer(future), shared=False) if seconds is not None else None
             try:
                 timed_out = await future
@@ -509,7 +509,7 @@ class Connection(asyncio.Protocol):
                 ex.request_sent = True
                 transport.write(payload)
                 if self.write_paused:
-                    await self.drain(timeouts.get("write"), ex)
+                    await self.wait_writable(timeouts.get("write"), ex)
             else:
                 transport.write(payload)
                 if await self._send_body(ex, stream, length, timeouts.get("write")) and not ex.done:
@@ -579,7 +579,7 @@ class Connection(asyncio.Protocol):
                     )
                 transport.write(chunk)
             if self.write_paused:
-                await self.drain(write_timeout, ex)
+                await self.wait_writable(write_timeout, ex)
         if chunked:
             if not self.lost:
                 transport.write(LAST_CHUNK)

@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -263,6 +264,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _respx_mocking() -> bool:
+    """Whether respx is mocking httpx now: a router is registered with one of its mockers.
+
+    Only a test imports respx, so elsewhere this is one dictionary lookup.
+    """
+    mocks = sys.modules.get("respx.mocks")
+    if mocks is None:
+        return False
+    return any(mocker.routers for mocker in mocks.Mocker.registry.values())
+
+
 def _pool_timeout(future: asyncio.Future[Connection | None], request: httpx.Request) -> None:
     if not future.done():
         future.set_exception(httpx.PoolTimeout("Timed out waiting for a connection", request=request))
@@ -292,6 +304,11 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
     check raises an ``httpx.ConnectError``) fails the request with nothing sent.
     TLS sessions are not resumed (asyncio's ``create_connection`` takes no
     session): connections are kept alive and reused instead.
+
+    While respx mocks httpx (inside ``respx.mock`` or with the ``respx_mock``
+    fixture), requests go through an ``httpx.AsyncHTTPTransport`` instead, so
+    respx's routes see them exactly as they would with httpx's own transport:
+    tests written for the default client keep working with this one.
     """
 
     def __init__(
@@ -315,6 +332,7 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._verify_peer = verify_peer
         self._origins: dict[tuple[bytes, bytes, int | None], Origin] = {}
+        self._respx_sender: httpx.AsyncHTTPTransport | None = None
         self._closed = False
 
     def tls_variant(self, context: ssl.SSLContext, verify_peer: Callable[[Any], None] | None) -> AsyncHTTP1Transport:
@@ -355,6 +373,8 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
         """Send ``request`` on a pooled connection and return the response with its body still streaming."""
         if self._closed:
             raise RuntimeError("The transport is closed")
+        if _respx_mocking():
+            return await self._through_httpx(request)
         url = request.url
         key = (url.raw_scheme, url.raw_host, url.port)
         origin = self._origins.get(key)
@@ -376,9 +396,19 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
         conn = await origin.acquire(request, timeouts)
         return await conn.send(request, payload, stream, length, keep_alive, timeouts)
 
+    async def _through_httpx(self, request: httpx.Request) -> httpx.Response:
+        """Send with httpx's own transport, which respx patches (its pass-through routes still reach the network)."""
+        sender = self._respx_sender
+        if sender is None:
+            verify: ssl.SSLContext | bool = self._ssl_context if self._ssl_context is not None else True
+            sender = self._respx_sender = httpx.AsyncHTTPTransport(verify=verify)
+        return await sender.handle_async_request(request)
+
     async def aclose(self) -> None:
         """Close every idle connection and stop pooling (responses being read are left to finish)."""
         self._closed = True
+        if self._respx_sender is not None:
+            await self._respx_sender.aclose()
         for origin in self._origins.values():
             while origin.idle:
                 conn = origin.idle.pop()

@@ -55,7 +55,8 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
     if chunked and content_length != -1:
         raise httpx.LocalProtocolError("Both Content-Length and Transfer-Encoding", request=request)
     stream: Any = request.stream
-    body: bytes | None = stream._stream if isinstance(stream, httpx.ByteStream) else None
+    # A ByteStream (a body given as bytes) yields its one bytes object: sent with the head in one write.
+    body: bytes | None = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
     if body is not None:
         if content_length == -1 and not chunked and body:
             parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")

@@ -1,7 +1,9 @@
 """The parity suite's machinery: four client modes, a real ``meshlib proxy`` per scenario, counting upstreams.
 
 Every test takes ``open_client`` and calls ``open_client(config)`` once: in the
-``in-process-*`` modes that is ``mesh.client()`` / ``mesh.async_client()``; in
+``in-process-*`` modes that is ``mesh.client()`` / ``mesh.async_client()`` (and
+``mesh.async_client(transport=meshlib.AsyncHTTP1Transport())`` in
+``in-process-async-h1``, the fast inner transport); in
 the ``sidecar-*`` modes it starts ``meshlib proxy --config FILE`` with the same
 config and returns ``mesh.client(mode="sidecar", sidecar=URL)`` (or the async
 twin). The mesh state of a sidecar lives in its process, so the scenarios count
@@ -24,7 +26,7 @@ from tests.conftest import MeshCaller, Receive, RunningServer, Scope, Send, star
 from tests.sidecar import proxy_process
 from tests.sidecar.proxy_process import ProxyProcess
 
-MODES = ("in-process-sync", "in-process-async", "sidecar-sync", "sidecar-async")
+MODES = ("in-process-sync", "in-process-async", "in-process-async-h1", "sidecar-sync", "sidecar-async")
 
 OpenClient = Callable[[Mapping[str, Any]], MeshCaller]
 """``open_client(config)`` → a :class:`MeshCaller` in this test's mode (use ``async with``)."""
@@ -43,7 +45,8 @@ def parity_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def open_client(parity_mode: str, tmp_path: Path) -> Iterator[OpenClient]:
     """``open_client(config)``: a client of a mesh built from ``config``, in process or through a fresh sidecar."""
-    where, flavour = parity_mode.rsplit("-", 1)
+    where = "sidecar" if parity_mode.startswith("sidecar") else "in-process"
+    flavour = "sync" if parity_mode.endswith("sync") and not parity_mode.endswith("async") else "async"
     meshes: list[meshlib.Mesh] = []
     sidecars: list[ProxyProcess] = []
 
@@ -51,6 +54,8 @@ def open_client(parity_mode: str, tmp_path: Path) -> Iterator[OpenClient]:
         mesh = meshlib.Mesh.from_dict(dict(config), rng=random.Random(0))
         meshes.append(mesh)
         kwargs: dict[str, Any] = {}
+        if parity_mode == "in-process-async-h1":
+            kwargs = {"transport": meshlib.AsyncHTTP1Transport()}
         if where == "sidecar":
             sidecar = proxy_process.start_ready(tmp_path / f"sidecar-{len(sidecars)}", {**config, "sidecar": _SIDECAR})
             sidecars.append(sidecar)

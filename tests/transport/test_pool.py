@@ -1,4 +1,4 @@
-"""The sidecar's upstream client, AsyncHTTP1Transport, over real sockets on 127.0.0.1.
+"""meshlib.AsyncHTTP1Transport (the sidecar's upstream client, the fast inner transport) on real sockets.
 
 Well-behaved upstreams are uvicorn apps; misbehaving ones (stalls, early
 closes, odd framing, upgrades) are raw socket servers in threads
