@@ -75,6 +75,7 @@ class ResponseStream(httpx.AsyncByteStream):
         "received",
         "request",
         "request_sent",
+        "shared_timer",
         "size",
         "stale",
         "status",
@@ -101,6 +102,7 @@ class ResponseStream(httpx.AsyncByteStream):
         self.received = 0  # bytes of the response so far, for the head size limit (counted until the head is done)
         self.size = 0  # bytes of the body so far
         self.stale = False
+        self.shared_timer = False  # its read_timeout is the one the previous request on the origin had
         self.error: httpx.TransportError | None = None
 
     @property
@@ -128,7 +130,7 @@ class ResponseStream(httpx.AsyncByteStream):
             conn = self.conn
             assert conn is not None  # attached until done
             try:
-                timed_out = await conn.wait(self.read_timeout)
+                timed_out = await conn.wait(self.read_timeout, self.shared_timer)
             except BaseException:
                 conn.abort()  # cancelled mid-body: the rest of the body is unread, so the connection is lost
                 raise
@@ -436,14 +438,16 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(False)
 
-    async def wait(self, seconds: float | None) -> bool:
-        """Wait until the connection wakes its reader; True when ``seconds`` passed first (None: no limit)."""
+    async def wait(self, seconds: float | None, shared: bool = False) -> bool:
+        """Wait until the connection wakes its reader; True when ``seconds`` passed first (None: no limit).
+
+        ``shared``: ``seconds`` is a delay that repeats (see ``ResponseStream.shared_timer``).
+        """
         future: asyncio.Future[bool] = self.loop.create_future()
         self.waiter = future
         if seconds is None:
             return await future
-        # The read timeout is what is left of the request's budget, different every time: a timer of its own.
-        timer = schedule(self.loop, seconds, _Timer(future), shared=False)
+        timer = schedule(self.loop, seconds, _Timer(future), shared=shared)
         try:
             return await future
         finally:
@@ -501,6 +505,12 @@ class Connection(asyncio.Protocol):
         ``length`` frames a streamed body: its Content-Length, or -1 to chunk-encode it.
         """
         ex = ResponseStream(self, request, keep_alive, timeouts.get("read"))
+        # A read timeout that requests repeat (the client's own, the sidecar's default) shares its delay's FIFO
+        # alarm queue: an append, not a loop timer. One that differs every request (what is left of a budget)
+        # takes timers of its own, so it does not churn the queues.
+        origin = self.origin
+        ex.shared_timer = ex.read_timeout == origin.last_read_timeout
+        origin.last_read_timeout = ex.read_timeout
         self.exchange = ex
         transport = self.transport
         assert transport is not None
@@ -517,7 +527,7 @@ class Connection(asyncio.Protocol):
             while not ex.head_done:
                 if ex.error is not None:
                     raise ex.error
-                if await self.wait(ex.read_timeout) and not ex.head_done and ex.error is None:
+                if await self.wait(ex.read_timeout, ex.shared_timer) and not ex.head_done and ex.error is None:
                     raise httpx.ReadTimeout("Timed out waiting for the response", request=request)
             if not ex.request_sent:
                 # Answered before the body was all sent (say 413): the connection cannot carry another request.

@@ -47,6 +47,7 @@ class Origin:
         "expiry",
         "host",
         "idle",
+        "last_read_timeout",
         "limit",
         "lookup",
         "max_idle",
@@ -71,6 +72,7 @@ class Origin:
         self.limit = pool._max_connections
         self.max_idle = pool._max_idle
         self.expiry = pool._keepalive_expiry
+        self.last_read_timeout: float | None = None  # the last request's: a repeated one shares an alarm queue
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
 
     def pop_idle(self) -> Connection | None:

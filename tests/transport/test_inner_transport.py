@@ -8,8 +8,10 @@ client, and it goes back to its own pool once respx stops.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -100,3 +102,22 @@ async def test_closing_the_client_closes_the_transport(make_mesh: MakeMesh, upst
     assert transport.idle_connections == 0
     with pytest.raises(RuntimeError, match="closed"):
         await transport.handle_async_request(httpx.Request("GET", upstream.url))
+
+
+async def test_a_read_timeout_that_repeats_costs_no_loop_timer_per_request(upstream: RunningServer) -> None:
+    """A client's fixed read timeout shares its delay's alarm queue: one loop timer for many requests."""
+    loop = asyncio.get_running_loop()
+    calls = 0
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal calls
+        calls += 1
+        return call_at(when, callback, *args, **kwargs)
+
+    async with httpx.AsyncClient(transport=meshlib.AsyncHTTP1Transport(), timeout=5.0) as client:
+        assert (await client.get(upstream.url)).status_code == 200  # the connection is open: no connect timer below
+        with mock.patch.object(loop, "call_at", counting):
+            for _ in range(40):
+                assert (await client.get(upstream.url)).status_code == 200
+    assert calls <= 2, calls
