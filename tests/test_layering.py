@@ -141,6 +141,13 @@ def test_policies_do_not_import_the_snapshot() -> None:
     assert _edge("_policies", "_snapshot") == {}
 
 
+def test_no_front_door_imports_the_sidecar() -> None:
+    """The sidecar wires its listeners to its front door's handlers; what both use lives in the front door
+    (``_frontdoors/sidecar_requests.py``)."""
+    assert _edge("_frontdoors", "_sidecar") == {}
+    assert _edge("_sidecar", "_frontdoors")["module"]
+
+
 def test_the_engine_imports_no_policy() -> None:
     """Policies build on the engine; the stacks take policies as filters, made by _snapshot/compile.py.
 

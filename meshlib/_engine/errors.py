@@ -84,15 +84,8 @@ def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | N
     if isinstance(exc, MeshError):
         return None
     if isinstance(exc, PeerIdentityMismatch):
-        message = try_message(
-            str(exc),
-            attempt=ctx.attempt,
-            route=ctx.route.name,
-            cluster=ctx.cluster,
-            endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
-        )
         return PeerIdentityError(
-            message,
+            _in_try(str(exc), ctx),
             request=ctx.original,
             route=ctx.route.name,
             cluster=ctx.cluster,
@@ -105,14 +98,18 @@ def upstream_error(exc: httpx.TransportError, ctx: CallContext) -> MeshError | N
     target = _mesh_class(exc)
     if target is None:
         return None
-    message = try_message(
-        describe(exc),
+    return target(_in_try(describe(exc), ctx), request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
+
+
+def _in_try(text: str, ctx: CallContext) -> str:
+    """``text``, saying which try of which route, cluster and endpoint it happened in."""
+    return try_message(
+        text,
         attempt=ctx.attempt,
         route=ctx.route.name,
         cluster=ctx.cluster,
         endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
     )
-    return target(message, request=ctx.original, route=ctx.route.name, cluster=ctx.cluster)
 
 
 def mesh_error(exc: BaseException, request: httpx.Request | None) -> MeshError | None:
