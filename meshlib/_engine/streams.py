@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import httpx
@@ -126,20 +126,21 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 raise timeout_error(ctx)
             yield chunk
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # One function for every case: a nested async generator would cost about 1 µs a chunk.
+    def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        deadline = self._deadline
+        if self._deadline is None or _received_whole(stream):
+            # Nothing to time: a plain iterator object, not an async generator (which the loop registers and
+            # finalizes: a few µs a response).
+            return _Passing(self, stream.__aiter__())
+        return self._until_deadline_async(stream, self._deadline)
+
+    async def _until_deadline_async(self, stream: httpx.AsyncByteStream, deadline: float) -> AsyncIterator[bytes]:
+        # One function for every case that waits: a nested async generator would cost about 1 µs a chunk.
         # On asyncio one alarm serves the whole body (the try's own, or one set at the first read): it cancels
         # the reading task only while it waits for a chunk, and otherwise fails the next read.
         alarm = self._alarm
         try:
-            if deadline is None or _received_whole(stream):
-                async for chunk in stream:
-                    self.received += len(chunk)
-                    yield chunk
-                return
             ctx = self._ctx
             assert ctx is not None
             monotonic = ctx.clock.monotonic
@@ -185,13 +186,17 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 self.received += len(chunk)
                 yield chunk
         except httpx.TransportError as exc:
-            mapped = self._mapped(exc)
-            self.failure = mapped or exc
-            with contextlib.suppress(Exception):
-                await self.aclose()
-            if mapped is None:
-                raise
-            raise mapped from exc
+            await self._failed(exc)
+
+    async def _failed(self, exc: httpx.TransportError) -> NoReturn:
+        """The body failed with ``exc``: note it, close the body (its connection is dropped), raise the mesh's error."""
+        mapped = self._mapped(exc)
+        self.failure = mapped or exc
+        with contextlib.suppress(Exception):  # the body's error is what the caller needs to see
+            await self.aclose()
+        if mapped is None:
+            raise exc
+        raise mapped from exc
 
     def _mapped(self, exc: httpx.TransportError) -> httpx.TransportError | None:
         return upstream_error(exc, self._ctx) if self._ctx is not None else None
@@ -209,6 +214,27 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 await self._stream.aclose()
         finally:
             self._done()
+
+
+class _Passing:
+    """Iterates a body that needs no timing, counting its bytes and mapping its errors (``OnCloseStream``'s)."""
+
+    __slots__ = ("_body", "_chunks")
+
+    def __init__(self, body: OnCloseStream, chunks: AsyncIterator[bytes]) -> None:
+        self._body = body
+        self._chunks = chunks
+
+    def __aiter__(self) -> _Passing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except httpx.TransportError as exc:
+            await self._body._failed(exc)
+        self._body.received += len(chunk)
+        return chunk
 
 
 def _received_whole(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> bool:
