@@ -212,11 +212,14 @@ class _StreamBody(httpx.AsyncByteStream):
             self._error = error
             self._wake()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> _StreamBody:
         if self._started:
             raise httpx.StreamConsumed()
         self._started = True
         self._conn.body_wanted()
+        return self
+
+    async def __anext__(self) -> bytes:
         chunks = self._chunks
         while True:
             if chunks:
@@ -224,17 +227,16 @@ class _StreamBody(httpx.AsyncByteStream):
                 self.size -= len(chunk)
                 if self.size <= LOW_WATER:
                     self._conn.body_caught_up()
-                yield chunk
-            elif self._error is not None:
+                return chunk
+            if self._error is not None:
                 raise self._error
-            elif self._done:
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class _DownstreamConnection(asyncio.Protocol):
