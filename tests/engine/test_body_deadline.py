@@ -141,3 +141,29 @@ async def test_a_body_held_whole_is_past_the_timeouts(
         mesh_clock.advance(1.0)
         assert await client.read_response(response) == b"whole"
         await client.close_response(response)
+
+
+class _Said(httpx.AsyncByteStream):
+    """A body that says whether it is all here, as the mesh's HTTP/1.1 client's bodies do."""
+
+    def __init__(self, complete: bool) -> None:
+        self.complete = complete
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+
+@pytest.mark.parametrize(
+    ("inner", "complete"),
+    [(httpx.ByteStream(b"ok"), True), (_Said(True), True), (_Said(False), False)],
+    ids=["in-memory", "says-complete", "still-arriving"],
+)
+async def test_the_wrapper_says_whether_its_body_is_all_here(inner: httpx.AsyncByteStream, complete: bool) -> None:
+    """A listener writes a complete body with its head at once, also through the engine's wrapper."""
+    closed: list[bool] = []
+    body = streams.OnCloseStream(inner, lambda: closed.append(True))
+    assert body.complete is complete
+    assert [chunk async for chunk in body] == [b"ok"]
+    assert body.received == 2
+    await body.aclose()
+    assert closed == [True]
