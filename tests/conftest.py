@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
+import os
 import socket
 import threading
 import time
@@ -20,7 +20,8 @@ import respx
 import uvicorn
 
 import meshlib
-from meshlib.testing import Clock
+from meshlib import MeshConfig
+from meshlib.testing import Clock, MeshFactory, SystemClock
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -38,22 +39,34 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make_mesh() -> Iterator[MakeMesh]:
-    """``make_mesh(config_dict, seed=0, clock=None)`` → a Mesh with a seeded rng, closed after the test.
+def make_mesh(mesh_factory: MeshFactory) -> MakeMesh:
+    """``make_mesh(config, seed=0, clock=None)`` → a Mesh with a seeded rng, closed after the test.
 
-    The clock is the real one unless given (e.g. ``clock=mesh_clock``, the plugin's FakeClock).
+    The one way tests build a mesh: ``make_mesh`` is the plugin's ``mesh_factory``
+    (same ``config``: a dict, a :class:`meshlib.MeshConfig` or a file path; same
+    ``seed``; closed by it after the test) with one difference, its default clock:
+
+    * ``make_mesh`` runs on the real clock unless given one: use it when the test
+      waits for real (servers, sockets, health probes, hedges, rate limits) or
+      does not care about time;
+    * ``mesh_factory`` runs on the test's FakeClock ``mesh_clock``: use it when the
+      test moves time with ``mesh_clock`` or checks ``mesh_clock.sleeps``
+      (``make_mesh(config, clock=mesh_clock)`` is the same thing).
+
+    Construct ``meshlib.Mesh`` directly only to test the constructors themselves,
+    close/context-manager semantics, or where a function fixture cannot serve
+    (module level, hypothesis examples, subprocesses).
     """
-    meshes: list[meshlib.Mesh] = []
 
-    def make(config: Mapping[str, Any], *, seed: int | None = 0, clock: Clock | None = None) -> meshlib.Mesh:
-        rng = random.Random(seed) if seed is not None else None
-        mesh = meshlib.Mesh.from_dict(dict(config), rng=rng, clock=clock)
-        meshes.append(mesh)
-        return mesh
+    def make(
+        config: Mapping[str, Any] | MeshConfig | str | os.PathLike[str],
+        *,
+        seed: int | None = 0,
+        clock: Clock | None = None,
+    ) -> meshlib.Mesh:
+        return mesh_factory(config, seed=seed, clock=clock if clock is not None else SystemClock())
 
-    yield make
-    for mesh in meshes:
-        mesh.close()
+    return make
 
 
 class MeshCaller:
@@ -339,6 +352,24 @@ def raw_server(handle: ConnectionHandler, *, max_connections: int = 64) -> Itera
             conn.close()
         for worker in workers:
             worker.join(timeout=5)
+
+
+class StallRecorder:
+    """A raw-server handler that reads the request, never answers, and notes when the client hangs up."""
+
+    def __init__(self) -> None:
+        self.hung_up = threading.Event()
+
+    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
+        read_request_head(conn)
+        conn.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                if conn.recv(1024) == b"":
+                    self.hung_up.set()
+                    return
+            except TimeoutError:
+                continue
 
 
 def stall(conn: socket.socket, stop: threading.Event) -> None:

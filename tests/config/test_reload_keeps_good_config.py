@@ -12,6 +12,7 @@ import respx
 import meshlib
 from meshlib import ConfigError, Mesh, MeshConfig
 from meshlib._config.models import EMPTY_CONFIG
+from tests.conftest import MakeMesh
 
 V1 = "http://127.0.0.1:9081"
 V2 = "http://127.0.0.1:9082"
@@ -50,8 +51,11 @@ BAD_RELOADS = [
 
 
 @pytest.mark.parametrize(("bad", "errors"), BAD_RELOADS)
-def test_a_bad_reload_raises_and_the_old_config_keeps_routing(bad: Any, errors: list[tuple[str, str]]) -> None:
-    with respx.mock, Mesh.from_dict(_config(V1)) as mesh, mesh.client() as client:
+def test_a_bad_reload_raises_and_the_old_config_keeps_routing(
+    bad: Any, errors: list[tuple[str, str]], make_mesh: MakeMesh
+) -> None:
+    mesh = make_mesh(_config(V1))
+    with respx.mock, mesh.client() as client:
         v1 = respx.get(f"{V1}/x").mock(return_value=httpx.Response(200, text="v1"))
         v2 = respx.get(f"{V2}/x").mock(return_value=httpx.Response(200, text="v2"))
         assert client.get("http://reviews/x").text == "v1"
@@ -71,9 +75,10 @@ def test_a_bad_reload_raises_and_the_old_config_keeps_routing(bad: Any, errors: 
         assert not v2.called
 
 
-def test_a_good_reload_takes_effect_and_a_later_bad_one_keeps_it() -> None:
+def test_a_good_reload_takes_effect_and_a_later_bad_one_keeps_it(make_mesh: MakeMesh) -> None:
     """The control case: reload does swap configs, so the test above shows the bad one was refused, not ignored."""
-    with respx.mock, Mesh.from_dict(_config(V1)) as mesh, mesh.client() as client:
+    mesh = make_mesh(_config(V1))
+    with respx.mock, mesh.client() as client:
         v1 = respx.get(f"{V1}/x").mock(return_value=httpx.Response(200, text="v1"))
         v2 = respx.get(f"{V2}/x").mock(return_value=httpx.Response(200, text="v2"))
         assert client.get("http://reviews/x").text == "v1"
@@ -90,10 +95,11 @@ def test_a_good_reload_takes_effect_and_a_later_bad_one_keeps_it() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_bad_reload_keeps_the_async_client_routing() -> None:
+async def test_a_bad_reload_keeps_the_async_client_routing(make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(_config(V1))
     with respx.mock:
         v1 = respx.get(f"{V1}/x").mock(return_value=httpx.Response(200, text="v1"))
-        async with Mesh.from_dict(_config(V1)) as mesh, mesh.async_client() as client:
+        async with mesh.async_client() as client:
             assert (await client.get("http://reviews/x")).text == "v1"
             with pytest.raises(ConfigError):
                 mesh.reload({"clusters": {"reviews": {"endpoints": ["ftp://127.0.0.1:9082"]}}})
@@ -101,13 +107,10 @@ async def test_a_bad_reload_keeps_the_async_client_routing() -> None:
         assert v1.call_count == 2
 
 
-def test_a_bad_reload_keeps_registry_only_refusing_unknown_hosts() -> None:
+def test_a_bad_reload_keeps_registry_only_refusing_unknown_hosts(make_mesh: MakeMesh) -> None:
     """What the old config refused stays refused too."""
-    with (
-        respx.mock,
-        Mesh.from_dict({**_config(V1), "outbound_policy": "registry_only"}) as mesh,
-        mesh.client() as client,
-    ):
+    mesh = make_mesh({**_config(V1), "outbound_policy": "registry_only"})
+    with respx.mock, mesh.client() as client:
         with pytest.raises(ConfigError):
             mesh.reload({"outbound_policy": "allow_everything"})
         with pytest.raises(meshlib.RouteNotFoundError):
@@ -133,8 +136,9 @@ def test_mesh_from_a_missing_file_raises_config_error(tmp_path: Path) -> None:
     assert info.value.errors == [("", "cannot read config file: No such file or directory")]
 
 
-def test_a_reload_to_an_empty_config_is_taken_when_it_says_allow_empty() -> None:
-    with respx.mock, Mesh.from_dict(_config(V1)) as mesh:
+def test_a_reload_to_an_empty_config_is_taken_when_it_says_allow_empty(make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(_config(V1))
+    with respx.mock:
         snapshot = mesh.reload({"allow_empty": True})
         assert mesh.snapshot is snapshot
         assert (mesh.config.clusters, mesh.config.routes, mesh.stats()["version"]) == ({}, [], 2)

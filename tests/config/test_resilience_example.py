@@ -12,6 +12,7 @@ import yaml
 from meshlib import Mesh, MeshConfig
 from meshlib._cli import main
 from meshlib._policies.retry import RetryFilter
+from tests.conftest import MakeMesh
 
 EXAMPLE = Path(__file__).with_name("resilience_example.yaml")
 SHADOW_WARNING = (
@@ -50,17 +51,19 @@ def test_the_example_builds_a_mesh_that_logs_the_warning_and_mirrors_nothing(
     ]
 
 
-def test_the_example_with_the_shadow_cluster_defined_has_no_warning(tmp_path: Path) -> None:
+def test_the_example_with_the_shadow_cluster_defined_has_no_warning(tmp_path: Path, make_mesh: MakeMesh) -> None:
     data = _example()
     data["clusters"]["reviews-shadow"] = {"endpoints": ["http://127.0.0.1:9083"]}
     config = MeshConfig.from_file(_write(tmp_path, data))
     assert config.warnings() == []
-    with Mesh(config) as mesh:
-        [route] = [r for r in mesh.snapshot.routes.routes if not r.implicit]
-        assert "mirror" in route.filter_names
+    mesh = make_mesh(config)
+    [route] = [r for r in mesh.snapshot.routes.routes if not r.implicit]
+    assert "mirror" in route.filter_names
 
 
-def test_the_variant_with_a_codeless_route_retry_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_variant_with_a_codeless_route_retry_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_mesh: MakeMesh
+) -> None:
     """``retry: {attempts: 2, retry_on: [retriable-status-codes]}`` on the route takes the cluster's 409."""
     data = _example()
     data["routes"][0]["retry"] = {"attempts": 2, "retry_on": ["retriable-status-codes"]}
@@ -69,7 +72,7 @@ def test_the_variant_with_a_codeless_route_retry_loads(tmp_path: Path, capsys: p
     assert capsys.readouterr().out == "ok\n"
     config = MeshConfig.from_file(path)
     assert config.warnings() == [SHADOW_WARNING]
-    with Mesh(config) as mesh:
-        [route] = [r for r in mesh.snapshot.routes.routes if not r.implicit]
-        [retry] = [f for f in route.legs["reviews"].filters if isinstance(f, RetryFilter)]
-        assert retry.policy.statuses == frozenset({409})
+    mesh = make_mesh(config)
+    [route] = [r for r in mesh.snapshot.routes.routes if not r.implicit]
+    [retry] = [f for f in route.legs["reviews"].filters if isinstance(f, RetryFilter)]
+    assert retry.policy.statuses == frozenset({409})

@@ -3,8 +3,6 @@ that lets a winning hedge interrupt a try blocked in a read and ends a read at t
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 
 import meshlib
 from meshlib._engine.interrupt import InterruptibleBackend, interruptible, interrupts_needed
-from tests.conftest import MakeMesh, RunningServer, echo_app, raw_server, read_request_head, start_server
+from tests.conftest import MakeMesh, RunningServer, StallRecorder, echo_app, raw_server, start_server
 
 URL = "http://reviews/x"
 
@@ -89,24 +87,6 @@ def test_a_hedge_or_a_timeout_gets_the_interrupting_backend_at_once(
         assert isinstance(_backend(client), InterruptibleBackend)
         assert _backend(client)._inner is original
         assert interruptible(client._transport.inner)  # type: ignore[attr-defined]
-
-
-class StallRecorder:
-    """A raw-server handler that reads the request, never answers, and notes when the client hangs up."""
-
-    def __init__(self) -> None:
-        self.hung_up = threading.Event()
-
-    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
-        read_request_head(conn)
-        conn.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                if conn.recv(1024) == b"":
-                    self.hung_up.set()
-                    return
-            except TimeoutError:
-                continue
 
 
 def test_a_reload_that_brings_a_hedge_gives_the_client_the_backend_and_the_hedge_interrupts(

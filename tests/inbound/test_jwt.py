@@ -18,6 +18,7 @@ import time_machine
 
 import meshlib
 from meshlib._policies import authn
+from tests.conftest import MakeMesh
 from tests.inbound import tokens
 from tests.inbound.doors import Reply, call, echo_doors
 
@@ -33,8 +34,13 @@ def provider(**overrides: Any) -> dict[str, Any]:
     }
 
 
+def config_with(inbound: dict[str, Any]) -> dict[str, Any]:
+    return {"service": "reviews", "inbound": inbound}
+
+
 def make(inbound: dict[str, Any]) -> meshlib.Mesh:
-    return meshlib.Mesh.from_dict({"service": "reviews", "inbound": inbound})
+    """A mesh for the module-scoped fixture below (a test builds its own with ``make_mesh(config_with(...))``)."""
+    return meshlib.Mesh.from_dict(config_with(inbound))
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +242,13 @@ def test_a_missing_token_passes_unauthenticated(mesh: meshlib.Mesh, door: str) -
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_a_missing_token_is_refused_when_a_policy_requires_a_request_principal(door: str) -> None:
+def test_a_missing_token_is_refused_when_a_policy_requires_a_request_principal(door: str, make_mesh: MakeMesh) -> None:
     policy = {"action": "allow", "rules": [{"from": {"request_principals": ["*"]}}]}
-    with make({"jwt": [provider()], "authorization": [policy]}) as mesh:
-        reply = get(door, mesh)
-        assert reply.status == 403
-        assert "RBAC: access denied" in reply.text
-        assert get(door, mesh, tokens.token()).status == 200
+    mesh = make_mesh(config_with({"jwt": [provider()], "authorization": [policy]}))
+    reply = get(door, mesh)
+    assert reply.status == 403
+    assert "RBAC: access denied" in reply.text
+    assert get(door, mesh, tokens.token()).status == 200
 
 
 @pytest.mark.parametrize("door", DOORS)
@@ -264,15 +270,15 @@ def test_an_empty_bearer_token_is_malformed(mesh: meshlib.Mesh, door: str) -> No
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_two_tokens_are_refused(door: str) -> None:
-    with make({"jwt": [provider(from_params=["access_token"])]}) as mesh:
-        good, other = tokens.token(), tokens.token(sub="bob")
-        reply = get(door, mesh, good, query=f"access_token={other}".encode())
-        assert reply.status == 401
-        assert "more than one Jwt in the request" in reply.text
-        # The same token in both places is one token.
-        assert get(door, mesh, good, query=f"access_token={good}".encode()).status == 200
-        assert get(door, mesh, query=f"access_token={good}".encode()).status == 200
+def test_two_tokens_are_refused(door: str, make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(config_with({"jwt": [provider(from_params=["access_token"])]}))
+    good, other = tokens.token(), tokens.token(sub="bob")
+    reply = get(door, mesh, good, query=f"access_token={other}".encode())
+    assert reply.status == 401
+    assert "more than one Jwt in the request" in reply.text
+    # The same token in both places is one token.
+    assert get(door, mesh, good, query=f"access_token={good}".encode()).status == 200
+    assert get(door, mesh, query=f"access_token={good}".encode()).status == 200
 
 
 def test_a_repeated_authorization_header_is_refused(mesh: meshlib.Mesh) -> None:
@@ -285,7 +291,9 @@ def test_a_repeated_authorization_header_is_refused(mesh: meshlib.Mesh) -> None:
     assert "more than one Jwt" in reply.text
 
 
-def test_a_token_is_verified_once_and_cached_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_token_is_verified_once_and_cached_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch, make_mesh: MakeMesh
+) -> None:
     decodes: list[str] = []
     real = pyjwt.decode
 
@@ -295,7 +303,8 @@ def test_a_token_is_verified_once_and_cached_until_it_expires(monkeypatch: pytes
 
     monkeypatch.setattr(pyjwt, "decode", counting)
     start = time.time()
-    with make({"jwt": [provider(leeway=0)]}) as mesh, time_machine.travel(start, tick=False) as traveller:
+    mesh = make_mesh(config_with({"jwt": [provider(leeway=0)]}))
+    with time_machine.travel(start, tick=False) as traveller:
         token = tokens.token(lifetime=60)
         for _ in range(5):
             assert get("asgi", mesh, token).status == 200
@@ -318,44 +327,44 @@ def test_the_token_cache_is_bounded() -> None:
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_the_token_header_is_removed_unless_forwarded(door: str) -> None:
+def test_the_token_header_is_removed_unless_forwarded(door: str, make_mesh: MakeMesh) -> None:
     token = tokens.token()
-    with make({"jwt": [provider()]}) as mesh:
-        assert "authorization" not in _headers_seen(door, mesh, token)
-    with make({"jwt": [provider(forward_original_token=True)]}) as mesh:
-        assert _headers_seen(door, mesh, token)["authorization"] == f"Bearer {token}"
+    mesh = make_mesh(config_with({"jwt": [provider()]}))
+    assert "authorization" not in _headers_seen(door, mesh, token)
+    mesh = make_mesh(config_with({"jwt": [provider(forward_original_token=True)]}))
+    assert _headers_seen(door, mesh, token)["authorization"] == f"Bearer {token}"
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_output_payload_to_header_passes_the_claims_and_cannot_be_forged(door: str) -> None:
+def test_output_payload_to_header_passes_the_claims_and_cannot_be_forged(door: str, make_mesh: MakeMesh) -> None:
     token = tokens.token(role="admin")
-    with make({"jwt": [provider(output_payload_to_header="x-jwt-payload")]}) as mesh:
-        seen = _headers_seen(door, mesh, token)
-        payload = seen["x-jwt-payload"]
-        assert json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["role"] == "admin"
-        forged = _headers_seen(door, mesh, None, headers=(("x-jwt-payload", "eyJyb2xlIjoiYWRtaW4ifQ"),))
-        assert "x-jwt-payload" not in forged
+    mesh = make_mesh(config_with({"jwt": [provider(output_payload_to_header="x-jwt-payload")]}))
+    seen = _headers_seen(door, mesh, token)
+    payload = seen["x-jwt-payload"]
+    assert json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["role"] == "admin"
+    forged = _headers_seen(door, mesh, None, headers=(("x-jwt-payload", "eyJyb2xlIjoiYWRtaW4ifQ"),))
+    assert "x-jwt-payload" not in forged
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_tokens_are_read_from_configured_headers_and_params(door: str) -> None:
+def test_tokens_are_read_from_configured_headers_and_params(door: str, make_mesh: MakeMesh) -> None:
     config = provider(from_headers=[{"name": "x-jwt-assertion"}], from_params=["token"])
-    with make({"jwt": [config]}) as mesh:
-        bad = tokens.token(lifetime=-120)
-        assert get(door, mesh, headers=(("x-jwt-assertion", bad),)).status == 401
-        assert get(door, mesh, query=f"token={bad}".encode()).status == 401
-        # The default Authorization header is not one of this provider's locations.
-        assert get(door, mesh, bad).status == 200
+    mesh = make_mesh(config_with({"jwt": [config]}))
+    bad = tokens.token(lifetime=-120)
+    assert get(door, mesh, headers=(("x-jwt-assertion", bad),)).status == 401
+    assert get(door, mesh, query=f"token={bad}".encode()).status == 401
+    # The default Authorization header is not one of this provider's locations.
+    assert get(door, mesh, bad).status == 200
 
 
-def test_a_provider_only_accepts_its_tokens_where_it_looks() -> None:
+def test_a_provider_only_accepts_its_tokens_where_it_looks(make_mesh: MakeMesh) -> None:
     other = "https://other.example.org"
     providers = [provider(), provider(issuer=other, from_headers=[{"name": "x-other"}])]
-    with make({"jwt": providers}) as mesh:
-        reply = get("asgi", mesh, tokens.token(iss=other))
-        assert reply.status == 401
-        assert "not configured for the location" in reply.text
-        assert get("asgi", mesh, headers=(("x-other", tokens.token(iss=other)),)).status == 200
+    mesh = make_mesh(config_with({"jwt": providers}))
+    reply = get("asgi", mesh, tokens.token(iss=other))
+    assert reply.status == 401
+    assert "not configured for the location" in reply.text
+    assert get("asgi", mesh, headers=(("x-other", tokens.token(iss=other)),)).status == 200
 
 
 def _write_jwks(path: Path, document: dict[str, Any]) -> None:
@@ -364,7 +373,9 @@ def _write_jwks(path: Path, document: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def test_a_jwks_file_is_re_read_when_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_jwks_file_is_re_read_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_mesh: MakeMesh
+) -> None:
     from meshlib._policies import jwks
 
     monkeypatch.setattr(jwks, "_FILE_CHECK_INTERVAL", 0.0)
@@ -373,20 +384,20 @@ def test_a_jwks_file_is_re_read_when_it_changes(tmp_path: Path, monkeypatch: pyt
     token = tokens.token()
     new_key = tokens.rsa_key("rsa-2")
     new_token = tokens.token(key=new_key, kid="rsa-2")
-    with make({"jwt": [provider(jwks=None, jwks_file=str(path))]}) as mesh:
-        assert get("asgi", mesh, token).status == 200
-        assert get("asgi", mesh, new_token).status == 401
-        _write_jwks(path, tokens.jwks(tokens.public_jwk(new_key, "rsa-2"), {"kty": "RSA", "junk": 1}))
-        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
-        assert get("asgi", mesh, new_token).status == 200
-        # The cached token of the removed key is verified again, and fails.
-        reply = get("asgi", mesh, token)
-        assert reply.status == 401
-        assert "Jwks has no key with kid 'rsa-1'" in reply.text
-        # A broken file keeps the last good keys.
-        path.write_text("{not json")
-        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
-        assert get("asgi", mesh, new_token).status == 200
+    mesh = make_mesh(config_with({"jwt": [provider(jwks=None, jwks_file=str(path))]}))
+    assert get("asgi", mesh, token).status == 200
+    assert get("asgi", mesh, new_token).status == 401
+    _write_jwks(path, tokens.jwks(tokens.public_jwk(new_key, "rsa-2"), {"kty": "RSA", "junk": 1}))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert get("asgi", mesh, new_token).status == 200
+    # The cached token of the removed key is verified again, and fails.
+    reply = get("asgi", mesh, token)
+    assert reply.status == 401
+    assert "Jwks has no key with kid 'rsa-1'" in reply.text
+    # A broken file keeps the last good keys.
+    path.write_text("{not json")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert get("asgi", mesh, new_token).status == 200
 
 
 @pytest.mark.parametrize(
@@ -438,44 +449,44 @@ class _JwksServer:
         self.thread.join(5)
 
 
-def test_a_jwks_url_is_fetched_refreshed_and_survives_going_down() -> None:
+def test_a_jwks_url_is_fetched_refreshed_and_survives_going_down(make_mesh: MakeMesh) -> None:
     from meshlib._policies.jwks import RemoteJwks
 
     server = _JwksServer(tokens.jwks(tokens.public_jwk(tokens.rsa_key(), "rsa-1")))
     try:
-        with make({"jwt": [provider(jwks=None, jwks_uri=server.url, jwks_cache_duration="1h")]}) as mesh:
-            remote = next(f for f in mesh.snapshot.inbound.filters if f.name == "jwt").providers[0].keys  # type: ignore[attr-defined]
-            assert isinstance(remote, RemoteJwks)
-            assert remote.wait_ready(5)
-            assert get("asgi", mesh, tokens.token()).status == 200
-            # A new key appears at the URL; a refresh picks it up.
-            server.document = tokens.jwks(
-                tokens.public_jwk(tokens.rsa_key(), "rsa-1"), tokens.public_jwk(tokens.rsa_key("rsa-2"), "rsa-2")
-            )
-            assert remote.refresh()
-            assert get("asgi", mesh, tokens.token(key=tokens.rsa_key("rsa-2"), kid="rsa-2")).status == 200
-            # The URL goes down: the refresh fails and the last good keys keep serving.
-            server.stop()
-            assert not remote.refresh()
-            assert remote.failures >= 1
-            assert get("asgi", mesh, tokens.token(sub="new-user")).status == 200
+        mesh = make_mesh(config_with({"jwt": [provider(jwks=None, jwks_uri=server.url, jwks_cache_duration="1h")]}))
+        remote = next(f for f in mesh.snapshot.inbound.filters if f.name == "jwt").providers[0].keys  # type: ignore[attr-defined]
+        assert isinstance(remote, RemoteJwks)
+        assert remote.wait_ready(5)
+        assert get("asgi", mesh, tokens.token()).status == 200
+        # A new key appears at the URL; a refresh picks it up.
+        server.document = tokens.jwks(
+            tokens.public_jwk(tokens.rsa_key(), "rsa-1"), tokens.public_jwk(tokens.rsa_key("rsa-2"), "rsa-2")
+        )
+        assert remote.refresh()
+        assert get("asgi", mesh, tokens.token(key=tokens.rsa_key("rsa-2"), kid="rsa-2")).status == 200
+        # The URL goes down: the refresh fails and the last good keys keep serving.
+        server.stop()
+        assert not remote.refresh()
+        assert remote.failures >= 1
+        assert get("asgi", mesh, tokens.token(sub="new-user")).status == 200
     finally:
         server.server.server_close()
 
 
-def test_before_the_first_fetch_a_token_gets_401_no_keys() -> None:
+def test_before_the_first_fetch_a_token_gets_401_no_keys(make_mesh: MakeMesh) -> None:
     # Nothing listens on the URL: the provider never gets keys.
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with make({"jwt": [provider(jwks=None, jwks_uri=f"http://127.0.0.1:{port}/jwks")]}) as mesh:
-        reply = get("asgi", mesh, tokens.token())
-        assert reply.status == 401
-        assert f"Jwks of issuer '{tokens.ISSUER}' not available yet" in reply.text
-        # Requests without a token are not held up by the missing keys.
-        assert get("asgi", mesh).status == 200
+    mesh = make_mesh(config_with({"jwt": [provider(jwks=None, jwks_uri=f"http://127.0.0.1:{port}/jwks")]}))
+    reply = get("asgi", mesh, tokens.token())
+    assert reply.status == 401
+    assert f"Jwks of issuer '{tokens.ISSUER}' not available yet" in reply.text
+    # Requests without a token are not held up by the missing keys.
+    assert get("asgi", mesh).status == 200
 
 
 def test_a_jwks_url_fetcher_survives_a_reload_that_keeps_it() -> None:

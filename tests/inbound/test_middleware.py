@@ -21,6 +21,7 @@ from meshlib._policies.path_normalize import PathError, normalize_path
 from meshlib._policies.xfcc import XfccError, format_xfcc, parse_xfcc, peer_from_xfcc
 from meshlib.asgi import MeshMiddleware as AsgiMiddleware
 from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
+from tests.conftest import MakeMesh
 from tests.inbound import tokens
 from tests.inbound.doors import call, call_asgi, call_wsgi
 
@@ -57,8 +58,8 @@ class Seen:
         return AsgiMiddleware(self.asgi, mesh=mesh) if door == "asgi" else WsgiMiddleware(self.wsgi, mesh=mesh)
 
 
-def mesh_with(inbound: dict[str, Any] | None = None) -> meshlib.Mesh:
-    return meshlib.Mesh.from_dict({"inbound": inbound or {}, "service": "reviews"})
+def config_with(inbound: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"inbound": inbound or {}, "service": "reviews"}
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +78,13 @@ def mtls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_the_app_reads_the_callers_identity(door: str) -> None:
+def test_the_app_reads_the_callers_identity(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
     jwks = json.dumps(tokens.default_jwks())
-    with mesh_with({"jwt": [{"issuer": tokens.ISSUER, "jwks": jwks}]}) as mesh:
-        token = tokens.token(role="admin", azp="web")
-        headers = (("x-forwarded-client-cert", XFCC), ("authorization", f"Bearer {token}"))
-        assert call(door, seen.app(door, mesh), "GET", b"/api/x", headers=headers).status == 200
+    mesh = make_mesh(config_with({"jwt": [{"issuer": tokens.ISSUER, "jwks": jwks}]}))
+    token = tokens.token(role="admin", azp="web")
+    headers = (("x-forwarded-client-cert", XFCC), ("authorization", f"Bearer {token}"))
+    assert call(door, seen.app(door, mesh), "GET", b"/api/x", headers=headers).status == 200
     identity = seen.identity
     assert isinstance(identity, meshlib.Identity)
     assert identity.peer_principal == FRONTEND
@@ -101,10 +102,10 @@ def test_the_app_reads_the_callers_identity(door: str) -> None:
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_an_anonymous_caller_has_an_empty_identity(door: str) -> None:
+def test_an_anonymous_caller_has_an_empty_identity(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with() as mesh:
-        assert call(door, seen.app(door, mesh), "GET", b"/", client="10.1.2.3").status == 200
+    mesh = make_mesh(config_with())
+    assert call(door, seen.app(door, mesh), "GET", b"/", client="10.1.2.3").status == 200
     identity = seen.identity
     assert identity is not None
     assert (identity.peer_principal, identity.mtls, identity.request_principal) == (None, False, None)
@@ -113,46 +114,46 @@ def test_an_anonymous_caller_has_an_empty_identity(door: str) -> None:
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_xfcc_from_an_untrusted_address_is_ignored_and_removed(door: str) -> None:
+def test_xfcc_from_an_untrusted_address_is_ignored_and_removed(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with() as mesh:
-        headers = (("x-forwarded-client-cert", XFCC),)
-        assert call(door, seen.app(door, mesh), "GET", b"/", headers=headers, client="10.1.2.3").status == 200
+    mesh = make_mesh(config_with())
+    headers = (("x-forwarded-client-cert", XFCC),)
+    assert call(door, seen.app(door, mesh), "GET", b"/", headers=headers, client="10.1.2.3").status == 200
     assert seen.identity is not None
     assert seen.identity.peer_principal is None
     assert "x-forwarded-client-cert" not in seen.headers
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_trusted_proxies_are_configurable(door: str) -> None:
+def test_trusted_proxies_are_configurable(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with({"trusted_proxies": ["10.1.0.0/16"]}) as mesh:
-        app = seen.app(door, mesh)
-        headers = (("x-forwarded-client-cert", XFCC),)
-        call(door, app, "GET", b"/", headers=headers, client="10.1.2.3")
-        assert seen.identity is not None
-        assert seen.identity.peer_principal == FRONTEND
-        assert seen.headers["x-forwarded-client-cert"] == XFCC  # a trusted proxy's XFCC reaches the app
-        call(door, app, "GET", b"/", headers=headers, client="127.0.0.1")  # loopback is no longer trusted
-        assert seen.identity.peer_principal is None
+    mesh = make_mesh(config_with({"trusted_proxies": ["10.1.0.0/16"]}))
+    app = seen.app(door, mesh)
+    headers = (("x-forwarded-client-cert", XFCC),)
+    call(door, app, "GET", b"/", headers=headers, client="10.1.2.3")
+    assert seen.identity is not None
+    assert seen.identity.peer_principal == FRONTEND
+    assert seen.headers["x-forwarded-client-cert"] == XFCC  # a trusted proxy's XFCC reaches the app
+    call(door, app, "GET", b"/", headers=headers, client="127.0.0.1")  # loopback is no longer trusted
+    assert seen.identity.peer_principal is None
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_the_last_xfcc_element_is_the_nearest_proxys(door: str) -> None:
+def test_the_last_xfcc_element_is_the_nearest_proxys(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
     forged = "URI=spiffe://example.org/ns/default/sa/admin"
-    with mesh_with() as mesh:
-        headers = (("x-forwarded-client-cert", f"{forged},{XFCC}"),)
-        call(door, seen.app(door, mesh), "GET", b"/", headers=headers)
+    mesh = make_mesh(config_with())
+    headers = (("x-forwarded-client-cert", f"{forged},{XFCC}"),)
+    call(door, seen.app(door, mesh), "GET", b"/", headers=headers)
     assert seen.identity is not None
     assert seen.identity.peer_principal == FRONTEND
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_a_malformed_xfcc_from_a_trusted_proxy_is_no_identity(door: str) -> None:
+def test_a_malformed_xfcc_from_a_trusted_proxy_is_no_identity(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with() as mesh:
-        call(door, seen.app(door, mesh), "GET", b"/", headers=(("x-forwarded-client-cert", 'URI="unterminated'),))
+    mesh = make_mesh(config_with())
+    call(door, seen.app(door, mesh), "GET", b"/", headers=(("x-forwarded-client-cert", 'URI="unterminated'),))
     assert seen.identity is not None
     assert seen.identity.peer_principal is None
 
@@ -177,35 +178,35 @@ def _certificate(uri: str) -> tuple[str, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), cert.public_bytes(serialization.Encoding.DER)
 
 
-def test_the_asgi_tls_extension_gives_the_peer(mtls_files: dict[str, str]) -> None:
+def test_the_asgi_tls_extension_gives_the_peer(mtls_files: dict[str, str], make_mesh: MakeMesh) -> None:
     import hashlib
 
     pem, der = _certificate(FRONTEND)
     seen = Seen()
-    with mesh_with({"mtls": {"mode": "strict", **mtls_files}}) as mesh:
-        app = seen.app("asgi", mesh)
-        tls: dict[str, Any] = {"client_cert_chain": [pem], "client_cert_error": None}
-        assert call_asgi(app, "GET", b"/", extensions={"tls": tls}, client="10.1.2.3").status == 200
-        assert seen.identity is not None
-        assert seen.identity.peer_principal == FRONTEND
-        assert seen.identity.peer.certificate is not None
-        assert seen.identity.peer.certificate.hash == hashlib.sha256(der).hexdigest()
-        assert seen.identity.peer.certificate.dns == ("frontend",)
-        # A certificate the server could not verify is no identity: strict mTLS refuses the request.
-        tls = {"client_cert_chain": [pem], "client_cert_error": "unknown ca"}
-        assert call_asgi(app, "GET", b"/", extensions={"tls": tls}, client="10.1.2.3").status == 403
+    mesh = make_mesh(config_with({"mtls": {"mode": "strict", **mtls_files}}))
+    app = seen.app("asgi", mesh)
+    tls: dict[str, Any] = {"client_cert_chain": [pem], "client_cert_error": None}
+    assert call_asgi(app, "GET", b"/", extensions={"tls": tls}, client="10.1.2.3").status == 200
+    assert seen.identity is not None
+    assert seen.identity.peer_principal == FRONTEND
+    assert seen.identity.peer.certificate is not None
+    assert seen.identity.peer.certificate.hash == hashlib.sha256(der).hexdigest()
+    assert seen.identity.peer.certificate.dns == ("frontend",)
+    # A certificate the server could not verify is no identity: strict mTLS refuses the request.
+    tls = {"client_cert_chain": [pem], "client_cert_error": "unknown ca"}
+    assert call_asgi(app, "GET", b"/", extensions={"tls": tls}, client="10.1.2.3").status == 403
 
 
-def test_the_wsgi_ssl_client_cert_gives_the_peer() -> None:
+def test_the_wsgi_ssl_client_cert_gives_the_peer(make_mesh: MakeMesh) -> None:
     pem, _ = _certificate(FRONTEND)
     seen = Seen()
-    with mesh_with() as mesh:
-        app = seen.app("wsgi", mesh)
-        call_wsgi(app, "GET", b"/", environ={"SSL_CLIENT_CERT": pem}, client="10.1.2.3")
-        assert seen.identity is not None
-        assert seen.identity.peer_principal == FRONTEND
-        call_wsgi(app, "GET", b"/", environ={"SSL_CLIENT_CERT": pem, "SSL_CLIENT_VERIFY": "FAILED:x"})
-        assert seen.identity.peer_principal is None
+    mesh = make_mesh(config_with())
+    app = seen.app("wsgi", mesh)
+    call_wsgi(app, "GET", b"/", environ={"SSL_CLIENT_CERT": pem}, client="10.1.2.3")
+    assert seen.identity is not None
+    assert seen.identity.peer_principal == FRONTEND
+    call_wsgi(app, "GET", b"/", environ={"SSL_CLIENT_CERT": pem, "SSL_CLIENT_VERIFY": "FAILED:x"})
+    assert seen.identity.peer_principal is None
 
 
 @pytest.mark.parametrize("door", DOORS)
@@ -213,86 +214,84 @@ def test_the_wsgi_ssl_client_cert_gives_the_peer() -> None:
     ("mode", "plaintext", "with_xfcc"),
     [("strict", 403, 200), ("permissive", 200, 200), ("disable", 200, 200)],
 )
-def test_mtls_modes(door: str, mode: str, plaintext: int, with_xfcc: int, mtls_files: dict[str, str]) -> None:
+def test_mtls_modes(
+    door: str, mode: str, plaintext: int, with_xfcc: int, mtls_files: dict[str, str], make_mesh: MakeMesh
+) -> None:
     seen = Seen()
     files = mtls_files if mode != "disable" else {}
-    with mesh_with({"mtls": {"mode": mode, **files}}) as mesh:
-        app = seen.app(door, mesh)
-        reply = call(door, app, "GET", b"/", client="10.1.2.3")
-        assert reply.status == plaintext
-        if plaintext == 403:
-            assert "mTLS required" in reply.text
-        assert call(door, app, "GET", b"/", headers=(("x-forwarded-client-cert", XFCC),)).status == with_xfcc
-        assert seen.identity is not None
-        # disable: a peer identity is never used, so principals never match.
-        assert seen.identity.peer_principal == (None if mode == "disable" else FRONTEND)
+    mesh = make_mesh(config_with({"mtls": {"mode": mode, **files}}))
+    app = seen.app(door, mesh)
+    reply = call(door, app, "GET", b"/", client="10.1.2.3")
+    assert reply.status == plaintext
+    if plaintext == 403:
+        assert "mTLS required" in reply.text
+    assert call(door, app, "GET", b"/", headers=(("x-forwarded-client-cert", XFCC),)).status == with_xfcc
+    assert seen.identity is not None
+    # disable: a peer identity is never used, so principals never match.
+    assert seen.identity.peer_principal == (None if mode == "disable" else FRONTEND)
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_the_app_sees_the_normalised_path(door: str) -> None:
+def test_the_app_sees_the_normalised_path(door: str, make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with() as mesh:
-        assert call(door, seen.app(door, mesh), "GET", b"/api/./v1//%72eviews/../x").status == 200
+    mesh = make_mesh(config_with())
+    assert call(door, seen.app(door, mesh), "GET", b"/api/./v1//%72eviews/../x").status == 200
     assert seen.path == "/api/v1/x"
     assert seen.raw_path.startswith(b"/api/v1/x")
 
 
-def test_a_wsgi_app_mounted_under_script_name_keeps_it() -> None:
+def test_a_wsgi_app_mounted_under_script_name_keeps_it(make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with mesh_with() as mesh:
-        app = seen.app("wsgi", mesh)
-        env = {"SCRIPT_NAME": "/shop", "PATH_INFO": "/a//b", "RAW_URI": "/shop/a//b"}
-        assert call_wsgi(app, "GET", b"/shop/a//b", environ=env).status == 200
-        assert seen.path == "/a/b"
-        env = {"SCRIPT_NAME": "/shop", "PATH_INFO": "/../admin", "RAW_URI": "/shop/../admin"}
-        reply = call_wsgi(app, "GET", b"/shop/../admin", environ=env)
-        assert reply.status == 400
-        assert "SCRIPT_NAME" in reply.text
+    mesh = make_mesh(config_with())
+    app = seen.app("wsgi", mesh)
+    env = {"SCRIPT_NAME": "/shop", "PATH_INFO": "/a//b", "RAW_URI": "/shop/a//b"}
+    assert call_wsgi(app, "GET", b"/shop/a//b", environ=env).status == 200
+    assert seen.path == "/a/b"
+    env = {"SCRIPT_NAME": "/shop", "PATH_INFO": "/../admin", "RAW_URI": "/shop/../admin"}
+    reply = call_wsgi(app, "GET", b"/shop/../admin", environ=env)
+    assert reply.status == 400
+    assert "SCRIPT_NAME" in reply.text
 
 
-def test_without_raw_uri_the_wsgi_door_re_encodes_path_info() -> None:
+def test_without_raw_uri_the_wsgi_door_re_encodes_path_info(make_mesh: MakeMesh) -> None:
     seen = Seen()
-    with meshlib.Mesh.from_dict(
-        {"inbound": {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]}]}}
-    ) as mesh:
-        app = seen.app("wsgi", mesh)
-        # A server that decoded %2F already (Werkzeug without RAW_URI would): PATH_INFO is /admin/x.
-        env = {"PATH_INFO": "/admin/x"}
-        env_no_raw = {"RAW_URI": None}
-        reply = call_wsgi(app, "GET", b"/admin%2Fx", environ={**env, **env_no_raw})
-        assert reply.status == 403
+    mesh = make_mesh({"inbound": {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]}]}})
+    app = seen.app("wsgi", mesh)
+    # A server that decoded %2F already (Werkzeug without RAW_URI would): PATH_INFO is /admin/x.
+    env = {"PATH_INFO": "/admin/x"}
+    env_no_raw = {"RAW_URI": None}
+    reply = call_wsgi(app, "GET", b"/admin%2Fx", environ={**env, **env_no_raw})
+    assert reply.status == 403
 
 
 @pytest.mark.anyio
-async def test_through_httpx_transports_and_a_reload() -> None:
+async def test_through_httpx_transports_and_a_reload(make_mesh: MakeMesh) -> None:
     """httpx's ASGITransport and WSGITransport; a reload changes the policy for the next request."""
     seen = Seen()
     deny_admin = {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]}]}
-    with mesh_with(deny_admin) as mesh:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=seen.app("asgi", mesh)), base_url="http://r"
-        ) as c:
-            assert (await c.get("/admin/x")).status_code == 403
-            assert (await c.get("/api/x")).status_code == 200
-            mesh.reload({"inbound": {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/api/*"]}}]}]}})
-            assert (await c.get("/admin/x")).status_code == 200
-            assert (await c.get("/api/x")).status_code == 403
-        with httpx.Client(transport=httpx.WSGITransport(app=seen.app("wsgi", mesh)), base_url="http://r") as sync:
-            response = sync.get("/api/x")  # noqa: ASYNC212 - an in-memory WSGI call, nothing blocks
-            assert response.status_code == 403
-            assert response.headers["x-meshlib-error"] == "forbidden"
-            assert response.text == "forbidden: RBAC: access denied (deny policy authorization[0])\n"
+    mesh = make_mesh(config_with(deny_admin))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=seen.app("asgi", mesh)), base_url="http://r") as c:
+        assert (await c.get("/admin/x")).status_code == 403
+        assert (await c.get("/api/x")).status_code == 200
+        mesh.reload({"inbound": {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/api/*"]}}]}]}})
+        assert (await c.get("/admin/x")).status_code == 200
+        assert (await c.get("/api/x")).status_code == 403
+    with httpx.Client(transport=httpx.WSGITransport(app=seen.app("wsgi", mesh)), base_url="http://r") as sync:
+        response = sync.get("/api/x")  # noqa: ASYNC212 - an in-memory WSGI call, nothing blocks
+        assert response.status_code == 403
+        assert response.headers["x-meshlib-error"] == "forbidden"
+        assert response.text == "forbidden: RBAC: access denied (deny policy authorization[0])\n"
 
 
-def test_lifespan_and_other_scopes_pass_through() -> None:
+def test_lifespan_and_other_scopes_pass_through(make_mesh: MakeMesh) -> None:
     got: list[str] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         got.append(scope["type"])
         assert "meshlib.identity" not in scope
 
-    with mesh_with() as mesh:
-        asyncio.run(AsgiMiddleware(app, mesh=mesh)({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
+    mesh = make_mesh(config_with())
+    asyncio.run(AsgiMiddleware(app, mesh=mesh)({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     assert got == ["lifespan"]
 
 
@@ -322,26 +321,26 @@ def _websocket(mesh: meshlib.Mesh, path: bytes, extensions: dict[str, Any]) -> l
     return sent
 
 
-def test_a_denied_websocket_is_closed_or_answered() -> None:
+def test_a_denied_websocket_is_closed_or_answered(make_mesh: MakeMesh) -> None:
     deny_admin = {"authorization": [{"action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]}]}
-    with mesh_with(deny_admin) as mesh:
-        assert _websocket(mesh, b"/ws", {}) == [{"type": "websocket.accept"}]
-        assert _websocket(mesh, b"/admin/ws", {})[0] == {"type": "websocket.close", "code": 1008, "reason": "forbidden"}
-        answered = _websocket(mesh, b"/admin/ws", {"websocket.http.response": {}})
-        assert answered[0]["type"] == "websocket.http.response.start"
-        assert answered[0]["status"] == 403
+    mesh = make_mesh(config_with(deny_admin))
+    assert _websocket(mesh, b"/ws", {}) == [{"type": "websocket.accept"}]
+    assert _websocket(mesh, b"/admin/ws", {})[0] == {"type": "websocket.close", "code": 1008, "reason": "forbidden"}
+    answered = _websocket(mesh, b"/admin/ws", {"websocket.http.response": {}})
+    assert answered[0]["type"] == "websocket.http.response.start"
+    assert answered[0]["status"] == 403
 
 
-def test_the_inbound_stack_order(mtls_files: dict[str, str]) -> None:
+def test_the_inbound_stack_order(mtls_files: dict[str, str], make_mesh: MakeMesh) -> None:
     config = {
         "mtls": {"mode": "permissive", **mtls_files},
         "jwt": [{"issuer": tokens.ISSUER, "jwks": json.dumps(tokens.default_jwks())}],
         "authorization": [{"action": "allow", "rules": [{}]}],
     }
-    with mesh_with(config) as mesh:
-        stack = mesh.snapshot.inbound
-        assert isinstance(stack, InboundStack)
-        assert stack.names == ["normalize", "peer_authn", "jwt", "authz"]
+    mesh = make_mesh(config_with(config))
+    stack = mesh.snapshot.inbound
+    assert isinstance(stack, InboundStack)
+    assert stack.names == ["normalize", "peer_authn", "jwt", "authz"]
     with meshlib.Mesh() as mesh:
         assert mesh.snapshot.inbound.names == ["normalize"]
 

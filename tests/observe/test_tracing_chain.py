@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 import meshlib
 from meshlib.asgi import MeshMiddleware as AsgiMiddleware
 from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
-from tests.conftest import ASGIApp, start_server
+from tests.conftest import ASGIApp, MakeMesh, start_server
 from tests.observe.tracing_helpers import Span, collector, is_one_tree
 from tests.sidecar import proxy_process
 from tests.zipkin_collector import ZipkinCollector
@@ -124,7 +124,7 @@ def test_in_process_each_hop_s_spans_are_one_trace(collector: ZipkinCollector) -
 
 
 def test_through_sidecars_each_hop_s_spans_are_one_trace(
-    collector: ZipkinCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    collector: ZipkinCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_mesh: MakeMesh
 ) -> None:
     # The sidecars export every 50 ms instead of OpenTelemetry's default 5 s (read by the BatchSpanProcessor).
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
@@ -169,7 +169,8 @@ def test_through_sidecars_each_hop_s_spans_are_one_trace(
                 proxy_process.running(tmp_path / "frontend", frontend_config) as frontend_sidecar,
             ):
                 reviews_outbound.append(reviews_sidecar.proxy_url)
-                with meshlib.Mesh().client(mode="sidecar", sidecar=frontend_sidecar.proxy_url) as client:
+                app_mesh = make_mesh({"allow_empty": True})  # sidecar mode only: its config is unused
+                with app_mesh.client(mode="sidecar", sidecar=frontend_sidecar.proxy_url) as client:
                     answer = client.get("http://reviews/reviews/1")
                 # frontend: client + try; reviews: server, client + try; ratings: server.
                 spans = collector.wait_for_count(6)

@@ -20,7 +20,7 @@ import pytest
 
 import meshlib
 from meshlib.asgi import MeshMiddleware
-from tests.conftest import ASGIApp, RunningServer, start_server
+from tests.conftest import ASGIApp, MakeMesh, RunningServer, start_server
 from tests.envoy_process import HCM, ROUTER, running_envoy
 from tests.observe.tracing_helpers import Span, collector, is_one_tree, tracer_of
 from tests.zipkin_collector import SPANS_PATH, ZipkinCollector
@@ -96,7 +96,9 @@ def envoy_config(upstream_port: int, collector: ZipkinCollector, trace_context_o
 
 
 @pytest.fixture
-def ratings(collector: ZipkinCollector) -> Iterator[tuple[RunningServer, meshlib.Mesh, list[dict[str, str]]]]:
+def ratings(
+    collector: ZipkinCollector, make_mesh: MakeMesh
+) -> Iterator[tuple[RunningServer, meshlib.Mesh, list[dict[str, str]]]]:
     """ratings behind meshlib's middleware (tracing on, B3 read first); the trace headers each request had."""
     received: list[dict[str, str]] = []
     config = {
@@ -111,12 +113,12 @@ def ratings(collector: ZipkinCollector) -> Iterator[tuple[RunningServer, meshlib
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"5 stars"})
 
-    with meshlib.Mesh.from_dict(config) as mesh:
-        server = start_server(cast(ASGIApp, MeshMiddleware(app, mesh=mesh)), "ratings")
-        try:
-            yield server, mesh, received
-        finally:
-            server.stop()
+    mesh = make_mesh(config)
+    server = start_server(cast(ASGIApp, MeshMiddleware(app, mesh=mesh)), "ratings")
+    try:
+        yield server, mesh, received
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ what the upstreams received instead of reading ``mesh.stats()``.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 import meshlib
-from tests.conftest import MeshCaller, Receive, RunningServer, Scope, Send, start_server
+from tests.conftest import MakeMesh, MeshCaller, Receive, RunningServer, Scope, Send, start_server
 from tests.sidecar import proxy_process
 from tests.sidecar.proxy_process import ProxyProcess
 
@@ -43,16 +42,14 @@ def parity_mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def open_client(parity_mode: str, tmp_path: Path) -> Iterator[OpenClient]:
+def open_client(parity_mode: str, tmp_path: Path, make_mesh: MakeMesh) -> Iterator[OpenClient]:
     """``open_client(config)``: a client of a mesh built from ``config``, in process or through a fresh sidecar."""
     where = "sidecar" if parity_mode.startswith("sidecar") else "in-process"
     flavour = "sync" if parity_mode.endswith("sync") and not parity_mode.endswith("async") else "async"
-    meshes: list[meshlib.Mesh] = []
     sidecars: list[ProxyProcess] = []
 
     def open_(config: Mapping[str, Any]) -> MeshCaller:
-        mesh = meshlib.Mesh.from_dict(dict(config), rng=random.Random(0))
-        meshes.append(mesh)
+        mesh = make_mesh(config)
         kwargs: dict[str, Any] = {}
         if parity_mode == "in-process-async-h1":
             kwargs = {"transport": meshlib.AsyncHTTP1Transport()}
@@ -65,8 +62,6 @@ def open_client(parity_mode: str, tmp_path: Path) -> Iterator[OpenClient]:
     try:
         yield open_
     finally:
-        for mesh in meshes:
-            mesh.close()
         codes = [(sidecar, sidecar.stop()) for sidecar in sidecars]
     for sidecar, code in codes:
         assert code == 0, f"meshlib proxy exited with {code} after SIGTERM (expected 0); log:\n{sidecar.log}"

@@ -331,17 +331,17 @@ def _breaker_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
 
 
 async def test_each_change_of_state_is_logged_once_however_many_requests(
-    respx_mock: respx.MockRouter, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    make_mesh: MakeMesh, respx_mock: respx.MockRouter, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     respx_mock.get(f"{ENDPOINT}/").mock(side_effect=[httpx.Response(503)] * 3 + [httpx.Response(200)] * 50)
     caplog.set_level(logging.DEBUG, logger="meshlib")
-    with meshlib.Mesh.from_dict(_config(), clock=clock) as mesh:
-        async with mesh.async_client() as client:
-            assert await _outcomes(client, 3) == [503] * 3
-            assert await _many(client, 40) == ["circuit_open"] * 40
-            clock.advance(30)
-            assert 200 in await _many(client, 40)  # one trial, then closed (or refused while it ran)
-            assert await _outcomes(client, 5) == [200] * 5
+    mesh = make_mesh(_config(), clock=clock)
+    async with mesh.async_client() as client:
+        assert await _outcomes(client, 3) == [503] * 3
+        assert await _many(client, 40) == ["circuit_open"] * 40
+        clock.advance(30)
+        assert 200 in await _many(client, 40)  # one trial, then closed (or refused while it ran)
+        assert await _outcomes(client, 5) == [200] * 5
     expected = [
         ("WARNING", "cluster 'reviews': circuit breaker opened after 3 failures in a row"),
         ("INFO", "cluster 'reviews': circuit breaker half-open"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import respx
 import meshlib
 from meshlib._config.resilience import FaultConfig
 from meshlib._policies.fault import ABORT_BODY, FaultPolicy
-from meshlib.testing import FakeClock
+from meshlib.testing import FakeClock, MeshFactory
 from tests.conftest import Caller
 
 pytestmark = pytest.mark.anyio
@@ -28,22 +27,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def meshes(clock: FakeClock) -> Iterator[list[meshlib.Mesh]]:
-    made: list[meshlib.Mesh] = []
-    yield made
-    for mesh in made:
-        mesh.close()
-
-
-def _mesh(meshes: list[meshlib.Mesh], clock: FakeClock, fault: dict[str, Any], **route: Any) -> meshlib.Mesh:
+def _mesh(mesh_factory: MeshFactory, clock: FakeClock, fault: dict[str, Any], **route: Any) -> meshlib.Mesh:
     config = {
         "clusters": {"reviews": {"endpoints": [ENDPOINT], **route.pop("cluster", {})}},
         "routes": [{"match": {"host": "reviews"}, "cluster": "reviews", "fault": fault, **route}],
     }
-    mesh = meshlib.Mesh.from_dict(config, rng=random.Random(0), clock=clock)
-    meshes.append(mesh)
-    return mesh
+    return mesh_factory(config, clock=clock)
 
 
 def _counters(mesh: meshlib.Mesh, cluster: str = "reviews") -> dict[str, int]:
@@ -76,11 +65,11 @@ def test_zero_and_hundred_percent_are_exact(percent: float, expected: int | None
 
 
 async def test_delays_and_aborts_hit_their_share_of_requests(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
 ) -> None:
     upstream = respx_mock.get(f"{ENDPOINT}/x").mock(return_value=httpx.Response(200))
     fault = {"delay": {"duration": "1s", "percent": 20}, "abort": {"status": 503, "percent": 30}}
-    mesh = _mesh(meshes, clock, fault)
+    mesh = _mesh(mesh_factory, clock, fault)
     n = 3000
     async with caller(mesh) as client:
         statuses = [(await client.get("http://reviews/x")).status_code for _ in range(n)]
@@ -93,7 +82,7 @@ async def test_delays_and_aborts_hit_their_share_of_requests(
 
 
 async def test_an_abort_answers_locally_and_reaches_no_mirror_retry_or_breaker(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller
 ) -> None:
     resilient = {
         "retry": {"attempts": 3, "retry_on": ["5xx"]},
@@ -110,8 +99,7 @@ async def test_an_abort_answers_locally_and_reaches_no_mirror_retry_or_breaker(
             }
         ],
     }
-    mesh = meshlib.Mesh.from_dict(config, rng=random.Random(0), clock=clock)
-    meshes.append(mesh)
+    mesh = mesh_factory(config, clock=clock)
     with respx.mock(assert_all_called=False) as router:
         upstream = router.route(host="127.0.0.1").mock(return_value=httpx.Response(200))
         async with caller(mesh) as client:
@@ -129,8 +117,8 @@ async def test_an_abort_answers_locally_and_reaches_no_mirror_retry_or_breaker(
     assert clock.sleeps == []
 
 
-async def test_head_abort_has_no_body(meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller) -> None:
-    mesh = _mesh(meshes, clock, {"abort": {"status": 418}})
+async def test_head_abort_has_no_body(mesh_factory: MeshFactory, clock: FakeClock, caller: Caller) -> None:
+    mesh = _mesh(mesh_factory, clock, {"abort": {"status": 418}})
     async with caller(mesh) as client:
         response = await client.request("HEAD", "http://reviews/x")
     assert response.status_code == 418
@@ -139,10 +127,10 @@ async def test_head_abort_has_no_body(meshes: list[meshlib.Mesh], clock: FakeClo
 
 
 async def test_a_delay_sleeps_on_the_mesh_clock(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
 ) -> None:
     upstream = respx_mock.get(f"{ENDPOINT}/x").mock(return_value=httpx.Response(200, text="ok"))
-    mesh = _mesh(meshes, clock, {"delay": {"duration": "30s"}})
+    mesh = _mesh(mesh_factory, clock, {"delay": {"duration": "30s"}})
     started = time.monotonic()
     async with caller(mesh) as client:
         response = await client.get("http://reviews/x")
@@ -154,9 +142,9 @@ async def test_a_delay_sleeps_on_the_mesh_clock(
 
 
 async def test_delay_then_abort_on_the_same_request(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller
 ) -> None:
-    mesh = _mesh(meshes, clock, {"delay": {"duration": "250ms"}, "abort": {"status": 500}})
+    mesh = _mesh(mesh_factory, clock, {"delay": {"duration": "250ms"}, "abort": {"status": 500}})
     async with caller(mesh) as client:
         response = await client.get("http://reviews/x")
     assert response.status_code == 500
@@ -165,18 +153,18 @@ async def test_delay_then_abort_on_the_same_request(
 
 
 async def test_the_delay_does_not_count_against_the_route_timeout(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller, respx_mock: respx.MockRouter
 ) -> None:
     """The timeout starts in the cluster leg, below the fault filter (as Envoy's starts at the router)."""
     respx_mock.get(f"{ENDPOINT}/x").mock(return_value=httpx.Response(200))
-    mesh = _mesh(meshes, clock, {"delay": {"duration": "5s"}}, cluster={"timeout": "1s"})
+    mesh = _mesh(mesh_factory, clock, {"delay": {"duration": "5s"}}, cluster={"timeout": "1s"})
     async with caller(mesh) as client:
         assert (await client.get("http://reviews/x")).status_code == 200
     assert clock.sleeps == [5.0]
 
 
 async def test_faults_are_counted_on_every_cluster_of_a_split_route(
-    meshes: list[meshlib.Mesh], clock: FakeClock, caller: Caller
+    mesh_factory: MeshFactory, clock: FakeClock, caller: Caller
 ) -> None:
     config = {
         "clusters": {"v1": {"endpoints": [ENDPOINT]}, "v2": {"endpoints": [SHADOW]}, "other": {"endpoints": [SHADOW]}},
@@ -188,8 +176,7 @@ async def test_faults_are_counted_on_every_cluster_of_a_split_route(
             }
         ],
     }
-    mesh = meshlib.Mesh.from_dict(config, rng=random.Random(0), clock=clock)
-    meshes.append(mesh)
+    mesh = mesh_factory(config, clock=clock)
     async with caller(mesh) as client:
         for _ in range(4):
             assert (await client.get("http://reviews/x")).status_code == 503

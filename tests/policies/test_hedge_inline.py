@@ -7,7 +7,6 @@ caller's thread and a hedge that wins shuts the blocked try's socket down.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,10 +24,10 @@ from tests.conftest import (
     RunningServer,
     Scope,
     Send,
+    StallRecorder,
     echo_app,
     eventually,
     raw_server,
-    read_request_head,
     start_server,
     wait_for,
 )
@@ -50,24 +49,6 @@ def fast() -> Iterator[RunningServer]:
     server = start_server(echo_app("fast"), "fast")
     yield server
     server.stop()
-
-
-class StallRecorder:
-    """A raw-server handler that reads the request, never answers, and notes when the client hangs up."""
-
-    def __init__(self) -> None:
-        self.hung_up = threading.Event()
-
-    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
-        read_request_head(conn)
-        conn.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                if conn.recv(1024) == b"":
-                    self.hung_up.set()
-                    return
-            except TimeoutError:
-                continue
 
 
 def _hedged(endpoints: list[str], **cluster: Any) -> dict[str, Any]:

@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
-import meshlib
 from meshlib._frontdoors import sidecar_listeners
 from meshlib._frontdoors.sidecar_listeners import outbound_handler
 from meshlib._transport import AsyncHTTP1Transport
+from tests.conftest import MakeMesh
 from tests.failing_upstreams import unaccepting_endpoint
 from tests.sidecar.conftest import proxy_url, serving
 
@@ -18,22 +18,19 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_passthrough_to_an_endpoint_that_never_accepts_fails_at_the_connect_timeout(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, make_mesh: MakeMesh
 ) -> None:
     monkeypatch.setattr(sidecar_listeners, "DEFAULT_TIMEOUTS", {"connect": 0.2, "read": 5, "write": 5, "pool": 5})
-    mesh = meshlib.Mesh()  # passes every host through
-    try:
-        with unaccepting_endpoint() as url:
-            async with (
-                AsyncHTTP1Transport() as sender,
-                serving(outbound_handler(mesh, sender)) as proxy,
-                httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client,
-            ):
-                started = time.monotonic()
-                response = await client.get(f"{url}/x")
-                took = time.monotonic() - started
-    finally:
-        mesh.close()
+    mesh = make_mesh({"allow_empty": True})  # nothing configured: passes every host through
+    with unaccepting_endpoint() as url:
+        async with (
+            AsyncHTTP1Transport() as sender,
+            serving(outbound_handler(mesh, sender)) as proxy,
+            httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client,
+        ):
+            started = time.monotonic()
+            response = await client.get(f"{url}/x")
+            took = time.monotonic() - started
     assert response.status_code == 503
     assert response.headers["x-meshlib-error"] == "upstream_connect_failure"
     assert 0.15 < took < 2.0

@@ -20,8 +20,7 @@ import httpx
 import pytest
 import yaml
 
-import meshlib
-from tests.conftest import RunningServer, echo_app, start_server
+from tests.conftest import MakeMesh, RunningServer, echo_app, start_server
 from tests.sidecar import proxy_process
 from tests.sidecar.proxy_process import free_port, running
 
@@ -257,7 +256,7 @@ def test_with_workers_a_worker_gone_before_listening_keeps_ready_at_503(tmp_path
             assert client.get("http://reviews/x").status_code == 200
 
 
-def test_an_upstreams_own_error_header_never_reaches_the_client(tmp_path: Path) -> None:
+def test_an_upstreams_own_error_header_never_reaches_the_client(tmp_path: Path, make_mesh: MakeMesh) -> None:
     """Only the sidecar names mesh errors: an upstream's 429 with x-meshlib-error stays the upstream's 429."""
 
     async def impostor(scope: Any, receive: Any, send: Any) -> None:
@@ -270,8 +269,8 @@ def test_an_upstreams_own_error_header_never_reaches_the_client(tmp_path: Path) 
     upstream = start_server(impostor, "impostor")
     try:
         with running(tmp_path, _to(upstream.url)) as proxy:
-            mesh = meshlib.Mesh.from_dict(_to(upstream.url))
-            with mesh, mesh.client(mode="sidecar", sidecar=proxy.proxy_url) as client:
+            mesh = make_mesh(_to(upstream.url))
+            with mesh.client(mode="sidecar", sidecar=proxy.proxy_url) as client:
                 response = client.get("http://reviews/x")
             assert response.status_code == 429
             assert "x-meshlib-error" not in response.headers

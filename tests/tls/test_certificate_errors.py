@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 import meshlib
 from meshlib._cli import main
 from meshlib._sidecar.process import EXIT_CONFIG
+from tests.conftest import MakeMesh
 from tests.sidecar import proxy_process
 from tests.tls.pki import Pki, Workload, custom, expired, not_yet_valid
 
@@ -180,7 +181,12 @@ def test_every_bad_file_is_reported_at_once(
 
 
 def test_inbound_mtls_files_are_checked_as_a_server_s(
-    workloads: dict[str, Workload], pki: Pki, other_pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    workloads: dict[str, Workload],
+    pki: Pki,
+    other_pki: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_mesh: MakeMesh,
 ) -> None:
     reviews = workloads["reviews"]
     bad_key = key_of_another(reviews, pki, other_pki, tmp_path)[0]["key_file"]
@@ -195,22 +201,22 @@ def test_inbound_mtls_files_are_checked_as_a_server_s(
     assert main(["validate", str(path)]) == 2
     assert f"inbound.mtls.key_file: {message}" in capsys.readouterr().err
     good = {"allow_empty": True, "inbound": {"mtls": {**inbound["mtls"], "key_file": str(reviews.key)}}}
-    with meshlib.Mesh.from_dict(good) as mesh:
-        assert mesh.stats()["certificates"]["inbound.mtls.cert_file"]["spiffe_id"] == reviews.spiffe_id
+    mesh = make_mesh(good)
+    assert mesh.stats()["certificates"]["inbound.mtls.cert_file"]["spiffe_id"] == reviews.spiffe_id
 
 
 def test_a_reload_with_bad_files_is_refused_and_the_old_config_serves(
-    workloads: dict[str, Workload], pki: Pki, other_pki: Pki, tmp_path: Path
+    workloads: dict[str, Workload], pki: Pki, other_pki: Pki, tmp_path: Path, make_mesh: MakeMesh
 ) -> None:
     frontend = workloads["frontend"]
-    with meshlib.Mesh.from_dict(_config(frontend.client_tls("reviews"))) as mesh:
-        bad, field, message = key_of_another(frontend, pki, other_pki, tmp_path)
-        with pytest.raises(meshlib.ConfigError) as raised:
-            mesh.reload(_config(bad))
-        assert raised.value.errors == [(f"clusters.reviews.tls.{field}", message)]
-        assert mesh.config.clusters["reviews"].tls is not None
-        assert mesh.config.clusters["reviews"].tls.key_file == str(frontend.key)
-        assert mesh.stats()["reloads"]["refused"] == 1
+    mesh = make_mesh(_config(frontend.client_tls("reviews")))
+    bad, field, message = key_of_another(frontend, pki, other_pki, tmp_path)
+    with pytest.raises(meshlib.ConfigError) as raised:
+        mesh.reload(_config(bad))
+    assert raised.value.errors == [(f"clusters.reviews.tls.{field}", message)]
+    assert mesh.config.clusters["reviews"].tls is not None
+    assert mesh.config.clusters["reviews"].tls.key_file == str(frontend.key)
+    assert mesh.stats()["reloads"]["refused"] == 1
 
 
 def test_the_sidecar_refuses_to_start_with_bad_files(

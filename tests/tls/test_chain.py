@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-import meshlib
-from tests.conftest import Caller, start_server
+from tests.conftest import Caller, MakeMesh, start_server
 from tests.sidecar import proxy_process
 from tests.tls.conftest import ServeTls
 from tests.tls.pki import Workload, spiffe
@@ -43,27 +42,25 @@ def calls_ratings(client: Callable[[], httpx.AsyncClient]) -> Handler:
 
 
 async def test_each_hop_presents_its_own_identity_in_process(
-    caller: Caller, serve_tls: ServeTls, workloads: dict[str, Workload]
+    caller: Caller, serve_tls: ServeTls, workloads: dict[str, Workload], make_mesh: MakeMesh
 ) -> None:
-    with (
-        serve_tls(workloads["ratings"]) as ratings,
-        meshlib.Mesh.from_dict(_hop("reviews", ratings.url, workloads["reviews"], "ratings")) as reviews_mesh,
-        serve_tls(workloads["reviews"], calls_ratings(reviews_mesh.async_client)) as reviews,
-        meshlib.Mesh.from_dict(_hop("frontend", reviews.url, workloads["frontend"], "reviews")) as frontend_mesh,
-    ):
-        async with caller(frontend_mesh) as client:
-            answers = [(await client.get("http://reviews/")).json() for _ in range(3)]
+    with serve_tls(workloads["ratings"]) as ratings:
+        reviews_mesh = make_mesh(_hop("reviews", ratings.url, workloads["reviews"], "ratings"))
+        with serve_tls(workloads["reviews"], calls_ratings(reviews_mesh.async_client)) as reviews:
+            frontend_mesh = make_mesh(_hop("frontend", reviews.url, workloads["frontend"], "reviews"))
+            async with caller(frontend_mesh) as client:
+                answers = [(await client.get("http://reviews/")).json() for _ in range(3)]
     assert answers == [{"reviews_saw": spiffe("frontend"), "ratings_saw": spiffe("reviews")}] * 3
     assert sum(c.requests for c in ratings.connections) == 3
 
 
 def test_each_hop_presents_its_own_identity_through_sidecars(
-    serve_tls: ServeTls, workloads: dict[str, Workload], tmp_path: Path
+    serve_tls: ServeTls, workloads: dict[str, Workload], tmp_path: Path, make_mesh: MakeMesh
 ) -> None:
     with serve_tls(workloads["ratings"]) as ratings:
         reviews_config = _hop("reviews", ratings.url, workloads["reviews"], "ratings")
         with proxy_process.running(tmp_path / "reviews-sidecar", reviews_config) as reviews_sidecar:
-            app_mesh = meshlib.Mesh()
+            app_mesh = make_mesh({"allow_empty": True})
 
             def via_reviews_sidecar() -> httpx.AsyncClient:
                 return app_mesh.async_client(mode="sidecar", sidecar=reviews_sidecar.proxy_url)
@@ -92,7 +89,7 @@ def _xfcc_uri(xfcc: str | None) -> str | None:
 
 
 def test_each_hop_is_sidecar_to_sidecar_mtls_with_plaintext_apps(
-    workloads: dict[str, Workload], tmp_path: Path
+    workloads: dict[str, Workload], tmp_path: Path, make_mesh: MakeMesh
 ) -> None:
     """Istio's shape: each app speaks plaintext to its own sidecar; sidecars speak mTLS and check SPIFFE IDs both
     ways; each inbound sidecar lets in only the caller its policy names and tells its app who that was (XFCC)."""
@@ -125,11 +122,12 @@ def test_each_hop_is_sidecar_to_sidecar_mtls_with_plaintext_apps(
         await send({"type": "http.response.body", "body": b"5 stars"})
 
     reviews_outbound: list[str] = []
+    app_mesh = make_mesh({"allow_empty": True})  # the apps' mesh: sidecar mode only, its config is unused
 
     async def reviews_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])
         seen["reviews"].append(_xfcc_uri(headers.get(b"x-forwarded-client-cert", b"").decode() or None))
-        async with meshlib.Mesh().async_client(mode="sidecar", sidecar=reviews_outbound[0]) as client:
+        async with app_mesh.async_client(mode="sidecar", sidecar=reviews_outbound[0]) as client:
             stars = (await client.get("http://ratings/stars")).text
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": stars.encode()})
@@ -155,7 +153,7 @@ def test_each_hop_is_sidecar_to_sidecar_mtls_with_plaintext_apps(
                 }
                 with (
                     proxy_process.running(tmp_path / "frontend", frontend_config) as frontend_sidecar,
-                    meshlib.Mesh().client(mode="sidecar", sidecar=frontend_sidecar.proxy_url) as client,
+                    app_mesh.client(mode="sidecar", sidecar=frontend_sidecar.proxy_url) as client,
                 ):
                     answers = [client.get("http://reviews/api/reviews/1") for _ in range(3)]
                     # ratings' sidecar lets in reviews only: the frontend's own certificate is refused by policy.
@@ -163,10 +161,7 @@ def test_each_hop_is_sidecar_to_sidecar_mtls_with_plaintext_apps(
                         "endpoints": [inbound_url(ratings_config)],
                         "tls": workloads["frontend"].client_tls("ratings"),
                     }
-                    with (
-                        meshlib.Mesh.from_dict({"clusters": {"ratings": ratings_direct}}) as mesh,
-                        mesh.client() as direct,
-                    ):
+                    with make_mesh({"clusters": {"ratings": ratings_direct}}).client() as direct:
                         refused = direct.get("http://ratings/stars")
     finally:
         ratings_server.stop()

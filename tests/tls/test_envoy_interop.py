@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import meshlib
-from tests.conftest import Caller
+from tests.conftest import Caller, MakeMesh
 from tests.envoy_process import HCM, ROUTER, RunningEnvoy, running_envoy, stats
 from tests.sidecar import proxy_process
 from tests.tls.pki import Workload, spiffe
@@ -82,11 +82,11 @@ def _counts(envoy: RunningEnvoy) -> tuple[int, int]:
 
 
 async def test_envoy_accepts_meshlib_s_workload_certificate_in_process(
-    caller: Caller, envoy: RunningEnvoy, workloads: dict[str, Workload]
+    caller: Caller, envoy: RunningEnvoy, workloads: dict[str, Workload], make_mesh: MakeMesh
 ) -> None:
-    with meshlib.Mesh.from_dict(_config(envoy, workloads["frontend"])) as mesh:
-        async with caller(mesh) as client:
-            answers = [await client.get("http://reviews/x") for _ in range(3)]
+    mesh = make_mesh(_config(envoy, workloads["frontend"]))
+    async with caller(mesh) as client:
+        answers = [await client.get("http://reviews/x") for _ in range(3)]
     assert [(a.status_code, a.text, a.headers["x-peer"]) for a in answers] == [
         (200, "from envoy", spiffe("frontend"))
     ] * 3
@@ -94,11 +94,11 @@ async def test_envoy_accepts_meshlib_s_workload_certificate_in_process(
 
 
 def test_envoy_accepts_meshlib_s_workload_certificate_through_the_sidecar(
-    envoy: RunningEnvoy, workloads: dict[str, Workload], tmp_path: Path
+    envoy: RunningEnvoy, workloads: dict[str, Workload], tmp_path: Path, make_mesh: MakeMesh
 ) -> None:
     with (
         proxy_process.running(tmp_path / "sidecar", _config(envoy, workloads["frontend"])) as sidecar,
-        meshlib.Mesh().client(mode="sidecar", sidecar=sidecar.proxy_url) as client,
+        make_mesh({"allow_empty": True}).client(mode="sidecar", sidecar=sidecar.proxy_url) as client,
     ):
         answers = [client.get("http://reviews/x") for _ in range(3)]
     assert [(a.status_code, a.headers["x-peer"]) for a in answers] == [(200, spiffe("frontend"))] * 3
@@ -106,12 +106,12 @@ def test_envoy_accepts_meshlib_s_workload_certificate_through_the_sidecar(
 
 
 async def test_envoy_refuses_a_workload_it_does_not_expect(
-    caller: Caller, envoy: RunningEnvoy, workloads: dict[str, Workload]
+    caller: Caller, envoy: RunningEnvoy, workloads: dict[str, Workload], make_mesh: MakeMesh
 ) -> None:
-    with meshlib.Mesh.from_dict(_config(envoy, workloads["details"])) as mesh:
-        async with caller(mesh) as client:
-            with pytest.raises(httpx.TransportError) as raised:
-                await client.get("http://reviews/x")
+    mesh = make_mesh(_config(envoy, workloads["details"]))
+    async with caller(mesh) as client:
+        with pytest.raises(httpx.TransportError) as raised:
+            await client.get("http://reviews/x")
     # TLS 1.3: the client's handshake is over before the server has checked the client's certificate, so its
     # refusal (an alert, then a close) reaches the client as it sends: a reset, whose words depend on the timing.
     assert isinstance(raised.value, meshlib.UpstreamResetError | meshlib.UpstreamConnectError)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamR
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint, EndpointState
 from meshlib._upstream.outlier import OutlierDetector
+from meshlib.testing import MeshFactory
 from tests.conftest import Caller, MeshCaller
 
 pytestmark = pytest.mark.anyio
@@ -48,19 +48,14 @@ ClockedMesh = Callable[..., tuple[meshlib.Mesh, FakeClock]]
 
 
 @pytest.fixture
-def clocked_mesh() -> Iterator[ClockedMesh]:
+def clocked_mesh(mesh_factory: MeshFactory) -> ClockedMesh:
     """``clocked_mesh(config)`` → (a Mesh on a FakeClock with a seeded rng, the clock); closed after the test."""
-    meshes: list[meshlib.Mesh] = []
 
     def make(config: dict[str, Any]) -> tuple[meshlib.Mesh, FakeClock]:
         clock = FakeClock(1000.0)
-        mesh = meshlib.Mesh.from_dict(config, rng=random.Random(0), clock=clock)
-        meshes.append(mesh)
-        return mesh, clock
+        return mesh_factory(config, clock=clock), clock
 
-    yield make
-    for mesh in meshes:
-        mesh.close()
+    return make
 
 
 def _config(endpoints: list[str] | None = None, **outlier: Any) -> dict[str, Any]:
