@@ -33,6 +33,17 @@ __all__ = ["collector"]  # a fixture, imported for the tests below
 TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled")
 
 
+# The spans from the ratings server span up to the frontend's client span, hop by hop: (name, service, kind).
+RATINGS_TO_FRONTEND = [
+    ("GET", "ratings", "SERVER"),
+    ("try 1", "reviews", None),
+    ("GET cluster:ratings", "reviews", "CLIENT"),
+    ("GET", "reviews", "SERVER"),
+    ("try 1", "frontend", None),
+    ("GET cluster:reviews", "frontend", "CLIENT"),
+]
+
+
 @contextmanager
 def flask_server(app: Any) -> Iterator[str]:
     """``app`` under werkzeug's threaded server on a loopback port; its URL."""
@@ -113,14 +124,7 @@ def test_in_process_each_hop_s_spans_are_one_trace(collector: ZipkinCollector) -
     assert len(traces) == 2
     for one in traces.values():
         assert is_one_tree(one), one
-        assert chain(one, "ratings") == [
-            ("GET", "ratings", "SERVER"),
-            ("try 1", "reviews", None),
-            ("GET cluster:ratings", "reviews", "CLIENT"),
-            ("GET", "reviews", "SERVER"),
-            ("try 1", "frontend", None),
-            ("GET cluster:reviews", "frontend", "CLIENT"),
-        ]
+        assert chain(one, "ratings") == RATINGS_TO_FRONTEND
 
 
 def test_through_sidecars_each_hop_s_spans_are_one_trace(
@@ -181,14 +185,7 @@ def test_through_sidecars_each_hop_s_spans_are_one_trace(
     assert is_one_tree(spans), spans
     # Each sidecar's inbound door writes its server span into the request it forwards (as Envoy does): the
     # app's onward call is that span's child, so the chain runs hop by hop up to the frontend's client span.
-    assert chain(spans, "ratings") == [
-        ("GET", "ratings", "SERVER"),
-        ("try 1", "reviews", None),
-        ("GET cluster:ratings", "reviews", "CLIENT"),
-        ("GET", "reviews", "SERVER"),
-        ("try 1", "frontend", None),
-        ("GET cluster:reviews", "frontend", "CLIENT"),
-    ]
+    assert chain(spans, "ratings") == RATINGS_TO_FRONTEND
     assert {(s["name"], s["localEndpoint"]["serviceName"], s.get("kind")) for s in spans} == {
         ("GET cluster:reviews", "frontend", "CLIENT"),
         ("try 1", "frontend", None),
