@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import answer_ok, raw_server
+from tests.sidecar.proxy_process import ProxyProcess, free_port, write_config
 
 PROBE = """
 import json, sys
@@ -72,3 +77,97 @@ def test_the_inbound_policy_loads_pyjwt_only_for_tokens(extra: dict[str, object]
 def test_opentelemetry_loads_only_for_a_mesh_with_tracing(tracing: object, expected: list[str]) -> None:
     """The SDK for ``tracing:``, and the Zipkin exporter's HTTP client (requests) only when there is a collector."""
     assert _loaded({**PLAIN, "tracing": tracing}) == expected
+
+
+# httpx imports httpcore only when an HTTPTransport / AsyncHTTPTransport is built, and httpcore imports trio
+# when it is installed (~5 MB and ~70 ms more for an idle sidecar): neither the sidecar nor a mesh on the
+# fast transport builds one, so neither loads them.
+HTTPCORE = ("httpcore", "trio")
+
+FAST_PROBE = """
+import asyncio, json, sys
+import meshlib
+from meshlib._sidecar import process  # the sidecar's whole import graph
+mesh = meshlib.Mesh.from_dict(json.loads(sys.argv[1]))
+
+async def main():
+    async with mesh.async_client(transport=meshlib.AsyncHTTP1Transport()) as client:
+        assert (await client.get("http://reviews/")).text == "ok"
+
+asyncio.run(main())
+print(json.dumps(sorted(name for name in sys.argv[2:] if name in sys.modules)))
+"""
+
+# ``meshlib proxy`` as ``python -m meshlib`` runs it; each line on stdin asks which of argv[2:] are loaded.
+PROXY_PROBE = """
+import json, runpy, sys, threading
+asked = sys.argv[2:]
+
+def report():
+    for _ in sys.stdin:
+        print(json.dumps(sorted(name for name in asked if name in sys.modules)), flush=True)
+
+threading.Thread(target=report, daemon=True).start()
+sys.argv = ["meshlib", "proxy", "--config", sys.argv[1]]
+runpy.run_module("meshlib", run_name="__main__", alter_sys=True)
+"""
+
+
+def _reviews_on(url: str) -> dict[str, object]:
+    """PLAIN's cluster on ``url``, with a hedge too (what gives a sync try the interrupting backend)."""
+    reviews = {"endpoints": [url], "timeout": "1s", "retry": {"attempts": 2}, "hedge": {"after": "1s"}}
+    return {"clusters": {"reviews": reviews}}
+
+
+def test_a_mesh_on_the_fast_transport_never_loads_httpcore() -> None:
+    with raw_server(answer_ok) as upstream:
+        done = subprocess.run(
+            [sys.executable, "-c", FAST_PROBE, json.dumps(_reviews_on(upstream.url)), *HTTPCORE],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    assert json.loads(done.stdout) == []
+
+
+def test_a_plaintext_sidecar_never_loads_httpcore(tmp_path: Path) -> None:
+    """Idle, and after forwarding a request: its upstream client is its own (``AsyncHTTP1Transport``)."""
+    config = tmp_path / "mesh.yaml"
+    outbound, admin = free_port(), free_port()
+    with raw_server(answer_ok) as upstream:
+        write_config(config, _reviews_on(upstream.url), outbound, admin)
+        proxy = ProxyProcess(
+            subprocess.Popen(
+                [sys.executable, "-c", PROXY_PROBE, str(config), *HTTPCORE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                # Proxy variables of the environment must not reroute the proxy's own upstream traffic.
+                env={k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")},
+            ),
+            config,
+            outbound,
+            admin,
+        )
+        try:
+            proxy.wait_ready()
+            assert _ask(proxy) == []
+            with proxy.client(timeout=10) as client:
+                assert client.get("http://reviews/").text == "ok"
+            assert _ask(proxy) == []
+        finally:
+            proxy.stop()
+            for pipe in (proxy.proc.stdin, proxy.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _ask(proxy: ProxyProcess) -> list[str]:
+    assert proxy.proc.stdin is not None
+    assert proxy.proc.stdout is not None
+    proxy.proc.stdin.write("\n")
+    proxy.proc.stdin.flush()
+    loaded: list[str] = json.loads(proxy.proc.stdout.readline())
+    return loaded

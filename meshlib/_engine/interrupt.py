@@ -27,24 +27,32 @@ then, also when a reload brings one in; a client wrapped for a mesh without
 them keeps httpx's own backend untouched. Connections a pool opened before
 the backend was installed cannot be interrupted: while any is in the pool,
 the transport counts as not interruptible.
+
+The stream and backend classes subclass httpcore's, so they live in
+``interrupt_backend.py``, loaded only once a transport of httpcore's is
+made interruptible: this module is read by every sync try, and the sidecar
+and a mesh on ``AsyncHTTP1Transport`` never import httpcore (nor trio, which
+httpcore imports when it is installed). ``InterruptibleBackend`` and
+``WrappingBackend`` can still be imported from here (loading httpcore then).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
-import time
 import weakref
-from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-import httpcore
 import httpx
 
 if TYPE_CHECKING:
+    import httpcore
+
     from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig
+    from meshlib._engine.interrupt_backend import InterruptibleBackend, WrappingBackend
 
 __all__ = [
     "CURRENT",
@@ -115,95 +123,6 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _Stream(httpcore.NetworkStream):
-    """A network stream whose reads and writes the current try's Interrupt can cut short."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-        self._sock: socket.socket | None = inner.get_extra_info("socket")
-
-    def _guarded(self, interrupt: Interrupt, fn: Any, *args: Any) -> Any:
-        interrupt.enter(self._sock)
-        try:
-            result = fn(*args)
-        except Exception:
-            if interrupt.interrupted:
-                raise TryInterrupted from None
-            raise
-        finally:
-            interrupt.leave()
-        if interrupt.interrupted:  # the read ended because the socket was shut down: nothing to trust
-            raise TryInterrupted
-        return result
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        deadline = READ_DEADLINE.get()
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ReadTimeout("the try's deadline passed")
-            if timeout is None or left < timeout:
-                timeout = left
-        interrupt = CURRENT.get()
-        if interrupt is None:
-            return self._inner.read(max_bytes, timeout)
-        data: bytes = self._guarded(interrupt, self._inner.read, max_bytes, timeout)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        interrupt = CURRENT.get()
-        if interrupt is None:
-            self._inner.write(buffer, timeout)
-        else:
-            self._guarded(interrupt, self._inner.write, buffer, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class WrappingBackend(httpcore.NetworkBackend):
-    """A connection pool's network backend whose connections come wrapped by ``wrap`` (a stream of its own)."""
-
-    def __init__(
-        self, inner: httpcore.NetworkBackend, wrap: Callable[[httpcore.NetworkStream], httpcore.NetworkStream]
-    ) -> None:
-        self._inner = inner
-        self._wrap = wrap
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        return self._wrap(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        return self._wrap(self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class InterruptibleBackend(WrappingBackend):
-    """Wraps a connection pool's network backend so that its streams honour the current try's Interrupt."""
-
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        super().__init__(inner, _Stream)
-
-
 def interrupts_needed(config: MeshConfig) -> bool:
     """Whether a sync try under ``config`` may have to be cut short in a read: by a hedge that won, or at its deadline.
 
@@ -221,6 +140,24 @@ def interrupts_needed(config: MeshConfig) -> bool:
     return False
 
 
+def __getattr__(name: str) -> Any:
+    """The backend classes, from the module that imports httpcore (see the module docstring)."""
+    if name in ("InterruptibleBackend", "WrappingBackend"):
+        from meshlib._engine import interrupt_backend  # httpcore loads only where an httpcore transport is used
+
+        return getattr(interrupt_backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _sync_pool(pool: object) -> TypeGuard[httpcore.ConnectionPool]:
+    """Whether ``pool`` is httpcore's sync connection pool: never, while nothing has imported httpcore."""
+    if "httpcore" not in sys.modules:
+        return False
+    import httpcore  # imported already: this costs a dict lookup
+
+    return isinstance(pool, httpcore.ConnectionPool)
+
+
 def make_interruptible(transport: httpx.BaseTransport) -> None:
     """Let a hedge interrupt ``transport``'s blocked tries, when it is httpx's HTTP/1.1 transport.
 
@@ -230,8 +167,11 @@ def make_interruptible(transport: httpx.BaseTransport) -> None:
         return  # a subclass that sends its own way, or another transport
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
-    if not isinstance(pool, httpcore.ConnectionPool) or backend is None or getattr(pool, "_http2", True):
+    if not _sync_pool(pool) or backend is None or getattr(pool, "_http2", True):
         return  # HTTP/2 multiplexes tries over one socket: shutting it down would cut the others
+    # httpcore loads only where an httpcore transport is used: ``transport`` is one, so it is loaded already.
+    from meshlib._engine.interrupt_backend import InterruptibleBackend
+
     if not isinstance(backend, InterruptibleBackend):
         pool._network_backend = InterruptibleBackend(backend)
         older = pool.connections  # opened through the backend before: their streams do not honour an Interrupt

@@ -7,19 +7,20 @@ The client's connections keep their last reads (:class:`_Tail`), where a body
 read that fails finds that chunk. Without one, the way the connection ended
 says the class: a FIN (an incomplete body) a timeout, an RST an upstream
 failure (docs/sidecar.md, "When the body fails").
+
+The streams that keep those reads subclass httpcore's, so they live in
+``sidecar_tails.py``, imported only by :func:`keep_tails`: this module is
+imported with ``meshlib``, and the sidecar, or a mesh on
+``AsyncHTTP1Transport``, never imports httpcore (nor trio with it).
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import httpcore
 import httpx
 
 from meshlib._engine.errors import describe
-from meshlib._engine.interrupt import WrappingBackend
 from meshlib._errors import MeshError, RequestTimeoutError, UpstreamResetError
 from meshlib._wire import LENGTH_HEADER, error_from_chunk
 
@@ -28,11 +29,10 @@ __all__ = ["keep_tails", "received"]
 
 def keep_tails(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> None:
     """Let ``transport``'s connections keep their last reads, as :func:`_body_error` needs."""
-    pool = transport._pool
-    if isinstance(pool, httpcore.ConnectionPool):
-        pool._network_backend = WrappingBackend(pool._network_backend, _TailStream)
-    elif isinstance(pool, httpcore.AsyncConnectionPool):
-        pool._network_backend = _AsyncTailBackend(pool._network_backend)
+    # httpcore loads only where an httpcore transport is used: ``transport`` is one (its streams are in there).
+    from meshlib._frontdoors import sidecar_tails
+
+    sidecar_tails.keep_tails(transport)
 
 
 def received(response: httpx.Response, request: httpx.Request) -> httpx.Response:
@@ -119,76 +119,3 @@ class _Tail:
     @property
     def last(self) -> bytes:
         return self._previous + self._recent
-
-
-class _TailStream(_Tail, httpcore.NetworkStream):
-    """A connection to the sidecar that keeps its last reads (:class:`_Tail`)."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        super().__init__()
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.keep(self._inner.read(max_bytes, timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        return self._inner.start_tls(ssl_context, server_hostname, timeout)  # a tunnel: nothing to keep
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _AsyncTailStream(_Tail, httpcore.AsyncNetworkStream):
-    """The async twin of :class:`_TailStream`."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        super().__init__()
-        self._inner = inner
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore's
-        return self.keep(await self._inner.read(max_bytes, timeout))
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 - httpcore's
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _AsyncTailBackend(httpcore.AsyncNetworkBackend):
-    """Opens connections to the sidecar as :class:`_AsyncTailStream` (the sync pools get a ``WrappingBackend``)."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _AsyncTailStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)

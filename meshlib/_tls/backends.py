@@ -10,6 +10,11 @@ The async TLS stream also maps ``ssl.SSLError`` raised by a read or write
 after the handshake, in TLS 1.3) to httpcore's ``ReadError``/``WriteError``:
 httpcore's anyio backend lets it through unmapped, while its sync backend
 maps it, so both modes raise the mesh's error for it.
+
+Its classes subclass httpcore's, so this module imports httpcore:
+``senders.py`` imports it only when it builds an httpx transport for a TLS
+cluster, so neither the sidecar nor a mesh on ``AsyncHTTP1Transport`` loads
+it (nor httpcore, nor trio, which httpcore imports when it is installed).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import httpcore
 
-from meshlib._engine.interrupt import WrappingBackend
+from meshlib._engine.interrupt_backend import WrappingBackend
 
 __all__ = ["AsyncCheckingBackend", "PeerCheck", "checking_backend"]
 

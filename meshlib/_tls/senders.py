@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import httpx
 
 from meshlib._engine.interrupt import make_interruptible
-from meshlib._tls.backends import AsyncCheckingBackend, PeerCheck, checking_backend
 
 if TYPE_CHECKING:
+    from meshlib._tls.backends import PeerCheck
     from meshlib._tls.cluster import ClusterTls
 
 __all__ = ["AsyncTlsTransport", "TlsCapable", "TlsSenders", "TlsTransport"]
@@ -247,6 +247,8 @@ class AsyncTlsTransport(httpx.AsyncBaseTransport):
 def _httpx_sync(context: ssl.SSLContext, verify_peer: PeerCheck | None) -> httpx.BaseTransport:
     transport = httpx.HTTPTransport(verify=context)
     if verify_peer is not None:
+        from meshlib._tls.backends import checking_backend  # httpcore loads only where an httpcore transport is used
+
         # httpx takes no network backend: its pool's is wrapped, as interrupt.make_interruptible does.
         pool = transport._pool
         pool._network_backend = checking_backend(pool._network_backend, verify_peer)
@@ -255,6 +257,8 @@ def _httpx_sync(context: ssl.SSLContext, verify_peer: PeerCheck | None) -> httpx
 
 
 def _httpx_async(context: ssl.SSLContext, verify_peer: PeerCheck | None) -> httpx.AsyncBaseTransport:
+    from meshlib._tls.backends import AsyncCheckingBackend  # httpcore loads only where an httpcore transport is used
+
     transport = httpx.AsyncHTTPTransport(verify=context)
     pool = transport._pool
     pool._network_backend = AsyncCheckingBackend(pool._network_backend, verify_peer)  # also maps TLS errors
