@@ -120,7 +120,7 @@ def _checks(cls: type[ConfigModel]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``(method name, needs)`` of every ``@check`` of ``cls``, bases first, each in definition order."""
     found: dict[str, tuple[str, ...]] = {}
     for klass in reversed(cls.__mro__):
-        for name, attr in vars(klass).items():
+        for name, attr in list(vars(klass).items()):  # a deferred model build may add to it meanwhile
             needs = getattr(attr, "__config_check_needs__", None)
             if needs is not None:
                 found[name] = needs
@@ -130,7 +130,7 @@ def _checks(cls: type[ConfigModel]) -> tuple[tuple[str, tuple[str, ...]], ...]:
 class ConfigModel(BaseModel):
     """Every config model: unknown keys are errors, a validated config never changes, and ``@check`` s run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     # Keys users write here that belong in another model: key → the error saying where.
     misplaced_keys: ClassVar[Mapping[str, str]] = {}
 
