@@ -20,6 +20,7 @@ from meshlib._engine.inbound_context import Identity
 from meshlib._errors import (
     CircuitOpenError,
     ConfigError,
+    DiscoveryError,
     MeshError,
     NoHealthyUpstreamError,
     OverloadedError,
@@ -40,6 +41,7 @@ __all__ = [
     "AsyncMeshTransport",
     "CircuitOpenError",
     "ConfigError",
+    "DiscoveryError",
     "Identity",
     "Mesh",
     "MeshConfig",

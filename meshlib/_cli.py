@@ -1,9 +1,10 @@
-"""The ``meshlib`` command: ``demo``, ``proxy``, ``validate``, ``schema``, ``ca init``, ``ca issue``."""
+"""The ``meshlib`` command: ``demo``, ``proxy``, ``validate``, ``schema``, ``ca init|issue``, ``config push``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from meshlib._errors import ConfigError
 __all__ = ["main", "run"]
 
 EXIT_INVALID = 2
+EXIT_UNREACHABLE = 4  # as the sidecar's exit when etcd is unreachable at start
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -55,6 +57,45 @@ def _check_files(config: MeshConfig, path: str) -> list[tuple[str, str]]:
     if errors:
         raise ConfigError(errors, source=path)
     return warnings
+
+
+def _config_push(args: argparse.Namespace) -> int:
+    """Validate a config document locally, then write it to an etcd key (nothing is written when it is invalid)."""
+    from meshlib._config.load import config_from_dict
+    from meshlib._discovery.config_source import parse_document
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        config_from_dict(parse_document(data, args.key), source=str(path))
+    except ConfigError as exc:
+        print(exc if exc.source == str(path) else ConfigError(exc.errors, source=str(path)), file=sys.stderr)
+        return EXIT_INVALID
+    from meshlib._discovery.etcd_client import EtcdClient, EtcdError
+
+    endpoints = [url.strip() for given in args.etcd for url in given.split(",") if url.strip()]
+    client = EtcdClient(
+        endpoints,
+        timeout=args.timeout,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        username=args.username,
+        password=args.password,
+    )
+    try:
+        revision = client.put(args.key, data)
+    except EtcdError as exc:
+        print(f"not pushed: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        client.close()
+    print(f"pushed {path} to {args.key} (revision {revision})")
+    return 0
 
 
 def _ca(args: argparse.Namespace) -> int:
@@ -187,6 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (from meshlib ca init)")
     issue.add_argument("--out", required=True, metavar="DIR", help="where to write the files (replaced atomically)")
     issue.set_defaults(func=_ca)
+
+    config = commands.add_parser("config", help="the mesh config in etcd (config_source.etcd)")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    push = config_commands.add_parser(
+        "push", help="validate a config document, then write it to an etcd key that meshes watch"
+    )
+    push.add_argument("file", help="the config document (YAML or JSON), without registry and config_source")
+    push.add_argument(
+        "--etcd", required=True, action="append", metavar="URL", help="an etcd member (repeat, or comma-separate)"
+    )
+    push.add_argument("--key", required=True, help="the key, as in config_source.etcd.key")
+    push.add_argument("--timeout", type=float, default=5.0, help="seconds per etcd member (default 5)")
+    push.add_argument("--ca-file", help="the CA of etcd's serving certificate (https:// members)")
+    push.add_argument("--cert-file", help="a client certificate, when etcd asks for one")
+    push.add_argument("--key-file", help="the client certificate's key")
+    push.add_argument("--username", help="etcd user (with --password, or MESHLIB_ETCD_PASSWORD)")
+    push.add_argument("--password", default=os.environ.get("MESHLIB_ETCD_PASSWORD"), help=argparse.SUPPRESS)
+    push.set_defaults(func=_config_push)
     return parser
 
 

@@ -95,6 +95,16 @@ class ConfigError(Exception):
         super().__init__(f"{head}:\n  " + "\n  ".join(lines) if lines else head)
 
 
+class DiscoveryError(Exception):
+    """A mesh cannot start: the discovery system it is configured with (etcd) did not answer in time.
+
+    Raised by :class:`meshlib.Mesh` when etcd stays unreachable for
+    ``registry.etcd.start_timeout`` and ``registry.etcd.snapshot`` has no last
+    good view to start from; the message names etcd and every member tried.
+    Once started, a mesh never fails for etcd: it serves what it last knew.
+    """
+
+
 class MeshError(httpx.TransportError):
     """Base of the errors the mesh raises while handling a request.
 

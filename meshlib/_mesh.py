@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -15,8 +16,11 @@ from meshlib._clock import Clock
 from meshlib._config.load import config_from_dict, load_file
 from meshlib._config.models import MeshConfig
 from meshlib._config.warnings import log_config_warnings
-from meshlib._control.reload import ReloadStats, load_settled
+from meshlib._control.reload import ReloadStats, describe_failure, load_settled
 from meshlib._control.watch import FileWatcher
+from meshlib._discovery.config_source import effective_config, parse_document
+from meshlib._discovery.manager import Discovery, check_registration, needs_discovery
+from meshlib._errors import ConfigError
 from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
 from meshlib._frontdoors.sidecar_client import AsyncSidecarTransport, SidecarTransport
 from meshlib._hooks import Hooks, RetryEvent
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     from meshlib._tls.cluster import ServerCredentials
 
 __all__ = ["Mesh"]
+
+logger = logging.getLogger("meshlib.config")
 
 # Client keyword arguments that httpx uses only to build its default transport.
 # The mesh builds that transport itself (as its inner sender), so they must go there.
@@ -115,6 +121,7 @@ class Mesh:
         clock: Clock | None = None,
         breaker_listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
         before_retry: Callable[[RetryEvent], object] | None = None,
+        _sidecar: bool = False,
     ) -> None:
         hooks = Hooks(tuple(breaker_listeners), before_retry)
         self._runtime = Runtime.create(clock=clock, rng=rng, hooks=hooks)
@@ -124,8 +131,100 @@ class Mesh:
         self._reloads = ReloadStats()
         self._watcher: FileWatcher | None = None
         # Mesh() passes everything through: the one empty config that needs no allow_empty from the user.
-        self._snapshot = compile_snapshot(config or MeshConfig(allow_empty=True), self._runtime, version=1)
+        self._local = config or MeshConfig(allow_empty=True)
+        # Endpoints and config from past this machine (docs/discovery.md); the sidecar registers once listening.
+        self._discovery: Discovery | None = None
+        self._document_revision = 0
+        self._sidecar = _sidecar
+        effective = self._local
+        if needs_discovery(self._local):
+            effective = self._start_discovery(self._local)
+        try:
+            self._snapshot = self._compile(effective, version=1)
+        except BaseException:
+            self.close()
+            raise
         log_config_warnings(self._snapshot.config)
+        if self._discovery is not None:
+            self._discovery.run()
+            register = self._discovery.register_config
+            if register is not None and register.address is not None and not _sidecar:
+                self._discovery.register(register.address)
+
+    def _start_discovery(self, local: MeshConfig) -> MeshConfig:
+        """Build and start discovery for ``local``; the config to compile (``local`` with etcd's document, if any)."""
+        check_registration(local, sidecar=self._sidecar)
+        discovery = self._discovery = Discovery(local, self._rediscover)
+        try:
+            discovery.start(local)
+        except BaseException:
+            discovery.close()
+            raise
+        config = local
+        if discovery.config_key is not None:
+            _, self._document_revision = discovery.document()
+            try:
+                config = self._effective(local)
+                document_error = None
+            except ConfigError as exc:
+                document_error = exc
+            if discovery.document()[0] is not None:
+                if document_error is None:
+                    discovery.report(self._document_revision, version=1)
+                else:  # the local file serves until a good document comes
+                    self._refuse_reload(document_error)
+                    discovery.report(self._document_revision, error=describe_failure(document_error))
+        discovery.watch_dns(config)
+        return config
+
+    def _effective(self, local: MeshConfig) -> MeshConfig:
+        """``local`` with the config document from etcd applied (ConfigError when that document is invalid)."""
+        discovery = self._discovery
+        key = discovery.config_key if discovery is not None else None
+        if discovery is None or key is None:
+            return local
+        document, _ = discovery.document()
+        if document is None:
+            return local
+        return effective_config(local, parse_document(document, key), key)
+
+    def _compile(self, config: MeshConfig, *, version: int) -> Snapshot:
+        discovered = self._discovery.endpoints(config) if self._discovery is not None else None
+        return compile_snapshot(config, self._runtime, version=version, discovered=discovered)
+
+    def _rediscover(self) -> None:
+        """Compile again with the endpoints and config document discovery knows now (its applier thread calls it)."""
+        discovery = self._discovery
+        assert discovery is not None
+        with self._lock:
+            if self._closed:
+                return
+            _, revision = discovery.document()
+            new_document = discovery.config_key is not None and revision != self._document_revision
+            config = self._snapshot.config
+            if new_document:
+                self._document_revision = revision
+                try:
+                    config = self._effective(self._local)
+                except ConfigError as exc:
+                    self._refuse_reload(exc)
+                    discovery.report(revision, error=describe_failure(exc))
+                    new_document = False
+            try:
+                discovery.watch_dns(config)
+                snapshot = self._compile(config, version=self._snapshot.version + 1)
+            except Exception as exc:
+                self._refuse_reload(exc)
+                if new_document:
+                    discovery.report(revision, error=describe_failure(exc))
+                return
+            self._snapshot = snapshot
+            if new_document:
+                self._reloads.accept(f"from etcd key {discovery.config_key} at revision {revision}", snapshot.version)
+                discovery.report(revision, version=snapshot.version, digest=snapshot.digest)
+        discovery.forget_dns(config)
+        if new_document:
+            log_config_warnings(config)
 
     @classmethod
     def from_file(
@@ -204,13 +303,26 @@ class Mesh:
                 elif not isinstance(config, MeshConfig):
                     config = config_from_dict(config)
                 assert isinstance(config, MeshConfig)
-                snapshot = compile_snapshot(config, self._runtime, version=self._snapshot.version + 1)
+                local = config
+                if self._discovery is None and needs_discovery(local):
+                    effective = self._start_discovery(local)
+                else:
+                    effective = self._effective(local)
+                    if self._discovery is not None:
+                        self._discovery.watch_dns(effective)
+                snapshot = self._compile(effective, version=self._snapshot.version + 1)
             except Exception as exc:
                 self._refuse_reload(exc)
                 raise
+            self._local = local
             self._snapshot = snapshot
             self._reloads.accept(source, snapshot.version)  # under the lock: the log shows versions in order
-        log_config_warnings(config)
+        if self._discovery is not None:
+            self._discovery.forget_dns(effective)
+            self._discovery.run()
+            if (local.registry, local.config_source) != (self._discovery.registry, self._discovery.config_source):
+                logger.warning("registry and config_source changed: they apply after a restart")
+        log_config_warnings(effective)
         return snapshot, digest
 
     def _refuse_reload(self, error: BaseException) -> None:
@@ -308,13 +420,16 @@ class Mesh:
             if breaker is not None:
                 entry["circuit_breaker"] = {"state": breaker.state, "in_flight": breaker.in_flight}
             clusters[name] = entry
-        return {
+        stats = {
             "version": snapshot.version,
             "clusters": clusters,
             "reloads": self._reloads.as_dict(),
             "certificates": self._certificates(snapshot),
             "observability": self._runtime.observers.stats(),
         }
+        if self._discovery is not None:
+            stats["discovery"] = self._discovery.stats()
+        return stats
 
     def metrics_asgi_app(self) -> ASGIApp:
         """An ASGI app serving this mesh's metrics in Prometheus's text format, to mount where Prometheus scrapes.
@@ -387,6 +502,8 @@ class Mesh:
         if self._closed:
             return
         self._closed = True
+        if self._discovery is not None:  # first: out of the registry before anything stops serving
+            self._discovery.close()
         if self._watcher is not None:
             self._watcher.close()
         with self._lock:  # after a reload in progress, which would otherwise start health checks anew

@@ -131,6 +131,8 @@ def test_schema_prints_a_valid_json_schema(capsys: pytest.CaptureFixture[str]) -
         "tracing",
         "metrics",
         "access_log",
+        "registry",
+        "config_source",
     }
     assert set(schema["properties"]) == expected
 

@@ -156,6 +156,15 @@ def test_the_engine_imports_no_policy() -> None:
     assert _edge("_engine", "_policies") == {}
 
 
+def test_discovery_feeds_the_mesh_and_stays_off_the_request_path() -> None:
+    """Discovery hands endpoint URLs and config documents to the mesh, which compiles them; it imports nothing
+    a request goes through, and nothing on that path imports it."""
+    request_path = ("_engine", "_policies", "_snapshot", "_frontdoors", "_sidecar", "_transport", "_upstream")
+    for package in request_path:
+        assert _edge("_discovery", package) == {}, package
+        assert _edge(package, "_discovery") == {}, package
+
+
 def main() -> None:
     """Print the graph: every edge between packages with its imports by kind, then the cycles."""
     verbose = "-v" in sys.argv

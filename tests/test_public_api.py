@@ -12,6 +12,7 @@ PUBLIC_NAMES = [
     "AsyncMeshTransport",
     "CircuitOpenError",
     "ConfigError",
+    "DiscoveryError",
     "Identity",
     "Mesh",
     "MeshConfig",

@@ -38,6 +38,7 @@ from meshlib._config.base import (
     field_of,
     raw_check_errors,
 )
+from meshlib._config.discovery import ConfigSourceConfig, DiscoveryConfig, EtcdConfig, RegistryConfig
 from meshlib._config.durations import PositiveDuration
 from meshlib._config.observability import AccessLogConfig, MetricsConfig, TracingConfig
 from meshlib._config.redact import Secret
@@ -225,7 +226,9 @@ LbName = Literal["round_robin", "random", "least_request", "ring_hash"]
 class ClusterConfig(ConfigModel):
     """A named group of endpoints, how to balance load across them, and its resilience defaults."""
 
-    endpoints: list[EndpointConfig] = Field(min_length=1)
+    # Static endpoints, or none with discovery (from DNS or the registry).
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    discovery: DiscoveryConfig | None = None
     lb: LbName = "round_robin"
     hash_on: HashOnConfig | None = None
     connect_timeout: PositiveDuration | None = None
@@ -242,10 +245,21 @@ class ClusterConfig(ConfigModel):
         key: f"{key} is set per route, not per cluster: put it under a route in routes" for key in ("fault", "mirror")
     }
 
-    @check("endpoints", "tls")
+    @check()
+    def _endpoints_or_discovery(self) -> Iterator[CheckError]:
+        if self.discovery is None and not self.endpoints:
+            given = "endpoints" in self.model_fields_set
+            yield ("endpoints",), "must not be empty" if given else "set endpoints (a list of URLs) or discovery", None
+        elif self.discovery is not None and self.endpoints:
+            yield ("discovery",), "set endpoints or discovery, not both", None
+
+    @check("endpoints", "tls", "discovery")
     def _tls_fits_endpoints(self) -> Iterator[CheckError]:
         if self.tls is None or self.tls.mode != "disable":
             return
+        dns = self.discovery.dns if self.discovery is not None else None
+        if dns is not None and dns.scheme == "https":
+            yield ("discovery", "dns", "scheme"), "scheme 'https' needs TLS: tls mode is 'disable'", dns.scheme
         for i, endpoint in enumerate(self.endpoints):
             if isinstance(endpoint, EndpointConfig) and endpoint.url.startswith("https://"):
                 yield ("endpoints", i), "an https:// endpoint needs TLS: tls mode is 'disable'", endpoint.url
@@ -496,6 +510,10 @@ class MeshConfig(ConfigModel):
     tracing: TracingConfig | None = None
     metrics: MetricsConfig | None = None
     access_log: AccessLogConfig | None = None
+    # Past one machine (docs/discovery.md): the etcd registry and this workload's registration, and the config's
+    # own source; both always come from the local file.
+    registry: RegistryConfig | None = None
+    config_source: ConfigSourceConfig | None = None
     # An empty config is far more often a truncated file or a bad template than a wish to route nothing.
     allow_empty: Annotated[bool, Field(strict=True)] = False
 
@@ -547,8 +565,33 @@ class MeshConfig(ConfigModel):
     @check("clusters", "routes", "allow_empty")
     def _not_empty(self) -> Iterator[CheckError]:
         # An inbound policy alone is a mesh that does something: an app's middleware needs no clusters.
-        if not self.clusters and not self.routes and self.inbound is None and not self.allow_empty:
+        # So is a config from etcd (config_source), or a workload that only registers itself.
+        registers = self.registry is not None and getattr(self.registry, "register_", True) is not None
+        elsewhere = self.config_source is not None or registers
+        if not self.clusters and not self.routes and self.inbound is None and not elsewhere and not self.allow_empty:
             yield (), EMPTY_CONFIG, None
+
+    @check("clusters", "registry", "config_source")
+    def _etcd_is_configured(self) -> Iterator[CheckError]:
+        if self.registry is not None and (not isinstance(self.registry, RegistryConfig) or self.registry.etcd):
+            etcd = getattr(self.registry, "etcd", None)
+            source = self.config_source if isinstance(self.config_source, ConfigSourceConfig) else None
+            key = source.etcd.key if source is not None else None
+            if (
+                isinstance(key, str)
+                and key.startswith("/")
+                and isinstance(etcd, EtcdConfig)
+                and not key.startswith(etcd.prefix)
+            ):
+                yield ("config_source", "etcd", "key"), f"must be under registry.etcd.prefix {etcd.prefix!r}", key
+            return  # configured, or invalid (its own error says why)
+        why = "needs registry.etcd (where etcd runs)"
+        if self.config_source is not None:
+            yield ("config_source", "etcd"), f"a config source in etcd {why}", None
+        for name, cluster in self.clusters.items():
+            discovery = cluster.discovery if isinstance(cluster, ClusterConfig) else None
+            if isinstance(discovery, DiscoveryConfig) and discovery.etcd is not None:
+                yield ("clusters", name, "discovery", "etcd"), f"discovery from etcd {why}", None
 
     @check("clusters", "routes")
     def _cross_references(self) -> Iterator[CheckError]:

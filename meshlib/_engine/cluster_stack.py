@@ -102,7 +102,7 @@ class CompiledCluster:
             now = self.clock.monotonic()
             down = [e for e in self.endpoints if not e.state.usable(now)]
         endpoint = None
-        if not down and not ctx.tried:
+        if not down and not ctx.tried and self.endpoints:
             endpoint = self.lb.pick(request)  # the common case: a first try, every endpoint usable
         elif len(down) < len(self.endpoints):
             endpoint = self.lb.pick(request, [*down, *ctx.tried])
@@ -111,9 +111,13 @@ class CompiledCluster:
                 endpoint = self.lb.pick(request, down)
         if endpoint is None:
             self.state.count("no_healthy_upstream")
+            why = (
+                f"{len(down)} of {len(self.endpoints)} ejected or unhealthy"
+                if self.endpoints
+                else "discovery has found none"
+            )
             raise NoHealthyUpstreamError(
-                f"cluster {self.name!r} has no usable endpoint ({len(down)} of {len(self.endpoints)} ejected or"
-                " unhealthy)",
+                f"cluster {self.name!r} has no usable endpoint ({why})",
                 request=ctx.original,
                 route=ctx.route.name,
                 cluster=self.name,

@@ -9,7 +9,8 @@ config refuses anything else), because it can reload and drain the proxy:
 * ``GET /healthz`` - 200 while the process runs
 * ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
-* ``GET /stats`` - counters of the clusters, the listeners and the reloads, and the certificates loaded, as JSON
+* ``GET /stats`` - counters of the clusters, the listeners and the reloads, the certificates loaded, and discovery's
+  state (etcd connected or stale since, revision, registration, DNS), as JSON
 * ``GET /metrics`` - the same and the per-request golden signals in Prometheus's text format, when the
   config has ``metrics: {enabled: true}`` (404 saying so otherwise); see ``meshlib/_observe/metrics.py``
 * ``POST /reload`` - load the config file again: 200 once it serves, 400 with an invalid config's
@@ -173,6 +174,7 @@ def admin_handler(target: AdminTarget) -> Callable[[httpx.Request], Awaitable[ht
             "reloads": own["reloads"],
             "certificates": own["certificates"],
             "recent_errors": merge_recent_errors(docs),
+            **({"discovery": own["discovery"]} if "discovery" in own else {}),  # worker 0 registers; each watches
         }
 
     async def ready() -> httpx.Response:

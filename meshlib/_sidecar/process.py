@@ -63,7 +63,7 @@ from meshlib._config.sidecar import (
 )
 from meshlib._control.reload import load_settled
 from meshlib._control.watch import FileWatcher
-from meshlib._errors import ConfigError
+from meshlib._errors import ConfigError, DiscoveryError
 from meshlib._frontdoors.sidecar_listeners import InboundTls, connect_policy, inbound_handler, outbound_handler
 from meshlib._mesh import Mesh
 from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
@@ -71,7 +71,7 @@ from meshlib._sidecar.server import HttpServer
 from meshlib._tls.senders import TlsSenders
 from meshlib._transport import AsyncHTTP1Transport
 
-__all__ = ["EXIT_CONFIG", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
+__all__ = ["EXIT_CONFIG", "EXIT_DISCOVERY", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
 
 logger = logging.getLogger("meshlib.proxy")
 
@@ -80,6 +80,7 @@ LISTEN_ENV: Final[Mapping[ListenerName, str]] = {name: f"MESHLIB_SIDECAR_{name.u
 
 EXIT_CONFIG = 2  # as `meshlib validate`
 EXIT_LISTEN = 3  # a port is taken or cannot be bound
+EXIT_DISCOVERY = 4  # etcd unreachable at start, and no snapshot to start from
 # How long worker 0 waits for another worker's /stats (the admin answers without it past that).
 _PEER_TIMEOUTS: dict[str, float | None] = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
 # How long worker 0's POST /reload waits for another worker's reload (one may wait out an empty read).
@@ -173,7 +174,7 @@ class Proxy:
         # sidecar: config.sidecar with the listen addresses of flags and environment applied;
         # loaded: the digest of the config file's content, for the watcher (see load_settled).
         self.options = options
-        self.mesh = Mesh(config)
+        self.mesh = Mesh(config, _sidecar=True)
         self.sender = AsyncHTTP1Transport()
         # Clusters with tls: pools of the sender's own kind, per cluster and certificate version.
         self.tls = TlsSenders(async_base=self.sender)
@@ -294,7 +295,25 @@ class Proxy:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
 
+    def _register(self, sidecar: SidecarConfig) -> None:
+        """Announce this sidecar in the registry, once listening: at ``register.address``, else its inbound listener."""
+        discovery = self.mesh._discovery
+        register = discovery.register_config if discovery is not None else None
+        if discovery is None or register is None or self.options.worker_index not in (None, 0):
+            return  # under --workers, worker 0 speaks for all of them (they share the ports)
+        address = register.address
+        if address is None:
+            server = self.servers.get("inbound")
+            assert server is not None  # check_registration refused a config without one
+            host, port = server.address
+            address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        discovery.register(address)
+
     async def _drain(self) -> None:
+        # Out of the registry first, so callers stop sending before the listeners stop taking requests.
+        discovery = self.mesh._discovery
+        if discovery is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reloader, discovery.deregister)
         timeout = self.mesh.config.sidecar.limits.drain_timeout
         _say(f"draining (up to {timeout:g}s)")
         results = await asyncio.gather(*(s.drain(timeout) for s in self.servers.values() if s is not self._admin))
@@ -341,6 +360,7 @@ class Proxy:
             if name == "admin":
                 self._admin = server
         self._started = True
+        self._register(sidecar)
         # Everything built so far (config, snapshot, modules) lives as long as the process: keep it out of the
         # collector's scans, which otherwise stall the loop for milliseconds and show in the p99; and collect
         # less often while serving (_GC_THRESHOLDS).
@@ -510,6 +530,9 @@ def run_proxy(options: ProxyOptions, environ: Mapping[str, str] | None = None) -
     except ConfigError as exc:  # found only once the mesh is built (validation catches all it can)
         print(exc, file=sys.stderr, flush=True)
         return EXIT_CONFIG
+    except DiscoveryError as exc:
+        _say(str(exc))
+        return EXIT_DISCOVERY
     loop = _event_loop()
     try:
         return loop.run_until_complete(proxy.run())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from meshlib._snapshot.matchers import compile_match
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
 from meshlib._snapshot.snapshot import Snapshot
-from meshlib._upstream.endpoint import Endpoint
+from meshlib._upstream.endpoint import Endpoint, EndpointState
 from meshlib._upstream.health import HealthChecker
 from meshlib._upstream.lb import build_lb
 from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
@@ -84,10 +85,21 @@ class Runtime:
         )
 
 
-def _compile_cluster(name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None) -> CompiledCluster:
-    endpoints = tuple(
-        Endpoint(e.url, e.weight, httpx.URL(e.url), rt.registry.endpoint(name, e.url)) for e in config.endpoints
-    )
+@functools.lru_cache(maxsize=16384)
+def _endpoint(url: str, weight: int, state: EndpointState) -> Endpoint:
+    """The endpoint of a snapshot, the same object from one compile to the next while its state lives.
+
+    When discovery changes one endpoint among thousands, parsing every URL again would be most of the compile.
+    """
+    return Endpoint(url, weight, httpx.URL(url), state)
+
+
+def _compile_cluster(
+    name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None, discovered: Sequence[str]
+) -> CompiledCluster:
+    given = [(e.url, e.weight) for e in config.endpoints] if config.discovery is None else [(u, 1) for u in discovered]
+    states = rt.registry.endpoints(name, (url for url, _ in given))
+    endpoints = tuple(_endpoint(url, weight, state) for (url, weight), state in zip(given, states, strict=True))
     hash_on = config.hash_on
     lb = build_lb(
         config.lb,
@@ -318,8 +330,13 @@ def _compile_jwks(config: InboundConfig, rt: Runtime) -> list[StaticJwks | FileJ
     return sources
 
 
-def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Snapshot:
+def compile_snapshot(
+    config: MeshConfig, rt: Runtime, *, version: int = 1, discovered: Mapping[str, Sequence[str]] | None = None
+) -> Snapshot:
     """Compile ``config`` against the live state in ``rt.registry``.
+
+    ``discovered`` holds the endpoint URLs found so far for each cluster with
+    ``discovery`` (none yet: the cluster has no endpoints and refuses requests).
 
     Every cluster is also reachable by its own name as host, through an
     implicit route placed after the configured ones (so a configured route for
@@ -331,7 +348,11 @@ def compile_snapshot(config: MeshConfig, rt: Runtime, *, version: int = 1) -> Sn
     """
     with rt.registry.transaction():
         tls = _compile_tls(config, rt)
-        clusters = {name: _compile_cluster(name, c, rt, tls.get(name)) for name, c in config.clusters.items()}
+        found = discovered or {}
+        clusters = {
+            name: _compile_cluster(name, c, rt, tls.get(name), found.get(name, ()))
+            for name, c in config.clusters.items()
+        }
         routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
         inbound = _compile_inbound(config.inbound, config.service, rt)
         for name in config.clusters:

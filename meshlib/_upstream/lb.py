@@ -39,6 +39,8 @@ def _smooth_wrr_schedule(weights: Sequence[int], limit: int = 10_000) -> list[in
     cycle would exceed ``limit`` entries.
     """
     divisor = reduce(math.gcd, weights)
+    if divisor == weights[0] and all(w == divisor for w in weights):
+        return list(range(len(weights)))  # equal weights: plain turns (the loop below is quadratic)
     ws = [w // divisor for w in weights]
     total = sum(ws)
     if total > limit:
@@ -197,6 +199,15 @@ class RingHash:
         return None
 
 
+class NoEndpoints:
+    """The balancer of a cluster whose discovery has found no endpoint (yet): nothing to pick."""
+
+    name: ClassVar[str] = "none"
+
+    def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        return None
+
+
 def build_lb(
     kind: str,
     endpoints: Sequence[Endpoint],
@@ -206,6 +217,8 @@ def build_lb(
     cookie: str | None = None,
 ) -> LoadBalancer:
     """The load balancer named ``kind`` (a config ``lb`` value) over ``endpoints``."""
+    if not endpoints:
+        return NoEndpoints()
     if kind == "round_robin":
         return RoundRobin(endpoints)
     if kind == "random":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -90,14 +90,20 @@ class StateRegistry:
             changes.clusters[name] = state
         return state
 
-    def endpoint(self, cluster: str, url: str) -> EndpointState:
+    def endpoints(self, cluster: str, urls: Iterable[str]) -> list[EndpointState]:
+        """The live state of each of ``urls`` in ``cluster``, created on first use (one lock for all of them:
+        discovery can give a cluster thousands)."""
         changes = self._pending()
-        state = changes.endpoints.get((cluster, url))
-        if state is None:
-            with self._lock:
-                state = self._endpoints.get((cluster, url)) or EndpointState()
-            changes.endpoints[(cluster, url)] = state
-        return state
+        pending = changes.endpoints
+        with self._lock:
+            committed = self._endpoints
+            states = []
+            for url in urls:
+                key = (cluster, url)
+                state = pending.get(key) or committed.get(key) or EndpointState()
+                pending[key] = state
+                states.append(state)
+        return states
 
     def component(
         self,

@@ -171,7 +171,12 @@ BAD_CONFIGS = [
         id="unknown-key-direct-response",
     ),
     # ── required fields ──
-    pytest.param(cluster(endpoints=DROP), "clusters.reviews.endpoints", "required", id="missing-endpoints"),
+    pytest.param(
+        cluster(endpoints=DROP),
+        "clusters.reviews.endpoints",
+        "set endpoints (a list of URLs) or discovery",
+        id="missing-endpoints",
+    ),
     pytest.param(endpoints({"weight": 2}), "clusters.reviews.endpoints[0].url", "required", id="missing-endpoint-url"),
     pytest.param(split({"cluster": "reviews"}), "routes[0].split[0].weight", "required", id="missing-split-weight"),
     pytest.param(split({"weight": 1}), "routes[0].split[0].cluster", "required", id="missing-split-cluster"),

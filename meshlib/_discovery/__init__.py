@@ -1,0 +1,1 @@
+"""Where endpoints and config come from past one machine: DNS and etcd."""
