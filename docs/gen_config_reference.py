@@ -88,6 +88,16 @@ SEE_ALSO: dict[str, list[tuple[str, str]]] = {
     ],
     "MirrorConfig": [("Mirroring", "../resilience.md#mirroring-routes")],
     "SidecarConfig": [("The sidecar", "../sidecar.md"), ("Sidecar operations", "../sidecar-operations.md")],
+    "DiscoveryConfig": [("Discovery", "../discovery.md")],
+    "DnsDiscoveryConfig": [("DNS", "../discovery.md#dns")],
+    "EtcdDiscoveryConfig": [("Subsets", "../discovery.md#clusters-from-the-registry-and-subsets")],
+    "RegistryConfig": [("The etcd registry", "../discovery.md#the-etcd-registry")],
+    "EtcdConfig": [
+        ("When etcd fails", "../discovery.md#when-etcd-fails"),
+        ("Running etcd", "../discovery.md#running-etcd"),
+    ],
+    "RegisterConfig": [("Registering a workload", "../discovery.md#registering-a-workload")],
+    "ConfigSourceConfig": [("The mesh config from etcd", "../discovery.md#the-mesh-config-from-etcd")],
     "InboundConfig": [("Security", "../security.md")],
     "InboundMtlsConfig": [("Inbound mTLS", "../security.md#inbound-mtls"), ("Recipe", "../cookbook/mtls.md")],
     "JwtProviderConfig": [("JWT", "../security.md#jwt"), ("Recipe", "../cookbook/jwt.md")],
@@ -124,7 +134,56 @@ DESCRIPTIONS: dict[str, str] = {
     # clusters
     "ClusterConfig.endpoints": (
         "The upstream addresses: `scheme://host[:port]` strings (weight 1) or `{url, weight}` mappings;"
-        " `http` or `https`, no path, query or user, no duplicates."
+        " `http` or `https`, no path, query or user, no duplicates. Required unless `discovery` is set"
+        " (then refused)."
+    ),
+    "ClusterConfig.discovery": (
+        "Take the endpoints from DNS or the etcd registry instead of `endpoints`: exactly one of `dns`, `etcd`."
+    ),
+    # discovery
+    "EtcdDiscoveryConfig.service": "The registered service whose instances are this cluster's endpoints.",
+    "EtcdDiscoveryConfig.labels": (
+        "Only instances with all of these labels (a subset, as Istio's DestinationRule subsets); none: every instance."
+    ),
+    "DnsDiscoveryConfig.name": "The DNS name; every A and AAAA record of it is an endpoint.",
+    "DnsDiscoveryConfig.port": "The port of every endpoint (DNS A/AAAA records carry none).",
+    "DnsDiscoveryConfig.scheme": "`http`, or `https` with the cluster's `tls`.",
+    "DnsDiscoveryConfig.refresh": (
+        "The longest a set is kept without asking again; the records' TTL asks sooner, never sooner than"
+        " `min(5s, refresh)`."
+    ),
+    "DnsDiscoveryConfig.resolvers": (
+        "`IP:PORT` of the name servers to ask (`[::1]:53` for IPv6), instead of the system's /etc/resolv.conf."
+    ),
+    "EtcdConfig.endpoints": "The etcd members' client URLs, `http://` or `https://` (all the same scheme).",
+    "EtcdConfig.prefix": (
+        "Every key meshlib reads or writes lives under it: `services/` (registrations), `config-status/`;"
+        " starts and ends with `/`."
+    ),
+    "EtcdConfig.snapshot": (
+        "A file for the last good registrations and config document, written as they change: the mesh starts"
+        " from it when etcd is unreachable at start."
+    ),
+    "EtcdConfig.username": "etcd user, with `password`, when etcd's auth is on.",
+    "EtcdConfig.password": "The user's password (redacted in `/config_dump`).",
+    "EtcdConfig.timeout": "How long one call to a member may take before the next member is tried.",
+    "EtcdConfig.start_timeout": (
+        "With etcd unreachable at start and no snapshot, how long to keep trying before the mesh fails"
+        " (`DiscoveryError`; the sidecar exits 4)."
+    ),
+    "EtcdTlsConfig.ca_file": "The CA of etcd's serving certificate (PEM); the system's CAs when absent.",
+    "EtcdTlsConfig.cert_file": "A client certificate (PEM), when etcd asks for one; with `key_file`.",
+    "EtcdTlsConfig.key_file": "The client certificate's private key (PEM).",
+    "RegisterConfig.service": "The service this workload is an instance of.",
+    "RegisterConfig.address": (
+        "Where callers reach it, `http://host:port`. Required in process; the sidecar defaults to its inbound listener."
+    ),
+    "RegisterConfig.labels": "Labels clusters select subsets by, e.g. `{version: v2}`.",
+    "RegisterConfig.ttl": (
+        "The lease: the key goes this long after a crash. Whole seconds, at least 2s; renewed three times per TTL."
+    ),
+    "EtcdConfigSourceConfig.key": (
+        "The key whose value is this workload's config document (YAML or JSON); under `registry.etcd.prefix`."
     ),
     "ClusterConfig.lb": (
         "How an endpoint is picked: `round_robin` (smooth, weighted), `random` (weighted), `least_request`"

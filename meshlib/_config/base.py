@@ -156,7 +156,10 @@ class ConfigModel(BaseModel):
         if key in cls.misplaced_keys:
             return cls.misplaced_keys[str(key)]
         field = cls.suggested_field(key)
-        return f"unknown key {key!r}" + (f" (did you mean {field!r}?)" if field else "")
+        if field is None:
+            return f"unknown key {key!r}"
+        written = cls.model_fields[field].alias or field  # as users write it: `from`, not `from_`
+        return f"unknown key {key!r} (did you mean {written!r}?)"
 
     @model_validator(mode="after")
     def _run_checks(self, info: ValidationInfo) -> Self:

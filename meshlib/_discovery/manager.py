@@ -56,6 +56,7 @@ class Discovery:
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._closed = threading.Event()
+        self._dns_lock = threading.Lock()  # reloads and the applier thread both add and drop watchers
         self._dns: dict[str, DnsWatcher] = {}
         self._dns_configs: dict[str, DnsDiscoveryConfig] = {}
         registry = local.registry
@@ -155,7 +156,9 @@ class Discovery:
         self.deregister()
         self._closed.set()
         self._changed.set()
-        for watcher in list(self._dns.values()):
+        with self._dns_lock:
+            watchers = list(self._dns.values())
+        for watcher in watchers:
             watcher.close()
         if self._watch is not None:
             self._watch.close()
@@ -178,7 +181,8 @@ class Discovery:
             if discovery is None:
                 continue
             if discovery.dns is not None:
-                watcher = self._dns.get(name)
+                with self._dns_lock:
+                    watcher = self._dns.get(name)
                 found[name] = watcher.endpoints if watcher is not None else ()
             elif discovery.etcd is not None:
                 service, labels = discovery.etcd.service, discovery.etcd.labels
@@ -194,28 +198,35 @@ class Discovery:
         """Watch the DNS name of each cluster of ``config`` (a new one resolved once before it returns)."""
         from meshlib._discovery.dns import DnsWatcher
 
-        for name, cluster in config.clusters.items():
-            dns = cluster.discovery.dns if cluster.discovery is not None else None
-            if dns is None:
-                continue
-            current = self._dns.get(name)
-            if current is not None and self._dns_configs[name] == dns:
-                continue
-            watcher = DnsWatcher(name, dns, self._dns_changed)
-            watcher.resolve()
-            watcher.start()
-            self._dns[name] = watcher
-            self._dns_configs[name] = dns
-            if current is not None:
-                current.close()
+        with self._dns_lock:
+            for name, cluster in config.clusters.items():
+                dns = cluster.discovery.dns if cluster.discovery is not None else None
+                if dns is None or self._dns_configs.get(name) == dns:
+                    continue
+                watcher = DnsWatcher(name, dns, self._dns_changed)
+                watcher.resolve()
+                watcher.start()
+                old = self._dns.get(name)
+                self._dns[name] = watcher
+                self._dns_configs[name] = dns
+                if old is not None:
+                    old.close()
 
     def forget_dns(self, config: MeshConfig) -> None:
         """Stop the DNS watchers of clusters ``config`` no longer resolves by DNS."""
-        for name in list(self._dns):
-            cluster = config.clusters.get(name)
-            if cluster is None or cluster.discovery is None or cluster.discovery.dns is None:
-                self._dns.pop(name).close()
+        with self._dns_lock:
+            gone = [
+                name
+                for name in self._dns
+                if (cluster := config.clusters.get(name)) is None
+                or cluster.discovery is None
+                or cluster.discovery.dns is None
+            ]
+            watchers = [self._dns.pop(name) for name in gone]
+            for name in gone:
                 del self._dns_configs[name]
+        for watcher in watchers:
+            watcher.close()
 
     # --- changes -------------------------------------------------------------------------------------------------
 
@@ -316,8 +327,10 @@ class Discovery:
                     "found": self._document is not None,
                     **self._config_status,
                 }
-        if self._dns:
-            out["dns"] = {name: watcher.stats() for name, watcher in self._dns.items()}
+        with self._dns_lock:
+            watchers = dict(self._dns)
+        if watchers:
+            out["dns"] = {name: watcher.stats() for name, watcher in watchers.items()}
         return out
 
 

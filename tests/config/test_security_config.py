@@ -123,3 +123,10 @@ def test_from_and_to_take_one_mapping_or_a_list() -> None:
 
 def test_spiffe_ids_split_into_trust_domain_and_path() -> None:
     assert parse_spiffe_id("spiffe://example.org/ns/default/sa/reviews") == ("example.org", "/ns/default/sa/reviews")
+
+
+def test_a_misspelt_from_is_suggested_as_written() -> None:
+    """The field is ``from_`` in Python; the suggestion names the key users write."""
+    with pytest.raises(meshlib.ConfigError) as info:
+        meshlib.MeshConfig.from_dict({"inbound": {"authorization": [{"action": "allow", "rules": [{"frm": {}}]}]}})
+    assert info.value.errors == [("inbound.authorization[0].rules[0].frm", "unknown key 'frm' (did you mean 'from'?)")]
