@@ -99,7 +99,7 @@ class Discovery:
             self._applier.start()
 
     def _start_etcd(self, etcd: EtcdConfig) -> None:
-        from meshlib._discovery.etcd_client import EtcdClient, EtcdError
+        from meshlib._discovery.etcd_client import EtcdClient, EtcdError, EtcdUnavailable
         from meshlib._discovery.etcd_watch import EtcdWatch, backoff
         from meshlib._discovery.snapshot_file import SnapshotFile
 
@@ -113,7 +113,7 @@ class Discovery:
             try:
                 watch.list_once()
                 break
-            except EtcdError as exc:
+            except EtcdUnavailable as exc:
                 if saved is not None:
                     logger.warning("etcd unreachable at start (%s): starting from the snapshot %s", exc, etcd.snapshot)
                     self._started_from_snapshot = True
@@ -129,6 +129,9 @@ class Discovery:
                     ) from None
                 time.sleep(min(left, max(backoff(attempt), 0.05)))
                 attempt += 1
+            except EtcdError as exc:  # etcd answered, and said no (credentials, permissions): no point waiting
+                client.close()
+                raise DiscoveryError(f"etcd refused to list {etcd.prefix}: {exc}") from None
         watch.start(listed=True)
 
     def register(self, address: str) -> None:

@@ -446,3 +446,108 @@ def test_no_thread_is_left_after_close(etcd: EtcdCluster, etcd_prefix: str) -> N
         what="discovery threads to stop",
     )
     assert os.getpid()
+
+
+def test_a_killed_sidecars_registration_expires(etcd: EtcdCluster, etcd_prefix: str, port: int, tmp_path: Path) -> None:
+    inbound = proxy_process.free_port()
+    config = {
+        "registry": {**registry(etcd, etcd_prefix), "register": {"service": "reviews", "ttl": "2s"}},
+        "sidecar": {"inbound": {"listen": f"127.0.0.1:{inbound}", "app": f"http://127.0.0.1:{port}"}},
+    }
+    client = EtcdClient(etcd.endpoints)
+    key = f"{etcd_prefix}services/reviews/127.0.0.1:{inbound}"
+    proxy = proxy_process.start_ready(tmp_path, config)
+    try:
+        wait_for(lambda: client.get(key) is not None, what="the sidecar's registration")
+        proxy.proc.kill()  # a crash: no deregistration
+        proxy.wait()
+        killed = time.monotonic()
+        wait_for(lambda: client.get(key) is None, timeout=6, what="the lease to expire")
+        assert time.monotonic() - killed >= 0.5
+    finally:
+        proxy.stop()
+        client.close()
+
+
+def test_the_sidecar_refuses_a_bad_document_and_reports_it(
+    etcd: EtcdCluster, etcd_prefix: str, port: int, tmp_path: Path
+) -> None:
+    key = f"{etcd_prefix}config/sidecar"
+    client = EtcdClient(etcd.endpoints)
+    client.put(key, f"clusters: {{ratings: {{endpoints: ['http://{HOSTS[1]}:{port}']}}}}")
+    config = {"registry": registry(etcd, etcd_prefix), "config_source": {"etcd": {"key": key}}}
+    with proxy_process.running(tmp_path, config) as proxy, proxy.client(timeout=5) as http:
+        client.put(key, "clusters: {ratings: {endpoints: ['not a url']}}")
+
+        def refused() -> bool:
+            stats = httpx.get(proxy.admin_url + "/stats", trust_env=False).json()
+            return bool(stats["reloads"]["refused"])
+
+        wait_for(refused, what="the refusal")
+        assert http.get("http://ratings/").text == HOSTS[1]  # the old config serves on
+        source = httpx.get(proxy.admin_url + "/stats", trust_env=False).json()["discovery"]["config_source"]
+        assert "clusters.ratings.endpoints[0].url" in source["error"]
+        statuses = client.range(f"{etcd_prefix}config-status/", prefix=True)[1]
+        wait_for(
+            lambda: any(
+                json.loads(s.value)["state"] == "refused"
+                for s in client.range(f"{etcd_prefix}config-status/", prefix=True)[1]
+            )
+        )
+        assert statuses
+    client.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_client_uses_discovered_endpoints(etcd: EtcdCluster, etcd_prefix: str, port: int) -> None:
+    clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews", "labels": {"version": "v2"}}}}}
+    with registered(etcd, etcd_prefix, "reviews", f"http://{HOSTS[2]}:{port}", version="v2"):
+        mesh = caller(etcd, etcd_prefix, clusters)
+        async with mesh, mesh.async_client(transport=meshlib.AsyncHTTP1Transport()) as client:
+            assert (await client.get("http://reviews/")).text == HOSTS[2]
+
+
+def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path, port: int) -> None:
+    with EtcdCluster(tmp_path / "etcd", members=1, tls=True) as etcd:
+        assert etcd.tls is not None
+        tls = {
+            "ca_file": str(etcd.tls.ca),
+            "cert_file": str(etcd.tls.client_cert),
+            "key_file": str(etcd.tls.client_key),
+        }
+        etcd_config = {"endpoints": etcd.endpoints, "prefix": "/secure/", "tls": tls}
+        register = {"service": "reviews", "address": f"http://{HOSTS[0]}:{port}"}
+        clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
+        with (
+            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config, "register": register}}),
+            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config}, "clusters": clusters}) as mesh,
+            mesh.client() as client,
+        ):
+            assert client.get("http://reviews/").text == HOSTS[0]
+        # Without the CA, etcd's certificate is not trusted: the start fails at once, naming etcd.
+        untrusted = {**etcd_config, "tls": {k: v for k, v in tls.items() if k != "ca_file"}, "start_timeout": "1s"}
+        with pytest.raises(meshlib.DiscoveryError, match="etcd"):
+            meshlib.Mesh.from_dict({"registry": {"etcd": untrusted}, "clusters": clusters})
+
+
+def test_etcd_with_a_user_and_password(tmp_path: Path, port: int) -> None:
+    with EtcdCluster(tmp_path / "etcd", members=1) as etcd:
+        etcd.enable_auth("mesh", "s3cret", "/secure/")
+        etcd_config = {"endpoints": etcd.endpoints, "prefix": "/secure/", "username": "mesh", "password": "s3cret"}
+        register = {"service": "reviews", "address": f"http://{HOSTS[0]}:{port}"}
+        clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
+        with (
+            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config, "register": register}}),
+            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config}, "clusters": clusters}) as mesh,
+            mesh.client() as client,
+        ):
+            assert client.get("http://reviews/").text == HOSTS[0]
+        # A wrong password fails the start at once (not after start_timeout), naming etcd and not the password.
+        wrong = {**etcd_config, "password": "nope"}
+        started = time.monotonic()
+        with pytest.raises(meshlib.DiscoveryError) as info:
+            meshlib.Mesh.from_dict({"registry": {"etcd": wrong}, "clusters": clusters})
+        assert time.monotonic() - started < 10
+        assert "etcd" in str(info.value)
+        assert "mesh" in str(info.value)
+        assert "nope" not in str(info.value)
