@@ -34,15 +34,15 @@ def backoff(attempt: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
 
-Changed = Callable[[Mapping[str, bytes], int], None]
+Changed = Callable[[int], None]
 
 
 class EtcdWatch:
     """The keys under ``prefix`` and their values, kept current by a daemon thread; ``on_change`` hears each change.
 
-    ``on_change(view, revision)`` gets the whole view (key → value) after each
-    list and each batch of watch events: the caller derives what it needs
-    (endpoint sets, the config document) from it.
+    ``on_change(revision)`` is called after each list and each batch of watch
+    events, on the watch thread: it should only take note. The caller reads
+    :meth:`view_at` when it needs the keys (endpoint sets, the config document).
     """
 
     def __init__(self, client: EtcdClient, prefix: str, on_change: Changed) -> None:
@@ -67,9 +67,10 @@ class EtcdWatch:
     def revision(self) -> int:
         return self._revision
 
-    def view(self) -> dict[str, bytes]:
+    def view_at(self) -> tuple[dict[str, bytes], int]:
+        """A copy of the keys and values, and the revision they are at."""
         with self._lock:
-            return dict(self._view)
+            return dict(self._view), self._revision
 
     def stats(self) -> dict[str, Any]:
         """``connected``, ``stale_since`` (unix time the view stopped being current, or None), ``revision``..."""
@@ -95,14 +96,14 @@ class EtcdWatch:
             self._revision = revision
             self._relists += 1
         self._connected_now()
-        self._on_change(self.view(), revision)
+        self._on_change(revision)
 
     def seed(self, view: Mapping[str, bytes], revision: int) -> None:
         """Start from a saved view (the snapshot file) while etcd cannot be listed; the loop lists when it can."""
         with self._lock:
             self._view = dict(view)
             self._revision = revision
-        self._on_change(self.view(), revision)
+        self._on_change(revision)
 
     def start(self, *, listed: bool) -> None:
         """Run the loop on a daemon thread; ``listed``: :meth:`list_once` succeeded (so watch from its revision)."""
@@ -162,7 +163,7 @@ class EtcdWatch:
                 else:
                     self._view.pop(event.kv.key, None)
             self._revision = max(self._revision, batch.revision)
-        self._on_change(self.view(), batch.revision)
+        self._on_change(batch.revision)
 
     def _connected_now(self) -> None:
         with self._lock:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from meshlib._config.discovery import DnsDiscoveryConfig, EtcdConfig, RegisterConfig
 from meshlib._config.models import MeshConfig
@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from meshlib._discovery.registration import Instance, Registration
     from meshlib._discovery.snapshot_file import SnapshotFile
 
-__all__ = ["Discovery", "check_registration", "needs_discovery"]
+__all__ = ["APPLY_INTERVAL", "Discovery", "check_registration", "needs_discovery"]
 
 logger = logging.getLogger("meshlib.discovery")
+
+# The least time between two snapshots discovery swaps in: a burst of changes becomes one compile.
+APPLY_INTERVAL: Final = 0.2
 
 
 def needs_discovery(config: MeshConfig) -> bool:
@@ -78,6 +81,9 @@ class Discovery:
         self._parsed: dict[tuple[str, bytes], Instance | None] = {}
         self._document: bytes | None = None
         self._document_revision = 0
+        self._etcd_revision = 0  # of the last change the watch reported
+        self._refreshed_revision = -1  # of the view the registrations above were read from
+        self._refreshing = threading.Lock()
         self._config_status: dict[str, Any] = {}
         self._applier = threading.Thread(target=self._apply_loop, name="meshlib-discovery", daemon=True)
 
@@ -176,6 +182,7 @@ class Discovery:
 
     def endpoints(self, config: MeshConfig) -> dict[str, tuple[str, ...]]:
         """The endpoint URLs of each cluster of ``config`` with ``discovery``, as known now."""
+        self._refresh()
         found: dict[str, tuple[str, ...]] = {}
         with self._lock:
             instances = list(self._instances.values())
@@ -194,6 +201,7 @@ class Discovery:
 
     def document(self) -> tuple[bytes | None, int]:
         """The config document's bytes (None: no key, or no config source) and the revision it was read at."""
+        self._refresh()
         with self._lock:
             return self._document, self._document_revision
 
@@ -237,33 +245,50 @@ class Discovery:
         logger.info("cluster %s: DNS now gives %d endpoint(s)", cluster, len(endpoints))
         self._changed.set()
 
-    def _etcd_changed(self, view: Mapping[str, bytes], revision: int) -> None:
+    def _etcd_changed(self, revision: int) -> None:
+        # On the watch thread, for every batch of events: only say so. The view is read (and parsed) when the
+        # mesh asks for endpoints, at most once per APPLY_INTERVAL under churn, not once per event.
+        with self._lock:
+            self._etcd_revision = revision
+        self._changed.set()
+
+    def _refresh(self) -> None:
+        """Bring the registrations and the config document up to the etcd view, if it changed since last time."""
+        watch = self._watch
+        if watch is None:
+            return
         from meshlib._discovery.registration import SERVICES, parse_instance
 
         assert self._etcd_config is not None
-        prefix = self._etcd_config.prefix
-        services = prefix + SERVICES
-        instances: dict[str, Instance] = {}
-        parsed: dict[tuple[str, bytes], Instance | None] = {}
-        for key, value in view.items():
-            if not key.startswith(services):
-                continue
-            entry = (key, value)
-            instance = self._parsed[entry] if entry in self._parsed else parse_instance(prefix, key, value)
-            parsed[entry] = instance
-            if instance is not None:
-                instances[key] = instance
-        document = view.get(self.config_key) if self.config_key is not None else None
-        with self._lock:
-            self._instances = instances
-            self._parsed = parsed
-            if document != self._document:
-                self._document = document
-                self._document_revision = revision
-        if self._snapshot_file is not None:
-            keep = {k: v for k, v in view.items() if k.startswith(services) or k == self.config_key}
-            self._snapshot_file.save(keep, revision)
-        self._changed.set()
+        with self._refreshing:
+            with self._lock:
+                revision = self._etcd_revision
+            if revision == self._refreshed_revision:
+                return
+            view, revision = watch.view_at()
+            prefix = self._etcd_config.prefix
+            services = prefix + SERVICES
+            instances: dict[str, Instance] = {}
+            parsed: dict[tuple[str, bytes], Instance | None] = {}
+            for key, value in view.items():
+                if not key.startswith(services):
+                    continue
+                entry = (key, value)
+                instance = self._parsed[entry] if entry in self._parsed else parse_instance(prefix, key, value)
+                parsed[entry] = instance
+                if instance is not None:
+                    instances[key] = instance
+            document = view.get(self.config_key) if self.config_key is not None else None
+            with self._lock:
+                self._instances = instances
+                self._parsed = parsed
+                if document != self._document:
+                    self._document = document
+                    self._document_revision = revision
+            self._refreshed_revision = revision
+            if self._snapshot_file is not None:
+                keep = {k: v for k, v in view.items() if k.startswith(services) or k == self.config_key}
+                self._snapshot_file.save(keep, revision)
 
     def _apply_loop(self) -> None:
         while True:
@@ -271,10 +296,15 @@ class Discovery:
             if self._closed.is_set():
                 return
             self._changed.clear()
+            applied = time.monotonic()
             try:
                 self._apply()
             except Exception:  # the mesh logs what it refuses; anything else is a bug, and must not stop discovery
                 logger.exception("applying discovered endpoints failed")
+            # Under churn, changes that arrive meanwhile wait for the next swap together (Istio debounces its
+            # pushes the same way): one compile per APPLY_INTERVAL at most, whatever the rate of changes.
+            if self._closed.wait(max(0.0, applied + APPLY_INTERVAL - time.monotonic())):
+                return
 
     # --- the config document's outcome ---------------------------------------------------------------------------
 

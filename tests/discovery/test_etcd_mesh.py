@@ -25,6 +25,7 @@ import pytest
 
 import meshlib
 from meshlib._discovery.etcd_client import EtcdClient
+from meshlib._discovery.etcd_watch import EtcdWatch
 from tests.discovery.etcd_server import EtcdCluster
 from tests.discovery.upstreams import upstreams
 from tests.sidecar import proxy_process
@@ -347,23 +348,26 @@ def test_etcd_lost_and_back_keeps_serving_and_resumes(tmp_path: Path, port: int)
                 wait_for(lambda: len(endpoints(mesh, "reviews")) == 2, what="a change after the restart")
 
 
-def test_a_compacted_revision_lists_again(etcd: EtcdCluster, etcd_prefix: str, port: int) -> None:
-    clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
+def test_a_compacted_revision_lists_again(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    """A view from an old revision (a snapshot file, a long outage) that etcd has compacted: list again, whole."""
     client = EtcdClient(etcd.endpoints)
-    with caller(etcd, etcd_prefix, clusters) as mesh:
-        watch = mesh._discovery._watch  # type: ignore[union-attr]
-        assert watch is not None
-        relists = watch.stats()["relists"]
-        # Stop the watch, change and compact past its revision, then let it resume.
-        with registered(etcd, etcd_prefix, "reviews", f"http://{HOSTS[0]}:{port}"):
-            wait_for(lambda: endpoints(mesh, "reviews"))
-        current = client.put(f"{etcd_prefix}other", "x")
-        watch._revision = 1  # as if the watch had been away since revision 1 (hidden state, for the test)
-        client.compact(current)
-        watch._watch.close()  # the stream breaks; the loop resumes from revision 2, which is compacted
-        wait_for(lambda: watch.stats()["relists"] > relists, what="a fresh list")
-        assert endpoints(mesh, "reviews") == set()
-    client.close()
+    old = client.put(f"{etcd_prefix}services/reviews/a:1", json.dumps({"address": "http://a:1"}))
+    client.delete(f"{etcd_prefix}services/reviews/a:1")
+    current = client.put(f"{etcd_prefix}services/reviews/b:1", json.dumps({"address": "http://b:1"}))
+    client.compact(current)
+    changes: list[int] = []
+    watch = EtcdWatch(client, etcd_prefix, changes.append)
+    watch.seed({f"{etcd_prefix}services/reviews/a:1": b'{"address": "http://a:1"}'}, old)
+    watch.start(listed=True)  # watches from old + 1, which etcd no longer has
+    try:
+        wait_for(lambda: watch.stats()["relists"] == 1, what="a fresh list")
+        view, revision = watch.view_at()
+        assert list(view) == [f"{etcd_prefix}services/reviews/b:1"]  # the deletion is not missed
+        assert revision >= current
+        wait_for(lambda: watch.stats()["connected"], what="watching again")
+    finally:
+        watch.close()
+        client.close()
 
 
 # --- through the sidecar ---------------------------------------------------------------------------------------------
