@@ -78,6 +78,7 @@ class Discovery:
         self._started_from_snapshot = False
         # Derived from the etcd view at each change: registrations by key, and the config document.
         self._instances: dict[str, Instance] = {}
+        self._by_service: dict[str, list[Instance]] = {}
         self._parsed: dict[tuple[str, bytes], Instance | None] = {}
         self._document: bytes | None = None
         self._document_revision = 0
@@ -185,7 +186,7 @@ class Discovery:
         self._refresh()
         found: dict[str, tuple[str, ...]] = {}
         with self._lock:
-            instances = list(self._instances.values())
+            by_service = self._by_service
         for name, cluster in config.clusters.items():
             discovery = cluster.discovery
             if discovery is None:
@@ -195,8 +196,9 @@ class Discovery:
                     watcher = self._dns.get(name)
                 found[name] = watcher.endpoints if watcher is not None else ()
             elif discovery.etcd is not None:
-                service, labels = discovery.etcd.service, discovery.etcd.labels
-                found[name] = tuple(sorted({i.address for i in instances if i.matches(service, labels)}))
+                instances = by_service.get(discovery.etcd.service, ())
+                labels = discovery.etcd.labels.items()
+                found[name] = tuple(sorted({i.address for i in instances if labels <= i.labels.items()}))
         return found
 
     def document(self) -> tuple[bytes | None, int]:
@@ -279,8 +281,12 @@ class Discovery:
                 if instance is not None:
                     instances[key] = instance
             document = view.get(self.config_key) if self.config_key is not None else None
+            by_service: dict[str, list[Instance]] = {}
+            for instance in instances.values():
+                by_service.setdefault(instance.service, []).append(instance)
             with self._lock:
                 self._instances = instances
+                self._by_service = by_service
                 self._parsed = parsed
                 if document != self._document:
                     self._document = document

@@ -42,10 +42,6 @@ class Instance:
         self.address = address
         self.labels = labels
 
-    def matches(self, service: str, labels: dict[str, str]) -> bool:
-        """Whether this instance belongs to ``service`` and has every label of ``labels`` (a subset)."""
-        return self.service == service and all(self.labels.get(k) == v for k, v in labels.items())
-
 
 def registration_key(prefix: str, service: str, address: str) -> str:
     """The key of ``address`` (an origin URL) registered for ``service``: it names the host:port."""

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
-
 from meshlib._background import Background
 from meshlib._clock import Clock, SystemClock
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
@@ -45,7 +43,6 @@ from meshlib._snapshot.matchers import compile_match
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
 from meshlib._snapshot.snapshot import Snapshot
-from meshlib._upstream.endpoint import Endpoint, EndpointState
 from meshlib._upstream.health import HealthChecker
 from meshlib._upstream.lb import build_lb
 from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
@@ -85,21 +82,11 @@ class Runtime:
         )
 
 
-@functools.lru_cache(maxsize=16384)
-def _endpoint(url: str, weight: int, state: EndpointState) -> Endpoint:
-    """The endpoint of a snapshot, the same object from one compile to the next while its state lives.
-
-    When discovery changes one endpoint among thousands, parsing every URL again would be most of the compile.
-    """
-    return Endpoint(url, weight, httpx.URL(url), state)
-
-
 def _compile_cluster(
     name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None, discovered: Sequence[str]
 ) -> CompiledCluster:
     given = [(e.url, e.weight) for e in config.endpoints] if config.discovery is None else [(u, 1) for u in discovered]
-    states = rt.registry.endpoints(name, (url for url, _ in given))
-    endpoints = tuple(_endpoint(url, weight, state) for (url, weight), state in zip(given, states, strict=True))
+    endpoints = rt.registry.endpoints(name, given)
     hash_on = config.hash_on
     lb = build_lb(
         config.lb,

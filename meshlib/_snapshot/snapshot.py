@@ -40,7 +40,19 @@ class Snapshot:
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        canonical = json.dumps(
-            self.config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
-        )
-        object.__setattr__(self, "digest", hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest())
+        object.__setattr__(self, "digest", _digest(self.config))
+
+
+# The last config digested, and its digest: discovery compiles the same config again at each change of endpoints.
+_last: tuple[MeshConfig, str] | None = None
+
+
+def _digest(config: MeshConfig) -> str:
+    global _last
+    last = _last
+    if last is not None and last[0] is config:
+        return last[1]
+    canonical = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+    _last = (config, digest)
+    return digest

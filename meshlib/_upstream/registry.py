@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx
+
 from meshlib._upstream.cluster import ClusterState
-from meshlib._upstream.endpoint import EndpointState
+from meshlib._upstream.endpoint import Endpoint, EndpointState
 from meshlib._upstream.recent_errors import RecentErrors
 
 __all__ = ["StateRegistry"]
@@ -32,7 +34,7 @@ class _Changes:
     """What one compile uses and builds: applied whole by a commit, or dropped."""
 
     clusters: dict[str, ClusterState] = field(default_factory=dict)
-    endpoints: dict[tuple[str, str], EndpointState] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     components: dict[_Key, tuple[Any, Any]] = field(default_factory=dict)
     # Built by this compile, in order, each with what starts it once committed.
     made: list[tuple[Any, Callable[[Any], None] | None]] = field(default_factory=list)
@@ -55,7 +57,7 @@ class StateRegistry:
         self._lock = threading.Lock()  # guards the committed state below
         self._compiling = threading.Lock()  # one transaction at a time
         self._clusters: dict[str, ClusterState] = {}
-        self._endpoints: dict[tuple[str, str], EndpointState] = {}
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._components: dict[_Key, tuple[Any, Any]] = {}
         self._changes: _Changes | None = None
         # The mesh's recent errors, shared by its clusters (the admin page's "recent errors").
@@ -90,20 +92,27 @@ class StateRegistry:
             changes.clusters[name] = state
         return state
 
-    def endpoints(self, cluster: str, urls: Iterable[str]) -> list[EndpointState]:
-        """The live state of each of ``urls`` in ``cluster``, created on first use (one lock for all of them:
-        discovery can give a cluster thousands)."""
+    def endpoints(self, cluster: str, given: Iterable[tuple[str, int]]) -> tuple[Endpoint, ...]:
+        """The endpoints ``(url, weight)`` of ``cluster``, each with its live state, created on first use.
+
+        An endpoint that stays from one compile to the next is the same object (its URL parsed once): discovery
+        can give a cluster thousands and change one of them. One lock for all of them.
+        """
         changes = self._pending()
         pending = changes.endpoints
+        out = []
         with self._lock:
             committed = self._endpoints
-            states = []
-            for url in urls:
+            for url, weight in given:
                 key = (cluster, url)
-                state = pending.get(key) or committed.get(key) or EndpointState()
-                pending[key] = state
-                states.append(state)
-        return states
+                endpoint = pending.get(key) or committed.get(key)
+                if endpoint is None:
+                    endpoint = Endpoint(url, weight, httpx.URL(url), EndpointState())
+                elif endpoint.weight != weight:
+                    endpoint = Endpoint(url, weight, endpoint.origin, endpoint.state)
+                pending[key] = endpoint
+                out.append(endpoint)
+        return tuple(out)
 
     def component(
         self,

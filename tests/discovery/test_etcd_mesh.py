@@ -389,6 +389,7 @@ def test_the_sidecar_registers_its_inbound_listener_and_deregisters_before_drain
         wait_for(lambda: client.get(key) is not None, what="the sidecar's registration")
         # Its own outbound side discovers it: outbound -> its inbound listener -> the app.
         with proxy.client(timeout=5) as http:
+            wait_for(lambda: http.get("http://reviews-v2/").status_code == 200, what="its own registration")
             assert http.get("http://reviews-v2/").text == "127.0.0.1"
         stats = httpx.get(proxy.admin_url + "/stats", trust_env=False).json()["discovery"]
         assert stats["registration"]["address"] == f"http://127.0.0.1:{inbound}"
