@@ -512,6 +512,20 @@ async def test_an_async_client_uses_discovered_endpoints(etcd: EtcdCluster, etcd
             assert (await client.get("http://reviews/")).text == HOSTS[2]
 
 
+REVIEWS = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
+
+
+def _registers_and_discovers(etcd_config: dict[str, Any], port: int) -> None:
+    """One mesh registers through ``etcd_config``, another discovers it through the same and sends to it."""
+    register = {"service": "reviews", "address": f"http://{HOSTS[0]}:{port}"}
+    with (
+        meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config, "register": register}}),
+        meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config}, "clusters": REVIEWS}) as mesh,
+        mesh.client() as client,
+    ):
+        assert client.get("http://reviews/").text == HOSTS[0]
+
+
 def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path, port: int) -> None:
     with EtcdCluster(tmp_path / "etcd", members=1, tls=True) as etcd:
         assert etcd.tls is not None
@@ -521,37 +535,23 @@ def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path, port: int) -> N
             "key_file": str(etcd.tls.client_key),
         }
         etcd_config = {"endpoints": etcd.endpoints, "prefix": "/secure/", "tls": tls}
-        register = {"service": "reviews", "address": f"http://{HOSTS[0]}:{port}"}
-        clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
-        with (
-            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config, "register": register}}),
-            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config}, "clusters": clusters}) as mesh,
-            mesh.client() as client,
-        ):
-            assert client.get("http://reviews/").text == HOSTS[0]
-        # Without the CA, etcd's certificate is not trusted: the start fails at once, naming etcd.
+        _registers_and_discovers(etcd_config, port)
+        # Without the CA, etcd's certificate is not trusted: the start fails, naming etcd.
         untrusted = {**etcd_config, "tls": {k: v for k, v in tls.items() if k != "ca_file"}, "start_timeout": "1s"}
         with pytest.raises(meshlib.DiscoveryError, match="etcd"):
-            meshlib.Mesh.from_dict({"registry": {"etcd": untrusted}, "clusters": clusters})
+            meshlib.Mesh.from_dict({"registry": {"etcd": untrusted}, "clusters": REVIEWS})
 
 
 def test_etcd_with_a_user_and_password(tmp_path: Path, port: int) -> None:
     with EtcdCluster(tmp_path / "etcd", members=1) as etcd:
         etcd.enable_auth("mesh", "s3cret", "/secure/")
         etcd_config = {"endpoints": etcd.endpoints, "prefix": "/secure/", "username": "mesh", "password": "s3cret"}
-        register = {"service": "reviews", "address": f"http://{HOSTS[0]}:{port}"}
-        clusters = {"reviews": {"discovery": {"etcd": {"service": "reviews"}}}}
-        with (
-            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config, "register": register}}),
-            meshlib.Mesh.from_dict({"registry": {"etcd": etcd_config}, "clusters": clusters}) as mesh,
-            mesh.client() as client,
-        ):
-            assert client.get("http://reviews/").text == HOSTS[0]
+        _registers_and_discovers(etcd_config, port)
         # A wrong password fails the start at once (not after start_timeout), naming etcd and not the password.
         wrong = {**etcd_config, "password": "nope"}
         started = time.monotonic()
         with pytest.raises(meshlib.DiscoveryError) as info:
-            meshlib.Mesh.from_dict({"registry": {"etcd": wrong}, "clusters": clusters})
+            meshlib.Mesh.from_dict({"registry": {"etcd": wrong}, "clusters": REVIEWS})
         assert time.monotonic() - started < 10
         assert "etcd" in str(info.value)
         assert "mesh" in str(info.value)
