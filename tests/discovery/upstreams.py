@@ -19,6 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Head and body go out in two writes: without TCP_NODELAY, Nagle and the client's delayed ACK hold the
+    # body ~40 ms on every keep-alive request.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
