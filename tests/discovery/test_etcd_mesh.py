@@ -169,24 +169,14 @@ def test_in_process_registration_needs_an_address(etcd: EtcdCluster, etcd_prefix
 # --- config from etcd ------------------------------------------------------------------------------------------------
 
 
-def _push(etcd: EtcdCluster, path: Path, key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meshlib",
-            "config",
-            "push",
-            str(path),
-            "--etcd",
-            ",".join(etcd.endpoints),
-            "--key",
-            key,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def _push(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``meshlib config push PATH ARGS...``, as a user runs it."""
+    command = [sys.executable, "-m", "meshlib", "config", "push", str(path), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def _push_to(etcd: EtcdCluster, path: Path, key: str) -> subprocess.CompletedProcess[str]:
+    return _push(path, "--etcd", ",".join(etcd.endpoints), "--key", key)
 
 
 def test_config_push_and_refusal(etcd: EtcdCluster, etcd_prefix: str, port: int, tmp_path: Path) -> None:
@@ -194,7 +184,7 @@ def test_config_push_and_refusal(etcd: EtcdCluster, etcd_prefix: str, port: int,
     local = {"registry": registry(etcd, etcd_prefix), "config_source": {"etcd": {"key": key}}}
     good = tmp_path / "good.yaml"
     good.write_text(f"clusters:\n  ratings:\n    endpoints: ['http://{HOSTS[0]}:{port}']\n")
-    pushed = _push(etcd, good, key)
+    pushed = _push_to(etcd, good, key)
     assert pushed.returncode == 0, pushed.stderr
     assert "revision" in pushed.stdout
 
@@ -208,14 +198,14 @@ def test_config_push_and_refusal(etcd: EtcdCluster, etcd_prefix: str, port: int,
 
         # A document that changes the endpoint: applied as a reload.
         good.write_text(f"clusters:\n  ratings:\n    endpoints: ['http://{HOSTS[1]}:{port}']\n")
-        assert _push(etcd, good, key).returncode == 0
+        assert _push_to(etcd, good, key).returncode == 0
         wait_for(lambda: http.get("http://ratings/").text == HOSTS[1], what="the pushed config")
         assert mesh.stats()["reloads"]["accepted"] >= 1
 
         # The CLI refuses an invalid file and writes nothing.
         bad = tmp_path / "bad.yaml"
         bad.write_text("clusters:\n  ratings:\n    endpoints: []\n")
-        refused = _push(etcd, bad, key)
+        refused = _push_to(etcd, bad, key)
         assert refused.returncode == 2
         assert "clusters.ratings.endpoints: must not be empty" in refused.stderr
         assert b"127.0.0.2" in client.get(key).value  # type: ignore[union-attr]
@@ -235,25 +225,7 @@ def test_config_push_to_an_unreachable_etcd_fails_and_writes_nothing(tmp_path: P
     path = tmp_path / "mesh.yaml"
     path.write_text("clusters:\n  ratings:\n    endpoints: ['http://127.0.0.1:9090']\n")
     dead = proxy_process.free_port()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meshlib",
-            "config",
-            "push",
-            str(path),
-            "--etcd",
-            f"http://127.0.0.1:{dead}",
-            "--key",
-            "/meshlib/config/x",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = _push(path, "--etcd", f"http://127.0.0.1:{dead}", "--key", "/meshlib/config/x", "--timeout", "1")
     assert result.returncode == 4
     assert "etcd" in result.stderr
     assert f"127.0.0.1:{dead}" in result.stderr
@@ -262,7 +234,7 @@ def test_config_push_to_an_unreachable_etcd_fails_and_writes_nothing(tmp_path: P
 def test_a_document_may_not_move_the_mesh_off_etcd(etcd: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> None:
     path = tmp_path / "doc.yaml"
     path.write_text("registry: {}\nclusters:\n  a:\n    endpoints: ['http://127.0.0.1:1']\n")
-    result = _push(etcd, path, f"{etcd_prefix}config/x")
+    result = _push_to(etcd, path, f"{etcd_prefix}config/x")
     assert result.returncode == 2
     assert "registry: is set in the local config file only" in result.stderr
 
