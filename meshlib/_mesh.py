@@ -138,7 +138,7 @@ class Mesh:
         self._sidecar = _sidecar
         effective = self._local
         if needs_discovery(self._local):
-            effective = self._start_discovery(self._local)
+            effective = self._start_discovery(self._local, serving=1)
         try:
             self._snapshot = self._compile(effective, version=1)
         except BaseException:
@@ -151,8 +151,11 @@ class Mesh:
             if register is not None and register.address is not None and not _sidecar:
                 self._discovery.register(register.address)
 
-    def _start_discovery(self, local: MeshConfig) -> MeshConfig:
-        """Build and start discovery for ``local``; the config to compile (``local`` with etcd's document, if any)."""
+    def _start_discovery(self, local: MeshConfig, *, serving: int) -> MeshConfig:
+        """Build and start discovery for ``local``; the config to compile (``local`` with etcd's document, if any).
+
+        ``serving`` is the version that serves if etcd's document is refused (the local file's).
+        """
         check_registration(local, sidecar=self._sidecar)
         discovery = self._discovery = Discovery(local, self._rediscover)
         try:
@@ -172,7 +175,7 @@ class Mesh:
                 if document_error is None:
                     discovery.report(self._document_revision, version=1)
                 else:  # the local file serves until a good document comes
-                    self._refuse_reload(document_error)
+                    self._reloads.refuse(serving, document_error)
                     discovery.report(self._document_revision, error=describe_failure(document_error))
         discovery.watch_dns(config)
         return config
@@ -305,7 +308,7 @@ class Mesh:
                 assert isinstance(config, MeshConfig)
                 local = config
                 if self._discovery is None and needs_discovery(local):
-                    effective = self._start_discovery(local)
+                    effective = self._start_discovery(local, serving=self._snapshot.version)
                 else:
                     effective = self._effective(local)
                     if self._discovery is not None:

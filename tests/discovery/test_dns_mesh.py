@@ -156,3 +156,20 @@ def test_the_sidecar_follows_dns_too(dns: DnsServer, port: int, tmp_path: Path) 
             )
         )
         assert set(_spread(lambda: client.get("http://ratings/"), n=10)) == {HOSTS[2]}
+
+
+def test_a_reload_brings_dns_in_and_takes_it_out(dns: DnsServer, port: int) -> None:
+    """A mesh that started with static endpoints gets DNS discovery from a reload, and drops it again."""
+    dns.set(NAME, HOSTS[:2], ttl=1)
+    static = {"clusters": {"ratings": {"endpoints": [f"http://{HOSTS[2]}:{port}"]}}}
+    with meshlib.Mesh.from_dict(static) as mesh, mesh.client() as client:
+        assert client.get("http://ratings/").text == HOSTS[2]
+        assert "discovery" not in mesh.stats()
+        mesh.reload(_config(dns, port))
+        # Resolved before the reload returned: no window without endpoints.
+        assert set(mesh.stats()["clusters"]["ratings"]["endpoints"]) == {f"http://{h}:{port}" for h in HOSTS[:2]}
+        assert set(_spread(lambda: client.get("http://ratings/"))) == set(HOSTS[:2])
+        mesh.reload(static)
+        assert client.get("http://ratings/").text == HOSTS[2]
+        assert "dns" not in mesh.stats()["discovery"]
+        _wait_for(lambda: not [t for t in threading.enumerate() if t.name == "meshlib-dns-ratings"])

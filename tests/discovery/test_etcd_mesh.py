@@ -528,3 +528,27 @@ def test_etcd_with_a_user_and_password(tmp_path: Path, port: int) -> None:
         assert "etcd" in str(info.value)
         assert "mesh" in str(info.value)
         assert "nope" not in str(info.value)
+
+
+def test_an_invalid_document_at_start_leaves_the_local_file_serving(
+    etcd: EtcdCluster, etcd_prefix: str, port: int
+) -> None:
+    key = f"{etcd_prefix}config/frontend"
+    client = EtcdClient(etcd.endpoints)
+    client.put(key, "clusters: {ratings: {endpoints: []}}")
+    local = {
+        "registry": registry(etcd, etcd_prefix),
+        "config_source": {"etcd": {"key": key}},
+        "clusters": {"ratings": {"endpoints": [f"http://{HOSTS[0]}:{port}"]}},
+    }
+    with meshlib.Mesh.from_dict(local) as mesh, mesh.client() as http:
+        assert http.get("http://ratings/").text == HOSTS[0]
+        assert mesh.stats()["reloads"]["refused"] == 1
+        assert "clusters.ratings.endpoints: must not be empty" in mesh.stats()["discovery"]["config_source"]["error"]
+        wait_for(lambda: client.range(f"{etcd_prefix}config-status/", prefix=True)[1], what="the refused status")
+        [status] = client.range(f"{etcd_prefix}config-status/", prefix=True)[1]
+        assert json.loads(status.value)["state"] == "refused"
+        # A good document then takes over.
+        client.put(key, f"clusters: {{ratings: {{endpoints: ['http://{HOSTS[1]}:{port}']}}}}")
+        wait_for(lambda: http.get("http://ratings/").text == HOSTS[1], what="the good document")
+    client.close()
