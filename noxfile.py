@@ -29,10 +29,12 @@ def doctest(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """The documentation site: docs/reference/config.md checked against the models, then `mkdocs build --strict`
+    """The documentation site: docs/reference/config.md checked against the models, docs/xds.md's feature table
+    against the translation, then `mkdocs build --strict`
     into site/ (`mkdocs serve` for a live preview)."""
-    session.install("-e", ".[docs]")
+    session.install("-e", ".[docs,xds]")
     session.run("python", "docs/gen_config_reference.py", "--check")
+    session.run("python", "docs/gen_xds_features.py", "--check")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 

@@ -89,6 +89,8 @@ SEE_ALSO: dict[str, list[tuple[str, str]]] = {
     "MirrorConfig": [("Mirroring", "../resilience.md#mirroring-routes")],
     "SidecarConfig": [("The sidecar", "../sidecar.md"), ("Sidecar operations", "../sidecar-operations.md")],
     "DiscoveryConfig": [("Discovery", "../discovery.md")],
+    "XdsConfig": [("xDS", "../xds.md")],
+    "XdsDiscoveryConfig": [("xDS", "../xds.md#how-it-works")],
     "DnsDiscoveryConfig": [("DNS", "../discovery.md#dns")],
     "EtcdDiscoveryConfig": [("Subsets", "../discovery.md#clusters-from-the-registry-and-subsets")],
     "RegistryConfig": [("The etcd registry", "../discovery.md#the-etcd-registry")],
@@ -145,6 +147,7 @@ DESCRIPTIONS: dict[str, str] = {
     "EtcdDiscoveryConfig.labels": (
         "Only instances with all of these labels (a subset, as Istio's DestinationRule subsets); none: every instance."
     ),
+    "XdsDiscoveryConfig.cluster": "The xDS Cluster resource's name, as the control plane spells it.",
     "DnsDiscoveryConfig.name": "The DNS name; every A and AAAA record of it is an endpoint.",
     "DnsDiscoveryConfig.port": "The port of every endpoint (DNS A/AAAA records carry none).",
     "DnsDiscoveryConfig.scheme": "`http`, or `https` with the cluster's `tls`.",
@@ -247,7 +250,7 @@ DESCRIPTIONS: dict[str, str] = {
     # breaker, ejection, health
     "CircuitBreakerConfig.failure_threshold": (
         "Failed tries in a row (an error or a 5xx) that open the breaker; while open, tries fail at once with"
-        " `CircuitOpenError`."
+        " `CircuitOpenError`. `null`: never opens (only `max_concurrent_requests` applies)."
     ),
     "CircuitBreakerConfig.recovery_timeout": "How long the breaker stays open before one trial request goes through.",
     "CircuitBreakerConfig.max_concurrent_requests": (
@@ -333,6 +336,14 @@ DESCRIPTIONS: dict[str, str] = {
     "RouteConfig.hedge": "Replaces the cluster's `hedge` for this route's requests.",
     "RouteMatchConfig.host": (
         "The request's host, case-insensitive, port ignored: a name, `*.example.com` (any subdomain) or `*`."
+    ),
+    "RouteMatchConfig.authority": (
+        "The request's exact authority, `host[:port]` as the URL has it (lowercase, no default port): what xDS"
+        " listeners are named by. With `host`, that must be its host."
+    ),
+    "RouteMatchConfig.percent": (
+        "The share of requests (0 to 100) the route applies to, drawn per request after its other conditions"
+        " hold, as Envoy's `runtime_fraction`; the rest go on to the next route."
     ),
     "RouteMatchConfig.path": "The exact path, percent-encoded as sent, without the query.",
     "RouteMatchConfig.path_prefix": "A prefix of the path. At most one of `path`, `path_prefix` and `path_regex`.",

@@ -26,6 +26,7 @@ from meshlib._frontdoors.sidecar_client import AsyncSidecarTransport, SidecarTra
 from meshlib._hooks import Hooks, RetryEvent
 from meshlib._snapshot.compile import Runtime, compile_snapshot
 from meshlib._snapshot.snapshot import Snapshot
+from meshlib._xds.merge import with_xds
 
 if TYPE_CHECKING:
     import pybreaker
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from meshlib._frontdoors.asgi import ASGIApp
     from meshlib._frontdoors.wsgi import WSGIApp
     from meshlib._tls.cluster import ServerCredentials
+    from meshlib._xds.manager import Xds
+    from meshlib._xds.translate import Translation
 
 __all__ = ["Mesh"]
 
@@ -136,7 +139,13 @@ class Mesh:
         self._discovery: Discovery | None = None
         self._document_revision = 0
         self._sidecar = _sidecar
-        effective = self._local
+        # Routes, clusters and endpoints from an xDS control plane (docs/xds.md): compiled in beside the file's.
+        self._xds: Xds | None = None
+        self._base = effective = self._local  # the config before xDS's part is added
+        if self._local.xds is not None:
+            from meshlib._xds.manager import Xds  # here: grpc and the protos load only for a mesh with xDS
+
+            self._xds = Xds(self._local.xds, self._apply_xds)
         if needs_discovery(self._local):
             effective = self._start_discovery(self._local, serving=1)
         try:
@@ -145,6 +154,9 @@ class Mesh:
             self.close()
             raise
         log_config_warnings(self._snapshot.config)
+        if self._xds is not None:
+            self._xds.gate.current = lambda: self._snapshot
+            self._xds.start()
         if self._discovery is not None:
             self._discovery.run()
             register = self._discovery.register_config
@@ -191,9 +203,28 @@ class Mesh:
             return local
         return effective_config(local, parse_document(document, key), key)
 
-    def _compile(self, config: MeshConfig, *, version: int) -> Snapshot:
-        discovered = self._discovery.endpoints(config) if self._discovery is not None else None
-        return compile_snapshot(config, self._runtime, version=version, discovered=discovered)
+    def _compile(self, config: MeshConfig, *, version: int, xds: Translation | None = None) -> Snapshot:
+        """Compile ``config`` (without xDS's part) with what discovery and xDS (``xds``, else the accepted) know now.
+
+        Sets ``self._base`` to ``config`` when it compiles: a snapshot swapped in must be its compile's last.
+        """
+        discovered: dict[str, Any] = self._discovery.endpoints(config) if self._discovery is not None else {}
+        full, gate = config, None
+        if self._xds is not None:
+            translation = xds if xds is not None else self._xds.translation
+            full = with_xds(config, translation.config)
+            discovered.update(translation.endpoints)
+            gate = self._xds.gate
+        snapshot = compile_snapshot(full, self._runtime, version=version, discovered=discovered, xds=gate)
+        self._base = config
+        return snapshot
+
+    def _apply_xds(self, translation: Translation) -> None:
+        """Compile and swap in a snapshot with ``translation`` (the xDS stream's thread); raises to NACK it."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Mesh is closed")
+            self._snapshot = self._compile(self._base, version=self._snapshot.version + 1, xds=translation)
 
     def _rediscover(self) -> None:
         """Compile again with the endpoints and config document discovery knows now (its applier thread calls it)."""
@@ -204,7 +235,7 @@ class Mesh:
                 return
             _, revision = discovery.document()
             new_document = discovery.config_key is not None and revision != self._document_revision
-            config = self._snapshot.config
+            config = self._base
             if new_document:
                 self._document_revision = revision
                 try:
@@ -325,6 +356,8 @@ class Mesh:
             self._discovery.run()
             if (local.registry, local.config_source) != (self._discovery.registry, self._discovery.config_source):
                 logger.warning("registry and config_source changed: they apply after a restart")
+        if local.xds != (self._xds.config if self._xds is not None else None):
+            logger.warning("xds changed: it applies after a restart")
         log_config_warnings(effective)
         return snapshot, digest
 
@@ -432,7 +465,20 @@ class Mesh:
         }
         if self._discovery is not None:
             stats["discovery"] = self._discovery.stats()
+        if self._xds is not None:
+            stats["xds"] = self._xds.stats()
         return stats
+
+    def xds_config_dump(self) -> dict[str, Any] | None:
+        """The xDS resources this mesh has accepted, by type, with their versions and the last NACK (None: no xDS).
+
+        The ``xds`` part of the sidecar admin's ``/config_dump``, in Envoy's layout (docs/xds.md).
+        """
+        if self._xds is None:
+            return None
+        from meshlib._xds.config_dump import xds_config_dump
+
+        return xds_config_dump(self._xds)
 
     def metrics_asgi_app(self) -> ASGIApp:
         """An ASGI app serving this mesh's metrics in Prometheus's text format, to mount where Prometheus scrapes.
@@ -507,6 +553,8 @@ class Mesh:
         self._closed = True
         if self._discovery is not None:  # first: out of the registry before anything stops serving
             self._discovery.close()
+        if self._xds is not None:
+            self._xds.close()
         if self._watcher is not None:
             self._watcher.close()
         with self._lock:  # after a reload in progress, which would otherwise start health checks anew

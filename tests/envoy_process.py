@@ -51,8 +51,14 @@ class RunningEnvoy:
 
 
 @contextmanager
-def running_envoy(config: dict[str, Any], workdir: Path, *, timeout: float = 30.0) -> Iterator[RunningEnvoy]:
-    """Run Envoy with ``config`` (a v3 bootstrap; its admin is added on port 0) until the block ends."""
+def running_envoy(
+    config: dict[str, Any], workdir: Path, *, timeout: float = 30.0, require_live: bool = True
+) -> Iterator[RunningEnvoy]:
+    """Run Envoy with ``config`` (a v3 bootstrap; its admin is added on port 0) until the block ends.
+
+    With ``require_live=False`` Envoy is ready once its admin answers, before its initialization (e.g. the
+    first xDS fetch) is done: ``ports`` then has the listeners it had by then (maybe none).
+    """
     config = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}, **config}
     path = workdir / "envoy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -76,11 +82,11 @@ def running_envoy(config: dict[str, Any], workdir: Path, *, timeout: float = 30.
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
-        admin = _wait_ready(proc, admin_path, log, timeout)
+        admin = _wait_ready(proc, admin_path, log, timeout, require_live=require_live)
         listeners = httpx.get(f"{admin}/listeners?format=json", timeout=5).json()
         ports = {
             entry["name"]: int(entry["local_address"]["socket_address"]["port_value"])
-            for entry in listeners["listener_statuses"]
+            for entry in listeners.get("listener_statuses", [])
         }
         yield RunningEnvoy(admin, ports, log)
     finally:
@@ -92,7 +98,9 @@ def running_envoy(config: dict[str, Any], workdir: Path, *, timeout: float = 30.
             proc.wait(timeout=10)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], admin_path: Path, log: Path, timeout: float) -> str:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], admin_path: Path, log: Path, timeout: float, *, require_live: bool = True
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -100,7 +108,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], admin_path: Path, log: Path, time
         if admin_path.exists() and admin_path.read_text().strip():
             admin = f"http://{admin_path.read_text().strip()}"
             try:
-                if httpx.get(f"{admin}/ready", timeout=1).status_code == 200:
+                # /ready answers 503 until the server is LIVE (initialized), 200 after
+                if httpx.get(f"{admin}/ready", timeout=1).status_code == 200 or not require_live:
                     return admin
             except httpx.HTTPError:
                 pass

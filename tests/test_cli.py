@@ -133,6 +133,7 @@ def test_schema_prints_a_valid_json_schema(capsys: pytest.CaptureFixture[str]) -
         "access_log",
         "registry",
         "config_source",
+        "xds",
     }
     assert set(schema["properties"]) == expected
 

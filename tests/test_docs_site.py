@@ -68,6 +68,15 @@ def test_the_check_command_agrees(generator: ModuleType) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_xds_feature_table_is_what_the_translation_says() -> None:
+    """docs/xds.md's field-by-field table is rendered from meshlib/_xds/translate_features.py's FEATURES."""
+    pytest.importorskip("envoy.config.cluster.v3.cluster_pb2")
+    done = subprocess.run(
+        [sys.executable, "docs/gen_xds_features.py", "--check"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _schema_keys(schema: dict[str, Any]) -> dict[str, set[str]]:
     """Model title → its keys, for every object model in a JSON Schema's ``$defs`` and the root."""
     found: dict[str, set[str]] = {}

@@ -165,6 +165,15 @@ def test_discovery_feeds_the_mesh_and_stays_off_the_request_path() -> None:
         assert _edge(package, "_discovery") == {}, package
 
 
+def test_xds_feeds_the_mesh_and_stays_off_the_request_path() -> None:
+    """xDS hands a translated config and endpoints to the mesh, which compiles them; the request path knows
+    xDS only through the engine's own ``outbound.LateRoutes`` protocol (the gate first requests wait at)."""
+    request_path = ("_engine", "_policies", "_snapshot", "_frontdoors", "_sidecar", "_transport", "_upstream")
+    for package in request_path:
+        assert _edge("_xds", package) == {}, package
+        assert _edge(package, "_xds") == {}, package
+
+
 def main() -> None:
     """Print the graph: every edge between packages with its imports by kind, then the cycles."""
     verbose = "-v" in sys.argv

@@ -20,7 +20,7 @@ from meshlib._sidecar import process  # the sidecar's whole import graph
 mesh = meshlib.Mesh.from_dict(json.loads(sys.argv[1]))
 with mesh.client() as client:
     pass
-heavy = ("jwt", "cryptography", "limits", "pybreaker", "redis", "opentelemetry", "requests")
+heavy = ("jwt", "cryptography", "limits", "pybreaker", "redis", "opentelemetry", "requests", "grpc", "google.protobuf")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 

@@ -31,6 +31,7 @@ __all__ = [
     "EtcdTlsConfig",
     "RegisterConfig",
     "RegistryConfig",
+    "XdsDiscoveryConfig",
 ]
 
 # A service name is one key segment under the prefix, and a label a DestinationRule-style subset key.
@@ -210,14 +211,24 @@ class DnsDiscoveryConfig(ConfigModel):
         return value.rstrip(".").lower()
 
 
+class XdsDiscoveryConfig(ConfigModel):
+    """A cluster's endpoints: those an xDS control plane gives for its Cluster resource named ``cluster``.
+
+    meshlib writes this itself when it translates xDS resources (docs/xds.md); a file has no use for it.
+    """
+
+    cluster: str = Field(min_length=1)
+
+
 class DiscoveryConfig(ConfigModel):
-    """Where a cluster's endpoints come from: exactly one of ``etcd`` and ``dns``."""
+    """Where a cluster's endpoints come from: exactly one of ``etcd``, ``dns`` and ``xds``."""
 
     etcd: EtcdDiscoveryConfig | None = None
     dns: DnsDiscoveryConfig | None = None
+    xds: XdsDiscoveryConfig | None = None
 
     @check()
     def _exactly_one(self) -> Iterator[CheckError]:
-        given = [name for name in ("etcd", "dns") if getattr(self, name) is not None]
+        given = [name for name in ("etcd", "dns", "xds") if getattr(self, name) is not None]
         if len(given) != 1:
-            yield (), "set exactly one of etcd, dns" + (f" (got {', '.join(given)})" if given else ""), None
+            yield (), "set exactly one of etcd, dns, xds" + (f" (got {', '.join(given)})" if given else ""), None

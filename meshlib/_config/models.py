@@ -32,6 +32,7 @@ from meshlib._config.base import (
     CheckError,
     ConfigModel,
     Loc,
+    Percent,
     Weight,
     check,
     check_path,
@@ -40,6 +41,7 @@ from meshlib._config.base import (
 )
 from meshlib._config.discovery import ConfigSourceConfig, DiscoveryConfig, EtcdConfig, RegistryConfig
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.hosts import authority_host, check_authority
 from meshlib._config.observability import AccessLogConfig, MetricsConfig, TracingConfig
 from meshlib._config.redact import Secret
 from meshlib._config.resilience import (
@@ -55,6 +57,7 @@ from meshlib._config.resilience import (
 )
 from meshlib._config.security import ClusterTlsConfig, InboundConfig
 from meshlib._config.sidecar import SidecarConfig
+from meshlib._config.xds import XdsConfig
 from meshlib._errors import ConfigError
 
 __all__ = [
@@ -329,6 +332,8 @@ class RouteMatchConfig(ConfigModel):
     """Conditions a request must meet, all of them, for its route to apply."""
 
     host: str | None = None
+    # The exact authority, host[:port] as the URL has it (default ports dropped): what xDS listeners are named by.
+    authority: str | None = None
     path: str | None = None
     path_prefix: str | None = None
     path_regex: str | None = None
@@ -338,6 +343,8 @@ class RouteMatchConfig(ConfigModel):
     ] = Field(default_factory=dict)
     # Any query parameter may carry a credential (?token=, ?sig=, ?key=): every matched value is one.
     query: Annotated[dict[str, StringMatchConfig], Secret.MATCHES] = Field(default_factory=dict)
+    # The share of requests the route applies to, drawn per request (Envoy's runtime_fraction).
+    percent: Percent | None = None
 
     @field_validator("host")
     @classmethod
@@ -348,6 +355,11 @@ class RouteMatchConfig(ConfigModel):
         if not _HOST.match(host) and not _is_ipv6(host):
             raise ValueError(f"invalid host {value!r}: a host name, '*.suffix' or '*' (no scheme, port or path)")
         return host
+
+    @field_validator("authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        return None if value is None else check_authority(value)
 
     @field_validator("path", "path_prefix")
     @classmethod
@@ -376,6 +388,14 @@ class RouteMatchConfig(ConfigModel):
         given = [k for k in ("path", "path_prefix", "path_regex") if getattr(self, k) is not None]
         if len(given) > 1:
             yield (), f"set at most one of path, path_prefix, path_regex (got {', '.join(given)})", None
+
+    @check("host", "authority")
+    def _host_fits_authority(self) -> Iterator[CheckError]:
+        if self.authority is None:
+            return
+        host = authority_host(self.authority)
+        if self.host is not None and self.host != host:
+            yield ("host",), f"must be the host of authority {self.authority!r} ({host!r}), or left out", self.host
 
 
 class SplitConfig(ConfigModel):
@@ -514,6 +534,8 @@ class MeshConfig(ConfigModel):
     # own source; both always come from the local file.
     registry: RegistryConfig | None = None
     config_source: ConfigSourceConfig | None = None
+    # Routes, clusters and endpoints from an xDS control plane (docs/xds.md), beside this file's.
+    xds: XdsConfig | None = None
     # An empty config is far more often a truncated file or a bad template than a wish to route nothing.
     allow_empty: Annotated[bool, Field(strict=True)] = False
 
@@ -567,7 +589,7 @@ class MeshConfig(ConfigModel):
         # An inbound policy alone is a mesh that does something: an app's middleware needs no clusters.
         # So is a config from etcd (config_source), or a workload that only registers itself.
         registers = self.registry is not None and getattr(self.registry, "register_", True) is not None
-        elsewhere = self.config_source is not None or registers
+        elsewhere = self.config_source is not None or registers or self.xds is not None
         if not self.clusters and not self.routes and self.inbound is None and not elsewhere and not self.allow_empty:
             yield (), EMPTY_CONFIG, None
 

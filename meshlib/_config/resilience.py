@@ -114,9 +114,13 @@ def needs_codes(retry: object) -> bool:
 
 
 class CircuitBreakerConfig(ConfigModel):
-    """Opens after consecutive failures; fails fast while open; one trial request after recovery_timeout."""
+    """Opens after consecutive failures; fails fast while open; one trial request after recovery_timeout.
 
-    failure_threshold: PositiveInt = 5
+    ``failure_threshold: null`` never opens: only ``max_concurrent_requests`` applies (Envoy's circuit
+    breakers are such limits; xDS clusters translate to this).
+    """
+
+    failure_threshold: PositiveInt | None = 5
     recovery_timeout: PositiveDuration = 30.0
     max_concurrent_requests: PositiveInt | None = 1024
     # redis://HOST:PORT[/DB] shares the breaker's state between processes (pybreaker's Redis storage).

@@ -43,7 +43,7 @@ def needs_discovery(config: MeshConfig) -> bool:
     return (
         config.registry is not None
         or config.config_source is not None
-        or any(c.discovery is not None for c in config.clusters.values())
+        or any(c.discovery is not None and c.discovery.xds is None for c in config.clusters.values())
     )
 
 

@@ -22,13 +22,23 @@ if TYPE_CHECKING:
     from meshlib._observe.observers import Observers
     from meshlib._tls.senders import TlsSenders
 
-__all__ = ["OutboundSnapshot", "Routes", "handle", "handle_async"]
+__all__ = ["LateRoutes", "OutboundSnapshot", "Routes", "handle", "handle_async"]
 
 
 class Routes(Protocol):
     """A snapshot's route table (``_snapshot/route_table.py``): the route that claims a request, or None."""
 
     def match(self, request: httpx.Request) -> Route | None: ...
+
+
+class LateRoutes(Protocol):
+    """xDS's gate (``_xds/manager.py``): authorities whose routes have arrived or been waited for, and the wait."""
+
+    settled: frozenset[bytes]
+
+    def wait(self, netloc: bytes) -> OutboundSnapshot: ...
+
+    async def wait_async(self, netloc: bytes) -> OutboundSnapshot: ...
 
 
 class OutboundSnapshot(Protocol):
@@ -45,6 +55,9 @@ class OutboundSnapshot(Protocol):
 
     @property
     def observers(self) -> Observers | None: ...
+
+    @property
+    def xds(self) -> LateRoutes | None: ...
 
 
 def _prepare(
@@ -86,6 +99,9 @@ def handle(
     snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.BaseTransport, tls: TlsSenders | None = None
 ) -> httpx.Response:
     """Send ``request`` through the mesh, using ``sender`` for the network (sync), ``tls`` for clusters with tls."""
+    late = snapshot.xds
+    if late is not None and request.url.netloc not in late.settled:  # the first request for this authority
+        snapshot = late.wait(request.url.netloc)
     prepared = _prepare(snapshot, request, sender, None, tls)
     if prepared is None:
         return sender.handle_request(request)
@@ -107,6 +123,9 @@ async def handle_async(
     snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
 ) -> httpx.Response:
     """The async twin of :func:`handle`."""
+    late = snapshot.xds
+    if late is not None and request.url.netloc not in late.settled:
+        snapshot = await late.wait_async(request.url.netloc)
     prepared = _prepare(snapshot, request, None, sender, tls)
     if prepared is None:
         return await sender.handle_async_request(request)

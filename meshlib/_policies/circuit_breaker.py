@@ -259,7 +259,7 @@ class BreakerState:
         self.storage = storage
         self.shared = isinstance(storage, RedisBreakerStorage)
         self.breaker = pybreaker.CircuitBreaker(
-            fail_max=config.failure_threshold,
+            fail_max=config.failure_threshold if config.failure_threshold is not None else sys.maxsize,
             reset_timeout=config.recovery_timeout,
             state_storage=storage,
             listeners=[_Listener(cluster), *map(_Guarded, listeners)],

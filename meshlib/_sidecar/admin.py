@@ -7,7 +7,8 @@ config refuses anything else), because it can reload and drain the proxy:
   polling ``GET /ui/state`` (its JSON) about every second
 * ``GET /ready`` - 200 while serving, 503 while starting or draining
 * ``GET /healthz`` - 200 while the process runs
-* ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters
+* ``GET /config_dump`` - the active config as JSON, secrets redacted, with each route's filters, and under
+  ``xds:`` every xDS resource with its accepted version and the last NACK's error (Envoy's layout)
 * ``GET /clusters`` - endpoints with weight, health, ejection and in-flight counts, and breaker state
 * ``GET /stats`` - counters of the clusters, the listeners and the reloads, the certificates loaded, and discovery's
   state (etcd connected or stale since, revision, registration, DNS), as JSON
@@ -128,12 +129,16 @@ def config_dump(mesh: Mesh) -> dict[str, Any]:
                 "legs": {name: leg.filter_names for name, leg in route.legs.items()},
             }
         )
-    return {
+    dump = {
         "version": snapshot.version,
         "digest": snapshot.digest,
         "config": redact_config(mesh.config),
         "routes": routes,
     }
+    xds = mesh.xds_config_dump()
+    if xds is not None:
+        dump["xds"] = xds
+    return dump
 
 
 def clusters(mesh: Mesh, stats: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from meshlib._background import Background
 from meshlib._clock import Clock, SystemClock
+from meshlib._config.hosts import authority_host
 from meshlib._config.models import ClusterConfig, MeshConfig, RouteConfig, RouteMatchConfig
 from meshlib._config.resilience import RetryBudgetConfig
 from meshlib._config.security import InboundConfig
 from meshlib._engine.cluster_stack import CompiledCluster, Leg, build_leg
 from meshlib._engine.inbound_context import InboundFilter
 from meshlib._engine.inbound_stack import InboundStack, build_inbound_stack
+from meshlib._engine.outbound import LateRoutes
 from meshlib._engine.route_stack import build_route_stack
 from meshlib._engine.timeouts import TryTimeouts
 from meshlib._errors import ConfigError
@@ -47,6 +49,9 @@ from meshlib._upstream.health import HealthChecker
 from meshlib._upstream.lb import build_lb
 from meshlib._upstream.outlier import OutlierDetector, OutlierFilter
 from meshlib._upstream.registry import StateRegistry
+
+# A discovered endpoint: its URL (weight 1), or (URL, weight) as xDS gives them.
+Discovered = str | tuple[str, int]
 
 if TYPE_CHECKING:
     from meshlib._policies.jwks import FileJwks, RemoteJwks, StaticJwks
@@ -83,9 +88,12 @@ class Runtime:
 
 
 def _compile_cluster(
-    name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None, discovered: Sequence[str]
+    name: str, config: ClusterConfig, rt: Runtime, tls: ClusterTls | None, discovered: Sequence[Discovered]
 ) -> CompiledCluster:
-    given = [(e.url, e.weight) for e in config.endpoints] if config.discovery is None else [(u, 1) for u in discovered]
+    if config.discovery is None:
+        given = [(e.url, e.weight) for e in config.endpoints]
+    else:  # a URL, or (URL, weight) from xDS
+        given = [(d, 1) if isinstance(d, str) else d for d in discovered]
     endpoints = rt.registry.endpoints(name, given)
     hash_on = config.hash_on
     lb = build_lb(
@@ -250,8 +258,8 @@ def _compile_route(
     return CompiledRoute(
         name=name,
         index=index,
-        host=config.match.host,
-        predicates=compile_match(config.match),
+        host=config.match.host if config.match.authority is None else authority_host(config.match.authority),
+        predicates=compile_match(config.match, rt.rng),
         filters=filters,
         clusters=split.clusters if split else (),
         legs=legs,
@@ -318,16 +326,22 @@ def _compile_jwks(config: InboundConfig, rt: Runtime) -> list[StaticJwks | FileJ
 
 
 def compile_snapshot(
-    config: MeshConfig, rt: Runtime, *, version: int = 1, discovered: Mapping[str, Sequence[str]] | None = None
+    config: MeshConfig,
+    rt: Runtime,
+    *,
+    version: int = 1,
+    discovered: Mapping[str, Sequence[Discovered]] | None = None,
+    xds: LateRoutes | None = None,
 ) -> Snapshot:
     """Compile ``config`` against the live state in ``rt.registry``.
 
-    ``discovered`` holds the endpoint URLs found so far for each cluster with
-    ``discovery`` (none yet: the cluster has no endpoints and refuses requests).
+    ``discovered`` holds the endpoints found so far for each cluster with
+    ``discovery`` (none yet: the cluster has no endpoints and refuses requests);
+    ``xds`` is the gate first requests to an authority wait at under xDS.
 
-    Every cluster is also reachable by its own name as host, through an
-    implicit route placed after the configured ones (so a configured route for
-    that host wins).
+    Every cluster but an xDS one is also reachable by its own name as host,
+    through an implicit route placed after the configured ones (so a
+    configured route for that host wins).
 
     Transactional: the live state the new snapshot needs is built beside the
     old (the registry's transaction), and only a compile that succeeds
@@ -342,7 +356,9 @@ def compile_snapshot(
         }
         routes = [_compile_route(r, i, clusters, config, rt) for i, r in enumerate(config.routes)]
         inbound = _compile_inbound(config.inbound, config.service, rt)
-        for name in config.clusters:
+        for name, cluster in config.clusters.items():
+            if cluster.discovery is not None and cluster.discovery.xds is not None:
+                continue  # as in Envoy, an xDS cluster's name is not a host: its listeners' routes reach it
             implicit = RouteConfig(name=f"cluster:{name}", match=RouteMatchConfig(host=name.lower()), cluster=name)
             routes.append(_compile_route(implicit, len(routes), clusters, config, rt, implicit=True))
     # Last, once nothing else can fail: a replaced observer is closed here.
@@ -356,4 +372,5 @@ def compile_snapshot(
         clock=rt.clock,
         inbound=inbound,
         observers=observers,
+        xds=xds,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 
@@ -75,9 +76,17 @@ def _query(name: str, match: ValueMatcher) -> Predicate:
     return lambda m: match(m.query(name))
 
 
-def compile_match(config: RouteMatchConfig) -> tuple[Predicate, ...]:
-    """Everything but the host (the route table indexes hosts), cheapest checks first."""
+def compile_match(config: RouteMatchConfig, rng: random.Random | None = None) -> tuple[Predicate, ...]:
+    """Everything but the host (the route table indexes hosts), cheapest checks first.
+
+    ``percent`` draws from ``rng`` (the mesh's, so a seed reproduces it), and is checked last: a route
+    applies to that share of the requests its other conditions match, as Envoy's runtime_fraction.
+    """
     preds: list[Predicate] = []
+    if config.authority is not None:
+        # httpx keeps the URL's authority, minus a default port, as netloc.
+        netloc = config.authority.encode("ascii")
+        preds.append(lambda m: m.request.url.netloc == netloc)
     if config.method is not None:
         methods = frozenset(config.method)
         preds.append(lambda m: m.request.method in methods)
@@ -92,4 +101,7 @@ def compile_match(config: RouteMatchConfig) -> tuple[Predicate, ...]:
         preds.append(lambda m: fullmatch(m.path) is not None)
     preds.extend(_header(name, compile_value(m)) for name, m in config.headers.items())
     preds.extend(_query(name, compile_value(m)) for name, m in config.query.items())
+    if config.percent is not None and config.percent < 100:
+        share, draw = config.percent, (rng or random.Random()).random
+        preds.append(lambda m: share > 0 and draw() * 100 < share)
     return tuple(preds)

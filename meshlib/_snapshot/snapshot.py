@@ -11,6 +11,7 @@ from meshlib._clock import Clock
 from meshlib._config.models import MeshConfig
 from meshlib._engine.cluster_stack import CompiledCluster
 from meshlib._engine.inbound_stack import InboundStack
+from meshlib._engine.outbound import LateRoutes
 from meshlib._observe.observers import Observers
 from meshlib._snapshot.route_table import RouteTable
 
@@ -37,6 +38,8 @@ class Snapshot:
     inbound: InboundStack
     # What this config reports (tracing, metrics, access log); None when it turns none on.
     observers: Observers | None = None
+    # xDS's gate for first requests to an authority (_xds/manager.py XdsGate); None without xDS.
+    xds: LateRoutes | None = None
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -73,14 +73,16 @@ BAD = [
         id="both",
     ),
     pytest.param(
-        {"clusters": {"a": {"discovery": {}}}}, [("clusters.a.discovery", "set exactly one of etcd, dns")], id="none"
+        {"clusters": {"a": {"discovery": {}}}},
+        [("clusters.a.discovery", "set exactly one of etcd, dns, xds")],
+        id="none",
     ),
     pytest.param(
         {
             "registry": {"etcd": ETCD},
             "clusters": {"a": {"discovery": {"dns": {"name": "a", "port": 1}, "etcd": {"service": "a"}}}},
         },
-        [("clusters.a.discovery", "set exactly one of etcd, dns (got etcd, dns)")],
+        [("clusters.a.discovery", "set exactly one of etcd, dns, xds (got etcd, dns)")],
         id="two-sources",
     ),
     pytest.param(

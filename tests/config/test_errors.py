@@ -125,9 +125,7 @@ BAD_CONFIGS = [
         id="unknown-key-hash-on",
     ),
     pytest.param(route(priority=1), "routes[0].priority", "unknown key 'priority'", id="unknown-key-route"),
-    pytest.param(
-        match(authority="reviews"), "routes[0].match.authority", "unknown key 'authority'", id="unknown-key-match"
-    ),
+    pytest.param(match(scheme="http"), "routes[0].match.scheme", "unknown key 'scheme'", id="unknown-key-match"),
     pytest.param(
         match(headers={"x-user": {"exact": "a", "contains": "a"}}),
         "routes[0].match.headers.x-user.contains",
