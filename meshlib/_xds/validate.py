@@ -793,24 +793,9 @@ def _string_rules(r: Any) -> list[_Rule]:
     if r.HasField("const"):
         rules.append(_const_rule(r.const, _q))
     rules.extend(_in_rules(list(getattr(r, "in")), list(r.not_in), _q))
-    if r.HasField("len"):
-        rules.append(_length_rule(len, "==", r.len, "character"))
-    if r.HasField("min_len"):
-        rules.append(_length_rule(len, ">=", r.min_len, "character"))
-    if r.HasField("max_len"):
-        rules.append(_length_rule(len, "<=", r.max_len, "character"))
-    if r.HasField("len_bytes"):
-        rules.append(_length_rule(_utf8_len, "==", r.len_bytes, "byte"))
-    if r.HasField("min_bytes"):
-        rules.append(_length_rule(_utf8_len, ">=", r.min_bytes, "byte"))
-    if r.HasField("max_bytes"):
-        rules.append(_length_rule(_utf8_len, "<=", r.max_bytes, "byte"))
-    if r.HasField("prefix"):
-        rules.append(_predicate_rule(_starts_with(r.prefix), f"must start with {_q(r.prefix)}", _q))
-    if r.HasField("suffix"):
-        rules.append(_predicate_rule(_ends_with(r.suffix), f"must end with {_q(r.suffix)}", _q))
-    if r.HasField("contains"):
-        rules.append(_predicate_rule(_contains(r.contains), f"must contain {_q(r.contains)}", _q))
+    rules += _length_rules(r, ("len", "min_len", "max_len"), len, "character")
+    rules += _length_rules(r, ("len_bytes", "min_bytes", "max_bytes"), _utf8_len, "byte")
+    rules += _affix_rules(r, _q)
     if r.HasField("not_contains"):
         rules.append(_predicate_rule(_not_contains(r.not_contains), f"must not contain {_q(r.not_contains)}", _q))
     well_known = r.WhichOneof("well_known")
@@ -994,21 +979,34 @@ _STRING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _length_rules(r: Any, fields: tuple[str, str, str], measure: Callable[[Any], int], noun: str) -> list[_Rule]:
+    """The exact, least and most length rules named by ``fields``, measured by ``measure`` in ``noun``s."""
+    ops = ("==", ">=", "<=")
+    return [_length_rule(measure, op, getattr(r, f), noun) for f, op in zip(fields, ops, strict=True) if r.HasField(f)]
+
+
+_AFFIXES: tuple[tuple[str, Callable[[Any], Callable[[Any], bool]], str], ...] = (
+    ("prefix", _starts_with, "start with"),
+    ("suffix", _ends_with, "end with"),
+    ("contains", _contains, "contain"),
+)
+
+
+def _affix_rules(r: Any, quote: Callable[[Any], str]) -> list[_Rule]:
+    """``prefix``, ``suffix`` and ``contains`` (strings and bytes alike)."""
+    rules = []
+    for field, make, words in _AFFIXES:
+        if r.HasField(field):
+            value = getattr(r, field)
+            rules.append(_predicate_rule(make(value), f"must {words} {quote(value)}", quote))
+    return rules
+
+
 def _bytes_rules(r: Any) -> list[_Rule]:
     fmt: Callable[[Any], str] = repr
     rules: list[_Rule] = []
-    if r.HasField("len"):
-        rules.append(_length_rule(len, "==", r.len, "byte"))
-    if r.HasField("min_len"):
-        rules.append(_length_rule(len, ">=", r.min_len, "byte"))
-    if r.HasField("max_len"):
-        rules.append(_length_rule(len, "<=", r.max_len, "byte"))
-    if r.HasField("prefix"):
-        rules.append(_predicate_rule(_starts_with(r.prefix), f"must start with {r.prefix!r}", fmt))
-    if r.HasField("suffix"):
-        rules.append(_predicate_rule(_ends_with(r.suffix), f"must end with {r.suffix!r}", fmt))
-    if r.HasField("contains"):
-        rules.append(_predicate_rule(_contains(r.contains), f"must contain {r.contains!r}", fmt))
+    rules += _length_rules(r, ("len", "min_len", "max_len"), len, "byte")
+    rules += _affix_rules(r, fmt)
     rules.extend(_in_rules(list(getattr(r, "in")), list(r.not_in), fmt))
     if r.HasField("const"):
         rules.append(_const_rule(r.const, fmt))
