@@ -304,3 +304,30 @@ def test_without_the_extra_a_mesh_with_xds_says_what_to_install(
     assert info.value.errors == [
         ("xds", "xDS needs grpcio and xds-protos (grpc is missing): pip install 'meshlib-http[xds]'")
     ]
+
+
+def test_two_listeners_share_one_route_configuration_and_istio_style_cluster_names_work(
+    ads: AdsServer, bootstrap: Path
+) -> None:
+    """istiod names clusters outbound|PORT||HOST; meshlib's cluster names are host names, so it maps them."""
+    istio = "outbound|9080||reviews.default.svc.cluster.local"
+    other = "reviews.default:9080"
+    with upstreams("v1") as up:
+        resources = {
+            LISTENER: [api_listener(AUTHORITY, "shared"), api_listener(other, "shared")],
+            ROUTE: [
+                route_configuration(
+                    "shared", [virtual_host("reviews", [AUTHORITY, other], [route(prefix="/", cluster=istio)])]
+                )
+            ],
+            CLUSTER: [eds_cluster(istio)],
+            ENDPOINT: [load_assignment(istio, [("127.0.0.1", up["v1"].port)])],
+        }
+        ads.set_snapshot("1", resources)
+        with mesh_for(bootstrap, targets=[AUTHORITY, other]) as mesh, mesh.client() as client:
+            assert client.get(f"{URL}/").headers["x-upstream"] == "v1"
+            assert client.get(f"http://{other}/").headers["x-upstream"] == "v1"
+            assert [list(r.resource_names) for r in ads.requests(ROUTE)][0] == ["shared"]
+            names = list(mesh.stats()["clusters"])
+            assert len(names) == 1
+            assert names[0].startswith("outbound_9080__reviews.default.svc.cluster.local")
