@@ -327,7 +327,7 @@ def test_two_listeners_share_one_route_configuration_and_istio_style_cluster_nam
         with mesh_for(bootstrap, targets=[AUTHORITY, other]) as mesh, mesh.client() as client:
             assert client.get(f"{URL}/").headers["x-upstream"] == "v1"
             assert client.get(f"http://{other}/").headers["x-upstream"] == "v1"
-            assert [list(r.resource_names) for r in ads.requests(ROUTE)][0] == ["shared"]
+            assert list(ads.requests(ROUTE)[0].resource_names) == ["shared"]
             names = list(mesh.stats()["clusters"])
             assert len(names) == 1
             assert names[0].startswith("outbound_9080__reviews.default.svc.cluster.local")
