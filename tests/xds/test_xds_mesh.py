@@ -331,3 +331,51 @@ def test_two_listeners_share_one_route_configuration_and_istio_style_cluster_nam
             names = list(mesh.stats()["clusters"])
             assert len(names) == 1
             assert names[0].startswith("outbound_9080__reviews.default.svc.cluster.local")
+
+
+def test_a_file_reload_keeps_the_xds_routes_beside_the_file_s_own(
+    ads: AdsServer, bootstrap: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    with upstreams("v1", "local") as up:
+        ads.set_snapshot("1", snapshot([up["v1"]]))
+        path = tmp_path / "mesh.yaml"
+
+        def write(local_path: str) -> None:
+            path.write_text(
+                yaml.safe_dump(
+                    {
+                        "xds": {"bootstrap": str(bootstrap), "targets": [AUTHORITY]},
+                        "clusters": {"local": {"endpoints": [f"http://127.0.0.1:{up['local'].port}"]}},
+                        "routes": [{"match": {"host": "app", "path_prefix": local_path}, "cluster": "local"}],
+                    }
+                )
+            )
+
+        write("/a")
+        with meshlib.Mesh.from_file(path) as mesh, mesh.client() as client:
+            ads.wait_ack(ENDPOINT, "1")
+            assert client.get(f"{URL}/").headers["x-upstream"] == "v1"
+            assert client.get("http://app/a").headers["x-upstream"] == "local"
+            write("/b")
+            mesh.reload(path)
+            assert client.get("http://app/b").headers["x-upstream"] == "local"
+            assert client.get(f"{URL}/").headers["x-upstream"] == "v1", "the reload kept what xDS said"
+            ads.set_snapshot("2", snapshot([up["local"]]))
+            wait_until(lambda: client.get(f"{URL}/").headers["x-upstream"] == "local")
+            assert client.get("http://app/b").headers["x-upstream"] == "local", "and xDS kept what the file said"
+
+
+def test_a_file_cluster_with_the_name_of_an_xds_cluster_is_nacked(ads: AdsServer, bootstrap: Path) -> None:
+    with upstreams("v1") as up:
+        ads.set_snapshot("1", snapshot([up["v1"]]))
+        config = {
+            "xds": {"bootstrap": str(bootstrap), "targets": [AUTHORITY]},
+            "clusters": {"reviews": {"endpoints": [f"http://127.0.0.1:{up['v1'].port}"]}},
+        }
+        with meshlib.Mesh(MeshConfig.from_dict(config)):
+            # The route configuration is the first resource to name the cluster: it is the one refused.
+            nack = ads.wait_for(lambda r: r.HasField("error_detail"))
+        assert nack.type_url == ROUTE
+        assert "clusters.reviews: defined by the file and by xDS" in nack.error_detail.message
