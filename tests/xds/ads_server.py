@@ -106,8 +106,10 @@ class AdsServer:
     ``with AdsServer() as ads:`` starts and stops it. Every method is thread-safe.
     """
 
-    def __init__(self, port: int = 0, *, max_workers: int = 64) -> None:
+    def __init__(self, port: int = 0, *, max_workers: int = 64, tls: grpc.ServerCredentials | None = None) -> None:
+        """``tls``: serve over TLS with these credentials (``grpc.ssl_server_credentials``) instead of plaintext."""
         self.port = port
+        self._tls = tls
         self._max_workers = max_workers
         self._lock = threading.Condition()
         self._views: dict[str | None, _View] = {}
@@ -135,7 +137,11 @@ class AdsServer:
             server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
             ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
             try:
-                port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+                address = f"127.0.0.1:{self.port}"
+                if self._tls is not None:
+                    port = server.add_secure_port(address, self._tls)
+                else:
+                    port = server.add_insecure_port(address)
             except RuntimeError:  # grpcio raises when it cannot bind
                 port = 0
             if port:

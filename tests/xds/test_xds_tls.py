@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import meshlib
 from meshlib import MeshConfig
 from tests.tls.conftest import ServeTls
-from tests.tls.pki import Workload, spiffe
+from tests.tls.pki import Pki, Workload, custom, spiffe
 from tests.xds.ads_server import CLUSTER, ENDPOINT, LISTENER, ROUTE, AdsServer
 from tests.xds.conftest import write_bootstrap
 from tests.xds.resources import api_listener, eds_cluster, load_assignment, route, route_configuration, virtual_host
@@ -126,3 +127,45 @@ def test_a_provider_the_bootstrap_does_not_have_is_nacked(
     assert "Cluster 'reviews'" in nack.error_detail.message
     assert "tls_certificate_provider_instance" in nack.error_detail.message
     assert "missing" in nack.error_detail.message
+
+
+def test_the_xds_server_over_mutual_tls_from_the_bootstrap_s_channel_creds(
+    tmp_path: Path, pki: Pki, workloads: dict[str, Workload]
+) -> None:
+    """channel_creds ``tls`` with gRPC's file names: the stream is mutually authenticated TLS."""
+    import grpc
+
+    # gRPC checks the server's name: istiod's certificate names its DNS name, here localhost.
+    control = custom(pki.ca_dir, "localhost", tmp_path / "istiod")
+    frontend = workloads["frontend"]
+    credentials = grpc.ssl_server_credentials(
+        [(control.key.read_bytes(), control.cert.read_bytes())],
+        root_certificates=control.ca.read_bytes(),
+        require_client_auth=True,
+    )
+    ads = AdsServer(tls=credentials)
+    ads.start()
+    try:
+        creds = {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": str(frontend.ca),
+                "certificate_file": str(frontend.cert),
+                "private_key_file": str(frontend.key),
+            },
+        }
+        path = tmp_path / "bootstrap.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "xds_servers": [{"server_uri": f"localhost:{ads.port}", "channel_creds": [creds]}],
+                    "node": {"id": "tls-node"},
+                }
+            )
+        )
+        ads.set_snapshot("1", _snapshot(1, _files(frontend, "reviews")))
+        with _mesh(path):
+            ads.wait_ack(ENDPOINT, "1")
+        assert ads.requests()[0].node.id == "tls-node"
+    finally:
+        ads.stop()
