@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import httpx
 
-__all__ = ["Exchange", "Try", "retry_reason"]
+__all__ = ["Exchange", "Try", "outbound", "retry_reason"]
 
 Direction = Literal["outbound", "inbound"]
 
@@ -74,6 +74,8 @@ class Exchange:
         "_request",
         "_request_id",
         "_scheme",
+        "_start_time",
+        "_trace_id",
         "_user_agent",
         "bytes_received",
         "cluster",
@@ -89,9 +91,7 @@ class Exchange:
         "route",
         "slots",
         "start",
-        "start_time",
         "status",
-        "trace_id",
         "tries",
     )
 
@@ -125,7 +125,7 @@ class Exchange:
         self._user_agent = user_agent
         self._request_id = request_id
         self._bytes_sent = bytes_sent
-        self.start_time = time.time()  # the wall clock, as Envoy's START_TIME: logs line up with other systems'
+        self._start_time: float | None = None  # the wall clock's, read from it when first asked (see start_time)
         self.start = time.perf_counter()
         self.route = route
         self.cluster: str | None = None
@@ -137,10 +137,41 @@ class Exchange:
         self.end: float | None = None
         self.peer = peer
         self.denied_by: str | None = None
-        self.trace_id: str | None = None
+        self._trace_id: str | int | None = None
         self.protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
         self.fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
         self.slots: dict[object, Any] = {}
+
+    @property
+    def start_time(self) -> float:
+        """When the request started on the wall clock (an epoch), as Envoy's START_TIME: logs line up with others'.
+
+        Worked out from ``start`` when first asked (the access log's): the wall clock now, less the time since.
+        """
+        found = self._start_time
+        if found is None:
+            found = self._start_time = time.time() - (time.perf_counter() - self.start)
+        return found
+
+    @start_time.setter
+    def start_time(self, value: float) -> None:
+        self._start_time = value
+
+    @property
+    def trace_id(self) -> str | None:
+        """The request's trace id (32 hex digits) when it is traced.
+
+        Tracing may store it as a number, the trace id shifted left by 64 bits (a new trace's ids, its span
+        id in the low bits), formatted here when first read: most requests' is never read.
+        """
+        found = self._trace_id
+        if isinstance(found, int):
+            found = self._trace_id = f"{found >> 64:032x}"
+        return found
+
+    @trace_id.setter
+    def trace_id(self, value: str | None) -> None:
+        self._trace_id = value
 
     @property
     def method(self) -> str:
@@ -184,7 +215,11 @@ class Exchange:
     def has_any_header(self, names: frozenset[bytes]) -> bool:
         """Whether the request has a header named in ``names`` (lower case): a scan, no copy of the headers."""
         if self._headers is None and self._request is not None:
-            return any(entry[1] in names for entry in self._request.headers._list)  # httpx: (raw, lower, value)
+            # httpx's entries: (raw name, lower-case name, value). A loop: any() over a generator takes longer.
+            for entry in self._request.headers._list:  # noqa: SIM110
+                if entry[1] in names:
+                    return True
+            return False
         return any(key.lower() in names for key, _ in self.headers)
 
     def header(self, name: bytes) -> str | None:
@@ -229,3 +264,33 @@ class Exchange:
     def retries(self) -> int:
         """Tries beyond the first."""
         return max(len(self.tries) - 1, 0)
+
+
+_new = object.__new__
+
+
+def outbound(request: httpx.Request, route: str | None, door: str) -> Exchange:
+    """``Exchange("outbound", door, request=request, route=route)``, made without the constructor's keyword
+    arguments: every request through a mesh with observers makes one."""
+    exchange: Exchange = _new(Exchange)
+    exchange.direction = "outbound"
+    exchange.door = door
+    exchange._request = request
+    exchange._method = exchange._scheme = exchange._authority = exchange._path = None
+    exchange._headers = None
+    exchange._user_agent = exchange._request_id = None
+    exchange._bytes_sent = None
+    exchange._start_time = None
+    exchange.start = time.perf_counter()
+    exchange.route = route
+    exchange.cluster = exchange.endpoint = None
+    exchange.tries = []
+    exchange.status = None
+    exchange.error = None
+    exchange.bytes_received = 0
+    exchange.end = None
+    exchange.peer = exchange.denied_by = None
+    exchange._trace_id = None
+    exchange.protocol = exchange.fault = None
+    exchange.slots = {}
+    return exchange

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from meshlib._engine.streams import OnCloseStream
-from meshlib._observe.exchange import Exchange, Try, retry_reason
+from meshlib._observe.exchange import Exchange, Try, outbound, retry_reason
 from meshlib._observe.observers import Observers
 from meshlib._wire import ERROR_HEADER
 
@@ -35,6 +35,8 @@ __all__ = [
 # The sidecar's outbound listener marks the requests it hands the engine with this extension.
 SIDECAR_DOOR = "meshlib.sidecar"
 
+_PROTOCOLS: dict[bytes, str] = {v.encode(): v for v in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3")}
+
 
 def error_code(exc: BaseException) -> str:
     """The code observers record for a failure: a mesh error's own (``x-meshlib-error``'s value), else its kind."""
@@ -52,9 +54,7 @@ def error_code(exc: BaseException) -> str:
 
 def outbound_exchange(request: httpx.Request, route: str | None) -> Exchange:
     """The record of an outbound request, as the caller sent it (read from it only when an observer asks)."""
-    return Exchange(
-        "outbound", "sidecar" if SIDECAR_DOOR in request.extensions else "client", request=request, route=route
-    )
+    return outbound(request, route, "sidecar" if SIDECAR_DOOR in request.extensions else "client")
 
 
 def content_length(value: str | bytes | None) -> int:
@@ -65,29 +65,52 @@ def content_length(value: str | bytes | None) -> int:
         return 0
 
 
-class TryWatch:
-    """One try being observed: tell the observers how it ended."""
+class TryWatch(Try):
+    """One try being observed (the :class:`Try` observers see): tell them how it ended.
 
-    __slots__ = ("exchange", "observers", "record")
+    The observers' loops are inline here and in the other outbound hooks (as ``Observers``' own methods run
+    them): a call less per hook, each request calls several.
+    """
 
-    def __init__(self, exchange: Exchange, observers: Observers, record: Try) -> None:
+    __slots__ = ("exchange", "observers")
+
+    def __init__(
+        self, exchange: Exchange, observers: Observers, attempt: int, cluster: str | None, endpoint: str | None
+    ) -> None:
+        # Try's fields, set here: its __init__ would be one more call per try.
+        self.attempt = attempt
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.start = time.perf_counter()
+        self.end = None
+        self.status = None
+        self.error = None
+        self.reason = None
+        self.slots = {}
         self.exchange = exchange
         self.observers = observers
-        self.record = record
 
     def ended(self, response: httpx.Response) -> None:
         """The try got its response head."""
-        record = self.record
-        record.end = time.perf_counter()
-        record.status = response.status_code
-        self.observers.try_ended(self.exchange, record)
+        self.end = time.perf_counter()
+        self.status = response.status_code
+        self._told()
 
     def failed(self, exc: BaseException) -> None:
         """The try raised ``exc`` (the mesh error it maps to, when there is one)."""
-        record = self.record
-        record.end = time.perf_counter()
-        record.error = error_code(exc)
-        self.observers.try_ended(self.exchange, record)
+        self.end = time.perf_counter()
+        self.error = error_code(exc)
+        self._told()
+
+    def _told(self) -> None:
+        observers, exchange = self.observers, self.exchange
+        for observer, slotted in observers.try_ended_by:
+            if slotted and observer not in self.slots:
+                continue
+            try:
+                observer.try_ended(exchange, self)
+            except Exception:
+                observers.failure(observer, "try_ended")
 
 
 def inbound_exchange(
@@ -146,20 +169,39 @@ def try_started(
     endpoint: str | None,
 ) -> TryWatch:
     """Record a try about to be sent to ``endpoint`` and tell the observers (tracing adds its headers here)."""
-    record = Try(attempt=attempt, cluster=cluster, endpoint=endpoint)
-    if exchange.tries:
-        record.reason = retry_reason(exchange.tries[-1])
-    exchange.tries.append(record)
+    record = TryWatch(exchange, observers, attempt, cluster, endpoint)
+    tries = exchange.tries
+    if tries:
+        record.reason = retry_reason(tries[-1])
+        told = observers._try_started
+    else:
+        told = observers._first_try_started
+    tries.append(record)
     exchange.cluster, exchange.endpoint = cluster, endpoint
-    observers.try_started(exchange, record, request)
-    return TryWatch(exchange, observers, record)
+    for observer in told:
+        try:
+            observer.try_started(exchange, record, request)
+        except Exception:
+            observers.failure(observer, "try_started")
+    return record
+
+
+def _finished(exchange: Exchange, observers: Observers) -> None:
+    """``observers.finished(exchange)``, inline."""
+    for observer, slotted in observers.finished_by:
+        if slotted and observer not in exchange.slots:
+            continue
+        try:
+            observer.finished(exchange)
+        except Exception:
+            observers.failure(observer, "finished")
 
 
 def failed(exchange: Exchange, observers: Observers, exc: BaseException) -> None:
     """The request failed before a response head reached the caller."""
     exchange.error = error_code(exc)
     exchange.end = time.perf_counter()
-    observers.finished(exchange)
+    _finished(exchange, observers)
 
 
 def inbound_observed(response: httpx.Response, exchange: Exchange, observers: Observers) -> httpx.Response:
@@ -177,7 +219,8 @@ def observed(
     """
     status = exchange.status = response.status_code
     if exchange.protocol is None:
-        exchange.protocol = response.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace")
+        version = response.extensions.get("http_version", b"HTTP/1.1")
+        exchange.protocol = _PROTOCOLS.get(version) or version.decode("ascii", "replace")
     if status >= 400:  # a meshlib sidecar upstream names its local replies (they are all 4xx and 5xx)
         code = response.headers.get(ERROR_HEADER)
         if code is not None:
@@ -191,7 +234,7 @@ def observed(
         else:
             exchange.bytes_received = size
         exchange.end = time.perf_counter()
-        observers.finished(exchange)
+        _finished(exchange, observers)
     elif isinstance(stream, OnCloseStream) and not stream.closed:
         # The engine's own body wrapper counts and closes it already: one more callback, not one more layer.
         stream.also(functools.partial(_body_done, exchange, observers, stream, sending))
@@ -208,7 +251,7 @@ def _body_done(exchange: Exchange, observers: Observers, stream: OnCloseStream, 
     if stream.failure is not None:
         exchange.error = error_code(stream.failure)
     exchange.end = time.perf_counter()
-    observers.finished(exchange)
+    _finished(exchange, observers)
 
 
 class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):

@@ -13,14 +13,19 @@ its span current in ``started`` and restore the context in ``finished``.
 
 Observers run on the request path: they must be quick and must never block
 (exports and writes go to a background queue). One that raises is logged and
-otherwise ignored: observing a request must never fail it.
+otherwise ignored: observing a request must never fail it. Two class
+attributes spare an observer calls it does not need (each costs the request
+a fraction of a microsecond): ``first_tries = False`` calls ``try_started``
+for retries and hedges only (tries with a ``reason``), and ``slotted = True``
+calls ``try_ended`` and ``finished`` only for the records (``Try.slots``,
+``Exchange.slots``) holding something under the observer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -35,6 +40,10 @@ class Observer:
     """Told what happens to each request; every method does nothing unless overridden."""
 
     name = "observer"
+    # try_started for every try (True), or for retries and hedges only (a try with a reason).
+    first_tries: ClassVar[bool] = True
+    # try_ended and finished only for the Try and Exchange whose slots hold something under this observer.
+    slotted: ClassVar[bool] = False
 
     def started(self, exchange: Exchange) -> None:
         """A request begins (outbound: before its route is matched; inbound: before the app is called)."""
@@ -64,22 +73,42 @@ def _overriding(members: tuple[Observer, ...], hook: str) -> tuple[Observer, ...
 
 
 class Observers:
-    """The observers of one snapshot, told in order; a failing observer is logged and skipped."""
+    """The observers of one snapshot, told in order; a failing observer is logged and skipped.
 
-    __slots__ = ("_failed", "_finished", "_forwarding", "_started", "_try_ended", "_try_started", "members")
+    The per-hook tuples (only the observers that override the hook: every
+    request calls each hook, most observers need few) are read by the
+    outbound hooks (``hooks.py``), which loop over them inline.
+    """
+
+    __slots__ = (
+        "_failed",
+        "_first_try_started",
+        "_forwarding",
+        "_started",
+        "_try_ended",
+        "_try_started",
+        "finished_by",
+        "members",
+        "started_by",
+        "try_ended_by",
+    )
 
     def __init__(self, members: Iterable[Observer]) -> None:
         self.members: tuple[Observer, ...] = tuple(members)
         self._failed: set[str] = set()
-        # Per hook, only the observers that override it: every request calls each hook, most observers need few.
-        self._started = _overriding(self.members, "started")
-        self._try_started = _overriding(self.members, "try_started")
+        self._started = self.started_by = _overriding(self.members, "started")
+        self._try_started = _overriding(self.members, "try_started")  # a retry's or a hedge's
+        self._first_try_started = tuple(m for m in self._try_started if m.first_tries)
         self._try_ended = _overriding(self.members, "try_ended")
         self._forwarding = _overriding(self.members, "forwarding")
-        self._finished = tuple(reversed(_overriding(self.members, "finished")))
+        # (observer, slotted) pairs; finished in the reverse order of started, so context an observer set is restored
+        # last-in, first-out (inbound).
+        self.try_ended_by = tuple((m, m.slotted) for m in self._try_ended)
+        self.finished_by = tuple((m, m.slotted) for m in reversed(_overriding(self.members, "finished")))
 
-    def _failure(self, observer: Observer, what: str) -> None:
-        # Logged in full the first time per observer and hook, then at debug: a broken observer must not flood logs.
+    def failure(self, observer: Observer, what: str) -> None:
+        """``observer`` raised in hook ``what``: logged in full the first time per observer and hook, then at debug
+        (a broken observer must not flood logs)."""
         key = f"{observer.name}.{what}"
         if key in self._failed:
             logger.debug("observer %s failed in %s", observer.name, what, exc_info=True)
@@ -92,33 +121,36 @@ class Observers:
             try:
                 observer.started(exchange)
             except Exception:
-                self._failure(observer, "started")
+                self.failure(observer, "started")
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
-        for observer in self._try_started:
+        for observer in self._try_started if attempt.reason is not None else self._first_try_started:
             try:
                 observer.try_started(exchange, attempt, request)
             except Exception:
-                self._failure(observer, "try_started")
+                self.failure(observer, "try_started")
 
     def try_ended(self, exchange: Exchange, attempt: Try) -> None:
-        for observer in self._try_ended:
+        for observer, slotted in self.try_ended_by:
+            if slotted and observer not in attempt.slots:
+                continue
             try:
                 observer.try_ended(exchange, attempt)
             except Exception:
-                self._failure(observer, "try_ended")
+                self.failure(observer, "try_ended")
 
     def forwarding(self, exchange: Exchange, request: httpx.Request) -> None:
         for observer in self._forwarding:
             try:
                 observer.forwarding(exchange, request)
             except Exception:
-                self._failure(observer, "forwarding")
+                self.failure(observer, "forwarding")
 
     def finished(self, exchange: Exchange) -> None:
-        # In the reverse order of started, so context an observer set is restored last-in, first-out (inbound).
-        for observer in self._finished:
+        for observer, slotted in self.finished_by:
+            if slotted and observer not in exchange.slots:
+                continue
             try:
                 observer.finished(exchange)
             except Exception:
-                self._failure(observer, "finished")
+                self.failure(observer, "finished")

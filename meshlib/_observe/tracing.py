@@ -15,9 +15,11 @@ exports: a collector that is down or slow costs dropped spans (counted in
 from __future__ import annotations
 
 import atexit
+import binascii
 import contextvars
 import functools
 import logging
+import operator
 import random
 import threading
 import time
@@ -50,7 +52,12 @@ __all__ = ["TracingObserver", "build"]
 
 logger = logging.getLogger("meshlib.observe")
 
-_random_bits: Final = random.getrandbits  # what the SDK's RandomIdGenerator draws from
+_random_bits: Final = random.getrandbits
+_hex: Final = binascii.hexlify
+_LOW_64: Final = (1 << 64) - 1
+_LOWER_NAME: Final = operator.itemgetter(
+    1
+)  # of httpx's header entries: (raw name, lower-case name, value)  # what the SDK's RandomIdGenerator draws from
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
 CLOSE_TIMEOUT: Final = 1.0
@@ -75,6 +82,8 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _ROOT: Final = otel_context.Context()  # no parent: a new trace
 # What the SDK gives a root span its sampler dropped: not sampled, its trace id random (W3C trace context level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+# otel_context.get_current without its own call: the runtime context's (a contextvar's get).
+_current_context: Final[Callable[[], otel_context.Context]] = otel_context._RUNTIME_CONTEXT.get_current
 CLIENT: Final = SpanKind.CLIENT
 SERVER: Final = SpanKind.SERVER
 # Set with the attached context in an inbound door: finished() detaches only in the context it attached in.
@@ -119,11 +128,14 @@ def trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | No
 class Propagation:
     """The configured header formats: all injected on a try's request, the first one present extracted."""
 
-    __slots__ = ("_formats", "_names")
+    __slots__ = ("_formats", "_names", "root_formats")
 
     def __init__(self, names: Sequence[str]) -> None:
         self._names = tuple(names)
         self._formats = tuple((_PRESENCE[name], _FORMAT_HEADERS[name], _propagator(name)) for name in names)
+        # A dropped new trace's headers (TracingObserver.try_started), in the configured order: (raw name, lower-case
+        # name, value format of the hex ids).
+        self.root_formats = tuple(entry for name in names for entry in _ROOT_FORMATS[name])
 
     def extract(self, found: dict[str, str] | None) -> otel_context.Context | None:
         """The remote parent in the first configured format present in ``found`` and well formed, else None."""
@@ -139,7 +151,7 @@ class Propagation:
                 return ctx
         return None
 
-    def inject(self, headers: httpx.Headers, context: SpanContext | _Unsampled, *, replace: bool) -> None:
+    def inject(self, headers: httpx.Headers, context: SpanContext, *, replace: bool) -> None:
         """Write ``context`` into ``headers`` in every configured format; ``replace`` first removes trace headers there.
 
         The values are those OpenTelemetry's propagators write (tests/observe/test_tracing_fast_paths.py compares them
@@ -169,6 +181,19 @@ class Propagation:
                 entries.append((b"x-b3-traceid", b"x-b3-traceid", trace_id))
                 entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", sampled))
+
+
+# The headers of a new trace the sampler dropped, per format: each value formats (trace id, span id) as inject does for
+# flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root span its sampler dropped).
+_ROOT_FORMATS: Final[dict[str, tuple[tuple[bytes, bytes, bytes], ...]]] = {
+    "tracecontext": ((b"traceparent", b"traceparent", b"00-%b-%b-02"),),
+    "b3": ((b"b3", b"b3", b"%b-%b-0"),),
+    "b3multi": (
+        (b"x-b3-traceid", b"x-b3-traceid", b"%b%.0b"),
+        (b"x-b3-spanid", b"x-b3-spanid", b"%.0b%b"),
+        (b"x-b3-sampled", b"x-b3-sampled", b"%.0b%.0b0"),
+    ),
+}
 
 
 class _ExportCounter(SpanExporter):
@@ -300,46 +325,38 @@ class _DrawnIds(RandomIdGenerator):
         return drawn
 
 
-class _Unsampled:
-    """The context of a new trace the sampler dropped: what its tries' headers carry, without OpenTelemetry objects.
-
-    Most requests' at a low ratio: a ``SpanContext`` and a ``NonRecordingSpan`` for each would cost more than
-    the rest of the request's tracing. ``Propagation.inject`` reads these four attributes as it reads a
-    ``SpanContext``'s.
-    """
-
-    __slots__ = ("span_id", "trace_id")
-
-    trace_flags: Final = _UNSAMPLED_ROOT
-    trace_state: Final = None
-
-    def __init__(self, trace_id: int, span_id: int) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-
-
 class _Outbound:
-    """An outbound request's span (None for an unsampled new trace: ``unsampled`` then), and whether the caller's
-    request may have come with trace headers."""
+    """An outbound request's span, or for a new trace the sampler dropped (most requests' at a low ratio) no span
+    at all but the ids its tries' headers carry (``span`` None); and whether the caller's request may have come
+    with trace headers (to be replaced)."""
 
-    __slots__ = ("caller_headers", "span", "unsampled")
+    __slots__ = ("caller_headers", "span", "span_id", "trace_id")
 
-    def __init__(self, span: trace.Span | None, caller_headers: bool, unsampled: _Unsampled | None = None) -> None:
+    def __init__(self, span: trace.Span | None, caller_headers: bool, trace_id: int = 0, span_id: int = 0) -> None:
         self.span = span
         self.caller_headers = caller_headers
-        self.unsampled = unsampled
+        self.trace_id = trace_id
+        self.span_id = span_id
 
 
 class TracingObserver(Observer):
     """Makes the spans of each request with one mesh's own tracer provider, and propagates their context."""
 
     name = "tracing"
+    # try_ended and finished only for what holds a span: a new trace the sampler dropped keeps its ids under
+    # _root_key instead, so its request costs no more calls once its tries carry them.
+    slotted = True
 
     def __init__(self, section: TracingConfig, config: MeshConfig, runtime: Runtime) -> None:
         self.section = section
+        # Exchange.slots keys of a new trace the sampler dropped: its ids (trace id << 64 | span id), and
+        # whether its first try must replace the caller's trace headers.
+        self._root_key = object()
+        self._replace_key = object()
         self.service_name = section.service_name or config.service
         self._registry = runtime.registry
         self.propagation = Propagation(section.propagation)
+        self._root_headers = tuple((raw, value) for raw, _, value in self.propagation.root_formats)
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
@@ -407,8 +424,9 @@ class TracingObserver(Observer):
     def _outbound_parent(self, exchange: Exchange) -> tuple[otel_context.Context, bool]:
         """The parent of an outbound request's span, and whether the request may carry trace headers to replace."""
         if exchange.door != "sidecar":
-            current = otel_context.get_current()
-            if trace.get_current_span(current).get_span_context().is_valid:
+            current = _current_context()
+            # An empty context (most callers') has no span: no need to ask it for one.
+            if current and trace.get_current_span(current).get_span_context().is_valid:
                 # The caller's headers are not read here (an exchange reads them only when asked): the first try
                 # looks for trace headers to replace instead.
                 return current, True
@@ -419,11 +437,19 @@ class TracingObserver(Observer):
         sent = trace_headers(exchange.headers)
         return self.propagation.extract(sent) or _ROOT, sent is not None
 
-    def _start_client(self, exchange: Exchange) -> None:
+    def _start_client(self, exchange: Exchange, drawn: int = 0) -> None:
+        """An outbound request's span; ``drawn``: started() found no parent and drew this (sampled) trace id."""
+        if drawn:
+            # The SDK makes the span on the very trace id the decision was taken on.
+            self._ids.draw(drawn)
+            span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
+            self._client_span(exchange, span, False)
+            return
         parent, caller_headers = self._outbound_parent(exchange)
         if parent is _ROOT:
             # A new trace: the sampler's decision first (as _start_span takes it), and for most requests at a
-            # low ratio, no span at all.
+            # low ratio, no span at all: its tries carry fresh ids with the sampled flag off, as the SDK's
+            # NonRecordingSpan would (tests/observe/test_tracing_fast_paths.py compares them).
             trace_id = _random_bits(128)
             while trace_id == trace.INVALID_TRACE_ID:
                 trace_id = _random_bits(128)
@@ -431,13 +457,18 @@ class TracingObserver(Observer):
                 span_id = _random_bits(64)
                 while span_id == trace.INVALID_SPAN_ID:
                     span_id = _random_bits(64)
-                exchange.slots[self] = _Outbound(None, caller_headers, _Unsampled(trace_id, span_id))
-                exchange.trace_id = f"{trace_id:032x}"
+                exchange.slots[self._root_key] = drawn = trace_id << 64 | span_id
+                if caller_headers:  # headers that held no valid context: the first try replaces them too
+                    exchange.slots[self._replace_key] = True
+                exchange._trace_id = drawn
                 return
             self._ids.draw(trace_id)
             span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
         else:
             span = self._start_span(f"{exchange.method} {exchange.route}", parent, CLIENT)
+        self._client_span(exchange, span, caller_headers)
+
+    def _client_span(self, exchange: Exchange, span: trace.Span, caller_headers: bool) -> None:
         exchange.slots[self] = _Outbound(span, caller_headers)
         exchange.trace_id = f"{span.get_span_context().trace_id:032x}"
         if span.is_recording():
@@ -454,16 +485,24 @@ class TracingObserver(Observer):
             span.set_attributes(attributes)
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
-        outbound: _Outbound | None = exchange.slots.get(self)
+        slots = exchange.slots
+        drawn: int | None = slots.get(self._root_key)
+        if drawn is not None:  # a new trace the sampler dropped: its trace id and span id, in one number
+            hexed = _hex(drawn.to_bytes(24, "big"))
+            entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
+            # Trace headers to replace: an earlier try's (a retry resends the same request), or the caller's.
+            if len(exchange.tries) > 1 or self._replace_key in slots:
+                entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
+            ids = (hexed[:32], hexed[32:])
+            for raw, value in self._root_headers:
+                entries.append((raw, raw, value % ids))
+            return
+        outbound: _Outbound | None = slots.get(self)
         if outbound is None:
             return
         span = outbound.span
-        # Trace headers to replace: the caller's, or an earlier try's (a retry resends the same request).
+        assert span is not None
         replace = outbound.caller_headers or len(exchange.tries) > 1
-        if span is None:
-            assert outbound.unsampled is not None
-            self.propagation.inject(request.headers, outbound.unsampled, replace=replace)
-            return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
             self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
@@ -536,10 +575,36 @@ class TracingObserver(Observer):
             self.propagation.inject(request.headers, found[0].get_span_context(), replace=True)
 
     def started(self, exchange: Exchange) -> None:
-        if exchange.direction == "outbound":
-            self._start_client(exchange)
-        else:
+        if exchange.direction != "outbound":
             self._start_server(exchange)
+            return
+        # Most requests: no current span (an empty context, or the sidecar's), no trace headers from the caller,
+        # and at a low ratio, not sampled. Their decision is taken here first, on a trace id drawn as the SDK's
+        # RandomIdGenerator draws it, with TraceIdRatioBased's own bound; nothing else is made: their tries
+        # carry the ids in their headers with the sampled flag off, as an SDK NonRecordingSpan's would
+        # (tests/observe/test_tracing_fast_paths.py compares them). Every step counts here: this runs on each
+        # request, where a bytecode costs about three times what it does in a micro-benchmark.
+        if exchange.door != "sidecar" and _current_context():
+            self._start_client(exchange)  # a current context may hold a span: the general path
+            return
+        request = exchange._request
+        if request is None or exchange._headers is not None:
+            if exchange.has_any_header(_TRACE_HEADERS_RAW):
+                self._start_client(exchange)
+                return
+        elif not _TRACE_HEADERS_RAW.isdisjoint(map(_LOWER_NAME, request.headers._list)):  # a C loop: no bytecode
+            self._start_client(exchange)
+            return
+        ids = _random_bits(192)  # the trace id (its high 128 bits) and the span id (the low 64)
+        low = (ids >> 64) & _LOW_64  # the trace id's low 64 bits: what TraceIdRatioBased tests
+        if low < self._ratio.bound:  # sampled
+            self._start_client(exchange, ids >> 64 or _random_bits(64))
+            return
+        if not low or not ids & _LOW_64:  # maybe an invalid id (about one in 2**63): draw afresh
+            self._start_client(exchange)
+            return
+        exchange.slots[self._root_key] = ids
+        exchange._trace_id = ids  # formatted only if read (the access log's): see Exchange.trace_id
 
     def finished(self, exchange: Exchange) -> None:
         held = exchange.slots.pop(self, None)
@@ -547,8 +612,6 @@ class TracingObserver(Observer):
             return
         if exchange.direction == "outbound":
             span = held.span
-            if span is None:  # an unsampled new trace: nothing was made, nothing to end
-                return
             for attempt in exchange.tries:  # a try never told its end (cancelled with its request)
                 child = attempt.slots.pop(self, None)
                 if child is not None:

@@ -5,5 +5,5 @@ stream, ACK/NACK, reconnects) → manager.py (the accepted state, what to
 subscribe to next, the gate first requests wait at) → validate.py (the
 protos' validation rules) and translate.py (resources → meshlib config) →
 merge.py (beside the file's config) → the mesh compiles a snapshot as for
-any other config. Needs the ``meshlib[xds]`` extra (grpcio, xds-protos).
+any other config. Needs the ``xds`` extra (grpcio, xds-protos).
 """

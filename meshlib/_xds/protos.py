@@ -1,4 +1,4 @@
-"""The optional extra ``meshlib[xds]``: grpcio and Envoy's generated protos, imported on first use only.
+"""The optional extra ``xds`` (``meshlib-http[xds]``): grpcio and Envoy's generated protos, imported on first use only.
 
 A config with ``xds:`` on a machine without the extra fails with a
 :class:`meshlib.ConfigError` that says what to install; nothing else of
@@ -16,7 +16,7 @@ from meshlib._errors import ConfigError
 
 __all__ = ["protos"]
 
-INSTALL = "pip install 'meshlib-http[xds]'"
+INSTALL = "install the xds extra (from a clone: pip install '.[xds]')"
 
 
 @functools.cache

@@ -19,9 +19,14 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatio
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from meshlib._observe.exchange import Exchange, Try, outbound
+from meshlib._observe.observers import Observers
 from meshlib._observe.tracing import Propagation, TracingObserver
 from tests.conftest import MakeMesh
-from tests.observe.tracing_helpers import tracer_of
+from tests.observe.tracing_helpers import collector, tracer_of
+from tests.zipkin_collector import ZipkinCollector
+
+__all__ = ["collector"]  # a fixture, imported for the tests below
 
 TRACE_ID, SPAN_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
 STATE = TraceState([("vendor", "opaque"), ("other", "1")])
@@ -102,3 +107,113 @@ def test_a_new_trace_is_sampled_by_its_trace_id_as_trace_id_ratio_based_decides(
         decisions.append(decided)
         span.end()
     assert 0.18 < sum(decisions) / len(decisions) < 0.32
+
+
+# A new trace the sampler drops makes no span at all: its tries carry fresh ids, flags 02 (random trace id, not
+# sampled), formatted by the observer itself. These hold its headers to the propagators' for those ids.
+
+
+def _config(collector: ZipkinCollector, **tracing: Any) -> dict[str, Any]:
+    return {"allow_empty": True, "tracing": {**tracing, "zipkin": {"endpoint": collector.endpoint}}}
+
+
+def _request(**headers: str) -> httpx.Request:
+    return httpx.Request("GET", "http://ratings/x", headers={"accept": "*/*", **headers})
+
+
+def _send_try(observer: TracingObserver, exchange: Exchange, request: httpx.Request) -> None:
+    attempt = Try(len(exchange.tries) + 1, "c", "http://10.0.0.1:80")
+    exchange.tries.append(attempt)
+    observer.try_started(exchange, attempt, request)
+
+
+@pytest.mark.parametrize("formats", FORMATS, ids="+".join)
+def test_a_dropped_new_trace_s_tries_carry_fresh_unsampled_ids_as_the_propagators_write_them(
+    make_mesh: MakeMesh, collector: ZipkinCollector, formats: list[str]
+) -> None:
+    observer = tracer_of(make_mesh(_config(collector, sampling=0.0, propagation=formats)))
+    seen = set()
+    for _ in range(20):
+        request = _request()
+        exchange = outbound(request, "r", "client")
+        observer.started(exchange)
+        _send_try(observer, exchange, request)
+        _send_try(observer, exchange, request)  # a retry resends the request: its headers are replaced
+        trace_id = exchange.trace_id
+        assert trace_id is not None
+        assert len(trace_id) == 32
+        found = dict(request.headers)
+        if "traceparent" in found:
+            span_id = found["traceparent"].split("-")[2]
+        elif "b3" in found:
+            span_id = found["b3"].split("-")[1]
+        else:
+            span_id = found["x-b3-spanid"]
+        context = SpanContext(int(trace_id, 16), int(span_id, 16), False, TraceFlags(0x02))
+        theirs = _request().headers
+        carrier = trace.set_span_in_context(trace.NonRecordingSpan(context), otel_context.Context())
+        for name in formats:
+            LIBRARY[name].inject(theirs, carrier)
+        assert request.headers.multi_items() == theirs.multi_items()
+        assert context.is_valid
+        seen.add(trace_id)
+        Observers([observer]).finished(exchange)
+    assert len(seen) == 20  # a new trace id per request
+    assert observer.flush()
+    assert observer.stats()["spans"] == 0
+
+
+def test_a_new_trace_s_sampled_share_is_the_ratio_and_each_decision_is_trace_id_ratio_based_s(
+    make_mesh: MakeMesh, collector: ZipkinCollector
+) -> None:
+    observer = tracer_of(make_mesh(_config(collector, sampling=0.25)))
+    ratio = TraceIdRatioBased(0.25)
+    decisions = []
+    for _ in range(2000):
+        request = _request()
+        exchange = outbound(request, "r", "client")
+        observer.started(exchange)
+        _send_try(observer, exchange, request)
+        trace_id, _, flags = request.headers["traceparent"].split("-")[1:]
+        decided = ratio.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+        assert decided == (flags in ("01", "03"))
+        assert trace_id == exchange.trace_id
+        decisions.append(decided)
+        Observers([observer]).finished(exchange)
+    assert 0.2 < sum(decisions) / len(decisions) < 0.3
+    assert observer.flush()
+    assert observer.stats()["spans"] == 2 * sum(decisions)  # a client span and a try span each, no more
+
+
+@pytest.mark.parametrize(
+    ("headers", "formats"),
+    [
+        ({"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00"}, ["tracecontext", "b3"]),
+        ({"b3": f"{TRACE_ID:032x}-{SPAN_ID:016x}-0"}, ["b3", "tracecontext"]),
+        ({"x-b3-traceid": f"{TRACE_ID:032x}", "x-b3-spanid": f"{SPAN_ID:016x}", "x-b3-sampled": "0"}, ["b3multi"]),
+    ],
+    ids=["traceparent-00", "b3-0", "b3multi-0"],
+)
+def test_an_unsampled_parent_s_trace_goes_on_unsampled(
+    make_mesh: MakeMesh, collector: ZipkinCollector, headers: dict[str, str], formats: list[str]
+) -> None:
+    observer = tracer_of(make_mesh(_config(collector, sampling=1.0, propagation=formats)))
+    request = _request(**headers)
+    exchange = outbound(request, "r", "sidecar")
+    observer.started(exchange)
+    _send_try(observer, exchange, request)
+    assert exchange.trace_id == f"{TRACE_ID:032x}"
+    sent = dict(request.headers)
+    if "traceparent" in sent:
+        assert sent["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
+        assert sent["traceparent"][-2:] in ("00", "02")
+    if "b3" in sent:
+        assert sent["b3"].startswith(f"{TRACE_ID:032x}-")
+        assert sent["b3"].endswith("-0")
+    if "x-b3-traceid" in sent:
+        assert (sent["x-b3-traceid"], sent["x-b3-sampled"]) == (f"{TRACE_ID:032x}", "0")
+    assert f"{SPAN_ID:016x}" not in str(request.headers.multi_items())  # a span id of its own
+    assert len(request.headers.get_list("traceparent") + request.headers.get_list("b3")) <= 2  # replaced
+    Observers([observer]).finished(exchange)
+    assert observer.flush()
+    assert observer.stats()["spans"] == 0

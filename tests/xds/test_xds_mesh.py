@@ -302,7 +302,11 @@ def test_without_the_extra_a_mesh_with_xds_says_what_to_install(
     finally:
         protos.protos.cache_clear()
     assert info.value.errors == [
-        ("xds", "xDS needs grpcio and xds-protos (grpc is missing): pip install 'meshlib-http[xds]'")
+        (
+            "xds",
+            "xDS needs grpcio and xds-protos (grpc is missing):"
+            " install the xds extra (from a clone: pip install '.[xds]')",
+        )
     ]
 
 
