@@ -81,7 +81,8 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._closed = True
             if self._alarm is not None:
                 self._alarm.cancel()
-            for on_close in reversed(self._on_close):
+            callbacks, self._on_close = self._on_close, []  # they may refer to this stream: no cycle left behind
+            for on_close in reversed(callbacks):
                 on_close()
 
     def __iter__(self) -> Iterator[bytes]:

@@ -87,7 +87,7 @@ class TryWatch(Try):
         self.error = None
         self.reason = None
         self.slots = {}
-        self.exchange = exchange
+        self.exchange: Exchange | None = exchange
         self.observers = observers
 
     def ended(self, response: httpx.Response) -> None:
@@ -104,6 +104,8 @@ class TryWatch(Try):
 
     def _told(self) -> None:
         observers, exchange = self.observers, self.exchange
+        if exchange is None:  # told already, and the exchange finished
+            return
         for observer, slotted in observers.try_ended_by:
             if slotted and observer not in self.slots:
                 continue
@@ -187,7 +189,7 @@ def try_started(
 
 
 def _finished(exchange: Exchange, observers: Observers) -> None:
-    """``observers.finished(exchange)``, inline."""
+    """``observers.finished(exchange)``, inline; then the exchange ↔ try cycles are broken."""
     for observer, slotted in observers.finished_by:
         if slotted and observer not in exchange.slots:
             continue
@@ -195,6 +197,12 @@ def _finished(exchange: Exchange, observers: Observers) -> None:
             observer.finished(exchange)
         except Exception:
             observers.failure(observer, "finished")
+    # A try refers to its exchange, which lists it: left to the cyclic collector, every request's objects
+    # would outlive it (RSS climbing several MB under load in the sidecar, and collector time). A try still
+    # in flight (a hedge that lost) keeps its exchange, to be told when it ends.
+    for record in exchange.tries:
+        if record.end is not None and type(record) is TryWatch:
+            record.exchange = None
 
 
 def failed(exchange: Exchange, observers: Observers, exc: BaseException) -> None:

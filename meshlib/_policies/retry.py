@@ -293,6 +293,9 @@ class RetryFilter:
     def _ended(self, state: RetryCallState) -> None:
         if state.attempt_number > 1:
             self.state.count("retried_requests")
+        # tenacity keeps its next steps (bound methods of the Retrying) in that Retrying's thread-local state: a
+        # reference cycle per retried request, left to the cyclic collector unless emptied once it is done.
+        state.retry_object.iter_state.reset()
 
     def _final(self, request: Request, response: Response | None, error: BaseException | None) -> bool:
         """Whether a first outcome needs no retry (so no tenacity objects are built)."""

@@ -89,9 +89,10 @@ _RELOAD_TIMEOUTS: dict[str, float | None] = {**_PEER_TIMEOUTS, "read": RELOAD_WA
 # The collector's thresholds once serving (Python's: 700, 10, 10). At 700 the objects of the requests in
 # flight alone start a young collection every few dozen requests (benchmarks/soak_sidecar.py
 # --no-observability, 64 connections: 4,300 collections over 147k requests, about 4 µs a request; at 3,000:
-# 3 collections). With observers on, requests leave cyclic garbage and collections run anyway: 17-20 µs a
-# request in the collector at 700, 13-17 at 3,000. 50,000 was worse there: its young generation outgrows the
-# CPU caches (28 µs a request, pauses of 40-60 ms, RSS +8 MB). Start-up's objects are frozen (gc.freeze).
+# 3 collections). Requests leave no cyclic garbage, observers on or off (tests/observe/test_no_cyclic_garbage.py):
+# when they did, collections ran anyway, 13-20 µs a request in the collector, and RSS climbed for minutes. 50,000
+# was worse: its young generation outgrows the CPU caches (pauses of 40-60 ms). Start-up's objects are frozen
+# (gc.freeze).
 _GC_THRESHOLDS: Final = (3_000, 20, 100)
 
 
