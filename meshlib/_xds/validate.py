@@ -505,10 +505,7 @@ def _compile_repeated(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Che
         if not items and (ignore_empty or not count_rules):
             return
         here: _Path = (path, name)
-        for rule in count_rules:
-            err = rule(len(items))
-            if err is not None:
-                out.add(here, err)
+        _check_count(count_rules, len(items), here, out)
         if unique:
             seen: dict[Any, int] = {}
             for i, item in enumerate(items):
@@ -522,6 +519,14 @@ def _compile_repeated(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Che
                 elem(item, (here, i), out)
 
     return check
+
+
+def _check_count(count_rules: list[_Rule], count: int, here: _Path, out: _Out) -> None:
+    """A repeated field's or a map's item-count rules."""
+    for rule in count_rules:
+        err = rule(count)
+        if err is not None:
+            out.add(here, err)
 
 
 def _compile_map(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Check | None:
@@ -548,10 +553,7 @@ def _compile_map(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Check | 
         if not entries and (ignore_empty or not count_rules):
             return
         here: _Path = (path, name)
-        for rule in count_rules:
-            err = rule(len(entries))
-            if err is not None:
-                out.add(here, err)
+        _check_count(count_rules, len(entries), here, out)
         for key in sorted(entries):  # deterministic order, like PGV
             at: _Path = (here, _Seg(f"[{_fmt_key(key)}]"))
             if key_check is not None:
