@@ -505,7 +505,7 @@ def _compile_repeated(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Che
         if not items and (ignore_empty or not count_rules):
             return
         here: _Path = (path, name)
-        _check_count(count_rules, len(items), here, out)
+        _apply(count_rules, len(items), here, out)
         if unique:
             seen: dict[Any, int] = {}
             for i, item in enumerate(items):
@@ -521,12 +521,12 @@ def _compile_repeated(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Che
     return check
 
 
-def _check_count(count_rules: list[_Rule], count: int, here: _Path, out: _Out) -> None:
-    """A repeated field's or a map's item-count rules."""
-    for rule in count_rules:
-        err = rule(count)
+def _apply(rules: Iterable[_Rule], value: Any, path: _Path, out: _Out) -> None:
+    """Report every rule ``value`` breaks at ``path``."""
+    for rule in rules:
+        err = rule(value)
         if err is not None:
-            out.add(here, err)
+            out.add(path, err)
 
 
 def _compile_map(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Check | None:
@@ -553,7 +553,7 @@ def _compile_map(field: Any, rules: Any, staging: dict[str, _Plan]) -> _Check | 
         if not entries and (ignore_empty or not count_rules):
             return
         here: _Path = (path, name)
-        _check_count(count_rules, len(entries), here, out)
+        _apply(count_rules, len(entries), here, out)
         for key in sorted(entries):  # deterministic order, like PGV
             at: _Path = (here, _Seg(f"[{_fmt_key(key)}]"))
             if key_check is not None:
@@ -658,10 +658,7 @@ def _value_check(rules: list[_Rule], ignore_empty: bool) -> _Check | None:
     def many(value: Any, path: _Path, out: _Out) -> None:
         if ignore_empty and not value:
             return
-        for rule in all_rules:
-            err = rule(value)
-            if err is not None:
-                out.add(path, err)
+        _apply(all_rules, value, path, out)
 
     return many
 
@@ -1086,11 +1083,7 @@ def _duration_check(drules: Any) -> _Check:
             out.add(path, f"not a valid duration (seconds={seconds}, nanos={nanos})")
             return
         if all_rules:
-            value = seconds * _NS + nanos
-            for rule in all_rules:
-                err = rule(value)
-                if err is not None:
-                    out.add(path, err)
+            _apply(all_rules, seconds * _NS + nanos, path, out)
 
     return check
 
@@ -1120,11 +1113,7 @@ def _timestamp_check(trules: Any) -> _Check | None:
         if not (_TIMESTAMP_MIN_SECONDS <= seconds <= _TIMESTAMP_MAX_SECONDS and 0 <= nanos <= _NANOS_MAX):
             out.add(path, f"not a valid timestamp (seconds={seconds}, nanos={nanos})")
             return
-        value = seconds * _NS + nanos
-        for rule in all_rules:
-            err = rule(value)
-            if err is not None:
-                out.add(path, err)
+        _apply(all_rules, seconds * _NS + nanos, path, out)
 
     return check
 
