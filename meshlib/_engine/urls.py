@@ -17,12 +17,19 @@ import httpx
 __all__ = ["path_of", "with_origin", "with_path"]
 
 
+_FIELDS = ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
+
+
 def _probe() -> bool:
     ref: Any = getattr(httpx.URL("http://a/"), "_uri_reference", None)
-    return ref is not None and hasattr(ref, "_replace") and hasattr(ref, "path")
+    return ref is not None and getattr(ref, "_fields", None) == _FIELDS
 
 
 _FAST = _probe()
+# The parsed form's class, a named tuple of _FIELDS: built with tuple.__new__, as its _replace does after a
+# keyword-argument round trip that costs more than the rest of a with_origin.
+_PARSED: Any = type(httpx.URL("http://a/")._uri_reference) if _FAST else None
+_new_tuple = tuple.__new__
 
 
 def path_of(url: httpx.URL) -> str:
@@ -37,8 +44,9 @@ def with_origin(url: httpx.URL, origin: httpx.URL) -> httpx.URL:
     """``url``'s path and query on ``origin``'s scheme, host and port."""
     if _FAST:
         o = origin._uri_reference
+        r = url._uri_reference
         new = httpx.URL.__new__(httpx.URL)
-        new._uri_reference = url._uri_reference._replace(scheme=o.scheme, userinfo="", host=o.host, port=o.port)
+        new._uri_reference = _new_tuple(_PARSED, (o[0], "", o[2], o[3], r[4], r[5], r[6]))
         return new
     return url.copy_with(scheme=origin.scheme, host=origin.host, port=origin.port)
 
@@ -46,8 +54,9 @@ def with_origin(url: httpx.URL, origin: httpx.URL) -> httpx.URL:
 def with_path(url: httpx.URL, path: str) -> httpx.URL:
     """``url`` with its path replaced by an already percent-encoded ``path``."""
     if _FAST:
+        r = url._uri_reference
         new = httpx.URL.__new__(httpx.URL)
-        new._uri_reference = url._uri_reference._replace(path=path)
+        new._uri_reference = _new_tuple(_PARSED, (r[0], r[1], r[2], r[3], path, r[5], r[6]))
         return new
     query = url.query
     return url.copy_with(raw_path=path.encode("ascii") + (b"?" + query if query else b""))

@@ -41,7 +41,7 @@ from meshlib._policies.rewrite import RewriteFilter, RewritePolicy
 from meshlib._policies.split import SplitPolicy
 from meshlib._policies.storage import StorageRegistry
 from meshlib._policies.timeout import DeadlineFilter, PerTryTimeoutFilter
-from meshlib._snapshot.matchers import compile_match
+from meshlib._snapshot.matchers import compile_match, path_literal
 from meshlib._snapshot.route import CompiledRoute
 from meshlib._snapshot.route_table import RouteTable
 from meshlib._snapshot.snapshot import Snapshot
@@ -260,6 +260,7 @@ def _compile_route(
         index=index,
         host=config.match.host if config.match.authority is None else authority_host(config.match.authority),
         predicates=compile_match(config.match, rt.rng),
+        path_literal=path_literal(config.match),
         filters=filters,
         clusters=split.clusters if split else (),
         legs=legs,

@@ -10,7 +10,7 @@ import httpx
 
 from meshlib._config.models import RouteMatchConfig, StringMatchConfig
 
-__all__ = ["MatchInput", "Predicate", "ValueMatcher", "compile_match", "compile_value"]
+__all__ = ["MatchInput", "Predicate", "ValueMatcher", "compile_match", "compile_value", "path_literal"]
 
 ValueMatcher = Callable[[str | None], bool]
 
@@ -35,9 +35,15 @@ class MatchInput:
         """The header's value; repeated headers joined with ", " (the view httpx and Envoy's matchers give)."""
         headers = self._headers
         if headers is None:
-            headers = self._headers = {}
-            for key, value in self.request.headers.multi_items():
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            raw = self.request.headers
+            # multi_items()'s view, decoded with the headers' encoding looked up once (it asks twice per header).
+            encoding = raw.encoding
+            items = [(key.decode(encoding), value.decode(encoding)) for _, key, value in raw._list]
+            headers = self._headers = dict(items)
+            if len(headers) < len(items):  # a repeated header: its values joined, in order
+                headers.clear()
+                for key, value in items:
+                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
         return headers.get(name)
 
     def query(self, name: str) -> str | None:
@@ -74,6 +80,49 @@ def _header(name: str, match: ValueMatcher) -> Predicate:
 
 def _query(name: str, match: ValueMatcher) -> Predicate:
     return lambda m: match(m.query(name))
+
+
+# Characters a path regex may start with that stand for themselves (the rest may be syntax): a regex's literal
+# start is what a path it matches starts with, so the route table can index it as a prefix.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/-_~%:@!&',;=")
+_QUANTIFIERS = frozenset("*+?{")
+
+
+def _regex_literal(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` starts with ('' when it starts with syntax)."""
+    if "|" in pattern:
+        return ""  # an alternation may be at the top level: then no start is common to every match
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern) and pattern[i + 1] in ".-/":
+            char, step = pattern[i + 1], 2  # an escaped character that is plain text
+        elif char in _PLAIN:
+            step = 1
+        else:
+            break
+        if i + step < len(pattern) and pattern[i + step] in _QUANTIFIERS:
+            break  # "ab*": the b is optional, so the literal ends before it
+        out.append(char)
+        i += step
+    return "".join(out)
+
+
+def path_literal(config: RouteMatchConfig) -> tuple[str, bool] | None:
+    """What a path must be (``(path, True)``) or start with (``(prefix, False)``) for ``config`` to match it.
+
+    None when the match says nothing usable of the path. The route table indexes routes by it; the route's own
+    predicates still decide.
+    """
+    if config.path is not None:
+        return config.path, True
+    if config.path_prefix is not None:
+        return config.path_prefix, False
+    if config.path_regex is not None:
+        literal = _regex_literal(config.path_regex)
+        return (literal, False) if literal else None
+    return None
 
 
 def compile_match(config: RouteMatchConfig, rng: random.Random | None = None) -> tuple[Predicate, ...]:

@@ -24,7 +24,9 @@ class CompiledRoute:
     sees a CompiledRoute as a ``route_stack.Route``.
 
     ``implicit`` marks the route every cluster gets for its own name as host
-    (``http://ratings/``), placed after all configured routes.
+    (``http://ratings/``), placed after all configured routes. ``path_literal``
+    is what a path must be, ``(path, True)``, or start with, ``(prefix, False)``,
+    for the route to match (``matchers.path_literal``): the route table's index.
     """
 
     name: str
@@ -37,6 +39,7 @@ class CompiledRoute:
     handle: SyncHandler = field(repr=False)
     handle_async: AsyncHandler = field(repr=False)
     implicit: bool = False
+    path_literal: tuple[str, bool] | None = None
 
     def matches(self, request: httpx.Request) -> bool:
         """Whether every predicate but the host holds (the route table checks hosts)."""
