@@ -75,17 +75,17 @@ def send(request: Request, tls: ClusterTls | None = None) -> Response:
         state.release()
         mapped = upstream_error(exc, ctx)
         if watch is not None:
-            watch.failed(mapped or exc)
+            watch.failed(ctx.exchange, mapped or exc)
         if mapped is None:
             raise
         raise mapped from exc
     except BaseException as exc:
         state.release()
         if watch is not None:
-            watch.failed(exc)
+            watch.failed(ctx.exchange, exc)
         raise
     if watch is not None:
-        watch.ended(response)
+        watch.ended(ctx.exchange, response)
     return release_when_closed(response, state.release, ctx)
 
 
@@ -110,15 +110,15 @@ async def send_async(request: Request, tls: ClusterTls | None = None) -> Respons
         state.release()
         mapped = upstream_error(exc, ctx)
         if watch is not None:
-            watch.failed(mapped or exc)
+            watch.failed(ctx.exchange, mapped or exc)
         if mapped is None:
             raise
         raise mapped from exc
     except BaseException as exc:
         state.release()
         if watch is not None:
-            watch.failed(exc)
+            watch.failed(ctx.exchange, exc)
         raise
     if watch is not None:
-        watch.ended(response)
+        watch.ended(ctx.exchange, response)
     return release_when_closed(response, state.release, ctx)

@@ -21,17 +21,17 @@ Direction = Literal["outbound", "inbound"]
 class Try:
     """One try of an outbound request: to which endpoint, how it ended, and why it was made."""
 
-    __slots__ = ("attempt", "cluster", "end", "endpoint", "error", "reason", "slots", "start", "status")
+    # No __slots__: the fields a try starts without are class attributes, so making one stores only the others.
+    end: float | None = None
+    status: int | None = None
+    error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
+    reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
 
     def __init__(self, attempt: int, cluster: str | None, endpoint: str | None) -> None:
         self.attempt = attempt
         self.cluster = cluster
         self.endpoint = endpoint
         self.start = time.perf_counter()
-        self.end: float | None = None
-        self.status: int | None = None
-        self.error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
-        self.reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
         self.slots: dict[object, Any] = {}
 
     @property
@@ -65,35 +65,38 @@ class Exchange:
     traced and many are never logged): making one costs a few attribute stores.
     """
 
-    __slots__ = (
-        "_authority",
-        "_bytes_sent",
-        "_headers",
-        "_method",
-        "_path",
-        "_request",
-        "_request_id",
-        "_scheme",
-        "_start_time",
-        "_trace_id",
-        "_user_agent",
-        "bytes_received",
-        "cluster",
-        "denied_by",
-        "direction",
-        "door",
-        "end",
-        "endpoint",
-        "error",
-        "fault",
-        "peer",
-        "protocol",
-        "route",
-        "slots",
-        "start",
-        "status",
-        "tries",
-    )
+    # No __slots__: each field's default is a class attribute, so the exchange every observed request makes
+    # (outbound()) stores only what differs from them, a third of the fields.
+    _request: httpx.Request | None = None
+    _method: str | None = None
+    _scheme: str | None = None
+    _authority: str | None = None
+    _path: str | None = None
+    _headers: list[tuple[bytes, bytes]] | None = None
+    _user_agent: str | None = None
+    _request_id: str | None = None
+    _bytes_sent: int | None = None
+    _start_time: float | None = None  # the wall clock's, read from it when first asked (see start_time)
+    _trace_id: str | int | None = None
+    direction: Direction = "outbound"
+    door = "client"  # outbound: "client" (in process) or "sidecar"; inbound: "asgi", "wsgi" or "sidecar"
+    route: str | None = None
+    cluster: str | None = None
+    endpoint: str | None = None
+    status: int | None = None
+    error: str | None = None
+    bytes_received = 0
+    end: float | None = None
+    peer: str | None = None
+    denied_by: str | None = None
+    protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
+    fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
+    # Outbound: header entries (httpx's (raw name, lower-case name, value)) an observer's started() asks every
+    # try's request to carry, added by the engine's try hook (hooks.try_started) with no call to the observer.
+    inject: list[tuple[bytes, bytes, bytes]] | None = None
+    start: float
+    tries: list[Try]
+    slots: dict[object, Any]
 
     def __init__(
         self,
@@ -115,7 +118,7 @@ class Exchange:
         bytes_sent: int | None = None,
     ) -> None:
         self.direction = direction
-        self.door = door  # outbound: "client" (in process) or "sidecar"; inbound: "asgi", "wsgi" or "sidecar"
+        self.door = door
         self._request = request
         self._method = method
         self._scheme = scheme
@@ -125,22 +128,13 @@ class Exchange:
         self._user_agent = user_agent
         self._request_id = request_id
         self._bytes_sent = bytes_sent
-        self._start_time: float | None = None  # the wall clock's, read from it when first asked (see start_time)
         self.start = time.perf_counter()
         self.route = route
-        self.cluster: str | None = None
-        self.endpoint: str | None = None
-        self.tries: list[Try] = []
+        self.tries = []
         self.status = status
-        self.error: str | None = None
         self.bytes_received = bytes_received
-        self.end: float | None = None
         self.peer = peer
-        self.denied_by: str | None = None
-        self._trace_id: str | int | None = None
-        self.protocol: str | None = None  # "HTTP/1.1", "HTTP/2", ... as the door or the upstream spoke it
-        self.fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
-        self.slots: dict[object, Any] = {}
+        self.slots = {}
 
     @property
     def start_time(self) -> float:
@@ -271,26 +265,13 @@ _new = object.__new__
 
 def outbound(request: httpx.Request, route: str | None, door: str) -> Exchange:
     """``Exchange("outbound", door, request=request, route=route)``, made without the constructor's keyword
-    arguments: every request through a mesh with observers makes one."""
+    arguments and storing only what differs from the defaults: every request through a mesh with observers
+    makes one."""
     exchange: Exchange = _new(Exchange)
-    exchange.direction = "outbound"
     exchange.door = door
     exchange._request = request
-    exchange._method = exchange._scheme = exchange._authority = exchange._path = None
-    exchange._headers = None
-    exchange._user_agent = exchange._request_id = None
-    exchange._bytes_sent = None
-    exchange._start_time = None
     exchange.start = time.perf_counter()
     exchange.route = route
-    exchange.cluster = exchange.endpoint = None
     exchange.tries = []
-    exchange.status = None
-    exchange.error = None
-    exchange.bytes_received = 0
-    exchange.end = None
-    exchange.peer = exchange.denied_by = None
-    exchange._trace_id = None
-    exchange.protocol = exchange.fault = None
     exchange.slots = {}
     return exchange

@@ -69,43 +69,36 @@ class TryWatch(Try):
     """One try being observed (the :class:`Try` observers see): tell them how it ended.
 
     The observers' loops are inline here and in the other outbound hooks (as ``Observers``' own methods run
-    them): a call less per hook, each request calls several.
+    them): a call less per hook, each request calls several. A watch holds no reference to its exchange (the
+    caller passes it): the exchange lists its tries, and a cycle would leave every request's records to the
+    cyclic collector.
     """
 
-    __slots__ = ("exchange", "observers")
-
-    def __init__(
-        self, exchange: Exchange, observers: Observers, attempt: int, cluster: str | None, endpoint: str | None
-    ) -> None:
+    def __init__(self, observers: Observers, attempt: int, cluster: str | None, endpoint: str | None) -> None:
         # Try's fields, set here: its __init__ would be one more call per try.
         self.attempt = attempt
         self.cluster = cluster
         self.endpoint = endpoint
         self.start = time.perf_counter()
-        self.end = None
-        self.status = None
-        self.error = None
-        self.reason = None
         self.slots = {}
-        self.exchange: Exchange | None = exchange
         self.observers = observers
 
-    def ended(self, response: httpx.Response) -> None:
+    def ended(self, exchange: Exchange | None, response: httpx.Response) -> None:
         """The try got its response head."""
         self.end = time.perf_counter()
         self.status = response.status_code
-        self._told()
+        self._told(exchange)
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exchange: Exchange | None, exc: BaseException) -> None:
         """The try raised ``exc`` (the mesh error it maps to, when there is one)."""
         self.end = time.perf_counter()
         self.error = error_code(exc)
-        self._told()
+        self._told(exchange)
 
-    def _told(self) -> None:
-        observers, exchange = self.observers, self.exchange
-        if exchange is None:  # told already, and the exchange finished
+    def _told(self, exchange: Exchange | None) -> None:
+        if exchange is None:  # its context no longer reports to an exchange
             return
+        observers = self.observers
         for observer, slotted in observers.try_ended_by:
             if slotted and observer not in self.slots:
                 continue
@@ -171,16 +164,24 @@ def try_started(
     endpoint: str | None,
 ) -> TryWatch:
     """Record a try about to be sent to ``endpoint`` and tell the observers (tracing adds its headers here)."""
-    record = TryWatch(exchange, observers, attempt, cluster, endpoint)
+    record = TryWatch(observers, attempt, cluster, endpoint)
     tries = exchange.tries
+    inject = exchange.inject
     if tries:
         record.reason = retry_reason(tries[-1])
-        told = observers._try_started
+        told = observers.try_started_by
+        # A retry resends its request (which has them already), a hedge sends a copy of the route's (which has not).
+        if inject is not None and inject[0] not in request.headers._list:
+            request.headers._list.extend(inject)
     else:
-        told = observers._first_try_started
+        told = observers.first_try_started_by
+        if inject is not None:
+            request.headers._list.extend(inject)
     tries.append(record)
     exchange.cluster, exchange.endpoint = cluster, endpoint
-    for observer in told:
+    for observer, slotted in told:
+        if slotted and observer not in exchange.slots:
+            continue
         try:
             observer.try_started(exchange, record, request)
         except Exception:
@@ -189,7 +190,7 @@ def try_started(
 
 
 def _finished(exchange: Exchange, observers: Observers) -> None:
-    """``observers.finished(exchange)``, inline; then the exchange ↔ try cycles are broken."""
+    """``observers.finished(exchange)``, inline."""
     for observer, slotted in observers.finished_by:
         if slotted and observer not in exchange.slots:
             continue
@@ -197,12 +198,6 @@ def _finished(exchange: Exchange, observers: Observers) -> None:
             observer.finished(exchange)
         except Exception:
             observers.failure(observer, "finished")
-    # A try refers to its exchange, which lists it: left to the cyclic collector, every request's objects
-    # would outlive it (RSS climbing several MB under load in the sidecar, and collector time). A try still
-    # in flight (a hedge that lost) keeps its exchange, to be told when it ends.
-    for record in exchange.tries:
-        if record.end is not None and type(record) is TryWatch:
-            record.exchange = None
 
 
 def failed(exchange: Exchange, observers: Observers, exc: BaseException) -> None:

@@ -130,8 +130,12 @@ _KNOWN_ERRORS: Final = frozenset(_LOCAL_STATUS) | {
     "bad_request",
 }
 _OTHER_ERROR = "other"
-_STATUS_CLASS: Final = {status: f"{status // 100}xx" for status in range(100, 600)}
 _NO_STATUS = "none"
+# None too: a request with no status at all (finished() looks it up without a test first).
+_STATUS_CLASS: Final[dict[int | None, str]] = {
+    **{status: f"{status // 100}xx" for status in range(100, 600)},
+    None: _NO_STATUS,
+}
 
 
 def status_class(status: int | None, error: str | None) -> str:
@@ -197,8 +201,9 @@ class _Outbound(Collector):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.routes: dict[str, _Route] = {}
-        self.wheres: dict[tuple[str, str, str], _Where] = {}  # by raw (route, cluster, endpoint)
+        self.routes: dict[str | None, _Route] = {}  # by the exchange's route (None: no route)
+        # By the exchange's raw (route, cluster, endpoint), None where it has none.
+        self.wheres: dict[tuple[str | None, str | None, str | None], _Where] = {}
         self._by_labels: dict[tuple[str, str, str], _Where] = {}  # by label values (the endpoint redacted)
         self.request_series: list[tuple[_Where, tuple[str, str]]] = []  # in the order each first counted
         self.histogram_series: list[_Where] = []
@@ -206,15 +211,16 @@ class _Outbound(Collector):
         self._retry_labels: dict[tuple[str, str, str, str], list[int]] = {}
         self.retry_series: list[tuple[tuple[str, str, str, str], list[int]]] = []
 
-    def route(self, name: str) -> _Route:
+    def route(self, name: str | None) -> _Route:
         with self.lock:
-            found = self.routes.get(name)
+            found = self.routes.get(name or "")
             if found is None:
-                found = self.routes[name] = _Route(name)
+                found = self.routes[name or ""] = _Route(name or "")
+            self.routes[name] = found  # None shares ""'s series
             return found
 
-    def where(self, key: tuple[str, str, str]) -> _Where:
-        labels = (key[0], key[1], _endpoint(key[2]))
+    def where(self, key: tuple[str | None, str | None, str | None]) -> _Where:
+        labels = (key[0] or "", key[1] or "", _endpoint(key[2] or ""))
         with self.lock:
             found = self._by_labels.get(labels)
             if found is None:
@@ -233,7 +239,8 @@ class _Outbound(Collector):
             return found
 
     def series(self) -> int:
-        return len(self.request_series) + len(self.histogram_series) + len(self.routes) + len(self.retry_series)
+        routes = len(self.routes) - (None in self.routes)
+        return len(self.request_series) + len(self.histogram_series) + routes + len(self.retry_series)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -242,7 +249,7 @@ class _Outbound(Collector):
         with self.lock:
             requests = [(where.labels, outcome, where.outcomes[outcome]) for where, outcome in self.request_series]
             histograms = [(where.labels, list(where.buckets), where.sum) for where in self.histogram_series]
-            active = [(route.name, route.active) for route in self.routes.values()]
+            active = [(route.name, route.active) for key, route in self.routes.items() if key is not None]
             retries = [(labels, cell[0]) for labels, cell in self.retry_series]
         counter, histogram, gauge, retried = families = self._families()
         for labels, (klass, error), count in requests:
@@ -314,9 +321,9 @@ class MetricsObserver(Observer):
             self._inbound_active.inc()
             return
         outbound = self._outbound
-        route = outbound.routes.get(exchange.route or "")
+        route = outbound.routes.get(exchange.route)
         if route is None:
-            route = outbound.route(exchange.route or "")
+            route = outbound.route(exchange.route)
         lock = outbound.lock
         lock.acquire()  # not `with`: twice as long, and nothing here raises
         route.active += 1
@@ -339,7 +346,7 @@ class MetricsObserver(Observer):
     def finished(self, exchange: Exchange) -> None:
         status, error = exchange.status, exchange.error
         if error is None:
-            klass = _STATUS_CLASS.get(status, _NO_STATUS) if status is not None else _NO_STATUS
+            klass = _STATUS_CLASS.get(status, _NO_STATUS)
             error = ""
         else:
             klass = status_class(status, error)
@@ -350,7 +357,7 @@ class MetricsObserver(Observer):
             self._inbound_finished(exchange, klass, error, None if end is None else end - exchange.start)
             return
         outbound = self._outbound
-        key = (exchange.route or "", exchange.cluster or "", exchange.endpoint or "")
+        key = (exchange.route, exchange.cluster, exchange.endpoint)
         where = outbound.wheres.get(key)
         if where is None:
             where = outbound.where(key)

@@ -17,8 +17,10 @@ otherwise ignored: observing a request must never fail it. Two class
 attributes spare an observer calls it does not need (each costs the request
 a fraction of a microsecond): ``first_tries = False`` calls ``try_started``
 for retries and hedges only (tries with a ``reason``), and ``slotted = True``
-calls ``try_ended`` and ``finished`` only for the records (``Try.slots``,
-``Exchange.slots``) holding something under the observer.
+calls ``try_started``, ``try_ended`` and ``finished`` only for the records
+(``Exchange.slots``, ``Try.slots`` for ``try_ended``) holding something under
+the observer. An outbound observer's ``started`` may set ``Exchange.inject``:
+header entries the engine adds to each try's request without calling it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Observer:
     name = "observer"
     # try_started for every try (True), or for retries and hedges only (a try with a reason).
     first_tries: ClassVar[bool] = True
-    # try_ended and finished only for the Try and Exchange whose slots hold something under this observer.
+    # try_started, try_ended and finished only for the Exchange (Try, for try_ended) whose slots hold something under
+    # this observer.
     slotted: ClassVar[bool] = False
 
     def started(self, exchange: Exchange) -> None:
@@ -82,23 +85,25 @@ class Observers:
 
     __slots__ = (
         "_failed",
-        "_first_try_started",
         "_forwarding",
         "_started",
         "_try_ended",
-        "_try_started",
         "finished_by",
+        "first_try_started_by",
         "members",
         "started_by",
         "try_ended_by",
+        "try_started_by",
     )
 
     def __init__(self, members: Iterable[Observer]) -> None:
         self.members: tuple[Observer, ...] = tuple(members)
         self._failed: set[str] = set()
         self._started = self.started_by = _overriding(self.members, "started")
-        self._try_started = _overriding(self.members, "try_started")  # a retry's or a hedge's
-        self._first_try_started = tuple(m for m in self._try_started if m.first_tries)
+        try_started = _overriding(self.members, "try_started")
+        # (observer, slotted) pairs, for a retry's or a hedge's try, and for a first try.
+        self.try_started_by = tuple((m, m.slotted) for m in try_started)
+        self.first_try_started_by = tuple((m, m.slotted) for m in try_started if m.first_tries)
         self._try_ended = _overriding(self.members, "try_ended")
         self._forwarding = _overriding(self.members, "forwarding")
         # (observer, slotted) pairs; finished in the reverse order of started, so context an observer set is restored
@@ -124,7 +129,9 @@ class Observers:
                 self.failure(observer, "started")
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
-        for observer in self._try_started if attempt.reason is not None else self._first_try_started:
+        for observer, slotted in self.try_started_by if attempt.reason is not None else self.first_try_started_by:
+            if slotted and observer not in exchange.slots:
+                continue
             try:
                 observer.try_started(exchange, attempt, request)
             except Exception:

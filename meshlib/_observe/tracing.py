@@ -343,20 +343,19 @@ class TracingObserver(Observer):
     """Makes the spans of each request with one mesh's own tracer provider, and propagates their context."""
 
     name = "tracing"
-    # try_ended and finished only for what holds a span: a new trace the sampler dropped keeps its ids under
-    # _root_key instead, so its request costs no more calls once its tries carry them.
+    # try_started, try_ended and finished only for what holds an _Outbound: a new trace the sampler dropped (most
+    # requests at a low ratio) has its headers added once by the engine (Exchange.inject), and costs no more calls.
     slotted = True
 
     def __init__(self, section: TracingConfig, config: MeshConfig, runtime: Runtime) -> None:
         self.section = section
-        # Exchange.slots keys of a new trace the sampler dropped: its ids (trace id << 64 | span id), and
-        # whether its first try must replace the caller's trace headers.
-        self._root_key = object()
-        self._replace_key = object()
         self.service_name = section.service_name or config.service
         self._registry = runtime.registry
         self.propagation = Propagation(section.propagation)
-        self._root_headers = tuple((raw, value) for raw, _, value in self.propagation.root_formats)
+        # A dropped new trace's header values, formatted together (a header value holds no newline), and names.
+        self._root_format = b"\n".join(value for _, _, value in self.propagation.root_formats)
+        self._root_count = len(self.propagation.root_formats)
+        self._root_names = tuple(raw for raw, _, _ in self.propagation.root_formats)
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
@@ -387,6 +386,16 @@ class TracingObserver(Observer):
         # A mesh never closed still sends its last spans when the process exits (held weakly: no leak until then).
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
+
+    def _root_entries(self, ids: int) -> list[tuple[bytes, bytes, bytes]]:
+        """The header entries of a new trace the sampler dropped: ``ids`` is its trace id << 64 | its span id.
+
+        All values are formatted at once (one format of all of them, split), and paired with their names in C:
+        a loop over the formats would cost this path, most requests', twice as much.
+        """
+        hexed = _hex(ids.to_bytes(24, "big"))
+        values = (self._root_format % ((hexed[:32], hexed[32:]) * self._root_count)).split(b"\n")
+        return list(zip(self._root_names, self._root_names, values, strict=True))
 
     def _start_span(self, name: str, parent: otel_context.Context, kind: SpanKind) -> trace.Span:
         """``tracer.start_span``, except that a span the sampler drops is made here, as the SDK would make it.
@@ -457,10 +466,13 @@ class TracingObserver(Observer):
                 span_id = _random_bits(64)
                 while span_id == trace.INVALID_SPAN_ID:
                     span_id = _random_bits(64)
-                exchange.slots[self._root_key] = drawn = trace_id << 64 | span_id
-                if caller_headers:  # headers that held no valid context: the first try replaces them too
-                    exchange.slots[self._replace_key] = True
+                drawn = trace_id << 64 | span_id
                 exchange._trace_id = drawn
+                if caller_headers:
+                    # The caller's trace headers held no valid context: each try's request replaces them.
+                    exchange.slots[self] = _Outbound(None, True, trace_id, span_id)
+                else:
+                    exchange.inject = self._root_entries(drawn)
                 return
             self._ids.draw(trace_id)
             span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
@@ -485,24 +497,19 @@ class TracingObserver(Observer):
             span.set_attributes(attributes)
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
-        slots = exchange.slots
-        drawn: int | None = slots.get(self._root_key)
-        if drawn is not None:  # a new trace the sampler dropped: its trace id and span id, in one number
-            hexed = _hex(drawn.to_bytes(24, "big"))
-            entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
-            # Trace headers to replace: an earlier try's (a retry resends the same request), or the caller's.
-            if len(exchange.tries) > 1 or self._replace_key in slots:
-                entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
-            ids = (hexed[:32], hexed[32:])
-            for raw, value in self._root_headers:
-                entries.append((raw, raw, value % ids))
-            return
-        outbound: _Outbound | None = slots.get(self)
+        # Called only for an exchange holding an _Outbound (slotted): a new trace the sampler dropped without
+        # trace headers from the caller had its headers added once, to the request every try is made from.
+        outbound: _Outbound | None = exchange.slots.get(self)
         if outbound is None:
             return
         span = outbound.span
-        assert span is not None
         replace = outbound.caller_headers or len(exchange.tries) > 1
+        if span is None:  # a new trace the sampler dropped, replacing the caller's trace headers
+            entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
+            if replace:
+                entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
+            entries.extend(self._root_entries(outbound.trace_id << 64 | outbound.span_id))
+            return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
             self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
@@ -603,7 +610,7 @@ class TracingObserver(Observer):
         if not low or not ids & _LOW_64:  # maybe an invalid id (about one in 2**63): draw afresh
             self._start_client(exchange)
             return
-        exchange.slots[self._root_key] = ids
+        exchange.inject = self._root_entries(ids)  # on the request all tries are made from: no call per try
         exchange._trace_id = ids  # formatted only if read (the access log's): see Exchange.trace_id
 
     def finished(self, exchange: Exchange) -> None:
@@ -612,6 +619,8 @@ class TracingObserver(Observer):
             return
         if exchange.direction == "outbound":
             span = held.span
+            if span is None:  # a new trace the sampler dropped: nothing was made
+                return
             for attempt in exchange.tries:  # a try never told its end (cancelled with its request)
                 child = attempt.slots.pop(self, None)
                 if child is not None:

@@ -121,6 +121,13 @@ def _request(**headers: str) -> httpx.Request:
     return httpx.Request("GET", "http://ratings/x", headers={"accept": "*/*", **headers})
 
 
+def _start(observer: TracingObserver, exchange: Exchange, request: httpx.Request) -> None:
+    """``started``, then what the engine does next: the headers it asks for go on the request tries are made from."""
+    observer.started(exchange)
+    if exchange.inject is not None:
+        request.headers._list.extend(exchange.inject)
+
+
 def _send_try(observer: TracingObserver, exchange: Exchange, request: httpx.Request) -> None:
     attempt = Try(len(exchange.tries) + 1, "c", "http://10.0.0.1:80")
     exchange.tries.append(attempt)
@@ -136,9 +143,9 @@ def test_a_dropped_new_trace_s_tries_carry_fresh_unsampled_ids_as_the_propagator
     for _ in range(20):
         request = _request()
         exchange = outbound(request, "r", "client")
-        observer.started(exchange)
+        _start(observer, exchange, request)
         _send_try(observer, exchange, request)
-        _send_try(observer, exchange, request)  # a retry resends the request: its headers are replaced
+        _send_try(observer, exchange, request)  # a retry resends the request, headers and all
         trace_id = exchange.trace_id
         assert trace_id is not None
         assert len(trace_id) == 32
@@ -172,7 +179,7 @@ def test_a_new_trace_s_sampled_share_is_the_ratio_and_each_decision_is_trace_id_
     for _ in range(2000):
         request = _request()
         exchange = outbound(request, "r", "client")
-        observer.started(exchange)
+        _start(observer, exchange, request)
         _send_try(observer, exchange, request)
         trace_id, _, flags = request.headers["traceparent"].split("-")[1:]
         decided = ratio.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
@@ -200,7 +207,7 @@ def test_an_unsampled_parent_s_trace_goes_on_unsampled(
     observer = tracer_of(make_mesh(_config(collector, sampling=1.0, propagation=formats)))
     request = _request(**headers)
     exchange = outbound(request, "r", "sidecar")
-    observer.started(exchange)
+    _start(observer, exchange, request)
     _send_try(observer, exchange, request)
     assert exchange.trace_id == f"{TRACE_ID:032x}"
     sent = dict(request.headers)
