@@ -54,7 +54,9 @@ def main() -> int:
     wanted = rendered(current)
     if args.check:
         if current != wanted:
-            diff = difflib.unified_diff(current.splitlines(), wanted.splitlines(), "docs/xds.md", "FEATURES", lineterm="")
+            diff = difflib.unified_diff(
+                current.splitlines(), wanted.splitlines(), "docs/xds.md", "FEATURES", lineterm=""
+            )
             print("\n".join(diff))
             print("docs/xds.md is out of date: run python docs/gen_xds_features.py", file=sys.stderr)
             return 1
