@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+import respx
 from opentelemetry import context as otel_context, trace
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.sdk.trace import TracerProvider
@@ -224,3 +226,43 @@ def test_an_unsampled_parent_s_trace_goes_on_unsampled(
     Observers([observer]).finished(exchange)
     assert observer.flush()
     assert observer.stats()["spans"] == 0
+
+
+@pytest.mark.anyio
+async def test_every_try_of_a_dropped_new_trace_carries_its_headers_once(
+    make_mesh: MakeMesh, collector: ZipkinCollector, respx_mock: respx.MockRouter
+) -> None:
+    """Through the engine: a retry resends its request and a hedge copies the route's; each carries one set."""
+    sent: list[httpx.Request] = []
+    slow = "127.0.0.1:9101"
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.netloc.decode() == slow:
+            await anyio.sleep(0.5)  # outrun by the hedge, then cancelled
+        return httpx.Response(503 if request.url.path == "/fail" else 200)
+
+    respx_mock.route(host="127.0.0.1").mock(side_effect=answer)
+    config = {
+        **_config(collector, sampling=0.0, propagation=["tracecontext", "b3"]),
+        "clusters": {
+            "retrying": {"endpoints": ["http://127.0.0.1:9102"], "retry": {"attempts": 3, "retry_on": ["5xx"]}},
+            "hedged": {"endpoints": [f"http://{slow}", "http://127.0.0.1:9103"], "hedge": {"after": "20ms"}},
+        },
+    }
+    mesh = make_mesh(config)
+    async with mesh.async_client() as client:
+        assert (await client.get("http://retrying/fail")).status_code == 503
+        retried, sent[:] = list(sent), []
+        assert (await client.get("http://hedged/ok")).status_code == 200
+        hedged = list(sent)
+    for tries in (retried, hedged):
+        assert len(tries) >= 2
+        ids = set()
+        for request in tries:
+            assert len(request.headers.get_list("traceparent")) == len(request.headers.get_list("b3")) == 1
+            trace_id = request.headers["traceparent"].split("-")[1]
+            assert request.headers["traceparent"].endswith("-02")
+            assert request.headers["b3"] == f"{trace_id}-{request.headers['traceparent'].split('-')[2]}-0"
+            ids.add(trace_id)
+        assert len(ids) == 1  # one trace: every try of the request
