@@ -96,7 +96,7 @@ async def send_async(request: Request, tls: ClusterTls | None = None) -> Respons
         sender = ctx.async_sender
     else:
         assert ctx.tls is not None, "this front door sends to no cluster with tls"
-        sender = await ctx.tls.async_(tls)
+        sender = ctx.tls.async_built(tls) or await ctx.tls.async_(tls)
     assert sender is not None
     assert ctx.endpoint is not None
     state = ctx.endpoint.state

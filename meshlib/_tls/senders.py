@@ -304,6 +304,10 @@ class TlsSenders:
                 old.retire()
         return transport
 
+    def async_built(self, tls: ClusterTls) -> httpx.AsyncBaseTransport | None:
+        """The async transport for ``tls`` when there is one already (every request but the first): no await."""
+        return self._async.get(tls)
+
     async def async_(self, tls: ClusterTls) -> httpx.AsyncBaseTransport:
         transport = self._async.get(tls)
         if transport is not None:
