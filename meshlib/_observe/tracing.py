@@ -53,8 +53,10 @@ __all__ = ["TracingObserver", "build"]
 logger = logging.getLogger("meshlib.observe")
 
 _random_bits: Final = random.getrandbits
+_random_bytes: Final = random.randbytes
+_from_bytes: Final = int.from_bytes
+_NO_ID: Final = bytes(8)
 _hex: Final = binascii.hexlify
-_LOW_64: Final = (1 << 64) - 1
 _LOWER_NAME: Final = operator.itemgetter(
     1
 )  # of httpx's header entries: (raw name, lower-case name, value)  # what the SDK's RandomIdGenerator draws from
@@ -352,13 +354,11 @@ class TracingObserver(Observer):
         self.service_name = section.service_name or config.service
         self._registry = runtime.registry
         self.propagation = Propagation(section.propagation)
-        # A dropped new trace's header values, formatted together (a header value holds no newline), and names.
-        self._root_format = b"\n".join(value for _, _, value in self.propagation.root_formats)
-        self._root_count = len(self.propagation.root_formats)
-        self._root_names = tuple(raw for raw, _, _ in self.propagation.root_formats)
+        self._root_headers = tuple((raw, value) for raw, _, value in self.propagation.root_formats)
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
+        self._bound = self._ratio.bound  # a property: read once
         self._ids = _DrawnIds()
         # Never registered as the global provider, and not shut down at exit by OpenTelemetry: Mesh.close() does it.
         self.provider = TracerProvider(
@@ -387,15 +387,11 @@ class TracingObserver(Observer):
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
 
-    def _root_entries(self, ids: int) -> list[tuple[bytes, bytes, bytes]]:
-        """The header entries of a new trace the sampler dropped: ``ids`` is its trace id << 64 | its span id.
-
-        All values are formatted at once (one format of all of them, split), and paired with their names in C:
-        a loop over the formats would cost this path, most requests', twice as much.
-        """
-        hexed = _hex(ids.to_bytes(24, "big"))
-        values = (self._root_format % ((hexed[:32], hexed[32:]) * self._root_count)).split(b"\n")
-        return list(zip(self._root_names, self._root_names, values, strict=True))
+    def _root_entries(self, hexed: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """The header entries of a new trace the sampler dropped: ``hexed``, the hex digits of its trace id (32) and
+        span id (16)."""
+        ids = (hexed[:32], hexed[32:])
+        return [(raw, raw, value % ids) for raw, value in self._root_headers]
 
     def _start_span(self, name: str, parent: otel_context.Context, kind: SpanKind) -> trace.Span:
         """``tracer.start_span``, except that a span the sampler drops is made here, as the SDK would make it.
@@ -466,13 +462,13 @@ class TracingObserver(Observer):
                 span_id = _random_bits(64)
                 while span_id == trace.INVALID_SPAN_ID:
                     span_id = _random_bits(64)
-                drawn = trace_id << 64 | span_id
-                exchange._trace_id = drawn
+                hexed = _hex((trace_id << 64 | span_id).to_bytes(24, "big"))
+                exchange._trace_id = hexed
                 if caller_headers:
                     # The caller's trace headers held no valid context: each try's request replaces them.
                     exchange.slots[self] = _Outbound(None, True, trace_id, span_id)
                 else:
-                    exchange.inject = self._root_entries(drawn)
+                    exchange.inject = self._root_entries(hexed)
                 return
             self._ids.draw(trace_id)
             span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
@@ -508,7 +504,7 @@ class TracingObserver(Observer):
             entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
             if replace:
                 entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
-            entries.extend(self._root_entries(outbound.trace_id << 64 | outbound.span_id))
+            entries.extend(self._root_entries(_hex((outbound.trace_id << 64 | outbound.span_id).to_bytes(24, "big"))))
             return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
@@ -602,16 +598,19 @@ class TracingObserver(Observer):
         elif not _TRACE_HEADERS_RAW.isdisjoint(map(_LOWER_NAME, request.headers._list)):  # a C loop: no bytecode
             self._start_client(exchange)
             return
-        ids = _random_bits(192)  # the trace id (its high 128 bits) and the span id (the low 64)
-        low = (ids >> 64) & _LOW_64  # the trace id's low 64 bits: what TraceIdRatioBased tests
-        if low < self._ratio.bound:  # sampled
-            self._start_client(exchange, ids >> 64 or _random_bits(64))
+        # The trace id (the first 16 bytes) and the span id (the last 8), from the generator RandomIdGenerator uses:
+        # drawn as bytes, they are hex digits in one C call (as a number, in three).
+        drawn = _random_bytes(24)
+        low = _from_bytes(drawn[8:16], "big")  # the trace id's low 64 bits: what TraceIdRatioBased tests
+        if low < self._bound:  # sampled
+            self._start_client(exchange, _from_bytes(drawn[:16], "big"))
             return
-        if not low or not ids & _LOW_64:  # maybe an invalid id (about one in 2**63): draw afresh
+        if not low or drawn[16:] == _NO_ID:  # maybe an invalid id (about one in 2**63): draw afresh
             self._start_client(exchange)
             return
-        exchange.inject = self._root_entries(ids)  # on the request all tries are made from: no call per try
-        exchange._trace_id = ids  # formatted only if read (the access log's): see Exchange.trace_id
+        hexed = _hex(drawn)
+        exchange.inject = self._root_entries(hexed)  # for the try hook to add: no call to this observer per try
+        exchange._trace_id = hexed  # decoded only if read (the access log's): see Exchange.trace_id
 
     def finished(self, exchange: Exchange) -> None:
         held = exchange.slots.pop(self, None)
