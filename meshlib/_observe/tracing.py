@@ -52,14 +52,14 @@ __all__ = ["TracingObserver", "build"]
 
 logger = logging.getLogger("meshlib.observe")
 
+# Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's).
 _random_bits: Final = random.getrandbits
 _random_bytes: Final = random.randbytes
 _from_bytes: Final = int.from_bytes
 _NO_ID: Final = bytes(8)
 _hex: Final = binascii.hexlify
-_LOWER_NAME: Final = operator.itemgetter(
-    1
-)  # of httpx's header entries: (raw name, lower-case name, value)  # what the SDK's RandomIdGenerator draws from
+# The lower-case name of one of httpx's header entries: (raw name, lower-case name, value).
+_LOWER_NAME: Final = operator.itemgetter(1)
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
 CLOSE_TIMEOUT: Final = 1.0
