@@ -77,7 +77,7 @@ class Exchange:
     _request_id: str | None = None
     _bytes_sent: int | None = None
     _start_time: float | None = None  # the wall clock's, read from it when first asked (see start_time)
-    _trace_id: str | int | bytes | None = None
+    _trace_id: str | bytes | None = None
     direction: Direction = "outbound"
     door = "client"  # outbound: "client" (in process) or "sidecar"; inbound: "asgi", "wsgi" or "sidecar"
     route: str | None = None
@@ -155,15 +155,12 @@ class Exchange:
     def trace_id(self) -> str | None:
         """The request's trace id (32 hex digits) when it is traced.
 
-        Tracing may store it as the hex digits of a new trace's ids (bytes: the trace id's 32, then the span
-        id's), or as a number (the trace id shifted left by 64 bits, the span id in the low bits), made a string
-        here when first read: most requests' is never read.
+        Tracing may store a new trace's ids as their hex digits (bytes: the trace id's 32, then the span id's),
+        made a string here when first read: most requests' is never read.
         """
         found = self._trace_id
         if isinstance(found, bytes):
             found = self._trace_id = found[:32].decode("ascii")
-        elif isinstance(found, int):
-            found = self._trace_id = f"{found >> 64:032x}"
         return found
 
     @trace_id.setter

@@ -201,7 +201,7 @@ class _Outbound(Collector):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.routes: dict[str | None, _Route] = {}  # by the exchange's route (None: no route)
+        self.routes: dict[str, _Route] = {}  # by route name ("": no route)
         # By the exchange's raw (route, cluster, endpoint), None where it has none.
         self.wheres: dict[tuple[str | None, str | None, str | None], _Where] = {}
         self._by_labels: dict[tuple[str, str, str], _Where] = {}  # by label values (the endpoint redacted)
@@ -211,12 +211,11 @@ class _Outbound(Collector):
         self._retry_labels: dict[tuple[str, str, str, str], list[int]] = {}
         self.retry_series: list[tuple[tuple[str, str, str, str], list[int]]] = []
 
-    def route(self, name: str | None) -> _Route:
+    def route(self, name: str) -> _Route:
         with self.lock:
-            found = self.routes.get(name or "")
+            found = self.routes.get(name)
             if found is None:
-                found = self.routes[name or ""] = _Route(name or "")
-            self.routes[name] = found  # None shares ""'s series
+                found = self.routes[name] = _Route(name)
             return found
 
     def where(self, key: tuple[str | None, str | None, str | None]) -> _Where:
@@ -239,8 +238,7 @@ class _Outbound(Collector):
             return found
 
     def series(self) -> int:
-        routes = len(self.routes) - (None in self.routes)
-        return len(self.request_series) + len(self.histogram_series) + routes + len(self.retry_series)
+        return len(self.request_series) + len(self.histogram_series) + len(self.routes) + len(self.retry_series)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -249,7 +247,7 @@ class _Outbound(Collector):
         with self.lock:
             requests = [(where.labels, outcome, where.outcomes[outcome]) for where, outcome in self.request_series]
             histograms = [(where.labels, list(where.buckets), where.sum) for where in self.histogram_series]
-            active = [(route.name, route.active) for key, route in self.routes.items() if key is not None]
+            active = [(route.name, route.active) for route in self.routes.values()]
             retries = [(labels, cell[0]) for labels, cell in self.retry_series]
         counter, histogram, gauge, retried = families = self._families()
         for labels, (klass, error), count in requests:
@@ -321,9 +319,9 @@ class MetricsObserver(Observer):
             self._inbound_active.inc()
             return
         outbound = self._outbound
-        route = outbound.routes.get(exchange.route)
+        route = outbound.routes.get(exchange.route or "")
         if route is None:
-            route = outbound.route(exchange.route)
+            route = outbound.route(exchange.route or "")
         lock = outbound.lock
         lock.acquire()  # not `with`: twice as long, and nothing here raises
         route.active += 1
@@ -363,7 +361,7 @@ class MetricsObserver(Observer):
             where = outbound.where(key)
         route = where.route
         if route is None:
-            route = where.route = outbound.routes.get(key[0])
+            route = where.route = outbound.routes.get(key[0] or "")
         outcome = (klass, error)
         lock = outbound.lock
         lock.acquire()

@@ -328,17 +328,16 @@ class _DrawnIds(RandomIdGenerator):
 
 
 class _Outbound:
-    """An outbound request's span, or for a new trace the sampler dropped (most requests' at a low ratio) no span
-    at all but the ids its tries' headers carry (``span`` None); and whether the caller's request may have come
-    with trace headers (to be replaced)."""
+    """An outbound request's span, or for a new trace the sampler dropped no span at all but the hex digits of
+    the ids its tries' headers carry (``span`` None: only where the caller's trace headers must be replaced on
+    each try); and whether the caller's request may have come with trace headers (to be replaced)."""
 
-    __slots__ = ("caller_headers", "span", "span_id", "trace_id")
+    __slots__ = ("caller_headers", "hexed", "span")
 
-    def __init__(self, span: trace.Span | None, caller_headers: bool, trace_id: int = 0, span_id: int = 0) -> None:
+    def __init__(self, span: trace.Span | None, caller_headers: bool, hexed: bytes = b"") -> None:
         self.span = span
         self.caller_headers = caller_headers
-        self.trace_id = trace_id
-        self.span_id = span_id
+        self.hexed = hexed
 
 
 class TracingObserver(Observer):
@@ -466,7 +465,7 @@ class TracingObserver(Observer):
                 exchange._trace_id = hexed
                 if caller_headers:
                     # The caller's trace headers held no valid context: each try's request replaces them.
-                    exchange.slots[self] = _Outbound(None, True, trace_id, span_id)
+                    exchange.slots[self] = _Outbound(None, True, hexed)
                 else:
                     exchange.inject = self._root_entries(hexed)
                 return
@@ -504,7 +503,7 @@ class TracingObserver(Observer):
             entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
             if replace:
                 entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
-            entries.extend(self._root_entries(_hex((outbound.trace_id << 64 | outbound.span_id).to_bytes(24, "big"))))
+            entries.extend(self._root_entries(outbound.hexed))
             return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
