@@ -79,6 +79,7 @@ class RouteTable:
         self._generic_index = (
             PathIndex(self._generic) if not self._any_wildcard and len(self._generic) >= INDEX_FROM else None
         )
+        self._any_index = bool(self._indexes) or self._generic_index is not None
 
     def candidates(self, host: str) -> tuple[CompiledRoute, ...]:
         found = self._by_host.get(host)
@@ -91,9 +92,11 @@ class RouteTable:
     def match(self, request: httpx.Request) -> CompiledRoute | None:
         m = MatchInput(request, path_of(request.url))
         host = request.url.host
-        index = self._indexes.get(host)
-        if index is None and host not in self._by_host:
-            index = self._generic_index
+        index = None
+        if self._any_index:  # a table of few routes per host (most) skips the index lookups
+            index = self._indexes.get(host)
+            if index is None and host not in self._by_host:
+                index = self._generic_index
         if index is not None:
             routes = index.routes
             bits = index.bits(m.path)
