@@ -11,6 +11,7 @@ the other way round.
 from __future__ import annotations
 
 import ssl
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, Literal
 
 import httpx
@@ -98,7 +99,6 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
     origin = httpx.URL(app)
     tls = InboundTls(mesh)
     certificates: dict[bytes, PeerCertificate | None] = {}
-    xfccs: dict[tuple[bytes, str | None], str] = {}
 
     def certificate(der: bytes) -> PeerCertificate | None:
         # One parse per certificate, not per request: a workload sees few distinct callers.
@@ -109,16 +109,6 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 certificates.pop(next(iter(certificates)))
             certificates[der] = found
         return found  # type: ignore[return-value]
-
-    def xfcc(der: bytes, verified: PeerCertificate) -> str:
-        # Keyed by our own identity too: a rotation to another SPIFFE ID changes By= at once.
-        key = (der, tls.identity())
-        found = xfccs.get(key)
-        if found is None:
-            if len(xfccs) >= _CERTIFICATE_CACHE:
-                xfccs.pop(next(iter(xfccs)))
-            found = xfccs[key] = format_xfcc(verified, by=key[1])
-        return found
 
     async def handle(request: httpx.Request) -> httpx.Response:
         snapshot = mesh.snapshot
@@ -152,13 +142,20 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
             return httpx.Response(denial.status, headers=denial_headers(denial), content=denial.body)
         headers = request.headers
-        headers.pop(XFCC_HEADER, None)
+        if _XFCC_RAW in map(_LOWER_NAME, headers._list):  # one C-level scan: a caller's rarely has one
+            headers._list = [entry for entry in headers._list if entry[1] != _XFCC_RAW]
         for name in result.remove_headers or ():
             headers.pop(name, None)
         for name, value in result.set_headers or ():
             headers[name] = value
-        if verified is not None and der:
-            headers[XFCC_HEADER] = xfcc(der, verified)
+        if verified is not None and downstream is not None:
+            if result.set_headers:
+                headers.pop(XFCC_HEADER, None)  # a policy's value gives way to the verified peer's
+            forwarded = downstream.xfcc
+            if forwarded is None:
+                # Once per connection: the peer and our own certificate (By=) are those of its handshake.
+                forwarded = downstream.xfcc = format_xfcc(verified, by=tls.identity()).encode("utf-8")
+            headers._list.append((_XFCC_RAW, _XFCC_RAW, forwarded))
         # The normalised path, as authorization saw it; the query as it was sent.
         url = with_origin(request.url, origin)
         if result.path_changed:
@@ -179,6 +176,8 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
 
 
 _UNSEEN: Final = object()
+_XFCC_RAW: Final = XFCC_HEADER.encode("ascii")
+_LOWER_NAME: Final = itemgetter(1)  # of an httpx.Headers entry: (raw name, lower-case name, value)
 _CERTIFICATE_CACHE: Final = 1024
 
 

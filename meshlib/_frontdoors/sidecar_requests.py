@@ -9,7 +9,7 @@ imports between the two packages go one way: ``_sidecar`` → ``_frontdoors``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import httpx
@@ -28,10 +28,15 @@ ConnectPolicy = Callable[[str, int], Awaitable[bool]]
 """``await policy(host, port)``: whether CONNECT may open a tunnel there (False, or a raised MeshError, refuses)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Downstream:
-    """What a listener knows of the client of a connection: its address and, over TLS, its certificate."""
+    """What a listener knows of the client of a connection: its address and, over TLS, its certificate.
+
+    ``xfcc`` is the connection's ``x-forwarded-client-cert`` value once the
+    inbound handler has made it: the same for every request on the connection.
+    """
 
     address: tuple[str, int] | None
     tls: bool = False
     certificate: bytes | None = None  # DER, when the client presented one that verified
+    xfcc: bytes | None = field(default=None, compare=False)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from meshlib._transport.tls import serve_tls
+
 __all__ = ["FixedTls", "ServerTls", "accept_loop"]
 
 logger = logging.getLogger("meshlib.tls")
@@ -88,10 +90,11 @@ async def _serve_one(
                 conn.close()
                 return
             use_tls = first == _TLS_HANDSHAKE
-        context = tls.context() if use_tls else None
-        await loop.connect_accepted_socket(
-            protocol, conn, ssl=context, ssl_handshake_timeout=handshake_timeout if context is not None else None
-        )
+        if use_tls:
+            context = tls.context()
+            await serve_tls(loop, conn, protocol(), context, handshake_timeout)
+        else:
+            await loop.connect_accepted_socket(protocol, conn)
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         # A plaintext client on a strict port, a certificate from another CA, a client that went away: its own
         # connection's end, never the listener's (Envoy counts these as ssl.connection_error).

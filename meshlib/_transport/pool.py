@@ -26,12 +26,14 @@ import ssl
 import sys
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final, cast
 
 import httpx
 
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._transport.connection import Connection
+from meshlib._transport.tls import open_tls
 from meshlib._transport.wire import DEFAULT_PORTS, encode_request
 
 __all__ = ["AsyncHTTP1Transport"]
@@ -183,9 +185,8 @@ class Origin:
         try:
             async with asyncio.timeout(timeouts.get("connect")):
                 if self.numeric:
-                    await loop.create_connection(
-                        lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=server_hostname
-                    )
+                    connect = partial(loop.create_connection, host=self.host, port=self.port)
+                    await self._open(conn, connect, server_hostname)
                 else:
                     await self._connect_resolved(loop, conn, server_hostname)
             verify_peer = self.pool._verify_peer
@@ -206,6 +207,14 @@ class Origin:
             raise
         return conn
 
+    async def _open(self, conn: Connection, connect: Callable[..., Any], server_hostname: str | None) -> None:
+        """``connect(protocol_factory)`` (a ``create_connection`` with its address bound), then TLS if the
+        origin has it: ``conn`` is told of its transport once the connection is ready for requests."""
+        if self.ssl is None:
+            await connect(lambda: conn)
+        else:
+            await open_tls(connect, conn, self.ssl, server_hostname)
+
     async def _connect_resolved(
         self, loop: asyncio.AbstractEventLoop, conn: Connection, server_hostname: str | None
     ) -> None:
@@ -214,15 +223,8 @@ class Origin:
         for family, _, proto, _, address in await self._resolve(loop):
             try:
                 # An address as host: create_connection looks nothing up (asyncio and uvloop both check).
-                await loop.create_connection(
-                    lambda: conn,
-                    address[0],
-                    address[1],
-                    family=family,
-                    proto=proto,
-                    ssl=self.ssl,
-                    server_hostname=server_hostname,
-                )
+                connect = partial(loop.create_connection, host=address[0], port=address[1], family=family, proto=proto)
+                await self._open(conn, connect, server_hostname)
                 return
             except ssl.SSLError:
                 raise  # connected, and TLS failed: another address of the same host would not help
