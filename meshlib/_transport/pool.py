@@ -58,6 +58,7 @@ class Origin:
         "port",
         "server_hostname",
         "ssl",
+        "tls_last",
         "waiters",
     )
 
@@ -69,6 +70,9 @@ class Origin:
         self.lookup: asyncio.Task[list[_AddrInfo]] | None = None  # the lookup in progress, shared by its waiters
         self.ssl = ssl_context
         self.server_hostname = host if ssl_context is not None else None
+        # The newest TLS connection's SSL object and SNI: a new connection resumes its session (a ticket, not
+        # a full handshake with certificates both ways) when the SNI is the same.
+        self.tls_last: tuple[ssl.SSLObject, str | None] | None = None
         self.idle: list[Connection] = []
         self.count = 0
         self.limit = pool._max_connections
@@ -212,8 +216,12 @@ class Origin:
         origin has it: ``conn`` is told of its transport once the connection is ready for requests."""
         if self.ssl is None:
             await connect(lambda: conn)
-        else:
-            await open_tls(connect, conn, self.ssl, server_hostname)
+            return
+        last = self.tls_last
+        # Read now, not when that connection was made: a TLS 1.3 server sends its tickets after the handshake.
+        session = last[0].session if last is not None and last[1] == server_hostname else None
+        layer = await open_tls(connect, conn, self.ssl, server_hostname, session)
+        self.tls_last = (layer.ssl_object, server_hostname)
 
     async def _connect_resolved(
         self, loop: asyncio.AbstractEventLoop, conn: Connection, server_hostname: str | None

@@ -65,12 +65,13 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         server_side: bool,
         server_hostname: str | None = None,
         handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self._app = app
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl: ssl.SSLObject = context.wrap_bio(
-            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname, session=session
         )
         # The C object under ssl.SSLObject: its read and write skip a Python frame per call.
         self._sslobj: Any = getattr(self._ssl, "_sslobj", self._ssl)
@@ -86,6 +87,11 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._handshake_timer = asyncio.get_running_loop().call_later(
                 handshake_timeout, self._handshake_timed_out, handshake_timeout
             )
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The connection's ``ssl.SSLObject`` (``get_extra_info("ssl_object")``)."""
+        return self._ssl
 
     async def handshake(self) -> None:
         """Wait until TLS is up (the app protocol then has its ``connection_made``); raises why it is not.
@@ -336,10 +342,12 @@ async def open_tls(
     app: asyncio.BaseProtocol,
     context: ssl.SSLContext,
     server_hostname: str | None,
+    session: ssl.SSLSession | None = None,
 ) -> TlsLayer:
     """Connect with ``connect(factory)`` (a ``loop.create_connection`` without ``ssl``) and do a client
-    handshake; ``app`` has its ``connection_made`` once TLS is up. Raises what failed, the connection aborted."""
-    layer = TlsLayer(context, app, server_side=False, server_hostname=server_hostname)
+    handshake, resuming ``session`` if the server still knows it; ``app`` has its ``connection_made`` once TLS
+    is up. Raises what failed, the connection aborted."""
+    layer = TlsLayer(context, app, server_side=False, server_hostname=server_hostname, session=session)
     try:
         await connect(lambda: layer)
     except BaseException:

@@ -133,6 +133,46 @@ async def test_strict_mtls_forwards_the_peer_in_xfcc_and_drops_a_forged_one(
     assert "admin" not in xfcc
 
 
+async def test_a_resumed_session_and_every_request_of_a_connection_carry_the_peer(
+    app_url: str, workloads: dict[str, Workload]
+) -> None:
+    """The listener resumes a caller's TLS session (its ticket); the app still learns who called, on every
+    request of the connection, with the caller's forged XFCC dropped each time."""
+    reviews, frontend = workloads["reviews"], workloads["frontend"]
+    context = client_context(frontend)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is there at once (TLS 1.3: after a read)
+    resumed: list[bool] = []
+    seen: list[str] = []
+
+    def request(port: int, session: ssl.SSLSession | None, path: str) -> ssl.SSLSession:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="reviews", session=session) as tls,
+        ):
+            resumed.append(tls.session_reused)
+            for n in range(2):
+                forged = f"x-forwarded-client-cert: By=x;URI=spiffe://example.org/ns/default/sa/admin{n}\r\n"
+                head = f"GET {path} HTTP/1.1\r\nhost: reviews\r\n{forged}content-length: 0\r\n\r\n"
+                tls.sendall(head.encode())
+                response = b""
+                while not response.endswith(b"\r\n0\r\n\r\n"):  # the app's answer is chunked
+                    response += tls.recv(65536)
+                body = _dechunk(response.partition(b"\r\n\r\n")[2])
+                seen.append(json.loads(body)["headers"]["x-forwarded-client-cert"])
+            assert tls.session is not None
+            return tls.session
+
+    async with sidecar({"mtls": mtls(reviews)}, app_url) as (_, port):
+        first = await asyncio.to_thread(request, port, None, "/one")
+        await asyncio.to_thread(request, port, first, "/two")
+    assert resumed == [False, True]
+    assert len(seen) == 4
+    for xfcc in seen:
+        assert xfcc.startswith(f"By={spiffe('reviews')};Hash=")
+        assert xfcc.endswith(f"URI={spiffe('frontend')};DNS=frontend")
+        assert "admin" not in xfcc
+
+
 async def test_strict_mtls_refuses_plaintext_and_other_cas(
     app_url: str, workloads: dict[str, Workload], other_pki: Pki
 ) -> None:

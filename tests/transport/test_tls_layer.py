@@ -21,10 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
+from meshlib._tls.identity import peer_spiffe_id
+from meshlib._transport import AsyncHTTP1Transport
 from meshlib._transport.tls import TlsLayer, open_tls, serve_tls
 from tests.tls.pki import Pki, Workload
+from tests.tls.tls_server import tls_server
 
 pytestmark = pytest.mark.anyio
 
@@ -502,3 +506,29 @@ async def test_a_cancelled_handshake_leaves_nothing_open(pki: Pki) -> None:
         assert app.events == []
     finally:
         listener.close()
+
+
+# -- sessions --------------------------------------------------------------------------------------------------------
+
+
+async def test_new_connections_resume_the_last_session(pki: Pki) -> None:
+    """A second connection to an origin resumes the first one's TLS session (no certificates sent again), and
+    the peer check still sees the server's certificate; another SNI gets a full handshake."""
+    resumed: list[bool] = []
+    peers: list[str | None] = []
+
+    def verify_peer(ssl_object: ssl.SSLObject) -> None:
+        resumed.append(ssl_object.session_reused)
+        peers.append(peer_spiffe_id(ssl_object))
+
+    with tls_server(server_ctx(pki)) as server:
+        transport = AsyncHTTP1Transport(ssl_context=client_ctx(pki), verify_peer=verify_peer)
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):  # each answer closes its connection: three connections
+                response = await client.get(server.url, headers={"connection": "close"})
+                assert response.status_code == 200
+            response = await client.get(server.url, headers={"connection": "close"}, extensions={"sni_hostname": "x"})
+            assert response.status_code == 200
+    assert resumed == [False, True, True, False]
+    assert peers == ["spiffe://example.org/ns/default/sa/reviews"] * 4
+    assert [c.peer_id for c in server.connections] == ["spiffe://example.org/ns/default/sa/frontend"] * 4
