@@ -149,7 +149,7 @@ async def test_a_resumed_session_and_every_request_of_a_connection_carry_the_pee
             socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
             context.wrap_socket(raw, server_hostname="reviews", session=session) as tls,
         ):
-            resumed.append(tls.session_reused)
+            resumed.append(bool(tls.session_reused))
             for n in range(2):
                 forged = f"x-forwarded-client-cert: By=x;URI=spiffe://example.org/ns/default/sa/admin{n}\r\n"
                 head = f"GET {path} HTTP/1.1\r\nhost: reviews\r\n{forged}content-length: 0\r\n\r\n"
