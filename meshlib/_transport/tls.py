@@ -49,6 +49,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         "_handshake_timer",
         "_incoming",
         "_outgoing",
+        "_peer_eof",
         "_read",
         "_ssl",
         "_sslobj",
@@ -80,6 +81,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._tcp: asyncio.Transport | None = None
         self._wrapped = False  # the handshake succeeded: data is the app's
         self._closing = False
+        self._peer_eof = False
         self._error: BaseException | None = None  # why this layer aborted, for the app's connection_lost
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -202,8 +204,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[attr-defined]
 
     def _peer_closed(self) -> None:
-        if not self._wrapped:
+        if not self._wrapped or self._peer_eof:
             return
+        self._peer_eof = True  # once: SSL reads after close_notify keep returning nothing
         keep_open = self._app.eof_received()  # type: ignore[attr-defined]
         if not keep_open:
             self.close()

@@ -311,6 +311,56 @@ async def test_close_notify_reaches_eof_received(pki: Pki) -> None:
     assert not errors
 
 
+async def test_the_peer_s_end_is_told_once(pki: Pki) -> None:
+    """A protocol that stays open after ``eof_received`` hears of the end once, whatever bytes follow it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    sent = threading.Event()
+
+    def polite_then_junk() -> None:
+        # A server on memory BIOs: it can send its close_notify without waiting for ours, then more bytes.
+        raw, _ = listener.accept()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = server_ctx(pki).wrap_bio(incoming, outgoing, server_side=True)
+        with raw:
+            raw.settimeout(5)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            raw.sendall(outgoing.read())
+            tls.write(b"bye")
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()  # close_notify, not waiting for the answer
+            raw.sendall(outgoing.read())
+            time.sleep(0.05)  # a read of its own: the layer has taken the close_notify when the junk comes
+            raw.sendall(b"junk after close_notify")
+            sent.set()
+            with contextlib.suppress(OSError):
+                raw.recv(65536)
+
+    thread = threading.Thread(target=polite_then_junk, daemon=True)
+    thread.start()
+    try:
+        app = Recorder(keep_open_on_eof=True)
+        layer = await connect(port, client_ctx(pki), app)
+        await app.until(3)
+        assert await asyncio.to_thread(sent.wait, 5)
+        await asyncio.sleep(0.05)  # loopback delivers the junk at once; the loop reads it
+        assert app.events == ["made", "eof"]
+        layer.close()
+        assert await asyncio.wait_for(app.lost, 5) is None
+        assert app.events == ["made", "eof", "lost"]
+        assert app.data == b"bye"
+        await asyncio.to_thread(thread.join, 5)
+    finally:
+        listener.close()
+
+
 async def test_writes_after_close_are_dropped_and_there_is_no_half_close(pki: Pki) -> None:
     received: list[bytes] = []
 
