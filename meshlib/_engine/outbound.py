@@ -87,12 +87,28 @@ def _prepare(
     if observers is not None:
         ctx.observers = observers
         ctx.exchange = outbound_exchange(request, route.name)
-    # httpx.Request copies headers and extensions itself, so the caller's request stays untouched.
-    upstream = httpx.Request(
-        request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions
-    )
+    upstream = _copy(request)
     upstream.extensions[EXTENSION] = ctx
     return route, upstream
+
+
+def _copy(request: httpx.Request) -> httpx.Request:
+    """``httpx.Request(method, url, headers=, stream=, extensions=)`` of ``request``, less its re-checking.
+
+    Its own headers and extensions, so the caller's request stays untouched;
+    the same method (upper-cased already), URL (immutable) and stream, which
+    httpx.Request would take as they are. About a third of its cost per request.
+    """
+    upstream: httpx.Request = _new(httpx.Request)
+    upstream.method = request.method
+    upstream.url = request.url
+    upstream.headers = httpx.Headers(request.headers)
+    upstream.extensions = dict(request.extensions)
+    upstream.stream = request.stream
+    return upstream
+
+
+_new = object.__new__
 
 
 def handle(

@@ -47,7 +47,8 @@ def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSende
         request.extensions[SIDECAR_DOOR] = True  # observers tell the sidecar's requests from in-process ones
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
         response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
-        if ERROR_HEADER in response.headers:
+        # One C-level scan of the raw names: `in response.headers` decodes every header of a new Headers first.
+        if _ERROR_RAW in map(_LOWER_NAME, response.headers._list):
             # Only the sidecar names mesh errors: an upstream's header would make clients raise one.
             del response.headers[ERROR_HEADER]
         return response
@@ -177,6 +178,7 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
 
 _UNSEEN: Final = object()
 _XFCC_RAW: Final = XFCC_HEADER.encode("ascii")
+_ERROR_RAW: Final = ERROR_HEADER.encode("ascii")
 _LOWER_NAME: Final = itemgetter(1)  # of an httpx.Headers entry: (raw name, lower-case name, value)
 _CERTIFICATE_CACHE: Final = 1024
 

@@ -205,6 +205,38 @@ class NetworkStream:
         return transport.get_extra_info(info) if transport is not None else None
 
 
+def response_from_wire(
+    status: int, raw: list[tuple[bytes, bytes]], stream: httpx.AsyncByteStream, extensions: dict[str, Any]
+) -> httpx.Response:
+    """``httpx.Response(status, headers=raw, stream=stream, extensions=extensions)``, built directly.
+
+    httpx normalises each header name and value through three calls; names
+    and values read off the wire are bytes already, which httpx keeps as they
+    are. The attributes are those ``httpx.Response.__init__`` sets for a
+    streamed response (tests/transport/test_pool.py compares them with
+    httpx's own, so an httpx that adds one fails a test, not a request).
+    """
+    headers: httpx.Headers = _new(httpx.Headers)
+    headers._list = [(name, name.lower(), value) for name, value in raw]
+    headers._encoding = None
+    response: httpx.Response = _new(httpx.Response)
+    response.status_code = status
+    response.headers = headers
+    response._request = None
+    response.next_request = None
+    response.extensions = extensions
+    response.history = []
+    response.is_closed = False
+    response.is_stream_consumed = False
+    response.default_encoding = "utf-8"
+    response.stream = stream
+    response._num_bytes_downloaded = 0
+    return response
+
+
+_new = object.__new__
+
+
 class Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: the protocol asyncio calls, and the protocol httptools' parser calls.
 
@@ -544,12 +576,8 @@ class Connection(asyncio.Protocol):
                     stream=ex,
                     extensions={"http_version": ex.version, "reason_phrase": ex.reason, "network_stream": self.tunnel},
                 )
-            return httpx.Response(
-                ex.status,
-                headers=ex.headers,
-                stream=ex,
-                extensions={"http_version": ex.version, "reason_phrase": ex.reason},
-            )
+            extensions = {"http_version": ex.version, "reason_phrase": ex.reason}
+            return response_from_wire(ex.status, ex.headers, ex, extensions)
         except BaseException:
             if not ex.done:
                 self.abort()
