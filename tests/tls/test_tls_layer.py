@@ -32,32 +32,27 @@ from tests.tls.tls_server import tls_server
 
 pytestmark = pytest.mark.anyio
 
-SERVICES = ("frontend", "reviews")
-
 
 @pytest.fixture(params=[pytest.param(False, id="asyncio"), pytest.param(True, id="uvloop")])
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
     return ("asyncio", {"use_uvloop": request.param})
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    pki = Pki(tmp_path_factory.mktemp("pki"))
-    for service in SERVICES:
-        pki.issue(service)
-    return pki
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    pki = Pki(tmp_path_factory.mktemp("other"))
-    pki.issue("frontend")
-    return pki
-
-
 def _workload(pki: Pki, service: str) -> Workload:
     folder = pki.root / service
     return Workload(service, folder / f"{service}.pem", folder / f"{service}-key.pem", pki.ca_file)
+
+
+def bio_handshake(raw: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+    """A handshake of an SSL object on memory BIOs over a blocking socket, its last flight sent."""
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+    raw.sendall(outgoing.read())
 
 
 def server_ctx(pki: Pki, *, client_ca: Pki | None = None) -> ssl.SSLContext:
@@ -203,14 +198,7 @@ async def test_server_reads_records_split_across_segments(pki: Pki) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = context.wrap_bio(incoming, outgoing, server_hostname="reviews")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    raw.sendall(outgoing.read())
-                    incoming.write(raw.recv(65536))
-            raw.sendall(outgoing.read())
+            bio_handshake(raw, tls, incoming, outgoing)
             tls.write(b"hello, " * 1000)
             tls.write(b"world")
             wire = outgoing.read()
@@ -325,14 +313,7 @@ async def test_the_peer_s_end_is_told_once(pki: Pki) -> None:
         tls = server_ctx(pki).wrap_bio(incoming, outgoing, server_side=True)
         with raw:
             raw.settimeout(5)
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    raw.sendall(outgoing.read())
-                    incoming.write(raw.recv(65536))
-            raw.sendall(outgoing.read())
+            bio_handshake(raw, tls, incoming, outgoing)
             tls.write(b"bye")
             with contextlib.suppress(ssl.SSLWantReadError):
                 tls.unwrap()  # close_notify, not waiting for the answer
