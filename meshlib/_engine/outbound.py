@@ -97,7 +97,7 @@ def _copy(request: httpx.Request) -> httpx.Request:
 
     Its own headers and extensions, so the caller's request stays untouched;
     the same method (upper-cased already), URL (immutable) and stream, which
-    httpx.Request would take as they are. About a third of its cost per request.
+    httpx.Request would take as they are: less than half its cost per request.
     """
     upstream: httpx.Request = _new(httpx.Request)
     upstream.method = request.method

@@ -213,7 +213,7 @@ def response_from_wire(
     httpx normalises each header name and value through three calls; names
     and values read off the wire are bytes already, which httpx keeps as they
     are. The attributes are those ``httpx.Response.__init__`` sets for a
-    streamed response (tests/transport/test_pool.py compares them with
+    streamed response (tests/engine/test_httpx_shortcuts.py compares them with
     httpx's own, so an httpx that adds one fails a test, not a request).
     """
     headers: httpx.Headers = _new(httpx.Headers)
