@@ -12,8 +12,8 @@ Run ``python benchmarks/bench_mtls.py`` (``--quick`` for a smoke run,
   are kept alive, so the handshake is paid once per pooled connection.
 * **the upstream client alone**: the sidecar's ``AsyncHTTP1Transport`` in this
   process, plaintext, mTLS with kept-alive connections, and mTLS with a new
-  connection (a full handshake) for every request: why reuse matters,
-  since asyncio cannot resume TLS sessions.
+  connection for every request (each resuming the previous one's TLS
+  session, a ticket rather than certificates both ways): why reuse matters.
 
 Envoy rows can be added the way ``bench_sidecar.py`` runs Envoy.
 """
