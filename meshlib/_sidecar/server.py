@@ -61,6 +61,7 @@ from meshlib._config.sidecar import SidecarLimitsConfig
 from meshlib._engine.errors import mesh_error
 from meshlib._errors import MeshError, RequestTimeoutError
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
+from meshlib._httpx_shortcuts import request_from_wire
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import BadResponseError, ProtocolError, RequestHead
 from meshlib._sidecar.tls_accept import FixedTls, ServerTls, accept_loop
@@ -579,7 +580,7 @@ class _DownstreamConnection(asyncio.Protocol):
 
     def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
         try:
-            request = httpx.Request(head.method, _url(head.url), headers=head.headers, stream=stream)
+            request = request_from_wire(head.method, _url(head.url), head.headers, stream)
             # Method and target as sent: httpx upper-cases the method and httpx.URL removes dot segments, both
             # of which an inbound policy must see as they were (bypasses).
             request.extensions[REQUEST_LINE] = (head.method, head.url)

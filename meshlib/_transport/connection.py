@@ -20,6 +20,7 @@ import httptools
 import httpx
 
 from meshlib._engine.alarms import Alarm, schedule
+from meshlib._httpx_shortcuts import response_from_wire
 from meshlib._transport.flow import HIGH_WATER, LOW_WATER
 from meshlib._transport.wire import LAST_CHUNK, MAX_HEAD_BYTES, MAX_HEADERS, VERSIONS, close_delimited, truncated
 
@@ -203,38 +204,6 @@ class NetworkStream:
         """The transport's extra info (``"peername"``, ``"ssl_object"``, ...), as httpcore's streams offer."""
         transport = self._conn.transport
         return transport.get_extra_info(info) if transport is not None else None
-
-
-def response_from_wire(
-    status: int, raw: list[tuple[bytes, bytes]], stream: httpx.AsyncByteStream, extensions: dict[str, Any]
-) -> httpx.Response:
-    """``httpx.Response(status, headers=raw, stream=stream, extensions=extensions)``, built directly.
-
-    httpx normalises each header name and value through three calls; names
-    and values read off the wire are bytes already, which httpx keeps as they
-    are. The attributes are those ``httpx.Response.__init__`` sets for a
-    streamed response (tests/engine/test_httpx_shortcuts.py compares them with
-    httpx's own, so an httpx that adds one fails a test, not a request).
-    """
-    headers: httpx.Headers = _new(httpx.Headers)
-    headers._list = [(name, name.lower(), value) for name, value in raw]
-    headers._encoding = None
-    response: httpx.Response = _new(httpx.Response)
-    response.status_code = status
-    response.headers = headers
-    response._request = None
-    response.next_request = None
-    response.extensions = extensions
-    response.history = []
-    response.is_closed = False
-    response.is_stream_consumed = False
-    response.default_encoding = "utf-8"
-    response.stream = stream
-    response._num_bytes_downloaded = 0
-    return response
-
-
-_new = object.__new__
 
 
 class Connection(asyncio.Protocol):

@@ -1,10 +1,10 @@
-"""The engine's and the upstream client's shortcuts past httpx's constructors build what httpx itself builds.
+"""meshlib._httpx_shortcuts builds what httpx's own constructors build.
 
-``outbound._copy`` (the upstream copy of a request) and
-``connection.response_from_wire`` (a response read off the wire) skip
-``httpx.Request.__init__`` and ``httpx.Response.__init__`` for speed. If an
-httpx release adds or renames an attribute those constructors set, these
-tests fail, rather than a request in production.
+The sidecar's request read off the wire, the engine's upstream copy of a
+request, and the upstream client's response skip ``httpx.Request.__init__``
+and ``httpx.Response.__init__`` for speed. If an httpx release adds or
+renames an attribute those constructors set, these tests fail, rather than
+a request in production.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from meshlib._engine.outbound import _copy
-from meshlib._transport.connection import response_from_wire
+from meshlib._httpx_shortcuts import copy_request, request_from_wire, response_from_wire
 
 RAW = [(b"Content-Type", b"application/json"), (b"X-Twice", b"1"), (b"x-twice", b"2"), (b"Set-Cookie", b"a=b")]
 
@@ -34,7 +33,7 @@ class Body(httpx.AsyncByteStream):
     ],
 )
 def test_the_upstream_copy_of_a_request_is_httpx_s_own(request_: httpx.Request) -> None:
-    copied = _copy(request_)
+    copied = copy_request(request_)
     expected = httpx.Request(
         request_.method, request_.url, headers=request_.headers, stream=request_.stream, extensions=request_.extensions
     )
@@ -71,3 +70,18 @@ async def test_a_response_from_the_wire_is_httpx_s_own() -> None:
     assert built.json() == {"ok": True}
     assert built.num_bytes_downloaded == len(b'{"ok": true}')
     assert built.is_closed
+
+
+@pytest.mark.parametrize("method", ["GET", "post", "M-SEARCH"])
+def test_a_request_from_the_wire_is_httpx_s_own(method: str) -> None:
+    stream = Body()
+    url = httpx.URL("http://reviews:9080/api/v1/items/../x?q=%2F")
+    built = request_from_wire(method, url, list(RAW), stream)
+    expected = httpx.Request(method, url, headers=list(RAW), stream=stream)
+    assert sorted(vars(built)) == sorted(vars(expected))
+    assert sorted(vars(built.headers)) == sorted(vars(expected.headers))
+    assert (built.method, built.url, built.stream) == (expected.method, expected.url, expected.stream)
+    assert built.headers.raw == expected.headers.raw
+    assert built.headers.multi_items() == expected.headers.multi_items()
+    assert built.headers.get_list("x-twice") == ["1", "2"]
+    assert built.extensions == expected.extensions == {}

@@ -1,0 +1,79 @@
+"""httpx's request and response objects, built without re-checking what the wire or the original already holds.
+
+``httpx.Request.__init__`` and ``httpx.Response.__init__`` accept anything
+(strings or bytes, mappings or lists, a URL to parse) and normalise it:
+each header name and value goes through three calls, a URL is wrapped
+again. On the data path the inputs are already what httpx would make of
+them (bytes read off the wire, a request httpx built), and those calls are
+a few µs of every request. These functions set the same attributes the
+constructors set for a streamed message; tests/test_httpx_shortcuts.py
+compares them with httpx's own, so an httpx release that adds or renames
+one fails a test, not a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = ["copy_request", "headers_from_wire", "request_from_wire", "response_from_wire"]
+
+_new = object.__new__
+
+
+def headers_from_wire(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
+    """``httpx.Headers(raw)`` for names and values in bytes, as read: httpx keeps such bytes as they are."""
+    headers: httpx.Headers = _new(httpx.Headers)
+    headers._list = [(name, name.lower(), value) for name, value in raw]
+    headers._encoding = None
+    return headers
+
+
+def request_from_wire(
+    method: str, url: httpx.URL, raw: list[tuple[bytes, bytes]], stream: httpx.AsyncByteStream
+) -> httpx.Request:
+    """``httpx.Request(method, url, headers=raw, stream=stream)`` for a request read off the wire."""
+    request: httpx.Request = _new(httpx.Request)
+    request.method = method.upper()
+    request.url = url  # immutable: httpx.Request would wrap it in another URL of the same parts
+    request.headers = headers_from_wire(raw)
+    request.extensions = {}
+    request.stream = stream
+    return request
+
+
+def copy_request(request: httpx.Request) -> httpx.Request:
+    """``httpx.Request(method, url, headers=, stream=, extensions=)`` of ``request``: the engine's upstream copy.
+
+    Its own headers and extensions, so the original stays untouched; the
+    same method (upper-cased already), URL and stream, which httpx.Request
+    would take as they are.
+    """
+    upstream: httpx.Request = _new(httpx.Request)
+    upstream.method = request.method
+    upstream.url = request.url
+    upstream.headers = httpx.Headers(request.headers)
+    upstream.extensions = dict(request.extensions)
+    upstream.stream = request.stream
+    return upstream
+
+
+def response_from_wire(
+    status: int, raw: list[tuple[bytes, bytes]], stream: httpx.AsyncByteStream, extensions: dict[str, Any]
+) -> httpx.Response:
+    """``httpx.Response(status, headers=raw, stream=stream, extensions=extensions)`` for a response read off the
+    wire (``extensions`` is the response's own, not copied)."""
+    response: httpx.Response = _new(httpx.Response)
+    response.status_code = status
+    response.headers = headers_from_wire(raw)
+    response._request = None
+    response.next_request = None
+    response.extensions = extensions
+    response.history = []
+    response.is_closed = False
+    response.is_stream_consumed = False
+    response.default_encoding = "utf-8"
+    response.stream = stream
+    response._num_bytes_downloaded = 0
+    return response
