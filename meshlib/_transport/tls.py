@@ -120,7 +120,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             return
         try:
             chunk = self._read(_READ)
-        except _WANT:  # part of a record: the rest comes with the next read
+        except _WANT:  # part of a record, or a handshake message with no data (a ticket, a key update)
+            if self._outgoing.pending:  # what OpenSSL answers it with
+                self._flush()
             return
         except Exception as exc:  # a bad record or an alert from the peer: the connection is unusable
             self._abort_with(exc)
