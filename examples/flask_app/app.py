@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def create_app(
 
     ``version``: ``v1`` (the default) or ``v2``. ``sidecar``: the URL of a ``meshlib proxy`` to send through
     instead of the mesh in process. ``fail_every``: answer every Nth request with 503, for the bookinfo demo's
-    flaky instance (0: never).
+    flaky instance (0: never); the retry of a request it failed is served.
     """
     the_mesh = mesh or meshlib.Mesh.from_file(CONFIG)
     version = version or "v1"
@@ -61,6 +62,11 @@ def create_app(
     client = the_mesh.client(mode="sidecar", sidecar=sidecar, timeout=5.0) if sidecar else the_mesh.client(timeout=5.0)
     atexit.register(client.close)
     counter = itertools.count(1)
+    # The requests whose last answer was the deliberate 503, by trace id (a retry carries its request's): their
+    # retry is served, and not counted. Else a retry that happened to come Nth too would fail again, and a
+    # request could run out of tries by chance.
+    failed: set[str] = set()
+    failing = threading.Lock()
     app = Flask("reviews")
     # The mesh's metrics in Prometheus's text format at /metrics (404 while mesh.yaml turns them off), and the
     # inbound side: mesh.yaml's `inbound:` policy, a server span and the inbound metrics, before every view.
@@ -69,8 +75,14 @@ def create_app(
 
     @app.get("/reviews/<int:product_id>")
     def reviews(product_id: int) -> tuple[dict[str, Any], int]:
-        if fail_every and next(counter) % fail_every == 0:
-            return {"service": "reviews", "version": version, "error": "failing on purpose"}, 503
+        if fail_every:
+            trace_id = request.headers.get("traceparent", "")[3:35] or f"product {product_id}"
+            with failing:
+                if trace_id in failed:
+                    failed.discard(trace_id)
+                elif next(counter) % fail_every == 0:
+                    failed.add(trace_id)
+                    return {"service": "reviews", "version": version, "error": "failing on purpose"}, 503
         headers = {name: value for name in TRACE_HEADERS if (value := request.headers.get(name))} if sidecar else {}
         ratings: dict[str, Any] = {}
         ratings_error = None

@@ -91,6 +91,24 @@ def test_flask_reviews_example_shows_the_ratings_and_v2_the_stars(version: str) 
     assert stars == (["★★★★☆", "★★☆☆☆"] if version == "v2" else [None, None])
 
 
+def test_the_flaky_reviews_serve_the_retry_of_a_request_they_failed() -> None:
+    """Every 2nd request fails on purpose, but never a retry of one it failed (same trace): whatever order the
+    retries come in, a retried request is answered, as the bookinfo demo's checks rely on."""
+    mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml")
+    client = create_flask_app(mesh, version="v1", fail_every=2).test_client()
+
+    def get(trace: str) -> int:
+        traceparent = f"00-{trace * 32}-{'1' * 16}-01"
+        return client.get("/reviews/3", headers={"traceparent": traceparent}).status_code
+
+    with respx.mock:
+        respx.get("http://127.0.0.1:9090/ratings/3").mock(return_value=httpx.Response(200, json={}))
+        answers = [get("a"), get("b"), get("b"), get("c"), get("d"), get("d"), get("d")]
+    # b fails (2nd counted); its retry is served, not counted; c is 3rd, d 4th fails; d's retry is served, and
+    # a third try of d is a new request to count (5th): served.
+    assert answers == [200, 503, 200, 200, 503, 200, 200]
+
+
 def test_flask_reviews_example_without_ratings_still_shows_the_reviews() -> None:
     mesh = meshlib.Mesh.from_file(EXAMPLES / "flask_app" / "mesh.yaml")
     client = create_flask_app(mesh, version="v2", fail_every=3).test_client()
