@@ -13,13 +13,18 @@ one fails a test, not a request.
 
 from __future__ import annotations
 
-from typing import Any
+from operator import itemgetter
+from typing import Any, Final
 
 import httpx
 
-__all__ = ["copy_request", "headers_from_wire", "request_from_wire", "response_from_wire"]
+__all__ = ["LOWER_NAME", "copy_request", "headers_from_wire", "request_from_wire", "response_from_wire"]
 
 _new = object.__new__
+
+# The lower-case name of an httpx.Headers entry, (raw name, lower-case name, value): `map(LOWER_NAME,
+# headers._list)` scans names in C, where `name in headers` first decodes every header of a new Headers.
+LOWER_NAME: Final = itemgetter(1)
 
 
 def headers_from_wire(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:

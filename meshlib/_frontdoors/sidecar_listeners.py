@@ -11,7 +11,6 @@ the other way round.
 from __future__ import annotations
 
 import ssl
-from operator import itemgetter
 from typing import TYPE_CHECKING, Final, Literal
 
 import httpx
@@ -22,6 +21,7 @@ from meshlib._engine.urls import with_origin
 from meshlib._errors import RouteNotFoundError
 from meshlib._frontdoors.inbound_door import certificate_from_der, denial_headers, request_from_wire
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
+from meshlib._httpx_shortcuts import LOWER_NAME
 from meshlib._observe.hooks import SIDECAR_DOOR, error_code, inbound_exchange, inbound_finished, inbound_observed
 from meshlib._policies.xfcc import XFCC_HEADER, format_xfcc
 from meshlib._wire import ERROR_HEADER
@@ -48,7 +48,7 @@ def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSende
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
         response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
         # One C-level scan of the raw names: `in response.headers` decodes every header of a new Headers first.
-        if _ERROR_RAW in map(_LOWER_NAME, response.headers._list):
+        if _ERROR_RAW in map(LOWER_NAME, response.headers._list):
             # Only the sidecar names mesh errors: an upstream's header would make clients raise one.
             del response.headers[ERROR_HEADER]
         return response
@@ -143,7 +143,7 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
             return httpx.Response(denial.status, headers=denial_headers(denial), content=denial.body)
         headers = request.headers
-        if _XFCC_RAW in map(_LOWER_NAME, headers._list):  # one C-level scan: a caller's rarely has one
+        if _XFCC_RAW in map(LOWER_NAME, headers._list):  # one C-level scan: a caller's rarely has one
             headers._list = [entry for entry in headers._list if entry[1] != _XFCC_RAW]
         for name in result.remove_headers or ():
             headers.pop(name, None)
@@ -179,7 +179,6 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
 _UNSEEN: Final = object()
 _XFCC_RAW: Final = XFCC_HEADER.encode("ascii")
 _ERROR_RAW: Final = ERROR_HEADER.encode("ascii")
-_LOWER_NAME: Final = itemgetter(1)  # of an httpx.Headers entry: (raw name, lower-case name, value)
 _CERTIFICATE_CACHE: Final = 1024
 
 

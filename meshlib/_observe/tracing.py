@@ -19,7 +19,6 @@ import binascii
 import contextvars
 import functools
 import logging
-import operator
 import random
 import threading
 import time
@@ -40,6 +39,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshlib.__version__ import __version__
+from meshlib._httpx_shortcuts import LOWER_NAME
 from meshlib._observe.exchange import Exchange, Try
 from meshlib._observe.observers import Observer
 
@@ -58,8 +58,6 @@ _random_bytes: Final = random.randbytes
 _from_bytes: Final = int.from_bytes
 _NO_ID: Final = bytes(8)
 _hex: Final = binascii.hexlify
-# The lower-case name of one of httpx's header entries: (raw name, lower-case name, value).
-_LOWER_NAME: Final = operator.itemgetter(1)
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
 CLOSE_TIMEOUT: Final = 1.0
@@ -594,7 +592,7 @@ class TracingObserver(Observer):
             if exchange.has_any_header(_TRACE_HEADERS_RAW):
                 self._start_client(exchange)
                 return
-        elif not _TRACE_HEADERS_RAW.isdisjoint(map(_LOWER_NAME, request.headers._list)):  # a C loop: no bytecode
+        elif not _TRACE_HEADERS_RAW.isdisjoint(map(LOWER_NAME, request.headers._list)):  # a C loop: no bytecode
             self._start_client(exchange)
             return
         # The trace id (the first 16 bytes) and the span id (the last 8), from the generator RandomIdGenerator uses:
