@@ -134,60 +134,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             # Nothing to time: a plain iterator object, not an async generator (which the loop registers and
             # finalizes: a few µs a response).
             return _Passing(self, stream.__aiter__())
-        return self._until_deadline_async(stream, self._deadline)
-
-    async def _until_deadline_async(self, stream: httpx.AsyncByteStream, deadline: float) -> AsyncIterator[bytes]:
-        # One function for every case that waits: a nested async generator would cost about 1 µs a chunk.
-        # On asyncio one alarm serves the whole body (the try's own, or one set at the first read): it cancels
-        # the reading task only while it waits for a chunk, and otherwise fails the next read.
-        alarm = self._alarm
-        try:
-            ctx = self._ctx
-            assert ctx is not None
-            monotonic = ctx.clock.monotonic
-            loop = asyncio_loop()
-            chunks = stream.__aiter__()
-            while True:
-                if _received_whole(stream):  # the rest came meanwhile: nothing left to wait for
-                    async for chunk in chunks:
-                        self.received += len(chunk)
-                        yield chunk
-                    return
-                left = deadline - monotonic()
-                if left <= 0 or (alarm is not None and alarm.rang):
-                    raise timeout_error(ctx)
-                try:
-                    if loop is None:  # another anyio backend (trio): a cancel scope per read
-                        with anyio.fail_after(left):
-                            chunk = await chunks.__anext__()
-                    else:
-                        if alarm is None:
-                            alarm = self._alarm = TaskAlarm()
-                            schedule(loop, left, alarm, shared=False)
-                        task = asyncio.current_task(loop)
-                        assert task is not None
-                        alarm.watch(task)
-                        try:
-                            chunk = await chunks.__anext__()
-                        except asyncio.CancelledError:
-                            if alarm.caused(task):
-                                raise timeout_error(ctx) from None
-                            raise
-                        finally:
-                            alarm.watch(None)
-                        if alarm.hit:  # the read swallowed the cancellation: take it back, the time is up anyway
-                            task.uncancel()
-                            raise timeout_error(ctx)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:  # trio's cancel scope
-                    raise timeout_error(ctx) from None
-                if monotonic() >= deadline:  # came too late: the timeout ran out while it was read
-                    raise timeout_error(ctx)
-                self.received += len(chunk)
-                yield chunk
-        except httpx.TransportError as exc:
-            await self._failed(exc)
+        return _UntilDeadline(self, stream.__aiter__(), self._deadline)
 
     async def _failed(self, exc: httpx.TransportError) -> NoReturn:
         """The body failed with ``exc``: note it, close the body (its connection is dropped), raise the mesh's error."""
@@ -235,6 +182,77 @@ class _Passing:
         except httpx.TransportError as exc:
             await self._body._failed(exc)
         self._body.received += len(chunk)
+        return chunk
+
+
+class _UntilDeadline:
+    """Iterates a body that must end by ``deadline`` (``OnCloseStream``'s): the try's timeout spans the body.
+
+    An iterator object, not an async generator, for the same reason as ``_Passing`` (and so it compiles).
+    On asyncio one alarm serves the whole body (the try's own, or one set at the first read): it cancels
+    the reading task only while it waits for a chunk, and otherwise fails the next read.
+    """
+
+    __slots__ = ("_body", "_chunks", "_deadline", "_timed")
+
+    def __init__(self, body: OnCloseStream, chunks: AsyncIterator[bytes], deadline: float) -> None:
+        self._body = body
+        self._chunks = chunks
+        self._deadline = deadline
+        self._timed = True  # False once the rest of the body came: nothing left to wait for
+
+    def __aiter__(self) -> _UntilDeadline:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = self._body
+        try:
+            chunk = await (self._timed_read() if self._timed else self._chunks.__anext__())
+        except httpx.TransportError as exc:
+            await body._failed(exc)
+        body.received += len(chunk)
+        return chunk
+
+    async def _timed_read(self) -> bytes:
+        body = self._body
+        ctx = body._ctx
+        assert ctx is not None
+        if _received_whole(body._stream):
+            self._timed = False
+            return await self._chunks.__anext__()
+        deadline = self._deadline
+        monotonic = ctx.clock.monotonic
+        alarm = body._alarm
+        left = deadline - monotonic()
+        if left <= 0 or (alarm is not None and alarm.rang):
+            raise timeout_error(ctx)
+        loop = asyncio_loop()
+        try:
+            if loop is None:  # another anyio backend (trio): a cancel scope per read
+                with anyio.fail_after(left):
+                    chunk = await self._chunks.__anext__()
+            else:
+                if alarm is None:
+                    alarm = body._alarm = TaskAlarm()
+                    schedule(loop, left, alarm, shared=False)
+                task = asyncio.current_task(loop)
+                assert task is not None
+                alarm.watch(task)
+                try:
+                    chunk = await self._chunks.__anext__()
+                except asyncio.CancelledError:
+                    if alarm.caused(task):
+                        raise timeout_error(ctx) from None
+                    raise
+                finally:
+                    alarm.watch(None)
+                if alarm.hit:  # the read swallowed the cancellation: take it back, the time is up anyway
+                    task.uncancel()
+                    raise timeout_error(ctx)
+        except TimeoutError:  # trio's cancel scope
+            raise timeout_error(ctx) from None
+        if monotonic() >= deadline:  # came too late: the timeout ran out while it was read
+            raise timeout_error(ctx)
         return chunk
 
 

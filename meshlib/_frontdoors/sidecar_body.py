@@ -84,13 +84,9 @@ class _SidecarBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
             raise _body_error(error, self._request, self._tail) from error
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         assert isinstance(self._stream, httpx.AsyncByteStream)
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
-            raise _body_error(error, self._request, self._tail) from error
+        return _MappedChunks(self._stream.__aiter__(), self._request, self._tail)
 
     def close(self) -> None:
         if isinstance(self._stream, httpx.SyncByteStream):
@@ -99,6 +95,26 @@ class _SidecarBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     async def aclose(self) -> None:
         if isinstance(self._stream, httpx.AsyncByteStream):
             await self._stream.aclose()
+
+
+class _MappedChunks:
+    """Iterates a ``_SidecarBody``'s chunks, mapping a failed read: an iterator object, not an async generator."""
+
+    __slots__ = ("_chunks", "_request", "_tail")
+
+    def __init__(self, chunks: AsyncIterator[bytes], request: httpx.Request, tail: _Tail | None) -> None:
+        self._chunks = chunks
+        self._request = request
+        self._tail = tail
+
+    def __aiter__(self) -> _MappedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
+            raise _body_error(error, self._request, self._tail) from error
 
 
 class _Tail:

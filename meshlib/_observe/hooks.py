@@ -303,17 +303,10 @@ class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
             raise
         self._finish()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        try:
-            async for chunk in stream:
-                self._count(len(chunk))
-                yield chunk
-        except BaseException as exc:
-            self._finish(exc)
-            raise
-        self._finish()
+        return _ObservedChunks(self, stream.__aiter__())
 
     def close(self) -> None:
         try:
@@ -328,3 +321,28 @@ class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
                 await self._stream.aclose()
         finally:
             self._finish()
+
+
+class _ObservedChunks:
+    """Iterates an observed body's chunks (``_ObservedBody``'s): an iterator object, not an async generator."""
+
+    __slots__ = ("_body", "_chunks")
+
+    def __init__(self, body: _ObservedBody, chunks: AsyncIterator[bytes]) -> None:
+        self._body = body
+        self._chunks = chunks
+
+    def __aiter__(self) -> _ObservedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._body._finish()
+            raise
+        except BaseException as exc:
+            self._body._finish(exc)
+            raise
+        self._body._count(len(chunk))
+        return chunk

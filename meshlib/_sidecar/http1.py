@@ -379,7 +379,11 @@ class ChunkedDecoder:
 
     __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "done")
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+    # The decoder's states (one assignment each: mypyc compiles no tuple unpacking in a class body).
+    _SIZE = 0
+    _DATA = 1
+    _DATA_END = 2
+    _TRAILER = 3
 
     def __init__(self) -> None:
         self._state = self._SIZE

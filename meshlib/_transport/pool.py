@@ -392,6 +392,7 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origin(url, key)
+        stream: Any  # the body stream, or None when the body went with the head
         payload, stream, length, keep_alive = encode_request(request)
         timeouts = request.extensions.get("timeout") or _NO_TIMEOUTS
         conn = origin.pop_idle()
