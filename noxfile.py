@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests lint typecheck doctest docs coverage bench` (each runs alone)."""
+"""Developer sessions: `nox -s tests compiled lint typecheck doctest docs coverage bench` (each runs alone)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ def tests(session: nox.Session) -> None:
     """The README's test command: the whole unit and integration suite."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def compiled(session: nox.Session) -> None:
+    """The test suite against the request path compiled with mypyc (hatch_build.py), as a wheel install runs it."""
+    session.install("-e", ".[test,compile]")
+    session.run("python", "hatch_build.py", "--inplace")
+    try:
+        session.run("pytest", *session.posargs)
+    finally:
+        session.run("python", "hatch_build.py", "--clean")
 
 
 @nox.session(python=PYTHON)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import json
 import os
 import sys
@@ -18,6 +20,14 @@ __all__ = ["main", "run"]
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 4  # as the sidecar's exit when etcd is unreachable at start
+
+
+def build_kind() -> str:
+    """How this install runs its request path: compiled with mypyc (a wheel built where a C compiler works)."""
+    spec = importlib.util.find_spec("meshlib._sidecar.server")
+    origin = spec.origin if spec is not None else None
+    compiled = origin is not None and origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return "compiled with mypyc" if compiled else "pure Python"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -148,7 +158,7 @@ def _proxy(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshlib", description="A service mesh you pip install.")
-    parser.add_argument("--version", action="version", version=f"meshlib {__version__}")
+    parser.add_argument("--version", action="version", version=f"meshlib {__version__} ({build_kind()})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run local upstreams and send traffic through a built-in mesh config")

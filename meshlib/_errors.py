@@ -32,7 +32,7 @@ mesh. Each class carries a ``code``, the value the sidecar sends in its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal, TypeAlias
+from typing import ClassVar, Literal, TypeAlias, TypeVar
 
 import httpx
 
@@ -55,6 +55,20 @@ __all__ = [
 TimeoutKind: TypeAlias = Literal["request", "per_try", "connect", "client"]
 """Which timeout ran out: the route's or cluster's ``timeout`` (the whole request), ``retry.per_try_timeout``,
 ``connect_timeout``, or the httpx client's own ``timeout=``."""
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def chained(error: _E, cause: BaseException | None) -> _E:
+    """``error`` with ``cause`` as its ``__cause__``: ``raise chained(error, cause)`` is ``raise error from cause``.
+
+    The request path is compiled with mypyc, which drops the ``from`` of ``raise … from …`` (the caller would
+    lose the httpx error a mesh error wraps); an assignment to ``__cause__`` it keeps, and it also sets
+    ``__suppress_context__``, as ``from`` does.
+    """
+    error.__cause__ = cause
+    return error
 
 
 def try_message(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -31,6 +32,32 @@ MakeMesh = Callable[..., meshlib.Mesh]
 
 # The upstream services the integration tests route between (reviews v1 has two endpoints).
 UPSTREAM_NAMES = ("reviews-v1-a", "reviews-v1-b", "reviews-v2", "ratings")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to run compiled modules older than their sources: they would run the old code and hide a change."""
+    stale = [ext for ext in _compiled_modules() if _source_of(ext).stat().st_mtime > ext.stat().st_mtime]
+    if stale:
+        pytest.exit(
+            f"meshlib: {len(stale)} compiled modules are older than their sources ({stale[0].name}, …): "
+            "run `python hatch_build.py --inplace` again, or `--clean` to test the sources",
+            returncode=3,
+        )
+
+
+def pytest_report_header() -> str:
+    """Which request path the suite runs: the sources, or the modules ``hatch_build.py --inplace`` compiled."""
+    compiled = _compiled_modules()
+    return f"meshlib: {len(compiled)} modules compiled with mypyc" if compiled else "meshlib: pure Python"
+
+
+def _compiled_modules() -> list[Path]:
+    package = Path(meshlib.__file__).parent
+    return [*package.rglob("*.so"), *package.rglob("*.pyd")]
+
+
+def _source_of(extension: Path) -> Path:
+    return extension.with_name(extension.name.split(".", 1)[0] + ".py")
 
 
 @pytest.fixture

@@ -142,6 +142,9 @@ class Leg:
     try_timeouts: TryTimeouts | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        # Set here, not by the fields' defaults: mypyc's dataclasses leave an init=False field unset.
+        self.request_timeout = None
+        self.try_timeouts = None
         for f in self.filters:
             if f.name == "timeout":
                 self.request_timeout = getattr(f, "timeout", None)

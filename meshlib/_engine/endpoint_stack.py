@@ -24,6 +24,7 @@ from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHa
 from meshlib._engine.context import context_of
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
+from meshlib._errors import chained
 from meshlib._observe.hooks import try_started
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def send(request: Request, tls: ClusterTls | None = None) -> Response:
             watch.failed(ctx.exchange, mapped or exc)
         if mapped is None:
             raise
-        raise mapped from exc
+        raise chained(mapped, exc)  # noqa: B904 (mypyc drops "from")
     except BaseException as exc:
         state.release()
         if watch is not None:
@@ -113,7 +114,7 @@ async def send_async(request: Request, tls: ClusterTls | None = None) -> Respons
             watch.failed(ctx.exchange, mapped or exc)
         if mapped is None:
             raise
-        raise mapped from exc
+        raise chained(mapped, exc)  # noqa: B904 (mypyc drops "from")
     except BaseException as exc:
         state.release()
         if watch is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import httpcore
 
 from meshlib._engine.interrupt import CURRENT, READ_DEADLINE, Interrupt, TryInterrupted
+from meshlib._errors import chained
 
 __all__ = ["InterruptibleBackend", "WrappingBackend"]
 
@@ -36,7 +37,7 @@ class _Stream(httpcore.NetworkStream):
             result = fn(*args)
         except Exception:
             if interrupt.interrupted:
-                raise TryInterrupted from None
+                raise chained(TryInterrupted(), None)  # noqa: B904 (mypyc drops "from")
             raise
         finally:
             interrupt.leave()

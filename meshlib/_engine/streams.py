@@ -15,6 +15,7 @@ from meshlib._engine.alarms import TaskAlarm, asyncio_loop, schedule
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._engine.timeouts import timeout_error
+from meshlib._errors import chained
 
 if TYPE_CHECKING:
     from meshlib._engine.context import CallContext
@@ -104,7 +105,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 self.close()
             if mapped is None:
                 raise
-            raise mapped from exc
+            raise chained(mapped, exc)  # noqa: B904 (mypyc drops "from")
 
     def _until_deadline(self, stream: httpx.SyncByteStream, deadline: float) -> Iterator[bytes]:
         ctx = self._ctx
@@ -144,7 +145,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             await self.aclose()
         if mapped is None:
             raise exc
-        raise mapped from exc
+        raise chained(mapped, exc)
 
     def _mapped(self, exc: httpx.TransportError) -> httpx.TransportError | None:
         return upstream_error(exc, self._ctx) if self._ctx is not None else None
@@ -242,7 +243,7 @@ class _UntilDeadline:
                     chunk = await self._chunks.__anext__()
                 except asyncio.CancelledError:
                     if alarm.caused(task):
-                        raise timeout_error(ctx) from None
+                        raise chained(timeout_error(ctx), None)  # noqa: B904 (mypyc drops "from")
                     raise
                 finally:
                     alarm.watch(None)
@@ -250,7 +251,7 @@ class _UntilDeadline:
                     task.uncancel()
                     raise timeout_error(ctx)
         except TimeoutError:  # trio's cancel scope
-            raise timeout_error(ctx) from None
+            raise chained(timeout_error(ctx), None)  # noqa: B904 (mypyc drops "from")
         if monotonic() >= deadline:  # came too late: the timeout ran out while it was read
             raise timeout_error(ctx)
         return chunk

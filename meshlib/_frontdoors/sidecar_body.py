@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from meshlib._engine.errors import describe
-from meshlib._errors import MeshError, RequestTimeoutError, UpstreamResetError
+from meshlib._errors import MeshError, RequestTimeoutError, UpstreamResetError, chained
 from meshlib._wire import LENGTH_HEADER, error_from_chunk
 
 __all__ = ["keep_tails", "received"]
@@ -82,7 +82,7 @@ class _SidecarBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         try:
             yield from self._stream
         except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
-            raise _body_error(error, self._request, self._tail) from error
+            raise chained(_body_error(error, self._request, self._tail), error)  # noqa: B904 (mypyc drops "from")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         assert isinstance(self._stream, httpx.AsyncByteStream)
@@ -114,7 +114,7 @@ class _MappedChunks:
         try:
             return await self._chunks.__anext__()
         except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
-            raise _body_error(error, self._request, self._tail) from error
+            raise chained(_body_error(error, self._request, self._tail), error)  # noqa: B904 (mypyc drops "from")
 
 
 class _Tail:

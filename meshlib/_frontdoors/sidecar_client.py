@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import httpx
 
+from meshlib._errors import chained
 from meshlib._frontdoors.sidecar_body import keep_tails, received
 from meshlib._wire import CLIENT_HEADER, error_from_response, is_error_response
 
@@ -46,7 +47,7 @@ def sidecar_url(sidecar: str | None = None) -> str:
     try:
         url = httpx.URL(value.strip())
     except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"invalid sidecar URL {value!r}: {exc}") from None
+        raise chained(ValueError(f"invalid sidecar URL {value!r}: {exc}"), None)  # noqa: B904 (mypyc drops "from")
     if url.scheme != "http" or not url.host:
         raise ValueError(f"invalid sidecar URL {value!r}: expected http://HOST:PORT, e.g. {DEFAULT_SIDECAR!r}")
     if url.path not in ("", "/") or url.query or url.fragment or url.userinfo:
@@ -109,7 +110,7 @@ class SidecarTransport(httpx.BaseTransport):
         except httpx.ConnectError as error:
             if _is_tls_failure(error):
                 raise
-            raise _unreachable(self.sidecar, error, request) from error
+            raise chained(_unreachable(self.sidecar, error, request), error)  # noqa: B904 (mypyc drops "from")
         if not is_error_response(response):
             return received(response, request)
         body = bytearray()
@@ -147,7 +148,7 @@ class AsyncSidecarTransport(httpx.AsyncBaseTransport):
         except httpx.ConnectError as error:
             if _is_tls_failure(error):
                 raise
-            raise _unreachable(self.sidecar, error, request) from error
+            raise chained(_unreachable(self.sidecar, error, request), error)  # noqa: B904 (mypyc drops "from")
         if not is_error_response(response):
             return received(response, request)
         body = bytearray()

@@ -128,6 +128,7 @@ class Exchange:
         self._user_agent = user_agent
         self._request_id = request_id
         self._bytes_sent = bytes_sent
+        self._trace_id = None  # (mypyc applies no class default to this union's attribute)
         self.start = time.perf_counter()
         self.route = route
         self.tries = []
@@ -260,18 +261,7 @@ class Exchange:
         return max(len(self.tries) - 1, 0)
 
 
-_new = object.__new__
-
-
 def outbound(request: httpx.Request, route: str | None, door: str) -> Exchange:
-    """``Exchange("outbound", door, request=request, route=route)``, made without the constructor's keyword
-    arguments and storing only what differs from the defaults: every request through a mesh with observers
+    """``Exchange("outbound", door, request=request, route=route)``: every request through a mesh with observers
     makes one."""
-    exchange: Exchange = _new(Exchange)
-    exchange.door = door
-    exchange._request = request
-    exchange.start = time.perf_counter()
-    exchange.route = route
-    exchange.tries = []
-    exchange.slots = {}
-    return exchange
+    return Exchange("outbound", door, request=request, route=route)

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import httpx
+from mypy_extensions import mypyc_attr
 
 from meshlib._observe.exchange import Exchange, Try
 
@@ -38,6 +39,7 @@ __all__ = ["Observer", "Observers"]
 logger = logging.getLogger("meshlib.observe")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the observers (tracing, metrics, access log) and users' own
 class Observer:
     """Told what happens to each request; every method does nothing unless overridden."""
 

@@ -29,6 +29,7 @@ from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
 from meshlib._engine.context import CallContext, context_of
 from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._engine.timeouts import TryTimeouts, timeout_error
+from meshlib._errors import chained
 
 __all__ = ["DeadlineFilter", "PerTryTimeoutFilter"]
 
@@ -101,7 +102,7 @@ class PerTryTimeoutFilter:
                 with anyio.fail_after(budget):
                     return await call_next(request)
             except TimeoutError:
-                raise timeout_error(ctx) from None
+                raise chained(timeout_error(ctx), None)  # noqa: B904 (mypyc drops "from")
         # What asyncio.timeout does (cancel the task when due, take the cancellation back): one timer per try.
         alarm = TaskAlarm(task)
         # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; a budget cut
@@ -115,7 +116,7 @@ class PerTryTimeoutFilter:
             ctx.try_alarm = None
             alarm.cancel()
             if isinstance(error, asyncio.CancelledError) and alarm.caused(task):
-                raise timeout_error(ctx) from None
+                raise chained(timeout_error(ctx), None)  # noqa: B904 (mypyc drops "from")
             raise
         if alarm.hit:  # the try swallowed the cancellation and answered anyway: take it back
             task.uncancel()

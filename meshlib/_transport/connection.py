@@ -20,6 +20,7 @@ import httptools
 import httpx
 
 from meshlib._engine.alarms import Alarm, schedule
+from meshlib._errors import chained
 from meshlib._httpx_shortcuts import response_from_wire
 from meshlib._transport.flow import HIGH_WATER, LOW_WATER
 from meshlib._transport.wire import LAST_CHUNK, MAX_HEAD_BYTES, MAX_HEADERS, VERSIONS, close_delimited, truncated
@@ -172,7 +173,7 @@ class NetworkStream:
         while not buffer:
             if conn.lost:
                 if conn.lost_error is not None:
-                    raise httpx.ReadError(str(conn.lost_error) or "Connection reset") from conn.lost_error
+                    raise chained(httpx.ReadError(str(conn.lost_error) or "Connection reset"), conn.lost_error)
                 return b""
             await conn.wait(None)
         data = bytes(buffer[:max_bytes])

@@ -31,6 +31,7 @@ from typing import Any, Final, cast
 
 import httpx
 
+from meshlib._errors import chained
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._transport.connection import Connection
 from meshlib._transport.tls import open_tls
@@ -205,9 +206,11 @@ class Origin:
                 conn.counted = False
                 self.free_slot()
             if isinstance(exc, TimeoutError):
-                raise httpx.ConnectTimeout(f"Timed out connecting to {self.host}:{self.port}", request=request) from exc
+                raise chained(  # noqa: B904 (mypyc drops "from")
+                    httpx.ConnectTimeout(f"Timed out connecting to {self.host}:{self.port}", request=request), exc
+                )
             if isinstance(exc, OSError):
-                raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+                raise chained(httpx.ConnectError(str(exc) or type(exc).__name__, request=request), exc)  # noqa: B904 (mypyc drops "from")
             raise
         return conn
 
@@ -314,8 +317,8 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
     connection's ``ssl.SSLObject`` once the handshake is done and before the
     request is written, and whatever it raises (``meshlib._tls``'s identity
     check raises an ``httpx.ConnectError``) fails the request with nothing sent.
-    TLS sessions are not resumed (asyncio's ``create_connection`` takes no
-    session): connections are kept alive and reused instead.
+    A new TLS connection resumes the session of the origin's newest one
+    (same SNI), as a browser does; connections are kept alive and reused too.
 
     While respx mocks httpx (inside ``respx.mock`` or with the ``respx_mock``
     fixture), requests go through an ``httpx.AsyncHTTPTransport`` instead, so

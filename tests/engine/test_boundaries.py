@@ -10,9 +10,10 @@ compare what it built with the docstring, then check compiled meshes too.
 from __future__ import annotations
 
 import ast
-import inspect
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -85,6 +86,17 @@ def test_the_import_scan_catches_every_spelling_of_a_forbidden_import() -> None:
     }
 
 
+def _source(module: ModuleType) -> str:
+    """A module's source (its ``__file__`` is an extension module's where it is compiled with mypyc)."""
+    assert module.__file__ is not None
+    return (Path(module.__file__).parent / (module.__name__.rpartition(".")[2] + ".py")).read_text()
+
+
+def _doc(module: ModuleType) -> str | None:
+    """A module's docstring, read from its source: a module compiled with mypyc has no ``__doc__``."""
+    return ast.get_docstring(ast.parse(_source(module)))
+
+
 def _documented_order(doc: str | None, first: str) -> list[str]:
     """The stages of the ``a → b → c`` line of a module docstring that starts with ``first``."""
     assert doc is not None
@@ -93,11 +105,19 @@ def _documented_order(doc: str | None, first: str) -> list[str]:
 
 
 def _slots(builder: Callable[..., Any], annotation: str) -> list[str]:
-    """The builder's keyword-only parameters that take a filter (annotated ``annotation``), in signature order."""
+    """The builder's keyword-only parameters that take a filter (annotated ``annotation``), in signature order.
+
+    Read from the source: a function compiled with mypyc keeps no annotations.
+    """
+    [found] = [
+        node
+        for node in ast.parse(_source(sys.modules[builder.__module__])).body
+        if isinstance(node, ast.FunctionDef) and node.name == builder.__name__
+    ]
     return [
-        p.name
-        for p in inspect.signature(builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.annotation == annotation
+        arg.arg
+        for arg in found.args.kwonlyargs
+        if arg.annotation is not None and ast.unparse(arg.annotation) == annotation
     ]
 
 
@@ -127,7 +147,7 @@ def _names(filters: Any) -> list[str]:
 
 def test_the_route_builder_builds_the_documented_order() -> None:
     """build_route_stack puts every filter it takes where route_stack.py's docstring says."""
-    documented = _documented_order(route_stack.__doc__, "Route level:")
+    documented = _documented_order(_doc(route_stack), "Route level:")
     documented[0] = documented[0].removeprefix("Route level:").strip()
     assert documented[-1].startswith("split")
     assert documented[-1].rstrip(".").endswith("or direct response")
@@ -142,7 +162,7 @@ def test_the_route_builder_builds_the_documented_order() -> None:
 
 def test_the_leg_and_endpoint_builders_build_the_documented_order(make_mesh: MakeMesh) -> None:
     """build_leg (and endpoint_filters below it) put every filter where cluster_stack.py's docstring says."""
-    documented = _documented_order(cluster_stack.__doc__, "timeout →")
+    documented = _documented_order(_doc(cluster_stack), "timeout →")
     pick = documented.index("[pick endpoint]")
     assert documented[-1] == "send"
     slots = _slots(cluster_stack.build_leg, "Filter | None")
@@ -153,7 +173,7 @@ def test_the_leg_and_endpoint_builders_build_the_documented_order(make_mesh: Mak
     assert _names(leg.endpoint_filters) == documented[pick + 1 : -1]
     assert leg.filter_names == slots
     # The endpoint level's own docstring says the same as the leg's, from the pick on.
-    endpoint = _documented_order(endpoint_stack.__doc__, "Endpoint level:")
+    endpoint = _documented_order(_doc(endpoint_stack), "Endpoint level:")
     endpoint[0] = endpoint[0].removeprefix("Endpoint level:").strip()
     endpoint[-1] = endpoint[-1].split(",")[0]
     assert endpoint == documented[pick + 1 :]
@@ -163,7 +183,7 @@ def test_the_leg_and_endpoint_builders_build_the_documented_order(make_mesh: Mak
 
 def test_the_inbound_builder_builds_the_documented_order() -> None:
     """build_inbound_stack puts every filter it takes where inbound_stack.py's docstring says."""
-    doc = inbound_stack.__doc__
+    doc = _doc(inbound_stack)
     assert doc is not None
     line = doc.splitlines()[0].removeprefix("Inbound:").split(";")[0]
     documented = [stage.strip() for stage in line.split("→")]
@@ -183,8 +203,9 @@ def test_the_stand_ins_are_filters() -> None:
 
 def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
     """route_stack.py documents: fault → header edits → rewrite → mirror → split or direct response."""
-    assert route_stack.__doc__ is not None
-    assert route_stack.__doc__.startswith("Route level: fault → header edits → rewrite → mirror → split")
+    doc = _doc(route_stack)
+    assert doc is not None
+    assert doc.startswith("Route level: fault → header edits → rewrite → mirror → split")
     mesh = make_mesh(
         {
             "clusters": {"a": {"endpoints": ["http://127.0.0.1:9001"]}, "s": {"endpoints": ["http://127.0.0.1:9002"]}},
@@ -235,7 +256,7 @@ def test_route_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
 
 def test_leg_filters_run_in_the_documented_order(make_mesh: MakeMesh) -> None:
     """cluster_stack.py documents the leg: timeout → rate_limit → retry → hedge → circuit_breaker → … → send."""
-    documented = _documented_order(cluster_stack.__doc__, "timeout →")
+    documented = _documented_order(_doc(cluster_stack), "timeout →")
     assert documented[0] == "timeout"
     assert documented[-1] == "send"
     every_policy = {
