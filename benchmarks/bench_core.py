@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import httpx
 
 import meshlib
+from meshlib._cli import build_kind
 
 HERE = Path(__file__).resolve().parent
 
@@ -384,7 +385,7 @@ def live_rows(sizes: Sizes) -> list[Row]:
     """Bare vs meshed httpx clients against the uvicorn upstream, sync and async."""
     cap = sizes.budget
     with uvicorn_upstream() as upstream:
-        print(f"upstream: uvicorn in a subprocess at {upstream}", flush=True)
+        print(f"meshlib: {build_kind()}; upstream: uvicorn in a subprocess at {upstream}", flush=True)
         mesh = meshlib.Mesh.from_dict(generate_config(lambda i: [upstream]))
         bare_url = upstream + TARGET_PATH
         mesh_url = f"http://{TARGET_HOST}{TARGET_PATH}"

@@ -76,6 +76,7 @@ from bench_sidecar import (  # noqa: E402
 )
 
 import meshlib  # noqa: E402
+from meshlib._cli import build_kind  # noqa: E402
 from meshlib._observe import registry  # noqa: E402
 from meshlib._observe.observers import Observer  # noqa: E402
 
@@ -230,7 +231,8 @@ def _interleave(
 
 
 def print_engine(best: dict[tuple[str, str], float]) -> list[tuple[str, bool]]:
-    print(f"\n{'engine alone':<30} {'µs/req':>8} {'vs off':>8}")
+    print(f"\nmeshlib: {build_kind()}")
+    print(f"{'engine alone':<30} {'µs/req':>8} {'vs off':>8}")
     print("─" * 48)
     verdicts = []
     for mode in ("sync", "async"):

@@ -37,6 +37,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import yaml
 
 import meshlib
+from meshlib._cli import build_kind
 
 HERE = Path(__file__).resolve().parent
 
@@ -833,7 +834,11 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
 
 
 def _versions(envoy: bool) -> str:
-    parts = [f"meshlib {meshlib.__version__}", f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs"]
+    parts = [
+        f"meshlib {meshlib.__version__} ({build_kind()})",
+        f"Python {platform.python_version()}",
+        f"{os.cpu_count()} CPUs",
+    ]
     binary = envoy_binary() if envoy else None
     if binary:
         done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)

@@ -38,6 +38,8 @@ from bench_sidecar import (
     run_wrk,
 )
 
+from meshlib._cli import build_kind
+
 START_TIMEOUT = 30.0
 
 
@@ -102,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}/"
             with_what = "" if args.no_observability else ", with metrics, an access log and tracing at 1%"
             print(
-                f"soak: meshlib proxy{with_what}, wrk -c{args.concurrency} × {args.rounds} rounds of {args.duration} s"
+                f"soak: meshlib proxy ({build_kind()}){with_what}, wrk -c{args.concurrency} × {args.rounds} rounds of "
+                f"{args.duration} s"
             )
             print(f"  idle RSS {rss_mb(proxy.pid):.1f} MB")
             print(f"  {'round':>5} {'requests':>10} {'req/s':>8} {'errors':>7} {'RSS MB':>8}")
