@@ -38,6 +38,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
     return ("asyncio", {"use_uvloop": request.param})
 
 
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A non-blocking listening socket on a free loopback port, closed after the test."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.setblocking(False)
+        yield sock
+
+
 def _workload(pki: Pki, service: str) -> Workload:
     folder = pki.root / service
     return Workload(service, folder / f"{service}.pem", folder / f"{service}-key.pem", pki.ca_file)
@@ -180,7 +188,7 @@ async def test_client_bytes_arrive_whole_and_in_order(pki: Pki, sizes: list[int]
     assert not errors
 
 
-async def test_server_reads_records_split_across_segments(pki: Pki) -> None:
+async def test_server_reads_records_split_across_segments(listener: socket.socket, pki: Pki) -> None:
     """A client that sends its records a few bytes at a time: the layer waits for whole records."""
     loop = asyncio.get_running_loop()
     app = Recorder()
@@ -189,8 +197,6 @@ async def test_server_reads_records_split_across_segments(pki: Pki) -> None:
     async def accept(sock: socket.socket) -> None:
         served.set_result(await serve_tls(loop, sock, app, server_ctx(pki), 5.0))
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
 
     def client() -> None:
@@ -210,56 +216,46 @@ async def test_server_reads_records_split_across_segments(pki: Pki) -> None:
             with contextlib.suppress(OSError):
                 raw.recv(1)  # until the server ends the connection
 
-    try:
-        thread = threading.Thread(target=client, daemon=True)
-        thread.start()
-        conn, _ = await loop.sock_accept(listener)
-        await accept(conn)
-        layer = await served
-        expected = b"hello, " * 1000 + b"world"
-        assert await app.until(len(expected)) == expected
-        layer.abort()
-        await asyncio.wait_for(app.lost, 5)
-        await asyncio.to_thread(thread.join, 5)
-    finally:
-        listener.close()
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    conn, _ = await loop.sock_accept(listener)
+    await accept(conn)
+    layer = await served
+    expected = b"hello, " * 1000 + b"world"
+    assert await app.until(len(expected)) == expected
+    layer.abort()
+    await asyncio.wait_for(app.lost, 5)
+    await asyncio.to_thread(thread.join, 5)
 
 
-async def test_both_ends_are_tls_layers(pki: Pki) -> None:
+async def test_both_ends_are_tls_layers(listener: socket.socket, pki: Pki) -> None:
     loop = asyncio.get_running_loop()
     server_app = Recorder()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
     client_app = Recorder()
     accepted = loop.create_task(loop.sock_accept(listener))
-    try:
-        client_task = loop.create_task(connect(port, client_ctx(pki), client_app))
-        conn, _ = await accepted
-        server = await serve_tls(loop, conn, server_app, server_ctx(pki), 5.0)
-        client = await client_task
-        client.write(b"ping" * 10000)
-        assert await server_app.until(40000) == b"ping" * 10000
-        server.write(b"pong")
-        assert await client_app.until(4) == b"pong"
-        # The client's certificate, as the server saw it: the one the client presented.
-        assert ("URI", "spiffe://example.org/ns/default/sa/frontend") in server.get_extra_info("peercert")[
-            "subjectAltName"
-        ]
-        assert isinstance(server.get_extra_info("ssl_object"), ssl.SSLObject)
-        assert server.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        assert client.get_extra_info("cipher") is not None
-        assert client.get_extra_info("peername")[1] == port
-        assert client.get_extra_info("sslcontext") is not None
-        assert client.get_extra_info("nothing", "default") == "default"
-        # close_notify is the peer's end of stream (eof_received), then both ends close.
-        client.close()
-        assert await asyncio.wait_for(server_app.lost, 5) is None
-        assert server_app.events == ["made", "eof", "lost"]
-        assert await asyncio.wait_for(client_app.lost, 5) is None
-        assert "eof" not in client_app.events or client_app.events[-1] == "lost"
-    finally:
-        listener.close()
+    client_task = loop.create_task(connect(port, client_ctx(pki), client_app))
+    conn, _ = await accepted
+    server = await serve_tls(loop, conn, server_app, server_ctx(pki), 5.0)
+    client = await client_task
+    client.write(b"ping" * 10000)
+    assert await server_app.until(40000) == b"ping" * 10000
+    server.write(b"pong")
+    assert await client_app.until(4) == b"pong"
+    # The client's certificate, as the server saw it: the one the client presented.
+    assert ("URI", "spiffe://example.org/ns/default/sa/frontend") in server.get_extra_info("peercert")["subjectAltName"]
+    assert isinstance(server.get_extra_info("ssl_object"), ssl.SSLObject)
+    assert server.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    assert client.get_extra_info("cipher") is not None
+    assert client.get_extra_info("peername")[1] == port
+    assert client.get_extra_info("sslcontext") is not None
+    assert client.get_extra_info("nothing", "default") == "default"
+    # close_notify is the peer's end of stream (eof_received), then both ends close.
+    client.close()
+    assert await asyncio.wait_for(server_app.lost, 5) is None
+    assert server_app.events == ["made", "eof", "lost"]
+    assert await asyncio.wait_for(client_app.lost, 5) is None
+    assert "eof" not in client_app.events or client_app.events[-1] == "lost"
 
 
 # -- ends of a connection --------------------------------------------------------------------------------------------
@@ -451,10 +447,10 @@ async def test_a_server_of_another_ca_fails_the_handshake(pki: Pki, other_pki: P
     assert app.events == []  # the protocol above never saw the connection
 
 
-async def test_a_client_of_another_ca_is_refused_by_the_server(pki: Pki, other_pki: Pki) -> None:
+async def test_a_client_of_another_ca_is_refused_by_the_server(
+    listener: socket.socket, pki: Pki, other_pki: Pki
+) -> None:
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
     app = Recorder()
 
@@ -470,37 +466,27 @@ async def test_a_client_of_another_ca_is_refused_by_the_server(pki: Pki, other_p
         except (OSError, ssl.SSLError):
             return "ended"
 
-    try:
-        outcome = loop.run_in_executor(None, client)
-        conn, _ = await loop.sock_accept(listener)
-        with pytest.raises(ssl.SSLError, match=r"certificate verify failed|unknown ca"):
-            await serve_tls(loop, conn, app, server_ctx(pki), 5.0)
-        assert await asyncio.wait_for(outcome, 5) == "ended"  # the client's connection ended too
-    finally:
-        listener.close()
+    outcome = loop.run_in_executor(None, client)
+    conn, _ = await loop.sock_accept(listener)
+    with pytest.raises(ssl.SSLError, match=r"certificate verify failed|unknown ca"):
+        await serve_tls(loop, conn, app, server_ctx(pki), 5.0)
+    assert await asyncio.wait_for(outcome, 5) == "ended"  # the client's connection ended too
     assert app.events == []
 
 
-async def test_a_peer_that_goes_away_mid_handshake(pki: Pki) -> None:
+async def test_a_peer_that_goes_away_mid_handshake(listener: socket.socket, pki: Pki) -> None:
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
-    try:
-        raw = socket.create_connection(("127.0.0.1", port))
-        conn, _ = await loop.sock_accept(listener)
-        raw.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, then the end
-        raw.close()
-        with pytest.raises((ConnectionError, ssl.SSLError)):
-            await serve_tls(loop, conn, Recorder(), server_ctx(pki), 5.0)
-    finally:
-        listener.close()
+    raw = socket.create_connection(("127.0.0.1", port))
+    conn, _ = await loop.sock_accept(listener)
+    raw.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, then the end
+    raw.close()
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await serve_tls(loop, conn, Recorder(), server_ctx(pki), 5.0)
 
 
-async def test_a_handshake_that_never_ends_times_out(pki: Pki) -> None:
+async def test_a_handshake_that_never_ends_times_out(listener: socket.socket, pki: Pki) -> None:
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
     raw = socket.create_connection(("127.0.0.1", port))  # says nothing
     try:
@@ -511,32 +497,26 @@ async def test_a_handshake_that_never_ends_times_out(pki: Pki) -> None:
         assert await asyncio.to_thread(raw.recv, 1) == b""  # the server's end closed it
     finally:
         raw.close()
-        listener.close()
 
 
-async def test_a_cancelled_handshake_leaves_nothing_open(pki: Pki) -> None:
+async def test_a_cancelled_handshake_leaves_nothing_open(listener: socket.socket, pki: Pki) -> None:
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
     port = listener.getsockname()[1]
-    try:
-        app = Recorder()
-        task = loop.create_task(connect(port, client_ctx(pki), app))  # the listener never answers the handshake
-        conn, _ = await loop.sock_accept(listener)
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        conn.settimeout(5)
-        conn.setblocking(True)
-        hello = conn.recv(65536)
-        assert hello[:1] == b"\x16"  # the client's hello came, then the end of the connection
-        while conn.recv(65536):
-            pass
-        conn.close()
-        assert app.events == []
-    finally:
-        listener.close()
+    app = Recorder()
+    task = loop.create_task(connect(port, client_ctx(pki), app))  # the listener never answers the handshake
+    conn, _ = await loop.sock_accept(listener)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    conn.settimeout(5)
+    conn.setblocking(True)
+    hello = conn.recv(65536)
+    assert hello[:1] == b"\x16"  # the client's hello came, then the end of the connection
+    while conn.recv(65536):
+        pass
+    conn.close()
+    assert app.events == []
 
 
 # -- sessions --------------------------------------------------------------------------------------------------------
