@@ -494,7 +494,7 @@ class Mesh:
         inbound side's (with ``meshlib.asgi.MeshMiddleware``) and the live
         state of :meth:`stats`; docs/observability.md lists every metric.
         """
-        from meshlib._observe.metrics import asgi_app  # here: prometheus_client loads only for a mesh that asks
+        from meshlib._observe.metrics_apps import asgi_app  # here: prometheus_client loads only for a mesh that asks
 
         return asgi_app(self)
 
@@ -503,7 +503,7 @@ class Mesh:
 
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": mesh.metrics_wsgi_app()})
         """
-        from meshlib._observe.metrics import wsgi_app
+        from meshlib._observe.metrics_apps import wsgi_app
 
         return wsgi_app(self)
 

@@ -34,7 +34,7 @@ import math
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -46,7 +46,6 @@ from prometheus_client.utils import floatToGoString
 
 from meshlib._config.redact import redact_url
 from meshlib._errors import MeshError
-from meshlib._frontdoors.asgi import serve_lifespan
 from meshlib._observe.exchange import Exchange, Try
 from meshlib._observe.observers import Observer
 
@@ -55,8 +54,6 @@ if TYPE_CHECKING:
 
     from meshlib._config.models import MeshConfig
     from meshlib._config.observability import MetricsConfig
-    from meshlib._frontdoors.asgi import ASGIApp, Receive, Scope, Send
-    from meshlib._frontdoors.wsgi import StartResponse, WSGIApp, WSGIEnvironment
     from meshlib._mesh import Mesh
     from meshlib._snapshot.compile import Runtime
 
@@ -65,21 +62,20 @@ __all__ = [
     "LATENCY_BUCKETS",
     "NOT_ENABLED",
     "MetricsObserver",
-    "asgi_app",
     "build",
     "exposition",
     "merge_request_families",
     "observer_of",
     "scrape",
     "state_families",
-    "wsgi_app",
 ]
 
 # Prometheus's classic text format: what every Prometheus and promtool reads.
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
-# Envoy's default histogram buckets (0.5 ms to 1 h), in seconds.
-LATENCY_BUCKETS: Final = (
+# Envoy's default histogram buckets (0.5 ms to 1 h), in seconds. Not Final: compiled, mypyc would inline the tuple
+# and leave the name unset for _BOUNDS below to unpack.
+LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005,
     0.001,
     0.005,
@@ -190,7 +186,7 @@ _RETRIES_HELP: Final = (
 _WHERE: Final = ("route", "cluster", "endpoint")
 
 
-class _Outbound(Collector):
+class _Outbound:
     """The outbound request families, counted in plain numbers under one lock and made into families at scrape time.
 
     What ``prometheus_client``'s Counter, Histogram and Gauge would show (names, help, labels, types, series in
@@ -274,6 +270,20 @@ class _Outbound(Collector):
         )
 
 
+class _OutboundCollector(Collector):
+    """Registers an :class:`_Outbound`: compiled with mypyc, that is a native class, which a subclass of
+    ``prometheus_client``'s Collector could not be (its counters are read on every request)."""
+
+    def __init__(self, counts: _Outbound) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return self.counts.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        return self.counts.collect()
+
+
 class MetricsObserver(Observer):
     """Records each request's golden signals into a ``prometheus_client`` registry of its own."""
 
@@ -284,7 +294,7 @@ class MetricsObserver(Observer):
         self.registry = registry = CollectorRegistry(auto_describe=False)
         # The outbound families first (the page's order), counted by a collector of ours: see _Outbound.
         self._outbound = _Outbound()
-        registry.register(self._outbound)
+        registry.register(_OutboundCollector(self._outbound))
         self._inbound = Counter(
             "meshlib_inbound_requests",
             "Inbound requests by the status class of the answer and the error code (a denial's, or the app's failure).",
@@ -663,52 +673,3 @@ def scrape(mesh: Mesh) -> tuple[int, bytes]:
     if observer is None:
         return 404, NOT_ENABLED.encode() + b"\n"
     return 200, exposition(observer, mesh.stats())
-
-
-# --- the mountable apps ----------------------------------------------------------------------------------------------
-
-_TEXT: Final = "text/plain; charset=utf-8"
-
-
-def _answer(mesh: Mesh, method: str) -> tuple[int, str, bytes, list[tuple[str, str]]]:
-    """(status, content type, body, extra headers) for one request to a metrics app."""
-    if method not in ("GET", "HEAD"):
-        return 405, _TEXT, b"method not allowed: GET or HEAD\n", [("allow", "GET, HEAD")]
-    status, body = scrape(mesh)
-    return status, CONTENT_TYPE if status == 200 else _TEXT, body, []
-
-
-def asgi_app(mesh: Mesh) -> ASGIApp:
-    """An ASGI app serving ``mesh``'s metrics page at every path (mount it where Prometheus scrapes)."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            # Mounted apps see none; run on its own (uvicorn), it starts and stops at once.
-            await serve_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            raise RuntimeError(f"the metrics app serves HTTP only, not {scope['type']!r}")
-        method = scope.get("method", "GET")
-        status, content_type, body, extra = _answer(mesh, method)
-        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), v.encode()) for k, v in extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-
-    return app
-
-
-_REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-def wsgi_app(mesh: Mesh) -> WSGIApp:
-    """A WSGI app serving ``mesh``'s metrics page at every path (mount it where Prometheus scrapes)."""
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        status, content_type, body, extra = _answer(mesh, method)
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
-        start_response(f"{status} {_REASONS[status]}", headers)
-        return iter([b"" if method == "HEAD" else body])
-
-    return app

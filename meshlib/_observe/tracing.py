@@ -39,7 +39,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshlib.__version__ import __version__
-from meshlib._httpx_shortcuts import LOWER_NAME
 from meshlib._observe.exchange import Exchange, Try
 from meshlib._observe.observers import Observer
 
@@ -54,10 +53,8 @@ logger = logging.getLogger("meshlib.observe")
 
 # Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's).
 _random_bits: Final = random.getrandbits
-_random_bytes: Final = random.randbytes
-_from_bytes: Final = int.from_bytes
-_NO_ID: Final = bytes(8)
-_hex: Final = binascii.hexlify
+_LOW64: Final = (1 << 64) - 1
+_hexlify: Final = binascii.hexlify
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
 CLOSE_TIMEOUT: Final = 1.0
@@ -82,12 +79,29 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _ROOT: Final = otel_context.Context()  # no parent: a new trace
 # What the SDK gives a root span its sampler dropped: not sampled, its trace id random (W3C trace context level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
-# otel_context.get_current without its own call: the runtime context's (a contextvar's get).
-_current_context: Final[Callable[[], otel_context.Context]] = otel_context._RUNTIME_CONTEXT.get_current
+
+
+def _context_getter() -> Callable[[], otel_context.Context]:
+    """otel_context.get_current without its two Python calls: the default runtime context's contextvar's own get
+    (a C method), else (OTEL_PYTHON_CONTEXT names another runtime context) that context's get_current."""
+    runtime = otel_context._RUNTIME_CONTEXT
+    var = getattr(runtime, "_current_context", None)
+    if isinstance(var, contextvars.ContextVar):
+        getter: Callable[[], otel_context.Context] = var.get
+        return getter
+    return runtime.get_current
+
+
+_current_context: Final = _context_getter()
 CLIENT: Final = SpanKind.CLIENT
 SERVER: Final = SpanKind.SERVER
 # Set with the attached context in an inbound door: finished() detaches only in the context it attached in.
 _ATTACHED: contextvars.ContextVar[object] = contextvars.ContextVar("meshlib_trace_attached")
+
+
+def _has_trace_header(entries: list[tuple[bytes, bytes, bytes]]) -> bool:
+    """Whether httpx's header entries hold a trace header (compiled: a loop, cheaper than a set test of a map)."""
+    return any(entry[1] in _TRACE_HEADERS_RAW for entry in entries)
 
 
 def _propagator(name: str) -> TextMapPropagator:
@@ -128,14 +142,11 @@ def trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | No
 class Propagation:
     """The configured header formats: all injected on a try's request, the first one present extracted."""
 
-    __slots__ = ("_formats", "_names", "root_formats")
+    __slots__ = ("_formats", "_names")
 
     def __init__(self, names: Sequence[str]) -> None:
         self._names = tuple(names)
         self._formats = tuple((_PRESENCE[name], _FORMAT_HEADERS[name], _propagator(name)) for name in names)
-        # A dropped new trace's headers (TracingObserver.try_started), in the configured order: (raw name, lower-case
-        # name, value format of the hex ids).
-        self.root_formats = tuple(entry for name in names for entry in _ROOT_FORMATS[name])
 
     def extract(self, found: dict[str, str] | None) -> otel_context.Context | None:
         """The remote parent in the first configured format present in ``found`` and well formed, else None."""
@@ -182,18 +193,25 @@ class Propagation:
                 entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", sampled))
 
+    def root_entries(self, hexed: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """The header entries of a new trace the sampler dropped, in every configured format: ``hexed``, the hex
+        digits of its trace id (32) and span id (16).
 
-# The headers of a new trace the sampler dropped, per format: each value formats (trace id, span id) as inject does for
-# flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root span its sampler dropped).
-_ROOT_FORMATS: Final[dict[str, tuple[tuple[bytes, bytes, bytes], ...]]] = {
-    "tracecontext": ((b"traceparent", b"traceparent", b"00-%b-%b-02"),),
-    "b3": ((b"b3", b"b3", b"%b-%b-0"),),
-    "b3multi": (
-        (b"x-b3-traceid", b"x-b3-traceid", b"%b%.0b"),
-        (b"x-b3-spanid", b"x-b3-spanid", b"%.0b%b"),
-        (b"x-b3-sampled", b"x-b3-sampled", b"%.0b%.0b0"),
-    ),
-}
+        What :meth:`inject` writes for flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root
+        span its sampler dropped), joined rather than %-formatted: this runs on most requests at a low ratio.
+        """
+        trace_id, span_id = hexed[:32], hexed[32:]
+        entries: list[tuple[bytes, bytes, bytes]] = []
+        for name in self._names:
+            if name == "tracecontext":
+                entries.append((b"traceparent", b"traceparent", b"-".join((b"00", trace_id, span_id, b"02"))))
+            elif name == "b3":
+                entries.append((b"b3", b"b3", b"-".join((trace_id, span_id, b"0"))))
+            else:
+                entries.append((b"x-b3-traceid", b"x-b3-traceid", trace_id))
+                entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
+                entries.append((b"x-b3-sampled", b"x-b3-sampled", b"0"))
+        return entries
 
 
 class _ExportCounter(SpanExporter):
@@ -351,7 +369,6 @@ class TracingObserver(Observer):
         self.service_name = section.service_name or config.service
         self._registry = runtime.registry
         self.propagation = Propagation(section.propagation)
-        self._root_headers = tuple((raw, value) for raw, _, value in self.propagation.root_formats)
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
@@ -380,15 +397,12 @@ class TracingObserver(Observer):
             self.provider.add_span_processor(self._processor)
         self.tracer = self.provider.get_tracer("meshlib", __version__)
         self._closed = False
-        # A mesh never closed still sends its last spans when the process exits (held weakly: no leak until then).
-        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
-        atexit.register(self._at_exit)
-
-    def _root_entries(self, hexed: bytes) -> list[tuple[bytes, bytes, bytes]]:
-        """The header entries of a new trace the sampler dropped: ``hexed``, the hex digits of its trace id (32) and
-        span id (16)."""
-        ids = (hexed[:32], hexed[32:])
-        return [(raw, raw, value % ids) for raw, value in self._root_headers]
+        # A mesh never closed still sends its last spans when the process exits. The exit hook holds the span
+        # processor weakly (no leak until then); not this observer, which compiled (mypyc) takes no weak reference.
+        self._at_exit: functools.partial[None] | None = None
+        if self._processor is not None:
+            self._at_exit = functools.partial(_close_at_exit, weakref.ref(self._processor))
+            atexit.register(self._at_exit)
 
     def _start_span(self, name: str, parent: otel_context.Context, kind: SpanKind) -> trace.Span:
         """``tracer.start_span``, except that a span the sampler drops is made here, as the SDK would make it.
@@ -459,13 +473,13 @@ class TracingObserver(Observer):
                 span_id = _random_bits(64)
                 while span_id == trace.INVALID_SPAN_ID:
                     span_id = _random_bits(64)
-                hexed = _hex((trace_id << 64 | span_id).to_bytes(24, "big"))
+                hexed = _hexlify((trace_id << 64 | span_id).to_bytes(24, "big"))
                 exchange._trace_id = hexed
                 if caller_headers:
                     # The caller's trace headers held no valid context: each try's request replaces them.
                     exchange.slots[self] = _Outbound(None, True, hexed)
                 else:
-                    exchange.inject = self._root_entries(hexed)
+                    exchange.inject = self.propagation.root_entries(hexed)
                 return
             self._ids.draw(trace_id)
             span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
@@ -501,7 +515,7 @@ class TracingObserver(Observer):
             entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
             if replace:
                 entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
-            entries.extend(self._root_entries(outbound.hexed))
+            entries.extend(self.propagation.root_entries(outbound.hexed))
             return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
@@ -592,21 +606,21 @@ class TracingObserver(Observer):
             if exchange.has_any_header(_TRACE_HEADERS_RAW):
                 self._start_client(exchange)
                 return
-        elif not _TRACE_HEADERS_RAW.isdisjoint(map(LOWER_NAME, request.headers._list)):  # a C loop: no bytecode
+        elif _has_trace_header(request.headers._list):
             self._start_client(exchange)
             return
-        # The trace id (the first 16 bytes) and the span id (the last 8), from the generator RandomIdGenerator uses:
-        # drawn as bytes, they are hex digits in one C call (as a number, in three).
-        drawn = _random_bytes(24)
-        low = _from_bytes(drawn[8:16], "big")  # the trace id's low 64 bits: what TraceIdRatioBased tests
+        # The trace id (the high 128 bits) and the span id (the low 64), from the generator RandomIdGenerator uses,
+        # in one draw: as one number they are hex digits in one C call.
+        drawn = _random_bits(192)
+        low = (drawn >> 64) & _LOW64  # the trace id's low 64 bits: what TraceIdRatioBased tests
         if low < self._bound:  # sampled
-            self._start_client(exchange, _from_bytes(drawn[:16], "big"))
+            self._start_client(exchange, drawn >> 64)
             return
-        if not low or drawn[16:] == _NO_ID:  # maybe an invalid id (about one in 2**63): draw afresh
+        if not low or not drawn & _LOW64:  # maybe an invalid id (about one in 2**63): draw afresh
             self._start_client(exchange)
             return
-        hexed = _hex(drawn)
-        exchange.inject = self._root_entries(hexed)  # for the try hook to add: no call to this observer per try
+        hexed = _hexlify(drawn.to_bytes(24, "big"))
+        exchange.inject = self.propagation.root_entries(hexed)  # the try hook adds them: no call here per try
         exchange._trace_id = hexed  # decoded only if read (the access log's): see Exchange.trace_id
 
     def finished(self, exchange: Exchange) -> None:
@@ -672,15 +686,16 @@ class TracingObserver(Observer):
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._at_exit)
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
         if self._processor is not None:
             self._processor.shutdown(CLOSE_TIMEOUT)
 
 
-def _close_at_exit(observer: weakref.ref[TracingObserver]) -> None:
-    live = observer()
+def _close_at_exit(processor: weakref.ref[_BoundedProcessor]) -> None:
+    live = processor()
     if live is not None:
-        live.close()
+        live.shutdown(CLOSE_TIMEOUT)
 
 
 def _set_outcome(span: trace.Span, status: int | None, error: str | None, *, server: bool) -> None:
