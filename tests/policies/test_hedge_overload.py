@@ -222,7 +222,13 @@ async def test_a_stalled_endpoint_is_hedged_around(
     """
     stalled = httpx.URL(ENDPOINTS[0]).port
     Stalls(mode, lambda path, port, n: STRAGGLE if port == stalled else 0.0).mock(respx_mock)
-    mesh = make_mesh(_config(2))
+    config = _config(2)
+    # One fast request not answered by ``after`` counts as slow at the other endpoint and rightly closes the guard
+    # for the rest. On a loaded CI machine one request of this burst once waited for its stalled try (sync: 24
+    # threads start at once), most likely so. 400 ms leaves room, and a hedged answer (by 0.8 s) is still told
+    # from a stalled try's (1 s).
+    config["clusters"]["reviews"]["hedge"]["after"] = "400ms"
+    mesh = make_mesh(config)
     results = await burst(caller, mesh, ["/x"] * 12)
     assert [status for status, _ in results] == [200] * 12
     counters = stats_of(mesh, "reviews")
@@ -230,7 +236,7 @@ async def test_a_stalled_endpoint_is_hedged_around(
     seen = (counters, sorted(round(seconds, 3) for _, seconds in results))
     assert counters.get("hedge_overload_refused", 0) == 0, seen
     assert counters["hedges"] == counters["hedge_wins"] >= 5, seen  # about half of the first tries stalled
-    assert max(seconds for _, seconds in results) < HEDGED, seen
+    assert max(seconds for _, seconds in results) < 0.8 < STRAGGLE, seen
     assert _load(mesh).shares[ENDPOINTS[0]] > OVERLOAD_SHARE  # the stalled endpoint's own share is high
 
 
