@@ -11,6 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# The commands never run httpx's own command line, whose import loads click, and rich and pygments where they are
+# installed: 1.2 MB of an idle sidecar, 4.7 MB with rich (docs/performance.md). Refused here, before httpx loads (the package's
+# names load lazily for this), httpx defines the stub ``main`` it has for an install without them. A process that
+# loaded httpx first (tests, an app calling ``main()``) keeps what it has.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "do not import", as Python defines
+
 from meshlib.__version__ import __version__
 from meshlib._config.load import load_file
 from meshlib._config.models import MeshConfig

@@ -105,7 +105,8 @@ asked = sys.argv[2:]
 
 def report():
     for _ in sys.stdin:
-        print(json.dumps(sorted(name for name in asked if name in sys.modules)), flush=True)
+        # Loaded: a module there (None there means "refused": see meshlib/_cli.py).
+        print(json.dumps(sorted(name for name in asked if sys.modules.get(name) is not None)), flush=True)
 
 threading.Thread(target=report, daemon=True).start()
 sys.argv = ["meshlib", "proxy", "--config", sys.argv[1]]
@@ -131,7 +132,12 @@ def test_a_mesh_on_the_fast_transport_never_loads_httpcore() -> None:
     assert json.loads(done.stdout) == []
 
 
-def test_a_plaintext_sidecar_never_loads_httpcore(tmp_path: Path) -> None:
+# httpx's command line (``httpx._main``) loads click (a dependency of uvicorn, so installed here), and rich and
+# pygments where they are installed: about 1-2 MB of an idle sidecar, which never runs it.
+HTTPX_CLI = ("httpx._main", "click", "rich", "pygments")
+
+
+def test_a_plaintext_sidecar_never_loads_httpcore_nor_httpx_cli(tmp_path: Path) -> None:
     """Idle, and after forwarding a request: its upstream client is its own (``AsyncHTTP1Transport``)."""
     config = tmp_path / "mesh.yaml"
     outbound, admin = free_port(), free_port()
@@ -139,7 +145,7 @@ def test_a_plaintext_sidecar_never_loads_httpcore(tmp_path: Path) -> None:
         write_config(config, _reviews_on(upstream.url), outbound, admin)
         proxy = ProxyProcess(
             subprocess.Popen(
-                [sys.executable, "-c", PROXY_PROBE, str(config), *HTTPCORE],
+                [sys.executable, "-c", PROXY_PROBE, str(config), *HTTPCORE, *HTTPX_CLI],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -171,3 +177,36 @@ def _ask(proxy: ProxyProcess) -> list[str]:
     proxy.proc.stdin.flush()
     loaded: list[str] = json.loads(proxy.proc.stdout.readline())
     return loaded
+
+
+def test_the_package_loads_its_names_on_first_use() -> None:
+    """``import meshlib`` loads no httpx (the command decides first what it leaves out); every public name is
+    there on first use, and an app's httpx loads what it always does (its command line's click among it)."""
+    probe = """
+import json, sys
+import meshlib
+before = "httpx" in sys.modules
+names = {name: getattr(meshlib, name).__module__ for name in meshlib.__all__ if name != "__version__"}
+print(json.dumps([before, sorted(set(names.values())), "click" in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    before, modules, click = json.loads(done.stdout)
+    plain = subprocess.run(
+        [sys.executable, "-c", "import sys, httpx; print('click' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert before is False
+    assert all(module.startswith("meshlib.") for module in modules)
+    assert click is True  # installed with uvicorn, and loaded by httpx's own import
+    assert plain.stdout.strip() == "True"
+
+
+def test_a_name_the_package_does_not_have_is_an_attribute_error() -> None:
+    import meshlib
+
+    with pytest.raises(AttributeError, match="no attribute 'Meshh'"):
+        _ = meshlib.Meshh
+    assert "Mesh" in dir(meshlib)

@@ -36,9 +36,13 @@ class MatchInput:
         headers = self._headers
         if headers is None:
             raw = self.request.headers
-            # multi_items()'s view, decoded with the headers' encoding looked up once (it asks twice per header).
-            encoding = raw.encoding
-            items = [(key.decode(encoding), value.decode(encoding)) for _, key, value in raw._list]
+            # multi_items()'s view. Nearly every request's headers are all ASCII, which is then the encoding httpx
+            # settles on; its check (``Headers.encoding``) would decode them once more, on every new request.
+            try:
+                items = [(key.decode("ascii"), value.decode("ascii")) for _, key, value in raw._list]
+            except UnicodeDecodeError:
+                encoding = raw.encoding  # looked up once (multi_items() asks twice per header)
+                items = [(key.decode(encoding), value.decode(encoding)) for _, key, value in raw._list]
             headers = self._headers = dict(items)
             if len(headers) < len(items):  # a repeated header: its values joined, in order
                 headers.clear()

@@ -84,6 +84,21 @@ def test_header_matchers(make_mesh: MakeMesh, matcher: Any, headers: Any, expect
 
 
 @pytest.mark.parametrize(
+    ("raw", "seen"),
+    [
+        (b"caf\xc3\xa9", "café"),  # UTF-8 (every header of the request decodes as UTF-8): decoded as UTF-8
+        (b"caf\xe9", "café"),  # not UTF-8: Latin-1, byte for byte
+        (b"plain", "plain"),
+    ],
+)
+def test_header_values_are_seen_as_httpx_decodes_them(make_mesh: MakeMesh, raw: bytes, seen: str) -> None:
+    """A value outside ASCII is decoded with the encoding httpx settles on for the request's headers."""
+    request = httpx.Request("GET", "http://h/", headers=[(b"x-user", raw), (b"x-other", b"ascii")])
+    assert request.headers.get("x-user") == seen
+    assert _matches(make_mesh, {"headers": {"X-User": {"exact": seen}}}, "http://h/", headers=request.headers)
+
+
+@pytest.mark.parametrize(
     ("matcher", "query", "expected"),
     [
         ({"exact": "1"}, "?beta=1", True),
