@@ -43,11 +43,14 @@ PLAIN: dict[str, object] = {
 }
 
 
+def _python(code: str, *args: str) -> str:
+    """What ``python -c code args...`` prints, in a process of its own (a fresh import graph)."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, timeout=60)
+    return done.stdout
+
+
 def _loaded(config: dict[str, object]) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(config)], capture_output=True, text=True, check=True, timeout=60
-    )
-    loaded: list[str] = json.loads(done.stdout)
+    loaded: list[str] = json.loads(_python(PROBE, json.dumps(config)))
     return loaded
 
 
@@ -122,14 +125,8 @@ def _reviews_on(url: str) -> dict[str, object]:
 
 def test_a_mesh_on_the_fast_transport_never_loads_httpcore() -> None:
     with raw_server(answer_ok) as upstream:
-        done = subprocess.run(
-            [sys.executable, "-c", FAST_PROBE, json.dumps(_reviews_on(upstream.url)), *HTTPCORE],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-    assert json.loads(done.stdout) == []
+        loaded = json.loads(_python(FAST_PROBE, json.dumps(_reviews_on(upstream.url)), *HTTPCORE))
+    assert loaded == []
 
 
 # httpx's command line (``httpx._main``) loads click (a dependency of uvicorn, so installed here), and rich and
@@ -189,19 +186,11 @@ before = "httpx" in sys.modules
 names = {name: getattr(meshlib, name).__module__ for name in meshlib.__all__ if name != "__version__"}
 print(json.dumps([before, sorted(set(names.values())), "click" in sys.modules]))
 """
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
-    before, modules, click = json.loads(done.stdout)
-    plain = subprocess.run(
-        [sys.executable, "-c", "import sys, httpx; print('click' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    before, modules, click = json.loads(_python(probe))
     assert before is False
     assert all(module.startswith("meshlib.") for module in modules)
     assert click is True  # installed with uvicorn, and loaded by httpx's own import
-    assert plain.stdout.strip() == "True"
+    assert _python("import sys, httpx; print('click' in sys.modules)").strip() == "True"
 
 
 def test_a_name_the_package_does_not_have_is_an_attribute_error() -> None:
