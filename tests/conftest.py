@@ -23,6 +23,7 @@ import uvicorn
 import meshlib
 from meshlib import MeshConfig
 from meshlib.testing import Clock, MeshFactory, SystemClock
+from tests import ports
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -177,11 +178,8 @@ def caller(mode: str) -> Caller:
 
 @pytest.fixture
 def free_port() -> int:
-    """A loopback port nothing listens on (bound once by the OS, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A loopback port nothing listens on (see tests/ports.py)."""
+    return ports.free_port()
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from tests.ports import free_port
 
 MISSING = (
     "redis-server is not installed: the global rate limit and shared circuit breaker tests need a real one. "
@@ -33,13 +34,6 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -108,7 +102,7 @@ def redis_server(*, timeout: float = 10.0, attempts: int = 3) -> Iterator[RedisS
         server = None
         # The free port can be taken between our probe and redis-server's bind: try another.
         for _ in range(attempts):
-            server = _start(binary, directory, _free_port(), timeout)
+            server = _start(binary, directory, free_port(), timeout)
             if server is not None:
                 break
         if server is None:

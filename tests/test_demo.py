@@ -23,6 +23,7 @@ import yaml
 
 from meshlib import MeshConfig, _demo
 from meshlib._cli import main
+from tests.ports import free_port
 
 DEMO_TIME_LIMIT = 20.0  # seconds, from the issue: the demo finishes in under 20 s
 
@@ -102,8 +103,7 @@ def test_demo_fails_when_the_header_route_misses_v2(
 
 
 def test_demo_fails_when_requests_fail(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        closed_port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    closed_port = free_port()  # nothing listens here
     live_config = _demo._live_config
 
     def ratings_down(upstreams: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import ipaddress
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.ports import free_ports
 
 ETCD = "/usr/bin/etcd"
 MISSING = (
@@ -113,18 +114,6 @@ def make_tls(directory: Path) -> TlsFiles:
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def _free_ports(count: int) -> list[int]:
-    # All bound at once, so that the ports differ from each other.
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @dataclass
@@ -304,7 +293,7 @@ class EtcdCluster:
     # -- processes
 
     def _create(self, attempt: int) -> None:
-        ports = _free_ports(2 * self._size)
+        ports = free_ports(2 * self._size)
         base = self.directory / f"run{attempt}"
         self._members = [
             _Member(f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"m{i}.data", self.directory / f"m{i}.log")

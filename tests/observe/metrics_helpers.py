@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ports import free_port
 
 INSTALL = "install Debian's prometheus package (apt-get install -y prometheus), as .ci/run does"
 
@@ -59,12 +60,6 @@ def promtool_check(page: str) -> None:
         [binary("promtool"), "check", "metrics"], input=page, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, f"promtool check metrics failed ({done.returncode}):\n{done.stdout}{done.stderr}"
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Prometheus:
@@ -128,7 +123,7 @@ def prometheus(targets: Sequence[tuple[str, str]], *, start_timeout: float = 30.
         (root / "prometheus.yml").write_text(yaml.safe_dump(config))
         for attempt in range(1, 4):  # the free port may be taken between probing and binding: try another
             log = root / f"prometheus-{attempt}.log"
-            port = _free_port()
+            port = free_port()
             with log.open("wb") as out:
                 proc = subprocess.Popen(
                     [
