@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# The commands never run httpx's own command line, whose import loads click, and rich and pygments where they are
-# installed: 1.2 MB of an idle sidecar, 4.7 MB with rich (docs/performance.md). Refused here, before httpx loads (the package's
-# names load lazily for this), httpx defines the stub ``main`` it has for an install without them. A process that
-# loaded httpx first (tests, an app calling ``main()``) keeps what it has.
+# The commands never run httpx's own command line, whose import loads click (and rich and pygments where they are
+# installed): 1.2 MB of an idle sidecar, 4.7 MB with rich (docs/performance.md). Refused before httpx loads (which
+# is why the package's names load lazily), it leaves httpx the stub ``main`` it has for an install without its CLI.
+# A process that loaded httpx first (the tests, an app that imports this module) keeps httpx as it is.
 if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "do not import", as Python defines
 
