@@ -18,9 +18,10 @@ ValueMatcher = Callable[[str | None], bool]
 class MatchInput:
     """What route predicates read from one request, each part worked out once and only if asked.
 
-    ``httpx.Headers.get`` scans and decodes every header on each call (about
-    0.9 µs); a table of many header routes would pay that per predicate, so
-    the headers are decoded into a dict once, on first use.
+    A header is found by its lower-case name among httpx's raw entries and
+    only its value is decoded, once per request and name: the routes a
+    request walks often test the same few headers, and most of its headers
+    are tested by none (decoding them all took most of a match's time).
     """
 
     __slots__ = ("_headers", "_params", "path", "request")
@@ -28,27 +29,35 @@ class MatchInput:
     def __init__(self, request: httpx.Request, path: str) -> None:
         self.request = request
         self.path = path
-        self._headers: dict[str, str] | None = None
+        self._headers: dict[bytes, str | None] | None = None
         self._params: httpx.QueryParams | None = None
 
-    def header(self, name: str) -> str | None:
-        """The header's value; repeated headers joined with ", " (the view httpx and Envoy's matchers give)."""
-        headers = self._headers
-        if headers is None:
-            raw = self.request.headers
-            # multi_items()'s view. Nearly every request's headers are all ASCII, which is then the encoding httpx
-            # settles on; its check (``Headers.encoding``) would decode them once more, on every new request.
-            try:
-                items = [(key.decode("ascii"), value.decode("ascii")) for _, key, value in raw._list]
-            except UnicodeDecodeError:
-                encoding = raw.encoding  # looked up once (multi_items() asks twice per header)
-                items = [(key.decode(encoding), value.decode(encoding)) for _, key, value in raw._list]
-            headers = self._headers = dict(items)
-            if len(headers) < len(items):  # a repeated header: its values joined, in order
-                headers.clear()
-                for key, value in items:
-                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return headers.get(name)
+    def header(self, key: bytes) -> str | None:
+        """Header ``key``'s value (``key``: its lower-case name), as ``httpx.Headers.get`` reads it: repeated headers
+        joined with ", " (the view Envoy's matchers give too), decoded as httpx decodes the request's headers."""
+        seen = self._headers
+        if seen is None:
+            seen = self._headers = {}
+        elif key in seen:
+            return seen[key]
+        first: bytes | None = None
+        more: list[bytes] | None = None
+        # Equality tests: a dict or set would hash each name, which httpx makes anew for every request.
+        for _, name, value in self.request.headers._list:
+            if name == key:
+                if first is None:
+                    first = value
+                elif more is None:
+                    more = [first, value]
+                else:
+                    more.append(value)
+        found: str | None = None
+        if first is not None:
+            raw = first if more is None else b", ".join(more)
+            # An ASCII value reads the same in each encoding httpx may pick (ASCII, UTF-8, Latin-1): no need to ask.
+            found = raw.decode("ascii") if raw.isascii() else raw.decode(self.request.headers.encoding)
+        seen[key] = found
+        return found
 
     def query(self, name: str) -> str | None:
         """The query parameter's first value."""
@@ -79,7 +88,8 @@ def compile_value(config: StringMatchConfig) -> ValueMatcher:
 
 
 def _header(name: str, match: ValueMatcher) -> Predicate:
-    return lambda m: match(m.header(name))
+    key = name.lower().encode("ascii")  # as httpx's raw entries hold it (the config checks that it is a token)
+    return lambda m: match(m.header(key))
 
 
 def _query(name: str, match: ValueMatcher) -> Predicate:

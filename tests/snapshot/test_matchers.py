@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import meshlib
+from meshlib._snapshot.matchers import MatchInput
 from tests.conftest import MakeMesh
 
 CLUSTERS = {"a": {"endpoints": ["http://127.0.0.1:9001"]}}
@@ -77,6 +78,7 @@ def test_method_list_matches_any_listed_method(make_mesh: MakeMesh, method: str,
         # Repeated headers are seen joined with ", ".
         ({"exact": "a, b"}, [("x-user", "a"), ("x-user", "b")], True),
         ({"exact": "a"}, [("x-user", "a"), ("x-user", "b")], False),
+        ({"exact": "a, b, c"}, [("x-user", "a"), ("x-other", "z"), ("X-USER", "b"), ("x-user", "c")], True),
     ],
 )
 def test_header_matchers(make_mesh: MakeMesh, matcher: Any, headers: Any, expected: bool) -> None:
@@ -183,3 +185,21 @@ def test_the_query_string_never_affects_path_matching(path: str, query: str) -> 
     with_query = _PROPERTY_MESH.snapshot.routes.match(httpx.Request("GET", f"http://prefix{path}?{query}"))
     without = _PROPERTY_MESH.snapshot.routes.match(httpx.Request("GET", f"http://prefix{path}"))
     assert with_query is without
+
+
+_NAMES = st.sampled_from(["x-user", "X-User", "x-other", "user-agent", "x-user-id"])
+# Raw bytes (mostly not UTF-8: Latin-1 to httpx) and UTF-8 text (when every header is, httpx reads UTF-8).
+_VALUES = st.one_of(st.binary(max_size=6), st.text(max_size=4).map(str.encode)).filter(
+    lambda raw: not any(c in raw for c in b"\r\n\x00")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=6), asked=st.lists(_NAMES, max_size=4))
+def test_a_header_reads_as_httpx_reads_it(headers: list[tuple[str, bytes]], asked: list[str]) -> None:
+    """Whatever a request's headers (repeated, in any case, in any encoding), and in whatever order the routes ask,
+    a matcher sees each as ``httpx.Headers.get`` gives it."""
+    request = httpx.Request("GET", "http://h/", headers=[(name.encode(), value) for name, value in headers])
+    m = MatchInput(request, "/")
+    for name in [*asked, *asked]:  # the second time from what the first found
+        assert m.header(name.lower().encode()) == request.headers.get(name)
