@@ -156,7 +156,7 @@ class Exchange:
     def trace_id(self) -> str | None:
         """The request's trace id (32 hex digits) when it is traced.
 
-        Tracing may store a new trace's ids as their hex digits (bytes: the trace id's 32, then the span id's),
+        Tracing may store a new trace's ids as their hex digits (bytes: the trace id's 32 first, then the span id's),
         made a string here when first read: most requests' is never read.
         """
         found = self._trace_id

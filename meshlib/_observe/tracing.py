@@ -53,8 +53,20 @@ logger = logging.getLogger("meshlib.observe")
 
 # Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's).
 _random_bits: Final = random.getrandbits
-_LOW64: Final = (1 << 64) - 1
 _hexlify: Final = binascii.hexlify
+_ZERO64: Final = bytes(8)
+
+
+def _hex_ids(drawn: bytes) -> bytes:
+    """A trace id and a span id drawn as 24 bytes (the trace id's 16 first) → their hex digits, joined by "-"."""
+    return _hexlify(drawn, b"-", -16)  # a separator after the first 16 bytes: one C call
+
+
+def _bound_bytes(bound: int) -> bytes:
+    """TraceIdRatioBased's bound as bytes that compare with a trace id's low 8 bytes (big-endian) as the numbers do:
+    below 2**64, its 8 bytes; at 2**64 (every trace sampled), 9 bytes that every 8-byte value sorts before."""
+    return bound.to_bytes(8, "big") if bound < 1 << 64 else b"\xff" * 8 + b"\x00"
+
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
 CLOSE_TIMEOUT: Final = 1.0
@@ -193,23 +205,22 @@ class Propagation:
                 entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", sampled))
 
-    def root_entries(self, hexed: bytes) -> list[tuple[bytes, bytes, bytes]]:
-        """The header entries of a new trace the sampler dropped, in every configured format: ``hexed``, the hex
-        digits of its trace id (32) and span id (16).
+    def root_entries(self, ids: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """The header entries of a new trace the sampler dropped, in every configured format: ``ids``, the hex
+        digits of its trace id (32) and span id (16) joined by "-" (:func:`_hex_ids`).
 
         What :meth:`inject` writes for flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root
-        span its sampler dropped), joined rather than %-formatted: this runs on most requests at a low ratio.
+        span its sampler dropped), concatenated rather than %-formatted: this runs on most requests at a low ratio.
         """
-        trace_id, span_id = hexed[:32], hexed[32:]
         entries: list[tuple[bytes, bytes, bytes]] = []
         for name in self._names:
             if name == "tracecontext":
-                entries.append((b"traceparent", b"traceparent", b"-".join((b"00", trace_id, span_id, b"02"))))
+                entries.append((b"traceparent", b"traceparent", b"00-" + ids + b"-02"))
             elif name == "b3":
-                entries.append((b"b3", b"b3", b"-".join((trace_id, span_id, b"0"))))
+                entries.append((b"b3", b"b3", ids + b"-0"))
             else:
-                entries.append((b"x-b3-traceid", b"x-b3-traceid", trace_id))
-                entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
+                entries.append((b"x-b3-traceid", b"x-b3-traceid", ids[:32]))
+                entries.append((b"x-b3-spanid", b"x-b3-spanid", ids[33:]))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", b"0"))
         return entries
 
@@ -344,16 +355,16 @@ class _DrawnIds(RandomIdGenerator):
 
 
 class _Outbound:
-    """An outbound request's span, or for a new trace the sampler dropped no span at all but the hex digits of
-    the ids its tries' headers carry (``span`` None: only where the caller's trace headers must be replaced on
-    each try); and whether the caller's request may have come with trace headers (to be replaced)."""
+    """An outbound request's span, or for a new trace the sampler dropped no span at all but the ids its tries'
+    headers carry (``ids``, as :func:`_hex_ids` gives them; ``span`` None: only where the caller's trace headers must
+    be replaced on each try); and whether the caller's request may have come with trace headers (to be replaced)."""
 
-    __slots__ = ("caller_headers", "hexed", "span")
+    __slots__ = ("caller_headers", "ids", "span")
 
-    def __init__(self, span: trace.Span | None, caller_headers: bool, hexed: bytes = b"") -> None:
+    def __init__(self, span: trace.Span | None, caller_headers: bool, ids: bytes = b"") -> None:
         self.span = span
         self.caller_headers = caller_headers
-        self.hexed = hexed
+        self.ids = ids
 
 
 class TracingObserver(Observer):
@@ -372,7 +383,7 @@ class TracingObserver(Observer):
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
-        self._bound = self._ratio.bound  # a property: read once
+        self._bound = _bound_bytes(self._ratio.bound)  # a property: read once
         self._ids = _DrawnIds()
         # Never registered as the global provider, and not shut down at exit by OpenTelemetry: Mesh.close() does it.
         self.provider = TracerProvider(
@@ -473,13 +484,13 @@ class TracingObserver(Observer):
                 span_id = _random_bits(64)
                 while span_id == trace.INVALID_SPAN_ID:
                     span_id = _random_bits(64)
-                hexed = _hexlify((trace_id << 64 | span_id).to_bytes(24, "big"))
-                exchange._trace_id = hexed
+                ids = _hex_ids((trace_id << 64 | span_id).to_bytes(24, "big"))
+                exchange._trace_id = ids
                 if caller_headers:
                     # The caller's trace headers held no valid context: each try's request replaces them.
-                    exchange.slots[self] = _Outbound(None, True, hexed)
+                    exchange.slots[self] = _Outbound(None, True, ids)
                 else:
-                    exchange.inject = self.propagation.root_entries(hexed)
+                    exchange.inject = self.propagation.root_entries(ids)
                 return
             self._ids.draw(trace_id)
             span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
@@ -515,7 +526,7 @@ class TracingObserver(Observer):
             entries: list[tuple[bytes, bytes, bytes]] = request.headers._list
             if replace:
                 entries[:] = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
-            entries.extend(self.propagation.root_entries(outbound.hexed))
+            entries.extend(self.propagation.root_entries(outbound.ids))
             return
         if not span.is_recording():
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
@@ -609,19 +620,19 @@ class TracingObserver(Observer):
         elif _has_trace_header(request.headers._list):
             self._start_client(exchange)
             return
-        # The trace id (the high 128 bits) and the span id (the low 64), from the generator RandomIdGenerator uses,
-        # in one draw: as one number they are hex digits in one C call.
-        drawn = _random_bits(192)
-        low = (drawn >> 64) & _LOW64  # the trace id's low 64 bits: what TraceIdRatioBased tests
+        # The trace id (the first 16 bytes) and the span id (the last 8), from the generator RandomIdGenerator uses,
+        # in one draw, tested and written as bytes: cheaper than the same steps on a 192-bit number.
+        drawn = _random_bits(192).to_bytes(24, "big")
+        low = drawn[8:16]  # the trace id's low 64 bits, what TraceIdRatioBased tests, in the order of their values
         if low < self._bound:  # sampled
-            self._start_client(exchange, drawn >> 64)
+            self._start_client(exchange, int.from_bytes(drawn[:16], "big"))
             return
-        if not low or not drawn & _LOW64:  # maybe an invalid id (about one in 2**63): draw afresh
+        if low == _ZERO64 or drawn[16:] == _ZERO64:  # maybe an invalid id (about one in 2**63): draw afresh
             self._start_client(exchange)
             return
-        hexed = _hexlify(drawn.to_bytes(24, "big"))
-        exchange.inject = self.propagation.root_entries(hexed)  # the try hook adds them: no call here per try
-        exchange._trace_id = hexed  # decoded only if read (the access log's): see Exchange.trace_id
+        ids = _hex_ids(drawn)
+        exchange.inject = self.propagation.root_entries(ids)  # the try hook adds them: no call here per try
+        exchange._trace_id = ids  # decoded only if read (the access log's): see Exchange.trace_id
 
     def finished(self, exchange: Exchange) -> None:
         held = exchange.slots.pop(self, None)

@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 import respx
+from hypothesis import given, strategies as st
 from opentelemetry import context as otel_context, trace
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from meshlib._observe.exchange import Exchange, Try, outbound
 from meshlib._observe.observers import Observers
-from meshlib._observe.tracing import Propagation, TracingObserver
+from meshlib._observe.tracing import Propagation, TracingObserver, _bound_bytes
 from tests.conftest import MakeMesh
 from tests.observe.tracing_helpers import collector, tracer_of
 from tests.zipkin_collector import ZipkinCollector
@@ -170,6 +171,17 @@ def test_a_dropped_new_trace_s_tries_carry_fresh_unsampled_ids_as_the_propagator
     assert len(seen) == 20  # a new trace id per request
     assert observer.flush()
     assert observer.stats()["spans"] == 0
+
+
+_LOW_BITS = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2**64 - 2, 2**64 - 1]))
+
+
+@given(low=_LOW_BITS, rate=st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 0.5, 1.0])))
+def test_a_trace_id_s_low_bytes_compare_with_the_bound_as_its_number_does(low: int, rate: float) -> None:
+    """A new trace's decision is taken on bytes: they must agree with TraceIdRatioBased's test on numbers, up to a
+    bound of 2**64 (sampling 1.0), which no 8 bytes can hold."""
+    bound = TraceIdRatioBased(rate).bound
+    assert (low.to_bytes(8, "big") < _bound_bytes(bound)) is (low < bound)
 
 
 def test_a_new_trace_s_sampled_share_is_the_ratio_and_each_decision_is_trace_id_ratio_based_s(
