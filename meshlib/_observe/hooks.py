@@ -7,14 +7,13 @@ is set), so a mesh that observes nothing pays one ``is None`` test per stage.
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Final
 
 import httpx
 
 from meshlib._engine.streams import OnCloseStream
-from meshlib._observe.exchange import Exchange, Try, outbound, retry_reason
+from meshlib._observe.exchange import Exchange, Try, now, outbound, retry_reason
 from meshlib._observe.observers import Observers
 from meshlib._wire import ERROR_HEADER
 
@@ -34,6 +33,8 @@ __all__ = [
 
 # The sidecar's outbound listener marks the requests it hands the engine with this extension.
 SIDECAR_DOOR = "meshlib.sidecar"
+
+_ByteStream: Final = httpx.ByteStream  # bound once: compiled, a module attribute is looked up on every use
 
 _PROTOCOLS: dict[bytes, str] = {v.encode(): v for v in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3")}
 
@@ -79,19 +80,19 @@ class TryWatch(Try):
         self.attempt = attempt
         self.cluster = cluster
         self.endpoint = endpoint
-        self.start = time.perf_counter()
+        self.start = now()
         self.slots = {}
         self.observers = observers
 
     def ended(self, exchange: Exchange | None, response: httpx.Response) -> None:
         """The try got its response head."""
-        self.end = time.perf_counter()
+        self.end = now()
         self.status = response.status_code
         self._told(exchange)
 
     def failed(self, exchange: Exchange | None, exc: BaseException) -> None:
         """The try raised ``exc`` (the mesh error it maps to, when there is one)."""
-        self.end = time.perf_counter()
+        self.end = now()
         self.error = error_code(exc)
         self._told(exchange)
 
@@ -151,7 +152,7 @@ def inbound_finished(
     if error is not None:
         exchange.error = error
     exchange.bytes_sent = sent
-    exchange.end = time.perf_counter()
+    exchange.end = now()
     observers.finished(exchange)
 
 
@@ -203,7 +204,7 @@ def _finished(exchange: Exchange, observers: Observers) -> None:
 def failed(exchange: Exchange, observers: Observers, exc: BaseException) -> None:
     """The request failed before a response head reached the caller."""
     exchange.error = error_code(exc)
-    exchange.end = time.perf_counter()
+    exchange.end = now()
     _finished(exchange, observers)
 
 
@@ -229,32 +230,43 @@ def observed(
         if code is not None:
             exchange.error = code
     stream = response.stream
-    if response.is_closed or isinstance(stream, httpx.ByteStream):
+    if isinstance(stream, OnCloseStream) and not stream.closed:
+        # The engine's own body wrapper (most responses) counts and closes it already: one more callback, not one
+        # more layer. (A closed response has closed its stream: tested first, this needs no look at the response.)
+        stream.also(_BodyDone(exchange, observers, stream, sending))
+    elif response.is_closed or isinstance(stream, _ByteStream):
         # Whole already: a body in memory (the sidecar writes it with the head in one go) ends with the head.
         size = len(response.content) if response.is_closed else len(b"".join(stream))  # type: ignore[arg-type]
         if sending:
             exchange.bytes_sent = size
         else:
             exchange.bytes_received = size
-        exchange.end = time.perf_counter()
+        exchange.end = now()
         _finished(exchange, observers)
-    elif isinstance(stream, OnCloseStream) and not stream.closed:
-        # The engine's own body wrapper counts and closes it already: one more callback, not one more layer.
-        stream.also(functools.partial(_body_done, exchange, observers, stream, sending))
     else:
         response.stream = _ObservedBody(stream, exchange, observers, sending)
     return response
 
 
-def _body_done(exchange: Exchange, observers: Observers, stream: OnCloseStream, sending: bool) -> None:
-    if sending:
-        exchange.bytes_sent = stream.received
-    else:
-        exchange.bytes_received = stream.received
-    if stream.failure is not None:
-        exchange.error = error_code(stream.failure)
-    exchange.end = time.perf_counter()
-    _finished(exchange, observers)
+class _BodyDone:
+    """The callback an engine-wrapped body (``OnCloseStream``) runs when it ends: the request is over."""
+
+    def __init__(self, exchange: Exchange, observers: Observers, stream: OnCloseStream, sending: bool) -> None:
+        self.exchange = exchange
+        self.observers = observers
+        self.stream = stream
+        self.sending = sending
+
+    def __call__(self) -> None:
+        exchange, stream = self.exchange, self.stream
+        if self.sending:
+            exchange.bytes_sent = stream.received
+        else:
+            exchange.bytes_received = stream.received
+        if stream.failure is not None:
+            exchange.error = error_code(stream.failure)
+        exchange.end = now()
+        _finished(exchange, self.observers)
 
 
 class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
@@ -288,7 +300,7 @@ class _ObservedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         exchange = self._exchange
         if exc is not None:
             exchange.error = error_code(exc)
-        exchange.end = time.perf_counter()
+        exchange.end = now()
         self._observers.finished(exchange)
 
     def __iter__(self) -> Iterator[bytes]:
