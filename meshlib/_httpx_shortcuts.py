@@ -18,13 +18,45 @@ from typing import Any, Final
 
 import httpx
 
-__all__ = ["LOWER_NAME", "copy_request", "headers_from_wire", "request_from_wire", "response_from_wire"]
+__all__ = [
+    "LOWER_NAME",
+    "copy_request",
+    "header_value",
+    "headers_from_wire",
+    "request_from_wire",
+    "response_from_wire",
+]
 
 _new = object.__new__
 
 # The lower-case name of an httpx.Headers entry, (raw name, lower-case name, value): `map(LOWER_NAME,
 # headers._list)` scans names in C, where `name in headers` first decodes every header of a new Headers.
 LOWER_NAME: Final = itemgetter(1)
+
+
+def header_value(headers: httpx.Headers, key: bytes) -> str | None:
+    """``headers.get(name)``, for ``key`` the name lower-cased as bytes, without decoding the other headers.
+
+    httpx decodes every header of a new ``Headers`` to settle on its encoding, then each value it compares; here the
+    names are compared as bytes and only the value found is decoded. Repeated headers are joined with ", ", as
+    ``get`` joins them; a value outside ASCII is decoded in the encoding httpx settles on (an ASCII one reads the
+    same in each it may pick: ASCII, UTF-8 or Latin-1).
+    """
+    first: bytes | None = None
+    more: list[bytes] | None = None
+    # Equality tests: a dict or set would hash each name, which httpx makes anew for every request.
+    for _, name, value in headers._list:
+        if name == key:
+            if first is None:
+                first = value
+            elif more is None:
+                more = [first, value]
+            else:
+                more.append(value)
+    if first is None:
+        return None
+    raw = first if more is None else b", ".join(more)
+    return raw.decode("ascii") if raw.isascii() else raw.decode(headers.encoding)
 
 
 def headers_from_wire(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from meshlib._config.models import RouteMatchConfig, StringMatchConfig
+from meshlib._httpx_shortcuts import header_value
 
 __all__ = ["MatchInput", "Predicate", "ValueMatcher", "compile_match", "compile_value", "path_literal"]
 
@@ -19,9 +20,10 @@ class MatchInput:
     """What route predicates read from one request, each part worked out once and only if asked.
 
     A header is found by its lower-case name among httpx's raw entries and
-    only its value is decoded, once per request and name: the routes a
-    request walks often test the same few headers, and most of its headers
-    are tested by none (decoding them all took most of a match's time).
+    only its value is decoded (``header_value``), once per request and name:
+    the routes a request walks often test the same few headers, and most of
+    its headers are tested by none (decoding them all took most of a match's
+    time).
     """
 
     __slots__ = ("_headers", "_params", "path", "request")
@@ -40,22 +42,7 @@ class MatchInput:
             seen = self._headers = {}
         elif key in seen:
             return seen[key]
-        first: bytes | None = None
-        more: list[bytes] | None = None
-        # Equality tests: a dict or set would hash each name, which httpx makes anew for every request.
-        for _, name, value in self.request.headers._list:
-            if name == key:
-                if first is None:
-                    first = value
-                elif more is None:
-                    more = [first, value]
-                else:
-                    more.append(value)
-        found: str | None = None
-        if first is not None:
-            raw = first if more is None else b", ".join(more)
-            # An ASCII value reads the same in each encoding httpx may pick (ASCII, UTF-8, Latin-1): no need to ask.
-            found = raw.decode("ascii") if raw.isascii() else raw.decode(self.request.headers.encoding)
+        found = header_value(self.request.headers, key)
         seen[key] = found
         return found
 

@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 
 import httpx
 
+from meshlib._httpx_shortcuts import header_value
 from meshlib._upstream.endpoint import Endpoint
 
 __all__ = ["LeastRequest", "LoadBalancer", "RandomLB", "RingHash", "RoundRobin", "build_lb"]
@@ -163,7 +164,8 @@ class RingHash:
         header: str | None = None,
         cookie: str | None = None,
     ) -> None:
-        self._header = header
+        # As httpx's raw entries hold the name (lower-case bytes; the config checks that it is a token).
+        self._header = header.lower().encode("ascii") if header is not None else None
         self._cookie = cookie
         self._fallback = RandomLB(endpoints, rng)
         total = sum(e.weight for e in endpoints) * self.POINTS_PER_WEIGHT
@@ -179,8 +181,7 @@ class RingHash:
     def key(self, request: httpx.Request) -> str | None:
         """The value this ring hashes for ``request``, or None when the request lacks it."""
         if self._header is not None:
-            value: str | None = request.headers.get(self._header)
-            return value
+            return header_value(request.headers, self._header)
         assert self._cookie is not None
         # HTTP/2 allows one cookie header per cookie (RFC 9113 §8.2.3); httpx would join them with ", ".
         headers = request.headers.get_list("cookie")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import meshlib
+from meshlib._httpx_shortcuts import header_value
 from meshlib._snapshot.matchers import MatchInput
 from tests.conftest import MakeMesh
 
@@ -203,3 +204,4 @@ def test_a_header_reads_as_httpx_reads_it(headers: list[tuple[str, bytes]], aske
     m = MatchInput(request, "/")
     for name in [*asked, *asked]:  # the second time from what the first found
         assert m.header(name.lower().encode()) == request.headers.get(name)
+        assert header_value(request.headers, name.lower().encode()) == request.headers.get(name)

@@ -208,6 +208,23 @@ def test_ring_hash_sends_the_same_key_to_the_same_endpoint_always() -> None:
     assert all(again.pick(_keyed(key)).url == first[key].url for key in KEYS)  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"X-User", b"ann")],
+        [(b"x-user", b"ann"), (b"accept", b"*/*"), (b"X-USER", b"bob")],  # repeated: joined with ", "
+        [(b"x-user", "zoë".encode())],  # every header UTF-8: read as UTF-8
+        [(b"x-user", b"zo\xeb")],  # not UTF-8: read as Latin-1
+        [(b"x-other", b"ann")],
+    ],
+    ids=["mixed-case", "repeated", "utf-8", "latin-1", "absent"],
+)
+def test_ring_hash_hashes_the_header_as_httpx_reads_it(headers: list[tuple[bytes, bytes]]) -> None:
+    ring = RingHash(_endpoints(1, 1), random.Random(19), header="X-User")
+    request = httpx.Request("GET", "http://svc/", headers=headers)
+    assert ring.key(request) == request.headers.get("x-user")
+
+
 @pytest.mark.parametrize("weights", [(1, 1, 1, 1), (3, 1), (1, 2, 5)])
 def test_ring_hash_spreads_keys_roughly_by_weight(weights: tuple[int, ...]) -> None:
     endpoints = _endpoints(*weights)
