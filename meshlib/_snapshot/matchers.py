@@ -74,8 +74,15 @@ def compile_value(config: StringMatchConfig) -> ValueMatcher:
     return lambda v: v is None
 
 
+# One bytes object per header name, however many routes test it: MatchInput's memo then finds it by identity, not
+# by comparing bytes (a table's routes often test the same few headers).
+_KEYS: dict[str, bytes] = {}
+
+
 def _header(name: str, match: ValueMatcher) -> Predicate:
-    key = name.lower().encode("ascii")  # as httpx's raw entries hold it (the config checks that it is a token)
+    lowered = name.lower()
+    # As httpx's raw entries hold the name (the config checks that it is a token).
+    key = _KEYS.setdefault(lowered, lowered.encode("ascii"))
     return lambda m: match(m.header(key))
 
 
