@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import httpx
 
 from meshlib._config.hosts import host_matches
-from meshlib._engine.urls import path_of
+from meshlib._engine.urls import host_of, path_of
 from meshlib._snapshot.matchers import MatchInput
 from meshlib._snapshot.route import CompiledRoute
 
@@ -90,8 +90,9 @@ class RouteTable:
         return tuple(r for r in self._generic if r.host is None or host_matches(r.host, host))
 
     def match(self, request: httpx.Request) -> CompiledRoute | None:
-        m = MatchInput(request, path_of(request.url))
-        host = request.url.host
+        url = request.url
+        m = MatchInput(request, path_of(url))
+        host = host_of(url)
         index = None
         if self._any_index:  # a table of few routes per host (most) skips the index lookups
             index = self._indexes.get(host)
