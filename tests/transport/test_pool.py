@@ -884,10 +884,20 @@ async def test_https_with_a_given_ssl_context(tls: tuple[ssl.SSLContext, ssl.SSL
 async def test_https_checks_the_certificate_by_default(
     transport: AsyncHTTP1Transport, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
-    with raw_server(tls_keep_alive(tls[0])) as server:
+    serve = tls_keep_alive(tls[0])
+    refused = threading.Event()
+
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
+        serve(conn, stop)
+        refused.set()
+
+    with raw_server(handle) as server:
         url = server.url.replace("http://", "https://")
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await transport.handle_async_request(request("GET", f"{url}/secure"))
+        # The refused connection is dropped on the loop's next turn, and the server sees it end well before its own
+        # 5 s read timeout: nothing is left open. (Waited for in a thread: blocking here would hold the loop.)
+        assert await asyncio.to_thread(refused.wait, 2)
 
 
 # -- the mesh on top -------------------------------------------------------------------------------------------------
