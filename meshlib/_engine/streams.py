@@ -128,6 +128,27 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 raise timeout_error(ctx)
             yield chunk
 
+    def take_whole(self) -> list[bytes] | None:
+        """The rest of a body that is all here (``complete``) at once, counted; else None: iterate it.
+
+        The same chunks iterating gives, without its ``StopAsyncIteration`` at the end. Only an inner
+        stream that can say so for itself (``take_whole``), or one in memory, is taken this way.
+        """
+        stream = self._stream
+        if self._closed:
+            return None
+        chunks: list[bytes] | None
+        if isinstance(stream, httpx.ByteStream):
+            chunks = list(stream)
+        else:
+            take: Callable[[], list[bytes] | None] | None = getattr(stream, "take_whole", None)
+            chunks = take() if take is not None else None
+            if chunks is None:
+                return None
+        for chunk in chunks:
+            self.received += len(chunk)
+        return chunks
+
     def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._stream
         assert isinstance(stream, httpx.AsyncByteStream)

@@ -311,7 +311,7 @@ def parse_head(head: bytes, max_header_bytes: int) -> RequestHead:
             raise _bad("missing Host header")
     elif not _valid_authority(host) and not (host == b"" and not http11):
         raise _bad("invalid Host header")
-    if b"#" in target:
+    if target.find(b"#") >= 0:  # not `in`, which raises and clears a TypeError first (see _transport/wire.py)
         raise _bad("fragment in the request target")
     if method == "CONNECT":
         hostport = _AUTHORITY.fullmatch(target)

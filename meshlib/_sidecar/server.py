@@ -52,7 +52,7 @@ import re
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any, Final, cast
 
 import httpx
@@ -769,15 +769,22 @@ class _DownstreamConnection(asyncio.Protocol):
             self._write(http1.with_body(out.data, [body] if body else [], chunked, end=True))
             return
         assert isinstance(stream, httpx.AsyncByteStream)
-        chunks = stream.__aiter__()
         # What the body has now goes with the head: all of it, in one write, when no read has to wait.
         parts: list[bytes] = []
-        if getattr(stream, "complete", False) is True:  # says so (the upstream client's): no read waits
-            parts = [chunk async for chunk in chunks if chunk]
+        take: Callable[[], list[bytes] | None] | None = getattr(stream, "take_whole", None)
+        whole = take() if take is not None else None
+        if whole is not None:  # the engine's wrapper of the upstream client's complete body: taken, not iterated
+            parts = [chunk for chunk in whole if chunk]
             sent = sum(map(len, parts))
             ended, waiting = True, None
-        else:  # the engine's wrapper, say: read by hand, up to the first read that waits
-            sent, ended, waiting = _take_ready(chunks, parts, _FLUSH_SIZE)
+        else:
+            chunks = stream.__aiter__()
+            if getattr(stream, "complete", False) is True:  # says so: no read waits
+                parts = [chunk async for chunk in chunks if chunk]
+                sent = sum(map(len, parts))
+                ended, waiting = True, None
+            else:  # read by hand, up to the first read that waits
+                sent, ended, waiting = _take_ready(chunks, parts, _FLUSH_SIZE)
         if 0 <= expected < sent:
             raise BadResponseError("response body longer than its Content-Length")
         if ended:

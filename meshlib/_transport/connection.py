@@ -26,7 +26,7 @@ from meshlib._transport.flow import HIGH_WATER, LOW_WATER
 from meshlib._transport.wire import LAST_CHUNK, MAX_HEAD_BYTES, MAX_HEADERS, VERSIONS, close_delimited, truncated
 
 if TYPE_CHECKING:
-    from meshlib._transport.pool import Origin
+    from meshlib._transport.origin import Origin
 
 
 class _Timer(Alarm):
@@ -111,6 +111,22 @@ class ResponseStream(httpx.AsyncByteStream):
     def complete(self) -> bool:
         """Whether the whole body is here, so no read of it waits (the mesh's body wrapper then bounds nothing)."""
         return self.done
+
+    def take_whole(self) -> list[bytes] | None:
+        """The rest of the body at once when all of it is here and nothing failed (else None: iterate it).
+
+        A listener writes such a body with its head. Iterating it ends in ``StopAsyncIteration``, which
+        costs a traceback in every compiled frame it leaves (about 7,000 instructions a response).
+        """
+        if not self.done or self.error is not None or self.closed:
+            return None
+        chunks = list(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        conn = self.conn
+        if conn is not None and conn.reading_paused:
+            conn.resume()
+        return chunks
 
     def __aiter__(self) -> ResponseStream:
         return self
