@@ -26,6 +26,7 @@ import pytest
 import meshlib
 from meshlib._errors import UpstreamConnectError, UpstreamResetError
 from meshlib._transport import AsyncHTTP1Transport
+from meshlib._transport.connection import ResponseStream
 from tests.conftest import (
     MakeMesh,
     Receive,
@@ -284,6 +285,45 @@ async def test_a_large_download_arrives_in_chunks(transport: AsyncHTTP1Transport
     assert sum(sizes) == LARGE
     assert len(sizes) > 8
     assert max(sizes) <= 1 * MB  # never the whole body at once
+
+
+async def test_a_complete_body_is_taken_whole_and_the_connection_is_kept(
+    transport: AsyncHTTP1Transport, echo: str
+) -> None:
+    """``take_whole`` hands over a body that is all here (what a listener writes with its head), once."""
+    response = await transport.handle_async_request(request("GET", f"{echo}/whole"))
+    stream = response.stream
+    assert isinstance(stream, ResponseStream)
+    for _ in range(200):  # the echo's small body comes with its head or right after
+        if stream.complete:
+            break
+        await asyncio.sleep(0.005)
+    chunks = stream.take_whole()
+    assert chunks is not None
+    assert json.loads(b"".join(chunks))["raw_path"] == "/whole"
+    assert stream.take_whole() == []  # taken: nothing is handed over twice
+    assert [chunk async for chunk in stream] == []
+    await response.aclose()
+    assert transport.idle_connections == 1  # read to its end: the connection goes back to the pool
+
+
+async def test_a_body_still_arriving_is_not_taken_whole(transport: AsyncHTTP1Transport, bodies: str) -> None:
+    response = await transport.handle_async_request(request("GET", f"{bodies}/download"))
+    stream = response.stream
+    assert isinstance(stream, ResponseStream)
+    assert not stream.complete
+    assert stream.take_whole() is None  # the caller iterates it instead, and gets all of it
+    assert sum([len(chunk) async for chunk in stream]) == LARGE
+    await response.aclose()
+    assert transport.idle_connections == 1
+
+
+async def test_a_closed_body_is_not_taken_whole(transport: AsyncHTTP1Transport, echo: str) -> None:
+    response = await transport.handle_async_request(request("GET", f"{echo}/closed"))
+    stream = response.stream
+    assert isinstance(stream, ResponseStream)
+    await response.aclose()
+    assert stream.take_whole() is None
 
 
 async def test_reading_pauses_while_the_consumer_is_behind() -> None:
