@@ -59,6 +59,11 @@ def header_value(headers: httpx.Headers, key: bytes) -> str | None:
     return raw.decode("ascii") if raw.isascii() else raw.decode(headers.encoding)
 
 
+def raw_items(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    """``headers.raw``: the names as given and the values, in bytes (compiled, where httpx's property is Python)."""
+    return [(name, value) for name, _, value in headers._list]
+
+
 def headers_from_wire(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
     """``httpx.Headers(raw)`` for names and values in bytes, as read: httpx keeps such bytes as they are."""
     headers: httpx.Headers = _new(httpx.Headers)

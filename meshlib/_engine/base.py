@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 import httpx
 
-__all__ = ["AsyncHandler", "Filter", "Request", "Response", "SyncHandler", "compose", "compose_async"]
+if TYPE_CHECKING:
+    from meshlib._engine.context import CallContext
+
+__all__ = [
+    "EXTENSION",
+    "AsyncHandler",
+    "Filter",
+    "Request",
+    "Response",
+    "SyncHandler",
+    "compose",
+    "compose_async",
+    "context_of",
+]
+
+# The request extension that carries the engine's CallContext (``_engine/context.py``).
+EXTENSION: Final = "meshlib"
 
 Request = httpx.Request
 Response = httpx.Response
 SyncHandler = Callable[[Request], Response]
 AsyncHandler = Callable[[Request], Awaitable[Response]]
+
+
+def context_of(request: Request) -> CallContext:
+    """The CallContext the engine attached to ``request``.
+
+    Here, not beside ``CallContext``: this module is compiled, so the compiled stages call it as C, where
+    a call into the interpreted ``context.py`` ran Python code six times a request.
+    """
+    ctx: CallContext = request.extensions[EXTENSION]
+    return ctx
 
 
 class Filter(Protocol):

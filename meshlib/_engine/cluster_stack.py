@@ -21,8 +21,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshlib._clock import Clock
-from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
-from meshlib._engine.context import context_of
+from meshlib._engine.base import (
+    AsyncHandler,
+    Filter,
+    Request,
+    Response,
+    SyncHandler,
+    compose,
+    compose_async,
+    context_of,
+)
 from meshlib._engine.endpoint_stack import build_endpoint_stack, endpoint_filters
 from meshlib._engine.timeouts import TryTimeouts
 from meshlib._engine.urls import with_origin

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from meshlib._engine.base import EXTENSION, context_of
+
 if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.alarms import TaskAlarm
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
     from meshlib._upstream.endpoint import Endpoint
 
 __all__ = ["EXTENSION", "CallContext", "context_of"]
-
-EXTENSION = "meshlib"
 
 
 @dataclass(slots=True)
@@ -57,9 +57,3 @@ class CallContext:
     def fork(self) -> CallContext:
         """A copy for a concurrent try (hedging, mirroring) that shares nothing mutable with this one."""
         return dataclasses.replace(self, tried=list(self.tried))
-
-
-def context_of(request: httpx.Request) -> CallContext:
-    """The CallContext the engine attached to ``request``."""
-    ctx: CallContext = request.extensions[EXTENSION]
-    return ctx

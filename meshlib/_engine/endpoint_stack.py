@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from meshlib._engine.base import AsyncHandler, Filter, Request, Response, SyncHandler, compose, compose_async
-from meshlib._engine.context import context_of
+from meshlib._engine.base import (
+    AsyncHandler,
+    Filter,
+    Request,
+    Response,
+    SyncHandler,
+    compose,
+    compose_async,
+    context_of,
+)
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.streams import release_when_closed
 from meshlib._errors import chained

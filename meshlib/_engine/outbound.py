@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from meshlib._engine.context import EXTENSION, CallContext, context_of
+from meshlib._engine.base import context_of
+from meshlib._engine.context import EXTENSION, CallContext
 from meshlib._errors import RouteNotFoundError
 from meshlib._httpx_shortcuts import copy_request
 from meshlib._observe.hooks import failed, observed, outbound_exchange

@@ -21,7 +21,7 @@ from meshlib._engine.urls import with_origin
 from meshlib._errors import RouteNotFoundError
 from meshlib._frontdoors.inbound_door import certificate_from_der, denial_headers, request_from_wire
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
-from meshlib._httpx_shortcuts import LOWER_NAME
+from meshlib._httpx_shortcuts import LOWER_NAME, raw_items
 from meshlib._observe.hooks import SIDECAR_DOOR, error_code, inbound_exchange, inbound_finished, inbound_observed
 from meshlib._policies.xfcc import XFCC_HEADER, format_xfcc
 from meshlib._wire import ERROR_HEADER
@@ -128,13 +128,13 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 "https" if downstream is not None and downstream.tls else "http",
                 request.headers.get("host", ""),
                 _origin_form(target).decode("latin-1"),
-                list(request.headers.raw),
+                raw_items(request.headers),
                 peer.principal,
             )
             exchange.protocol = request.extensions.get("http_version", b"HTTP/1.1").decode("ascii", "replace")
             observers.started(exchange)
         result = snapshot.inbound.check(
-            request_from_wire(method.encode("latin-1"), target, request.headers.raw, peer, origin.port)
+            request_from_wire(method.encode("latin-1"), target, raw_items(request.headers), peer, origin.port)
         )
         denial = result.denial
         if denial is not None:

@@ -37,8 +37,8 @@ import pybreaker
 from meshlib._clock import Clock
 from meshlib._config.redact import redact_url
 from meshlib._config.resilience import CircuitBreakerConfig
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
+from meshlib._engine.context import CallContext
 from meshlib._engine.streams import release_when_closed
 from meshlib._errors import (
     CircuitOpenError,

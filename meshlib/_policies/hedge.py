@@ -55,8 +55,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from meshlib._background import Background, TimerHandle
 from meshlib._config.resilience import HedgeConfig
 from meshlib._engine.alarms import Alarm, set_alarm
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import EXTENSION, CallContext, context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
+from meshlib._engine.context import EXTENSION, CallContext
 from meshlib._engine.interrupt import CURRENT, Interrupt, TryInterrupted, interruptible
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._policies.retry_budget import RetryBudget

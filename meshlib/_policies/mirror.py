@@ -20,9 +20,9 @@ import httpx
 
 from meshlib._background import Background
 from meshlib._config.resilience import MirrorConfig
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
 from meshlib._engine.cluster_stack import Leg
-from meshlib._engine.context import EXTENSION, context_of
+from meshlib._engine.context import EXTENSION
 
 __all__ = ["MAX_OUTSTANDING", "MirrorFilter", "MirrorPolicy", "shadow_host"]
 

@@ -36,8 +36,8 @@ import limits.strategies
 
 from meshlib._config.redact import redact_url
 from meshlib._config.resilience import RateLimitConfig
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
+from meshlib._engine.context import CallContext
 from meshlib._errors import RateLimitedError
 from meshlib._policies.storage import REDIS_TIMEOUT, StorageRegistry, is_redis, require_redis
 from meshlib._upstream.cluster import ClusterState

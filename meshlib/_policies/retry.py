@@ -26,8 +26,8 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from meshlib._clock import Clock
 from meshlib._config.resilience import RetryConfig
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
+from meshlib._engine.context import CallContext
 from meshlib._engine.timeouts import deadline_error
 from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 from meshlib._hooks import Hooks, RetryEvent

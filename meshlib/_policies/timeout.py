@@ -25,8 +25,8 @@ import anyio
 
 from meshlib._clock import Clock
 from meshlib._engine.alarms import TaskAlarm, asyncio_loop, schedule
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import CallContext, context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
+from meshlib._engine.context import CallContext
 from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._engine.timeouts import TryTimeouts, timeout_error
 from meshlib._errors import chained

@@ -61,7 +61,7 @@ from meshlib._config.sidecar import SidecarLimitsConfig
 from meshlib._engine.errors import mesh_error
 from meshlib._errors import MeshError, RequestTimeoutError
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
-from meshlib._httpx_shortcuts import request_from_wire
+from meshlib._httpx_shortcuts import raw_items, request_from_wire
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import BadResponseError, ProtocolError, RequestHead
 from meshlib._sidecar.tls_accept import FixedTls, ServerTls, accept_loop
@@ -750,7 +750,7 @@ class _DownstreamConnection(asyncio.Protocol):
         # A refused upgrade: the client may have sent bytes for the new protocol already.
         close = self._close_after or self._state != _WAIT or self._server._draining or head.upgrade
         try:
-            out = http1.response_head(status, response.headers.raw, head, close=close, in_memory=in_memory)
+            out = http1.response_head(status, raw_items(response.headers), head, close=close, in_memory=in_memory)
         except BadResponseError as error:
             self._close_after = self._close_after or error.close
             raise
@@ -855,7 +855,7 @@ class _DownstreamConnection(asyncio.Protocol):
     async def _tunnel_upgrade(self, response: httpx.Response) -> None:
         upgrade = response.headers.get("upgrade")
         self._write(
-            http1.upgrade_head(response.headers.raw, upgrade.encode("latin-1") if upgrade is not None else None)
+            http1.upgrade_head(raw_items(response.headers), upgrade.encode("latin-1") if upgrade is not None else None)
         )
         tunnel = StreamTunnel(self._transport, response.extensions["network_stream"])
         await self._enter_tunnel(tunnel)

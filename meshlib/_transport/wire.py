@@ -36,8 +36,8 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
     chunked = False
     keep_alive = True
     lines = 2  # the request line and the empty line; one more per header line
-    raw = request.headers.raw
-    for name, value in raw:
+    raw = request.headers._list  # (name, lower-case name, value): httpx's own, without its .raw copy
+    for name, _, value in raw:
         size = len(name)
         if size == 14 or size == 17 or size == 10:  # content-length, transfer-encoding, connection
             lower = name.lower()

@@ -28,8 +28,7 @@ from typing import ClassVar
 
 from meshlib._clock import Clock
 from meshlib._config.resilience import OutlierDetectionConfig
-from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler
-from meshlib._engine.context import context_of
+from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
 from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 from meshlib._upstream.cluster import ClusterState
 from meshlib._upstream.endpoint import Endpoint, EndpointState
