@@ -10,23 +10,35 @@ loop timer fires about once per delay rather than once per alarm.
 
 Nothing here can grow with the number of alarms, whatever delays callers
 pass: a loop has at most :data:`MAX_QUEUES` queues, a queue is dropped as
-soon as it runs dry, and an alarm whose delay finds no queue (a remaining
-budget, different every time) gets a plain loop timer that its ``cancel()``
-cancels. A queue holds at most the alarms set within one delay.
+soon as it runs dry, and an alarm whose delay finds no queue gets a plain
+loop timer that its ``cancel()`` cancels. A queue holds at most the alarms
+set within one delay.
+
+What is left of a request's budget differs every time by the microseconds
+the request has run so far. Rounded up to a millisecond (:func:`on_grid`),
+the first try of every request under one timeout shares that timeout's
+queue; such an alarm rings at most a millisecond late, the resolution of
+Envoy's timers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "asyncio_loop", "live_queues", "schedule", "set_alarm"]
+__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "asyncio_loop", "live_queues", "on_grid", "schedule", "set_alarm"]
 
 # Queues per loop: enough for the few configured delays a mesh uses (per-try timeouts, hedge delays).
 MAX_QUEUES: Final = 16
+
+
+def on_grid(delay: float) -> float:
+    """``delay`` rounded up to a whole millisecond: budgets a few microseconds apart then share one queue."""
+    return math.ceil(delay * 1000.0 - 1e-6) / 1000.0  # the 1e-6: 0.25 s stays 0.25, not 0.251 by rounding error
 
 
 class Alarm:

@@ -24,7 +24,7 @@ from typing import ClassVar
 import anyio
 
 from meshlib._clock import Clock
-from meshlib._engine.alarms import TaskAlarm, asyncio_loop, schedule
+from meshlib._engine.alarms import TaskAlarm, asyncio_loop, on_grid, schedule
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
 from meshlib._engine.context import CallContext
 from meshlib._engine.interrupt import READ_DEADLINE
@@ -105,9 +105,9 @@ class PerTryTimeoutFilter:
                 raise chained(timeout_error(ctx), None)  # noqa: B904 (mypyc drops "from")
         # What asyncio.timeout does (cancel the task when due, take the cancellation back): one timer per try.
         alarm = TaskAlarm(task)
-        # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; a budget cut
-        # short by the deadline is not.
-        schedule(loop, budget, alarm, shared=budget == self.timeouts.per_try)
+        # The configured per-try timeout is a fixed delay, fit for the cheap FIFO alarms; so is what is left of
+        # the deadline on a first try, once on the millisecond grid. A retry's budget may take a loop timer.
+        schedule(loop, on_grid(budget), alarm)
         # Due when the try must end, its response body included: the body's wrapper takes it over (streams.py).
         ctx.try_alarm = alarm if own else None
         try:

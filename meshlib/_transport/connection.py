@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 import httpx
 
-from meshlib._engine.alarms import Alarm, schedule
+from meshlib._engine.alarms import Alarm, on_grid, schedule
 from meshlib._errors import chained
 from meshlib._httpx_shortcuts import response_from_wire
 from meshlib._transport.flow import HIGH_WATER, LOW_WATER
@@ -522,10 +522,12 @@ class Connection(asyncio.Protocol):
 
         ``length`` frames a streamed body: its Content-Length, or -1 to chunk-encode it.
         """
-        ex = ResponseStream(self, request, keep_alive, timeouts.get("read"))
-        # A read timeout that requests repeat (the client's own, the sidecar's default) shares its delay's FIFO
-        # alarm queue: an append, not a loop timer. One that differs every request (what is left of a budget)
-        # takes timers of its own, so it does not churn the queues.
+        read = timeouts.get("read")
+        # A read timeout that requests repeat (the client's own, the sidecar's default, what is left of a route's
+        # timeout on a first try once on the millisecond grid of alarms.on_grid) shares its delay's FIFO alarm
+        # queue: an append, not a loop timer. One that differs from the last (a retry's budget) takes a timer of
+        # its own, so it does not churn the queues.
+        ex = ResponseStream(self, request, keep_alive, on_grid(read) if read is not None else None)
         origin = self.origin
         ex.shared_timer = ex.read_timeout == origin.last_read_timeout
         origin.last_read_timeout = ex.read_timeout

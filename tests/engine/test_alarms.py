@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, strategies as st
 
 from meshlib._engine import alarms
 from meshlib._engine.alarms import set_alarm
@@ -129,3 +130,22 @@ async def test_when_the_queues_are_full_an_alarm_still_rings_once() -> None:
     for queue in list(alarms._queues[loop].values()):
         if queue.timer is not None:
             queue.timer.cancel()
+
+
+@given(st.floats(min_value=0.0, max_value=3600.0, allow_nan=False))
+def test_on_grid_rounds_up_to_a_whole_millisecond(delay: float) -> None:
+    """A budget's timer may ring up to a millisecond late, never early: its delay is rounded up, not down."""
+    rounded = alarms.on_grid(delay)
+    assert rounded >= delay - 1e-9
+    assert rounded - delay < 0.001 + 1e-9
+    assert rounded * 1000 == pytest.approx(round(rounded * 1000), abs=1e-6)
+
+
+@pytest.mark.parametrize("whole", [0.0, 0.001, 0.1, 0.25, 0.3, 0.7, 1.0, 5.0, 300.0])
+def test_whole_milliseconds_stay_as_they_are(whole: float) -> None:
+    assert alarms.on_grid(whole) == whole
+
+
+def test_budgets_microseconds_apart_share_a_delay() -> None:
+    """What is left of a 1 s timeout after a few microseconds, request after request: one queue's delay."""
+    assert {alarms.on_grid(1.0 - spent) for spent in (0.0, 1e-6, 3.7e-5, 0.00042, 0.000999)} == {1.0}

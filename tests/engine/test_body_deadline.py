@@ -20,7 +20,7 @@ import respx
 
 from meshlib._engine import alarms, streams
 from meshlib._errors import RequestTimeoutError
-from meshlib.testing import FakeClock, MeshFactory
+from meshlib.testing import FakeClock, MeshFactory, SystemClock
 from tests.conftest import Caller, MakeMesh
 from tests.policies.test_timeout import dripping
 
@@ -60,8 +60,9 @@ async def test_the_body_takes_its_tries_timer_over(
     async with mesh.async_client(timeout=0.25) as client:
         with pytest.raises(RequestTimeoutError):
             await client.get(URL)
-    # The try's timer, due at the client's read timeout; then the body's own, due at the per-try timeout.
-    assert armed == [pytest.approx(0.25), pytest.approx(0.5)]
+    # The try's timer, due at the client's read timeout, waits in that delay's queue (a delay that repeats:
+    # no loop timer of its own); the body's own, due at the per-try timeout, is one.
+    assert armed == [pytest.approx(0.5)]
 
 
 class Stubborn(httpx.AsyncByteStream):
@@ -172,3 +173,27 @@ async def test_the_wrapper_says_whether_its_body_is_all_here(inner: httpx.AsyncB
     assert body.received == 2
     await body.aclose()
     assert closed == [True]
+
+
+async def test_first_tries_under_a_route_timeout_share_its_queue(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is left of the timeout on a first try is the timeout less a few microseconds: on the millisecond
+    grid it is the same delay every time, an append to its queue, not a loop timer per request."""
+    own: list[float] = []
+    loop = asyncio.get_running_loop()
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if callback is alarms._ring_own:
+            own.append(round(when - loop.time(), 3))
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    respx_mock.get(f"{A}/x").mock(return_value=httpx.Response(200, content=b"ok"))
+    mesh = mesh_factory({"clusters": {"reviews": {"endpoints": [A], "timeout": "1s"}}}, clock=SystemClock())
+    async with mesh.async_client() as client:
+        for _ in range(20):
+            assert (await client.get(URL)).status_code == 200
+    assert own == []
+    assert 1.0 in alarms._queues[loop]
