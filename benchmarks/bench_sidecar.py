@@ -58,6 +58,8 @@ SOAK_CONCURRENCY = 64
 SOAK_CAP = 300.0  # seconds the soak may take at most
 QUICK_SOAK_CAP = 30.0
 START_TIMEOUT = 30.0  # seconds a proxy has to become ready
+# Every proxy's request timeout, as users configure one (a route without a timer would flatter whoever skips it).
+ROUTE_TIMEOUT = "1s"
 ATTEMPTS = 3  # the retry policy every proxy gets: 3 attempts on a 5xx or a connect failure
 
 # The targets (the sidecar issue's numbers).
@@ -322,11 +324,13 @@ def _start(
 
 
 def meshlib_config(upstreams: Sequence[int], port: int, admin: int) -> dict[str, Any]:
-    """The sidecar's config: one round-robin cluster of both upstreams, 3 attempts, a host route and a catch-all."""
+    """The sidecar's config: one round-robin cluster of both upstreams, a 1 s timeout, 3 attempts, a host route and
+    a catch-all (Envoy's config says the same)."""
     return {
         "clusters": {
             "upstream": {
                 "endpoints": [f"http://127.0.0.1:{p}" for p in upstreams],
+                "timeout": ROUTE_TIMEOUT,
                 "lb": "round_robin",
                 "retry": {"attempts": ATTEMPTS, "retry_on": ["5xx", "connect-failure"]},
             }
@@ -380,6 +384,7 @@ def envoy_config(upstreams: Sequence[int], port: int, admin: int) -> dict[str, A
         "match": {"prefix": "/"},
         "route": {
             "cluster": "upstream",
+            "timeout": ROUTE_TIMEOUT,
             "retry_policy": {"retry_on": "5xx,connect-failure", "num_retries": ATTEMPTS - 1},
         },
     }
