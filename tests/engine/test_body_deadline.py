@@ -34,14 +34,13 @@ def config(**retry: Any) -> dict[str, Any]:
     return {"clusters": {"reviews": {"endpoints": [A], "retry": {"attempts": 1, **retry}}}}
 
 
-async def test_the_body_takes_its_tries_timer_over(
-    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The per-try timer is due when the body must end too: the body sets none of its own, unless the
-    try's timer was the client's tighter read timeout (a limit per read, not on the body)."""
+def own_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays of the loop timers alarms take of their own from now on (a queue's shared timer not counted).
+
+    A timer of an alarm's own rings that one alarm (the queues of shared delays ring many): counted at the
+    loop, which works the same where the engine is compiled and calls schedule() directly.
+    """
     armed: list[float] = []
-    # A timer of the body's own is a loop timer that rings one alarm (the queues of shared delays ring many):
-    # counted at the loop, which works the same where the engine is compiled and calls schedule() directly.
     loop = asyncio.get_running_loop()
     call_at = loop.call_at
 
@@ -51,6 +50,15 @@ async def test_the_body_takes_its_tries_timer_over(
         return call_at(when, callback, *args, **kwargs)
 
     monkeypatch.setattr(loop, "call_at", counting)
+    return armed
+
+
+async def test_the_body_takes_its_tries_timer_over(
+    respx_mock: respx.MockRouter, mesh_factory: MeshFactory, mesh_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-try timer is due when the body must end too: the body sets none of its own, unless the
+    try's timer was the client's tighter read timeout (a limit per read, not on the body)."""
+    armed = own_timers(monkeypatch)
     respx_mock.get(f"{A}/x").mock(side_effect=dripping(mesh_clock, [(0.1, b"x")] * 50))
     mesh = mesh_factory(config(per_try_timeout="500ms"))
     async with mesh.async_client() as client:
@@ -180,20 +188,11 @@ async def test_first_tries_under_a_route_timeout_share_its_queue(
 ) -> None:
     """What is left of the timeout on a first try is the timeout less a few microseconds: on the millisecond
     grid it is the same delay every time, an append to its queue, not a loop timer per request."""
-    own: list[float] = []
-    loop = asyncio.get_running_loop()
-    call_at = loop.call_at
-
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        if callback is alarms._ring_own:
-            own.append(round(when - loop.time(), 3))
-        return call_at(when, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
+    own = own_timers(monkeypatch)
     respx_mock.get(f"{A}/x").mock(return_value=httpx.Response(200, content=b"ok"))
     mesh = mesh_factory({"clusters": {"reviews": {"endpoints": [A], "timeout": "1s"}}}, clock=SystemClock())
     async with mesh.async_client() as client:
         for _ in range(20):
             assert (await client.get(URL)).status_code == 200
     assert own == []
-    assert 1.0 in alarms._queues[loop]
+    assert 1.0 in alarms._queues[asyncio.get_running_loop()]
