@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 import httpx
 
+from meshlib._engine.urls import origin_key
 from meshlib._errors import chained
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._transport.connection import Connection
@@ -310,11 +311,10 @@ class Pool:
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` on a pooled connection and return the response with its body still streaming."""
-        url = request.url
-        key = (url.raw_scheme, url.raw_host, url.port)
+        key = origin_key(request.url)
         origin = self.origins.get(key)
         if origin is None:
-            origin = self._origin(url, key)
+            origin = self._origin(request.url, key)
         stream: Any  # the body stream, or None when the body went with the head
         payload, stream, length, keep_alive = encode_request(request)
         timeouts = request.extensions.get("timeout") or _NO_TIMEOUTS

@@ -116,7 +116,7 @@ class AsyncHTTP1Transport(httpx.AsyncBaseTransport):
         """Send ``request`` on a pooled connection and return the response with its body still streaming."""
         if self._pool.closed:
             raise RuntimeError("The transport is closed")
-        if _respx_mocking():
+        if "respx.mocks" in sys.modules and _respx_mocking():  # only a test imports respx: one lookup elsewhere
             return await self._through_httpx(request)
         return await self._pool.send(request)
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
+from meshlib._engine.urls import target_of
+
 if TYPE_CHECKING:
     from meshlib._transport.connection import ResponseStream
 
@@ -31,7 +33,7 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
     to chunk-encode it, and whether the request lets the connection live on.
     """
     method = request.method
-    parts = [_METHODS.get(method) or method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    parts = [_METHODS.get(method) or method.encode("ascii"), b" ", target_of(request.url), b" HTTP/1.1\r\n"]
     content_length = -1
     chunked = False
     keep_alive = True

@@ -15,6 +15,7 @@ URLS = [
     "http://[::ffff:192.168.0.1]:81/x",
     "http://127.0.0.1",
     "http://a.xn--fiqs8s.museum/",  # httpx decodes only a host that starts with xn--: left as it is
+    "http://shop.internal/a%20b?q=%C3%A9&x=1",
 ]
 
 
@@ -45,3 +46,10 @@ def test_with_origin_and_with_path_give_what_copy_with_gives(raw: str, fast: boo
     moved = urls.with_path(url, "/v2/items")
     assert moved.raw_path == b"/v2/items" + (b"?" + url.query if url.query else b"")
     assert moved.host == url.host
+
+
+@pytest.mark.parametrize("raw", [*URLS, "http://shop.internal?"])  # an empty query: the request line keeps its "?"
+def test_origin_key_and_target_of_are_the_url_s_raw_parts(raw: str, fast: bool) -> None:
+    url = httpx.URL(raw)
+    assert urls.origin_key(url) == (url.raw_scheme, url.raw_host, url.port)
+    assert urls.target_of(url) == url.raw_path
