@@ -47,6 +47,29 @@ def test_a_compiled_module_has_nothing_mypyc_cannot_compile(module: str) -> None
         assert not (isinstance(node, ast.Raise) and node.cause is not None), f"{module}:{node.lineno}: raise ... from"
     top_level = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert "__getattr__" not in top_level, f"{module} has a module-level __getattr__"
+    # A compiled dataclass's annotations are built at import: a class imported for type checking only is not
+    # there then (a native one is a null pointer: CallContext's import crashed).
+    checking_only = _type_checking_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+            for field in node.body:
+                if isinstance(field, ast.AnnAssign):
+                    named = {n.id for n in ast.walk(field.annotation) if isinstance(n, ast.Name)}
+                    assert not named & checking_only, (
+                        f"{module}:{field.lineno}: dataclass {node.name} annotates with {sorted(named & checking_only)}"
+                        ", imported for type checking only"
+                    )
+
+
+def _type_checking_names(tree: ast.Module) -> set[str]:
+    """The names a module imports under ``if TYPE_CHECKING:``."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for child in ast.walk(node):
+                if isinstance(child, ast.Import | ast.ImportFrom):
+                    names.update((alias.asname or alias.name).split(".")[0] for alias in child.names)
+    return names
 
 
 def test_the_build_dependencies_are_the_compile_extra() -> None:

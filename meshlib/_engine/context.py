@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSION", "CallContext", "context_of"]
 
 
-@dataclass(slots=True)
 class CallContext:
     """What the engine knows about one call: where it came from, where it went, and its budget of time.
 
@@ -34,26 +31,87 @@ class CallContext:
     included: the earlier of its per-try timeout and ``deadline`` (set per try
     by the per-try timeout filter, None when nothing bounds the try). On
     asyncio, ``try_alarm`` is the try's timer, due then, until the response
-    body's wrapper takes it over.
+    body's wrapper takes it over. ``exchange`` and ``observers`` are set when
+    the snapshot has observers (tracing, metrics, access log): shared by forked
+    tries, one per request.
     """
 
-    original: httpx.Request
-    route: Route
-    clock: Clock
-    sender: httpx.BaseTransport | None = None
-    async_sender: httpx.AsyncBaseTransport | None = None
-    tls: TlsSenders | None = None
-    cluster: str | None = None
-    endpoint: Endpoint | None = None
-    attempt: int = 1
-    deadline: float | None = None
-    try_deadline: float | None = None
-    try_alarm: TaskAlarm | None = None
-    tried: list[Endpoint] = field(default_factory=list)
-    # Set when the snapshot has observers (tracing, metrics, access log): shared by forked tries, one per request.
-    exchange: Exchange | None = None
-    observers: Observers | None = None
+    # A plain class, not a dataclass: compiled with mypyc, every stage's read of a field is a struct access (a
+    # dataclass's annotations would name classes this module imports for type checking only).
+    __slots__ = (
+        "async_sender",
+        "attempt",
+        "clock",
+        "cluster",
+        "deadline",
+        "endpoint",
+        "exchange",
+        "observers",
+        "original",
+        "route",
+        "sender",
+        "tls",
+        "tried",
+        "try_alarm",
+        "try_deadline",
+    )
+
+    def __init__(
+        self,
+        original: httpx.Request,
+        route: Route,
+        clock: Clock,
+        sender: httpx.BaseTransport | None = None,
+        async_sender: httpx.AsyncBaseTransport | None = None,
+        tls: TlsSenders | None = None,
+        cluster: str | None = None,
+        endpoint: Endpoint | None = None,
+        attempt: int = 1,
+        deadline: float | None = None,
+        try_deadline: float | None = None,
+        try_alarm: TaskAlarm | None = None,
+        tried: list[Endpoint] | None = None,
+        exchange: Exchange | None = None,
+        observers: Observers | None = None,
+    ) -> None:
+        self.original = original
+        self.route = route
+        self.clock = clock
+        self.sender = sender
+        self.async_sender = async_sender
+        self.tls = tls
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.attempt = attempt
+        self.deadline = deadline
+        self.try_deadline = try_deadline
+        self.try_alarm = try_alarm
+        self.tried: list[Endpoint] = [] if tried is None else tried
+        self.exchange = exchange
+        self.observers = observers
+
+    def __repr__(self) -> str:
+        return (
+            f"CallContext(route={getattr(self.route, 'name', self.route)!r}, cluster={self.cluster!r}, "
+            f"attempt={self.attempt}, deadline={self.deadline!r}, try_deadline={self.try_deadline!r})"
+        )
 
     def fork(self) -> CallContext:
         """A copy for a concurrent try (hedging, mirroring) that shares nothing mutable with this one."""
-        return dataclasses.replace(self, tried=list(self.tried))
+        return CallContext(
+            self.original,
+            self.route,
+            self.clock,
+            self.sender,
+            self.async_sender,
+            self.tls,
+            self.cluster,
+            self.endpoint,
+            self.attempt,
+            self.deadline,
+            self.try_deadline,
+            self.try_alarm,
+            list(self.tried),
+            self.exchange,
+            self.observers,
+        )
