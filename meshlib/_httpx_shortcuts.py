@@ -19,6 +19,7 @@ from typing import Any, Final
 import httpx
 
 __all__ = [
+    "EMPTY_BODY",
     "LOWER_NAME",
     "copy_request",
     "header_value",
@@ -32,6 +33,10 @@ _new = object.__new__
 # The lower-case name of an httpx.Headers entry, (raw name, lower-case name, value): `map(LOWER_NAME,
 # headers._list)` scans names in C, where `name in headers` first decodes every header of a new Headers.
 LOWER_NAME: Final = itemgetter(1)
+
+# The body of a request that has none, shared: a sender that meets this very object knows it is empty without
+# iterating it (a ByteStream's iteration is a Python generator: a frame each time, and a request met it twice).
+EMPTY_BODY: Final = httpx.ByteStream(b"")
 
 
 def header_value(headers: httpx.Headers, key: bytes) -> str | None:
@@ -95,7 +100,10 @@ def copy_request(request: httpx.Request) -> httpx.Request:
     upstream: httpx.Request = _new(httpx.Request)
     upstream.method = request.method
     upstream.url = request.url
-    upstream.headers = httpx.Headers(request.headers)
+    headers: httpx.Headers = _new(httpx.Headers)
+    headers._list = list(request.headers._list)  # httpx.Headers(request.headers), without its Python frame
+    headers._encoding = None  # as httpx's copy: it passes no encoding on
+    upstream.headers = headers
     upstream.extensions = dict(request.extensions)
     upstream.stream = request.stream
     return upstream

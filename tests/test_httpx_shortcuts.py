@@ -42,6 +42,8 @@ def test_the_upstream_copy_of_a_request_is_httpx_s_own(request_: httpx.Request) 
         if name not in ("headers", "extensions"):
             assert getattr(copied, name) == getattr(expected, name), name
     assert copied.headers.raw == expected.headers.raw
+    assert vars(copied.headers) == vars(expected.headers)  # the same fields (the encoding not yet worked out)
+    assert copied.headers.encoding == expected.headers.encoding
     assert copied.headers.multi_items() == expected.headers.multi_items()
     assert copied.extensions == expected.extensions
     # The caller's request stays untouched: its own headers and extensions.

@@ -30,7 +30,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["MAX_QUEUES", "Alarm", "TaskAlarm", "asyncio_loop", "live_queues", "on_grid", "schedule", "set_alarm"]
+__all__ = [
+    "MAX_QUEUES",
+    "Alarm",
+    "TaskAlarm",
+    "asyncio_loop",
+    "current_task",
+    "live_queues",
+    "on_grid",
+    "schedule",
+    "set_alarm",
+]
 
 # Queues per loop: enough for the few configured delays a mesh uses (per-try timeouts, hedge delays).
 MAX_QUEUES: Final = 16
@@ -193,6 +203,23 @@ def live_queues(loop: asyncio.AbstractEventLoop) -> tuple[int, int]:
     """How many queues ``loop`` has and how many alarms they hold (cancelled ones not yet dropped included)."""
     queues = _queues.get(loop, {})
     return len(queues), sum(len(q.alarms) for q in queues.values())
+
+
+def _tasks_by_loop() -> dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None:
+    """asyncio's map of each loop's running task, where this Python has one (3.11's ``current_task`` reads it in
+    Python: a frame per call, and the request path asks once per try)."""
+    found = getattr(asyncio.tasks, "_current_tasks", None)
+    return found if isinstance(found, dict) else None
+
+
+_TASKS: Final = _tasks_by_loop()
+
+
+def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """``asyncio.current_task(loop)``: the task running on ``loop``, or None."""
+    if _TASKS is not None:
+        return _TASKS.get(loop)
+    return asyncio.current_task(loop)
 
 
 def asyncio_loop() -> asyncio.AbstractEventLoop | None:

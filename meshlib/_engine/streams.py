@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 import anyio
 import httpx
 
-from meshlib._engine.alarms import TaskAlarm, asyncio_loop, schedule
+from meshlib._engine.alarms import TaskAlarm, asyncio_loop, current_task, schedule
 from meshlib._engine.errors import upstream_error
 from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._engine.timeouts import timeout_error
@@ -257,7 +257,7 @@ class _UntilDeadline:
                 if alarm is None:
                     alarm = body._alarm = TaskAlarm()
                     schedule(loop, left, alarm, shared=False)
-                task = asyncio.current_task(loop)
+                task = current_task(loop)
                 assert task is not None
                 alarm.watch(task)
                 try:

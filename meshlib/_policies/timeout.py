@@ -24,7 +24,7 @@ from typing import ClassVar
 import anyio
 
 from meshlib._clock import Clock
-from meshlib._engine.alarms import TaskAlarm, asyncio_loop, on_grid, schedule
+from meshlib._engine.alarms import TaskAlarm, asyncio_loop, current_task, on_grid, schedule
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
 from meshlib._engine.context import CallContext
 from meshlib._engine.interrupt import READ_DEADLINE
@@ -96,7 +96,7 @@ class PerTryTimeoutFilter:
         if budget is None:
             return await call_next(request)
         loop = asyncio_loop()
-        task = asyncio.current_task(loop) if loop is not None else None
+        task = current_task(loop) if loop is not None else None
         if loop is None or task is None:  # another anyio backend (trio): its own cancel scope
             try:
                 with anyio.fail_after(budget):

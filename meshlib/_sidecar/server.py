@@ -61,7 +61,7 @@ from meshlib._config.sidecar import SidecarLimitsConfig
 from meshlib._engine.errors import mesh_error
 from meshlib._errors import MeshError, RequestTimeoutError
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
-from meshlib._httpx_shortcuts import raw_items, request_from_wire
+from meshlib._httpx_shortcuts import EMPTY_BODY, raw_items, request_from_wire
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import BadResponseError, ProtocolError, RequestHead
 from meshlib._sidecar.tls_accept import FixedTls, ServerTls, accept_loop
@@ -101,7 +101,6 @@ _LINGER: Final = 4
 _LINGER_TIME: Final = 2.0
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST, not a FIN
 _FLUSH_SIZE: Final = 64 * 1024  # queued response bytes written at once; body bytes taken with the head at most
-_EMPTY: Final = httpx.ByteStream(b"")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LEADING_CRLF: Final = re.compile(rb"(?:\r\n)*")
 
@@ -479,7 +478,7 @@ class _DownstreamConnection(asyncio.Protocol):
         else:
             self._state = _WAIT
             self._buffer = rest
-            self._dispatch(head, _EMPTY)
+            self._dispatch(head, EMPTY_BODY)
             return
         body = self._body = _StreamBody(self)
         self._expect_continue = head.expect_continue and head.http11

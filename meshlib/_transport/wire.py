@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from meshlib._engine.urls import target_of
+from meshlib._httpx_shortcuts import EMPTY_BODY
 
 if TYPE_CHECKING:
     from meshlib._transport.connection import ResponseStream
@@ -58,7 +59,10 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
         raise httpx.LocalProtocolError("Both Content-Length and Transfer-Encoding", request=request)
     stream: Any = request.stream
     # A ByteStream (a body given as bytes) yields its one bytes object: sent with the head in one write.
-    body: bytes | None = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
+    if stream is EMPTY_BODY:
+        body: bytes | None = b""
+    else:
+        body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
     if body is not None:
         if content_length == -1 and not chunked and body:
             parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")

@@ -149,3 +149,34 @@ def test_whole_milliseconds_stay_as_they_are(whole: float) -> None:
 def test_budgets_microseconds_apart_share_a_delay() -> None:
     """What is left of a 1 s timeout after a few microseconds, request after request: one queue's delay."""
     assert {alarms.on_grid(1.0 - spent) for spent in (0.0, 1e-6, 3.7e-5, 0.00042, 0.000999)} == {1.0}
+
+
+def test_current_task_is_asyncios_in_a_task_and_none_in_a_callback() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert alarms.current_task(loop) is asyncio.current_task()
+        seen: list[object] = []
+
+        async def child() -> None:
+            seen.append(alarms.current_task(loop))
+
+        task = asyncio.ensure_future(child())
+        await task
+        assert seen == [task]
+        called = loop.create_future()
+        loop.call_soon(lambda: called.set_result(alarms.current_task(loop)))
+        assert await called is None  # a plain callback runs in no task
+
+    asyncio.run(main())
+
+
+def test_current_task_of_another_loop_is_none() -> None:
+    other = asyncio.new_event_loop()
+    try:
+
+        async def main() -> None:
+            assert alarms.current_task(other) is None
+
+        asyncio.run(main())
+    finally:
+        other.close()
