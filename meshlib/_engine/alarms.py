@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import types
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -206,8 +207,11 @@ def live_queues(loop: asyncio.AbstractEventLoop) -> tuple[int, int]:
 
 
 def _tasks_by_loop() -> dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None:
-    """asyncio's map of each loop's running task, where this Python has one (3.11's ``current_task`` reads it in
-    Python: a frame per call, and the request path asks once per try)."""
+    """asyncio's map of each loop's running task, where ``asyncio.current_task`` is the Python function that reads
+    it (3.11: a frame per call, and the request path asks once per try); None where it is C's (3.12 on, where a
+    later Python may keep the running task elsewhere)."""
+    if not isinstance(asyncio.current_task, types.FunctionType):
+        return None
     found = getattr(asyncio.tasks, "_current_tasks", None)
     return found if isinstance(found, dict) else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import pytest
 from hypothesis import given, strategies as st
@@ -168,6 +169,11 @@ def test_current_task_is_asyncios_in_a_task_and_none_in_a_callback() -> None:
         assert await called is None  # a plain callback runs in no task
 
     asyncio.run(main())
+
+
+def test_asyncios_task_map_is_read_only_where_current_task_is_the_python_function_that_reads_it() -> None:
+    python_function = isinstance(asyncio.current_task, types.FunctionType)  # 3.11; C from 3.12
+    assert (alarms._tasks_by_loop() is not None) == python_function
 
 
 def test_current_task_of_another_loop_is_none() -> None:
