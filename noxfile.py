@@ -83,6 +83,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_inner_transport.py", *session.posargs)
     session.run("python", "benchmarks/bench_inbound.py", "--check", *session.posargs)
     session.run("python", "benchmarks/bench_metrics_choice.py", *session.posargs)
+    session.run("python", "benchmarks/bench_zipkin_encoder.py", *session.posargs)
     # One minute of churn here (about 2.5 minutes in all); `nox -s discovery_soak` is the ten minutes.
     if shutil.which("etcd") is None:
         session.warn("bench_discovery needs etcd: apt-get install -y etcd-server")
