@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import httpx
 
-__all__ = ["authority_host", "check_authority", "host_matches"]
+__all__ = ["authority_host", "check_authority", "host_matches", "is_ip"]
+
+
+def is_ip(text: str, version: int | None = None) -> bool:
+    """Whether ``text`` is an IP address as :mod:`ipaddress` reads one (IPv6 without brackets), of ``version``
+    (4 or 6) when given."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or address.version == version
 
 
 def host_matches(pattern: str, host: str) -> bool:

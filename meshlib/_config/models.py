@@ -9,7 +9,6 @@ together, so one run reports every error (see ``base.py``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -41,7 +40,7 @@ from meshlib._config.base import (
 )
 from meshlib._config.discovery import ConfigSourceConfig, DiscoveryConfig, EtcdConfig, RegistryConfig
 from meshlib._config.durations import PositiveDuration
-from meshlib._config.hosts import authority_host, check_authority
+from meshlib._config.hosts import authority_host, check_authority, is_ip
 from meshlib._config.observability import AccessLogConfig, MetricsConfig, TracingConfig
 from meshlib._config.redact import Secret
 from meshlib._config.resilience import (
@@ -162,14 +161,6 @@ def _compile_regex(pattern: str) -> str:
     return pattern
 
 
-def _is_ipv6(host: str) -> bool:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class EndpointConfig(ConfigModel):
     """One upstream address: ``"http://127.0.0.1:9081"`` or ``{url: ..., weight: 3}``."""
 
@@ -202,7 +193,7 @@ class EndpointConfig(ConfigModel):
         if not url.host:
             raise ValueError(f"URL {value!r} has no host")
         host = url.raw_host.decode("ascii")  # IDNA-encoded, so international names pass as xn--...
-        if not _URL_HOST.match(host) and not _is_ipv6(host):
+        if not _URL_HOST.match(host) and not is_ip(host, 6):
             raise ValueError(f"URL {value!r} has an invalid host")
         if url.port is not None and not 1 <= url.port <= 65535:
             raise ValueError(f"URL {value!r} has an invalid port: use 1 to 65535")
@@ -352,7 +343,7 @@ class RouteMatchConfig(ConfigModel):
         if value is None:
             return None
         host = value.lower()
-        if not _HOST.match(host) and not _is_ipv6(host):
+        if not _HOST.match(host) and not is_ip(host, 6):
             raise ValueError(f"invalid host {value!r}: a host name, '*.suffix' or '*' (no scheme, port or path)")
         return host
 

@@ -12,7 +12,6 @@ is made). Error messages show the URL with its credentials redacted.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import math
 import re
 from typing import Annotated, Any, Final
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, WithJsonSchema
 
+from meshlib._config.hosts import is_ip
 from meshlib._config.redact import Secret, redact_url
 
 __all__ = ["REDIS_MISSING", "StorageUrl", "check_storage_url"]
@@ -43,7 +43,7 @@ def _redis_errors(url: str) -> str | None:
     host = parts.hostname or ""
     if not host:
         return "it names no host"
-    if not _HOST.match(host) and not _is_ip(host):
+    if not _HOST.match(host) and not is_ip(host):
         return f"invalid host {host!r}"
     if parts.path not in ("", "/") and not re.fullmatch(r"/\d+", parts.path):
         return "the database must be a number: redis://HOST:PORT/0"
@@ -78,14 +78,6 @@ def _option_errors(redis: Any, url: str) -> str | None:
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             return f"invalid value for {name!r}: a number {'above 0' if positive else 'of 0 or more'}"
     return None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def check_storage_url(value: str) -> str:

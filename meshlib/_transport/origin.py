@@ -9,7 +9,6 @@ module docstring.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import ssl
 from collections import deque
@@ -19,6 +18,7 @@ from typing import Any, Final, cast
 
 import httpx
 
+from meshlib._config.hosts import is_ip
 from meshlib._engine.urls import origin_key
 from meshlib._errors import chained
 from meshlib._policies.retry import IDEMPOTENT_METHODS
@@ -56,7 +56,7 @@ class Origin:
         self.pool = pool
         self.host = host
         self.port = port
-        self.numeric = _is_ip(host)  # an address needs no lookup
+        self.numeric = is_ip(host)  # an address needs no lookup
         self.lookup: asyncio.Task[list[_AddrInfo]] | None = None  # the lookup in progress, shared by its waiters
         self.ssl = ssl_context
         self.server_hostname = host if ssl_context is not None else None
@@ -258,14 +258,6 @@ async def _getaddrinfo(loop: asyncio.AbstractEventLoop, host: str, port: int) ->
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned no address")
     return cast(list[_AddrInfo], infos)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _pool_timeout(future: asyncio.Future[Connection | None], request: httpx.Request) -> None:

@@ -34,7 +34,6 @@ Semantics follow protoc-gen-validate's Go/C++ templates (``ValidateAll``: every 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import operator
 import re
@@ -48,6 +47,8 @@ from urllib.parse import urlsplit
 from google.protobuf import descriptor_pool, message_factory  # type: ignore[import-untyped,unused-ignore]
 from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped,unused-ignore]
 from validate import validate_pb2  # type: ignore[import-untyped,unused-ignore]
+
+from meshlib._config.hosts import is_ip
 
 __all__ = ["unpack_any", "violations"]
 
@@ -930,14 +931,6 @@ def _is_hostname(host: str) -> bool:
     return True
 
 
-def _is_ip(text: str, version: int | None = None) -> bool:
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return version is None or addr.version == version
-
-
 def _is_email(text: str) -> bool:
     _, addr = parseaddr(text)
     if not addr or "@" not in addr or len(addr) > 254:
@@ -968,12 +961,12 @@ def _is_uuid(text: str) -> bool:
 _STRING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "email": (_is_email, "must be a valid email address"),
     "hostname": (_is_hostname, "must be a valid hostname"),
-    "ip": (_is_ip, "must be a valid IP address"),
-    "ipv4": (lambda v: _is_ip(v, 4), "must be a valid IPv4 address"),
-    "ipv6": (lambda v: _is_ip(v, 6), "must be a valid IPv6 address"),
+    "ip": (is_ip, "must be a valid IP address"),
+    "ipv4": (lambda v: is_ip(v, 4), "must be a valid IPv4 address"),
+    "ipv6": (lambda v: is_ip(v, 6), "must be a valid IPv6 address"),
     "uri": (_is_uri, "must be a valid absolute URI"),
     "uri_ref": (_is_uri_ref, "must be a valid URI reference"),
-    "address": (lambda v: _is_hostname(v) or _is_ip(v), "must be a valid hostname or IP address"),
+    "address": (lambda v: _is_hostname(v) or is_ip(v), "must be a valid hostname or IP address"),
     "uuid": (_is_uuid, "must be a valid UUID"),
 }
 

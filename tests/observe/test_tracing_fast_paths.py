@@ -24,7 +24,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from meshlib._observe.exchange import Exchange, Try, outbound
 from meshlib._observe.observers import Observers
-from meshlib._observe.tracing import Propagation, TracingObserver, _bound_bytes
+from meshlib._observe.tracing import (
+    _TRACE_HEADERS_RAW,
+    Propagation,
+    TracingObserver,
+    _bound_bytes,
+    _has_trace_header,
+)
 from tests.conftest import MakeMesh
 from tests.observe.tracing_helpers import collector, tracer_of
 from tests.zipkin_collector import ZipkinCollector
@@ -278,3 +284,12 @@ async def test_every_try_of_a_dropped_new_trace_carries_its_headers_once(
             assert request.headers["b3"] == f"{trace_id}-{request.headers['traceparent'].split('-')[2]}-0"
             ids.add(trace_id)
         assert len(ids) == 1  # one trace: every try of the request
+
+
+@given(st.lists(st.sampled_from([b"host", b"accept", b"b3x", b"tracer", b"x-b3", b"x-request-id", b""]), max_size=6))
+def test_a_trace_header_is_found_among_a_request_s_headers_whatever_else_it_carries(others: list[bytes]) -> None:
+    for name in _TRACE_HEADERS_RAW:
+        for at in (0, len(others)):
+            names = [*others[:at], name, *others[at:]]
+            assert _has_trace_header([(n.upper(), n, b"v") for n in names])
+    assert not _has_trace_header([(n.upper(), n, b"v") for n in others])
