@@ -107,13 +107,15 @@ PLUMBING = "plumbing only"  # a mesh told about requests by an observer that doe
 CASES = (PLAIN, PLUMBING, METRICS, TRACING, BOTH)
 
 
-def observability(case: str, zipkin: str) -> dict[str, Any]:
-    """The config sections of ``case``."""
+def observability(case: str, zipkin: str | None, sampling: float = SAMPLING) -> dict[str, Any]:
+    """The config sections of ``case``; tracing exports to ``zipkin`` (None: spans are made, not exported)."""
     out: dict[str, Any] = {}
     if case in (METRICS, BOTH):
         out["metrics"] = {"enabled": True}
     if case in (TRACING, BOTH):
-        out["tracing"] = {"sampling": SAMPLING, "zipkin": {"endpoint": zipkin}}
+        out["tracing"] = {"sampling": sampling}
+        if zipkin is not None:
+            out["tracing"]["zipkin"] = {"endpoint": zipkin}
     return out
 
 
@@ -162,14 +164,19 @@ class EngineSizes:
     budget: float  # seconds; no new round after it (three always run)
 
 
-def _engine_meshes(zipkin: str) -> tuple[dict[str, meshlib.Mesh], list[httpx.Request]]:
+def _engine_meshes(
+    zipkin: str | None, sampling: float = SAMPLING
+) -> tuple[dict[str, meshlib.Mesh], list[httpx.Request]]:
+    """Each case's mesh (bench_core's config, each cluster with POLICIES) and the prebuilt requests."""
     core, requests = _engine_setup()
     config = core.config.model_dump(mode="json", exclude_none=True)
     core.close()
     for cluster in config["clusters"].values():
         cluster.update(copy.deepcopy(POLICIES))
     meshes = {
-        case: meshlib.Mesh.from_dict({**config, **observability(case, zipkin)}) for case in CASES if case != PLUMBING
+        case: meshlib.Mesh.from_dict({**config, **observability(case, zipkin, sampling)})
+        for case in CASES
+        if case != PLUMBING
     }
     # The observer registry builds an Observer (all no-ops) in place of the metrics one, for this mesh only.
     real = registry._factory
