@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bench_observability
+import httpx
 from bench_core import AsyncZeroIO, ZeroIO, _engine_setup, engine_batch, engine_batch_async
 
 ENGINE_CASES = ("bare", "engine", "bare-async", "engine-async")
@@ -62,12 +63,7 @@ _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 def _child(case: str, count: int, sampling: float) -> None:
     """Send ``count`` requests (after the warm-up) through ``case``'s transport, then leave at once."""
     random.seed(12345)
-    if case in OBSERVED:
-        meshes, requests = bench_observability._engine_meshes(None, sampling)
-        transport = meshes[OBSERVED[case]].transport(inner=ZeroIO())
-        engine_batch(transport, requests, WARM_UP, 1000)
-        engine_batch(transport, requests, count, 1000)
-    elif case.endswith("-async"):
+    if case.endswith("-async"):
         mesh, requests = _engine_setup()
 
         async def run() -> None:
@@ -77,8 +73,13 @@ def _child(case: str, count: int, sampling: float) -> None:
 
         asyncio.run(run())
     else:
-        mesh, requests = _engine_setup()
-        sync = ZeroIO() if case == "bare" else mesh.transport(inner=ZeroIO())
+        sync: httpx.BaseTransport
+        if case in OBSERVED:
+            meshes, requests = bench_observability._engine_meshes(None, sampling)
+            sync = meshes[OBSERVED[case]].transport(inner=ZeroIO())
+        else:
+            mesh, requests = _engine_setup()
+            sync = ZeroIO() if case == "bare" else mesh.transport(inner=ZeroIO())
         engine_batch(sync, requests, WARM_UP, 1000)
         engine_batch(sync, requests, count, 1000)
     # No teardown: what a close costs is not a request's, and it would have to be the same in both runs.
