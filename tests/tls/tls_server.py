@@ -83,11 +83,9 @@ def tls_server(context: ssl.SSLContext, handler: Handler = echo) -> Iterator[Tls
     loop.set_exception_handler(lambda loop, ctx: None)  # failed handshakes are what some tests are about
     started = threading.Event()
     state: dict[str, Any] = {}
-    tasks: set[asyncio.Task[None]] = set()
     writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         writers.append(writer)
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -132,12 +130,26 @@ def tls_server(context: ssl.SSLContext, handler: Handler = echo) -> Iterator[Tls
         server.url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
         started.set()
         await state["stop"].wait()
+        # Stop accepting, and give the connections just accepted two turns
+        # before the server closes: one for the accept task to wrap the socket
+        # in a transport (one that first runs after close() fails inside
+        # asyncio and leaks its socket), one for the handshake to start (the
+        # SSL protocol ignores a close before then).
+        for sock in srv.sockets:
+            loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         srv.close()
         for writer in writers:  # no TLS close_notify dance with clients that keep their connections alive
             writer.transport.abort()
-        for task in list(tasks):
+        # The serving tasks, and the accept tasks of handshakes still under
+        # way (cancelled, they abort their transports).
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
+        for _ in range(3):  # an aborted transport closes its socket a turn or two later
+            await asyncio.sleep(0)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
