@@ -38,6 +38,10 @@ body's framing is still in doubt.
   sends, so the answer isn't lost to a reset.
 * CONNECT and upgrades: :mod:`tunnel` answers a CONNECT and runs the tunnel;
   the connection hands it its client-side events.
+* Tasks: one per connection, not per request. The connection's worker serves
+  each request the parser hands it and waits between them; it ends when the
+  connection closes, and, as a request's own task would, with a request that
+  fails or leaves a cancellation behind (the next request gets a new one).
 
 The request extensions a handler reads, and the handler's type, are the
 front door's (``meshlib/_frontdoors/sidecar_requests.py``).
@@ -261,6 +265,7 @@ class _DownstreamConnection(asyncio.Protocol):
         "_framing",
         "_head",
         "_loop",
+        "_next",
         "_out",
         "_out_size",
         "_reading_paused",
@@ -272,6 +277,7 @@ class _DownstreamConnection(asyncio.Protocol):
         "_timer",
         "_transport",
         "_tunnel",
+        "_wake",
         "_write_paused",
         "_write_waiter",
     )
@@ -286,7 +292,11 @@ class _DownstreamConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._deadline_kind = _NO_DEADLINE
         self._timer: asyncio.TimerHandle | None = None
+        # The connection's worker: one task serves its requests one after another, waiting on _wake between them
+        # (a task per request cost 4,700 instructions more a request: 2.7% of the proxy's work on a small one).
         self._task: asyncio.Task[None] | None = None
+        self._next: Coroutine[Any, Any, None] | None = None  # the request the worker serves next
+        self._wake: asyncio.Future[None] | None = None  # set while the worker waits for a request
         self._head: RequestHead | None = None
         self._body: _StreamBody | None = None
         self._body_parts: list[bytes] = []
@@ -353,8 +363,7 @@ class _DownstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._stop_worker()
         if self._body is not None:
             self._body.fail(_ClientGoneError("the client closed the connection"))
         if self._write_waiter is not None and not self._write_waiter.done():
@@ -574,8 +583,60 @@ class _DownstreamConnection(asyncio.Protocol):
     # --- calling the handler ----------------------------------------------------------------------------------------
 
     def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Have the connection's worker serve ``coro`` (one request, or a CONNECT) next."""
         self._server._in_flight += 1
-        self._task = self._loop.create_task(coro)
+        self._next = coro
+        task = self._task
+        if task is None or task.done():
+            self._wake = None
+            self._task = self._loop.create_task(self._work())
+            return
+        wake = self._wake
+        if wake is not None:  # else the worker is ending the previous request (pipelined): it takes this one next
+            self._wake = None
+            wake.set_result(None)
+
+    async def _work(self) -> None:
+        """Serve the requests _run hands over, one at a time, until the connection closes (_stop_worker).
+
+        A request that fails, or leaves a cancellation behind (requested while
+        it ran and not taken back), ends the worker as it would have ended a
+        task of its own: whatever cancels a task sees it end, and the next
+        request starts afresh, on a new worker.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while not task.cancelling():
+                coro = self._next
+                if coro is None:
+                    wake = self._wake = self._loop.create_future()
+                    await wake
+                    continue
+                self._next = None
+                await coro
+        except (Exception, asyncio.CancelledError):
+            self._worker_ended(task)
+            raise
+        self._worker_ended(task)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:  # not stopped: a request handed over meanwhile (pipelined) gets a new worker
+            self._wake = None
+            self._task = None if self._next is None else self._loop.create_task(self._work())
+
+    def _stop_worker(self) -> None:
+        """End the worker: cancel the request it serves, or its wait; a request it never started is dropped."""
+        task = self._task
+        self._task = None
+        self._wake = None
+        coro = self._next
+        if coro is not None:
+            self._next = None
+            coro.close()
+            self._server._in_flight -= 1
+        if task is not None and not task.done():
+            task.cancel()
 
     def _dispatch(self, head: RequestHead, stream: httpx.AsyncByteStream) -> None:
         try:
@@ -677,7 +738,6 @@ class _DownstreamConnection(asyncio.Protocol):
         self._write(response)
 
     def _exchange_done(self) -> None:
-        self._task = None
         state = self._state
         if state >= _TUNNEL:
             return
@@ -927,8 +987,7 @@ class _DownstreamConnection(asyncio.Protocol):
         """Close at once, dropping whatever is in flight."""
         if self._state != _CLOSED:
             self._transport.abort()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._stop_worker()
 
 
 def _downstream_of(transport: asyncio.Transport) -> Downstream:

@@ -29,7 +29,7 @@ from meshlib._errors import (
     UpstreamResetError,
 )
 from meshlib._frontdoors.sidecar_listeners import inbound_handler, outbound_handler
-from meshlib._sidecar.server import HttpServer
+from meshlib._sidecar.server import HttpServer, _DownstreamConnection
 from meshlib._transport import AsyncHTTP1Transport
 from tests.conftest import (
     MakeMesh,
@@ -233,6 +233,115 @@ async def test_keep_alive_connection_serves_requests_one_after_another(proxy: Ht
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_connection_s_requests_are_served_by_one_task_that_ends_with_the_connection() -> None:
+    """A task per connection, not per request (cheaper); it waits between requests and ends when the client goes."""
+    served_by: list[asyncio.Task[Any] | None] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        served_by.append(asyncio.current_task())
+        return httpx.Response(200, content=request.url.path.encode())
+
+    async with serving(handler) as server:
+        host, port = server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        for i in range(3):
+            writer.write(b"GET /k%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            await asyncio.wait_for(reader.readuntil(b"/k%d" % i), 5)
+        worker = served_by[0]
+        assert worker is not None
+        assert served_by == [worker] * 3
+        assert not worker.done()  # waiting for the connection's next request
+        writer.close()
+        await writer.wait_closed()
+        await _eventually(worker.done)
+        assert (server.connections, server.in_flight) == (0, 0)
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 5)
+
+
+async def test_a_cancellation_a_request_leaves_behind_never_reaches_the_next_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each request starts with no cancellation pending or counted, as in a task of its own.
+
+    A cancellation the handler took without ``uncancel()`` would otherwise
+    make the next request's own stray CancelledError look like the server's
+    (dropped unanswered) rather than the handler bug it is (a 500, logged).
+    """
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        task = asyncio.current_task()
+        assert task is not None
+        if request.url.path == "/cancel-self":  # requested as the request ends: nothing of it awaits again
+            task.cancel()
+        elif request.url.path == "/swallow":  # taken, never taken back
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+        elif request.url.path == "/escape":
+            raise asyncio.CancelledError
+        return httpx.Response(200, content=request.url.path.encode())
+
+    caplog.set_level(logging.ERROR, logger="meshlib")
+    async with serving(handler) as server:
+        host, port = server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for path in (b"/cancel-self", b"/next", b"/swallow"):
+                writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+                head = await asyncio.wait_for(reader.readuntil(path), 5)
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            writer.write(b"GET /escape HTTP/1.1\r\nHost: x\r\n\r\n")
+            [response] = parse_responses(await _until_closed(reader))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert response.status == 500
+    assert [r.getMessage() for r in caplog.records if r.name == "meshlib"] == [
+        "outbound listener: unexpected error handling GET http://x/escape"
+    ]
+
+
+async def test_a_request_pipelined_behind_one_that_left_a_cancellation_is_still_answered() -> None:
+    """The worker ends with the request that left the cancellation; the request queued behind it gets a new one."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/swallow":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+        return httpx.Response(200, content=request.url.path.encode())
+
+    async with serving(handler) as server:
+        got = await exchange(
+            server,
+            b"GET /swallow HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    assert [(r.status, r.body) for r in parse_responses(got.data)] == [(200, b"/swallow"), (200, b"/after")]
+    assert got.closed
+
+
+async def test_a_request_handed_to_the_worker_but_not_started_when_the_connection_drops_is_not_left_in_flight() -> None:
+    """Dropped unstarted (closed, so never reported as un-awaited), and no longer counted in flight."""
+    async with serving(Gate()) as server:
+        conn = _DownstreamConnection(server, asyncio.get_running_loop())
+        started = False
+
+        async def request() -> None:
+            nonlocal started
+            started = True
+
+        conn._run(request())  # the worker's first step is still to come
+        assert server.in_flight == 1
+        conn.connection_lost(None)
+        await asyncio.sleep(0)
+        assert (started, server.in_flight) == (False, 0)
 
 
 # --- bodies ----------------------------------------------------------------------------------------------------------
