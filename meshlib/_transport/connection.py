@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 import httpx
@@ -27,6 +27,8 @@ from meshlib._transport.wire import LAST_CHUNK, MAX_HEAD_BYTES, MAX_HEADERS, VER
 
 if TYPE_CHECKING:
     from meshlib._transport.origin import Origin
+
+_HTTP11_STATUS: Final = b"HTTP/1.1 "
 
 
 class _Timer(Alarm):
@@ -77,6 +79,7 @@ class ResponseStream(httpx.AsyncByteStream):
         "received",
         "request",
         "request_sent",
+        "said_11",
         "shared_timer",
         "size",
         "stale",
@@ -93,6 +96,7 @@ class ResponseStream(httpx.AsyncByteStream):
         self.status = 0
         self.reason = b""
         self.version = b"HTTP/1.1"
+        self.said_11 = False  # the response's first bytes were "HTTP/1.1 ": its version, without asking llhttp
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -284,6 +288,8 @@ class Connection(asyncio.Protocol):
                 self.close()  # bytes nobody asked for (a late or unsolicited response): never reuse
             return
         if not ex.head_done:
+            if not ex.received:
+                ex.said_11 = data.startswith(_HTTP11_STATUS)
             ex.received += len(data)
         try:
             self.parser.feed_data(data)
@@ -362,7 +368,8 @@ class Connection(asyncio.Protocol):
             raise httpx.RemoteProtocolError("The response head is too large")
         if 200 <= status < 600:
             ex.head_done = True
-            ex.version = VERSIONS.get(parser.get_http_version(), b"HTTP/1.1")
+            # httptools formats its version as a str each time it is asked (about 2,200 instructions).
+            ex.version = b"HTTP/1.1" if ex.said_11 else VERSIONS.get(parser.get_http_version(), b"HTTP/1.1")
             if not parser.should_keep_alive():
                 ex.keep_alive = False
                 ex.close_delimited = close_delimited(ex)
@@ -400,6 +407,7 @@ class Connection(asyncio.Protocol):
         if not ex.head_done:  # the end of an interim 1xx response
             ex.headers = []
             ex.reason = b""
+            ex.said_11 = False  # the final response's version is llhttp's to tell
             return
         if ex.status == 101:
             return

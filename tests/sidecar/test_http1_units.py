@@ -15,6 +15,7 @@ import string
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import (
     MAX_HEADERS,
     MAX_REQUEST_LINE,
@@ -295,6 +296,21 @@ def test_upgrade_is_ignored_on_http10() -> None:
 def test_valid_hosts(host: bytes) -> None:
     head = parse_head(b"GET /p HTTP/1.1\r\nHost: " + host, MAX)
     assert head.url == b"http://" + host + b"/p"
+
+
+def test_valid_hosts_are_remembered_invalid_ones_never_and_the_memory_stays_bounded() -> None:
+    """A Host value checked once is not checked again (the regex is a request's dearest step); a bad one always is."""
+    http1._VALID_AUTHORITIES.clear()
+    for _ in range(3):
+        assert parse_head(b"GET / HTTP/1.1\r\nHost: api.internal:8080", MAX).url == b"http://api.internal:8080/"
+        with pytest.raises(ProtocolError, match=BAD_HOST):
+            parse_head(b"GET / HTTP/1.1\r\nHost: api.internal:99999", MAX)
+    assert sorted(http1._VALID_AUTHORITIES) == [b"api.internal:8080"]
+    for n in range(3 * http1._AUTHORITY_CACHE_SIZE):
+        parse_head(b"GET / HTTP/1.1\r\nHost: host-%d" % n, MAX)
+        assert len(http1._VALID_AUTHORITIES) <= http1._AUTHORITY_CACHE_SIZE
+    with pytest.raises(ProtocolError, match=BAD_HOST):
+        parse_head(b"GET / HTTP/1.1\r\nHost: a b", MAX)
 
 
 def test_request_line_at_its_limit() -> None:

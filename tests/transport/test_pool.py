@@ -613,6 +613,44 @@ async def test_a_body_without_length_is_read_to_the_close(transport: AsyncHTTP1T
     assert transport.idle_connections == 0
 
 
+@pytest.mark.parametrize(
+    ("answer", "split", "version"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False, b"HTTP/1.1"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", False, b"HTTP/1.0"),
+        # Its first bytes too few to read the version from: llhttp tells it.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True, b"HTTP/1.1"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", True, b"HTTP/1.0"),
+        # The interim response's version is not the final one's.
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+            False,
+            b"HTTP/1.0",
+        ),
+    ],
+)
+async def test_each_response_reports_the_version_its_status_line_gave(
+    transport: AsyncHTTP1Transport, answer: bytes, split: bool, version: bytes
+) -> None:
+    """Twice on one connection: the second response's version is read afresh, not the first one's."""
+
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
+        reader = Reader(conn, stop)
+        while not stop.is_set() and reader.request() is not None:
+            if split:  # "HTTP" alone first
+                conn.sendall(answer[:4])
+                time.sleep(0.02)
+                conn.sendall(answer[4:])
+            else:
+                conn.sendall(answer)
+
+    with raw_server(handle) as server:
+        for _ in range(2):
+            response, body = await send(transport, "GET", f"{server.url}/x")
+            assert (response.status_code, body, response.extensions["http_version"]) == (200, b"ok", version)
+        assert transport.idle_connections == 1  # both on one connection
+
+
 # -- errors ----------------------------------------------------------------------------------------------------------
 
 
