@@ -16,6 +16,7 @@ from meshlib._engine.errors import upstream_error
 from meshlib._engine.interrupt import READ_DEADLINE
 from meshlib._engine.timeouts import timeout_error
 from meshlib._errors import chained
+from meshlib._httpx_shortcuts import ASYNC_BYTE_STREAM, BYTE_STREAM
 
 if TYPE_CHECKING:
     from meshlib._engine.context import CallContext
@@ -138,7 +139,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         if self._closed:
             return None
         chunks: list[bytes] | None
-        if isinstance(stream, httpx.ByteStream):
+        if isinstance(stream, BYTE_STREAM):
             chunks = list(stream)
         else:
             take: Callable[[], list[bytes] | None] | None = getattr(stream, "take_whole", None)
@@ -151,7 +152,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._stream
-        assert isinstance(stream, httpx.AsyncByteStream)
+        assert isinstance(stream, ASYNC_BYTE_STREAM)
         if self._deadline is None or _received_whole(stream):
             # Nothing to time: a plain iterator object, not an async generator (which the loop registers and
             # finalizes: a few µs a response).
@@ -180,7 +181,7 @@ class OnCloseStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         try:
-            if isinstance(self._stream, httpx.AsyncByteStream):
+            if isinstance(self._stream, ASYNC_BYTE_STREAM):
                 await self._stream.aclose()
         finally:
             self._done()
@@ -280,7 +281,7 @@ class _UntilDeadline:
 
 def _received_whole(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> bool:
     """Whether ``stream`` holds its whole body already: in memory, or saying so (``complete``)."""
-    return isinstance(stream, httpx.ByteStream) or getattr(stream, "complete", False) is True
+    return isinstance(stream, BYTE_STREAM) or getattr(stream, "complete", False) is True
 
 
 def release_when_closed(

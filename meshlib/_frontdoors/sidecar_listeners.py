@@ -48,7 +48,7 @@ def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSende
         # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
         response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
         # One C-level scan of the raw names: `in response.headers` decodes every header of a new Headers first.
-        if _ERROR_RAW in map(LOWER_NAME, response.headers._list):
+        if _ERROR_RAW in _map(LOWER_NAME, response.headers._list):
             # Only the sidecar names mesh errors: an upstream's header would make clients raise one.
             del response.headers[ERROR_HEADER]
         return response
@@ -143,7 +143,7 @@ def inbound_handler(mesh: Mesh, app: str, sender: httpx.AsyncBaseTransport) -> H
                 inbound_finished(exchange, observers, denial.status, denial.code, len(denial.body))
             return httpx.Response(denial.status, headers=denial_headers(denial), content=denial.body)
         headers = request.headers
-        if _XFCC_RAW in map(LOWER_NAME, headers._list):  # one C-level scan: a caller's rarely has one
+        if _XFCC_RAW in _map(LOWER_NAME, headers._list):  # one C-level scan: a caller's rarely has one
             headers._list = [entry for entry in headers._list if entry[1] != _XFCC_RAW]
         for name in result.remove_headers or ():
             headers.pop(name, None)
@@ -180,6 +180,7 @@ _UNSEEN: Final = object()
 _XFCC_RAW: Final = XFCC_HEADER.encode("ascii")
 _ERROR_RAW: Final = ERROR_HEADER.encode("ascii")
 _CERTIFICATE_CACHE: Final = 1024
+_map: Final = map  # bound once: compiled, a builtin is looked up on the builtins module at each use
 
 
 def _origin_form(target: bytes) -> bytes:

@@ -31,7 +31,7 @@ from meshlib._engine.context import CallContext
 from meshlib._engine.timeouts import deadline_error
 from meshlib._errors import RequestTimeoutError, UpstreamConnectError, UpstreamResetError
 from meshlib._hooks import Hooks, RetryEvent
-from meshlib._httpx_shortcuts import EMPTY_BODY
+from meshlib._httpx_shortcuts import BYTE_STREAM, EMPTY_BODY
 from meshlib._policies.retry_budget import RetryBudget
 from meshlib._upstream.cluster import ClusterState
 
@@ -156,7 +156,7 @@ class RetryPolicy:
         stream = request.stream
         if stream is EMPTY_BODY:
             return True
-        if not isinstance(stream, httpx.ByteStream):
+        if not isinstance(stream, BYTE_STREAM):
             return False  # a streaming body is never retried
         return len(b"".join(stream)) <= self.buffer_limit  # a ByteStream yields its one bytes object
 

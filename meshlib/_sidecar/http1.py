@@ -550,6 +550,10 @@ class ResponseHead:
         self.close = close
 
 
+# A builtin bound once: compiled, ``map`` is looked up on the builtins module at each use.
+_map: Final = map
+
+
 def _is_token(name: bytes) -> bool:
     return bool(name) and not name.translate(None, _TOKEN_CHARS)
 
@@ -559,7 +563,7 @@ def _header_lines(headers: list[tuple[bytes, bytes]], names_checked: bool) -> by
     LF or another control byte."""
     if not headers:
         return b""
-    lines = b"\r\n".join(map(b": ".join, headers))  # in C: no bytecode per header
+    lines = b"\r\n".join(_map(b": ".join, headers))  # in C: no bytecode per header
     # The names are tokens (checked, or known), so only the values' CR, LF and controls can be left beside the CRLFs.
     if lines.translate(None, _LINE_CHARS) != b"\r\n" * (len(headers) - 1) or not (
         names_checked or all(_is_token(name) for name, _ in headers)

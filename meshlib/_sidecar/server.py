@@ -65,7 +65,7 @@ from meshlib._config.sidecar import SidecarLimitsConfig
 from meshlib._engine.errors import mesh_error
 from meshlib._errors import MeshError, RequestTimeoutError
 from meshlib._frontdoors.sidecar_requests import DOWNSTREAM, REQUEST_LINE, ConnectPolicy, Downstream, Handler
-from meshlib._httpx_shortcuts import EMPTY_BODY, raw_items, request_from_wire
+from meshlib._httpx_shortcuts import ASYNC_BYTE_STREAM, BYTE_STREAM, EMPTY_BODY, raw_items, request_from_wire
 from meshlib._sidecar import http1
 from meshlib._sidecar.http1 import BadResponseError, ProtocolError, RequestHead
 from meshlib._sidecar.tls_accept import FixedTls, ServerTls, accept_loop
@@ -677,7 +677,7 @@ class _DownstreamConnection(asyncio.Protocol):
                 self._answer_error(exc, request, head)
             finally:
                 # A body in memory holds nothing to release (the engine wraps bodies it must count).
-                if not response.is_closed and not isinstance(response.stream, httpx.ByteStream):
+                if not response.is_closed and not isinstance(response.stream, BYTE_STREAM):
                     # httpx's Response.aclose without its request_context (a generator context manager that only
                     # names the request in a RequestError): about 3 µs a request, and the error is dropped here.
                     response.is_closed = True
@@ -807,7 +807,7 @@ class _DownstreamConnection(asyncio.Protocol):
                 return
             raise BadResponseError(f"unexpected {status} response")
         stream = response.stream
-        in_memory = isinstance(stream, httpx.ByteStream)
+        in_memory = isinstance(stream, BYTE_STREAM)
         # A refused upgrade: the client may have sent bytes for the new protocol already.
         close = self._close_after or self._state != _WAIT or self._server._draining or head.upgrade
         try:
@@ -829,7 +829,7 @@ class _DownstreamConnection(asyncio.Protocol):
                 raise BadResponseError("response body does not match its Content-Length")
             self._write(http1.with_body(out.data, [body] if body else [], chunked, end=True))
             return
-        assert isinstance(stream, httpx.AsyncByteStream)
+        assert isinstance(stream, ASYNC_BYTE_STREAM)
         # What the body has now goes with the head: all of it, in one write, when no read has to wait.
         parts: list[bytes] = []
         take: Callable[[], list[bytes] | None] | None = getattr(stream, "take_whole", None)

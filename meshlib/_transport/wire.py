@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from meshlib._engine.urls import target_of
-from meshlib._httpx_shortcuts import EMPTY_BODY
+from meshlib._httpx_shortcuts import BYTE_STREAM, EMPTY_BODY
 
 if TYPE_CHECKING:
     from meshlib._transport.connection import ResponseStream
@@ -62,7 +62,7 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
     if stream is EMPTY_BODY:
         body: bytes | None = b""
     else:
-        body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
+        body = b"".join(stream) if isinstance(stream, BYTE_STREAM) else None
     if body is not None:
         if content_length == -1 and not chunked and body:
             parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
