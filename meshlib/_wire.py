@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Final
 from urllib.parse import quote, unquote
 
 import httpx
@@ -60,7 +61,7 @@ __all__ = [
     "is_error_response",
 ]
 
-ERROR_HEADER = "x-meshlib-error"
+ERROR_HEADER: Final = "x-meshlib-error"
 ROUTE_HEADER = "x-meshlib-route"
 CLUSTER_HEADER = "x-meshlib-cluster"
 # Which timeout failed the request: "per-try" when one try ran out of time, "request" when the whole

@@ -162,7 +162,7 @@ class _Queue:
                 alarm.ring()
 
 
-_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Queue]] = weakref.WeakKeyDictionary()
+_queues: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Queue]]] = weakref.WeakKeyDictionary()
 # The queues of the loop used last: the lookup every alarm would otherwise pay (weakly held, like _queues).
 _last: tuple[weakref.ref[asyncio.AbstractEventLoop] | None, dict[float, _Queue]] = (None, {})
 
@@ -229,6 +229,9 @@ def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
 def asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None under another anyio backend (trio)."""
     try:
-        return asyncio.get_running_loop()
+        return _get_running_loop()
     except RuntimeError:
         return None
+
+
+_get_running_loop: Final = asyncio.get_running_loop  # bound once: compiled, a module attribute is a lookup each use

@@ -44,7 +44,7 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import httpx
 
@@ -67,10 +67,10 @@ __all__ = [
 ]
 
 # The Interrupt of the try running inline in this thread (set by the sync hedge around its inline try).
-CURRENT: ContextVar[Interrupt | None] = ContextVar("meshlib_interrupt", default=None)
+CURRENT: Final[ContextVar[Interrupt | None]] = ContextVar("meshlib_interrupt", default=None)
 # When (time.monotonic()) the sync try reading in this thread must be over, or None: set around a try's
 # head by the per-try timeout filter, and around each read of its body by the body wrapper (streams.py).
-READ_DEADLINE: ContextVar[float | None] = ContextVar("meshlib_read_deadline", default=None)
+READ_DEADLINE: Final[ContextVar[float | None]] = ContextVar("meshlib_read_deadline", default=None)
 
 # Set on a sender whose blocking calls honour CURRENT (or that never block).
 _MARK = "_meshlib_interruptible"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from meshlib._clock import Clock
 from meshlib._config.durations import format_duration
@@ -31,7 +31,7 @@ _LABELS: dict[TimeoutKind, str] = {
     "client": "client timeout",
 }
 # A millisecond of slack: timers fire a hair early or late.
-_SLACK = 0.001
+_SLACK: Final = 0.001
 
 
 def timeout_message(

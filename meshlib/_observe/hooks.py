@@ -32,11 +32,11 @@ __all__ = [
 ]
 
 # The sidecar's outbound listener marks the requests it hands the engine with this extension.
-SIDECAR_DOOR = "meshlib.sidecar"
+SIDECAR_DOOR: Final = "meshlib.sidecar"
 
 _ByteStream: Final = httpx.ByteStream  # bound once: compiled, a module attribute is looked up on every use
 
-_PROTOCOLS: dict[bytes, str] = {v.encode(): v for v in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3")}
+_PROTOCOLS: Final[dict[bytes, str]] = {v.encode(): v for v in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3")}
 
 
 def error_code(exc: BaseException) -> str:

@@ -125,8 +125,8 @@ _KNOWN_ERRORS: Final = frozenset(_LOCAL_STATUS) | {
     "unauthenticated",
     "bad_request",
 }
-_OTHER_ERROR = "other"
-_NO_STATUS = "none"
+_OTHER_ERROR: Final = "other"
+_NO_STATUS: Final = "none"
 # None too: a request with no status at all (finished() looks it up without a test first).
 _STATUS_CLASS: Final[dict[int | None, str]] = {
     **{status: f"{status // 100}xx" for status in range(100, 600)},

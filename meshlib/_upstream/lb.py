@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Collection, Sequence
 from functools import reduce
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, Protocol
 
 import httpx
 
@@ -22,6 +22,8 @@ from meshlib._httpx_shortcuts import header_value
 from meshlib._upstream.endpoint import Endpoint
 
 __all__ = ["LeastRequest", "LoadBalancer", "RandomLB", "RingHash", "RoundRobin", "build_lb"]
+
+_next: Final = next  # bound once: compiled, a builtin is looked up on the builtins module at each use
 
 
 class LoadBalancer(Protocol):
@@ -71,7 +73,7 @@ class RoundRobin:
 
     def pick(self, request: httpx.Request, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         schedule = self._schedule
-        start = next(self._counter)
+        start = _next(self._counter)
         if not exclude:
             return schedule[start % len(schedule)]
         for step in range(len(schedule)):
