@@ -19,19 +19,28 @@ from typing import Any, Final
 import httpx
 
 __all__ = [
+    "ASYNC_BYTE_STREAM",
+    "BYTE_STREAM",
     "EMPTY_BODY",
+    "HEADERS",
     "LOWER_NAME",
+    "REQUEST",
+    "RESPONSE",
+    "URL",
     "copy_request",
     "header_value",
     "headers_from_wire",
+    "new_instance",
     "request_from_wire",
     "response_from_wire",
 ]
 
-_new: Final = object.__new__
+# An instance without its class's __init__ (httpx's run Python frames): the fields are set by hand below.
+new_instance: Final = object.__new__
 
 # httpx's classes, bound once. Compiled, ``httpx.Request`` is a module attribute looked up at each use (about 250
 # instructions, twenty times a request across the request path); these are read as C statics.
+URL: Final = httpx.URL
 REQUEST: Final = httpx.Request
 RESPONSE: Final = httpx.Response
 HEADERS: Final = httpx.Headers
@@ -79,7 +88,7 @@ def raw_items(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
 
 def headers_from_wire(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
     """``httpx.Headers(raw)`` for names and values in bytes, as read: httpx keeps such bytes as they are."""
-    headers: httpx.Headers = _new(HEADERS)
+    headers: httpx.Headers = new_instance(HEADERS)
     headers._list = [(name, name.lower(), value) for name, value in raw]
     headers._encoding = None
     return headers
@@ -89,7 +98,7 @@ def request_from_wire(
     method: str, url: httpx.URL, raw: list[tuple[bytes, bytes]], stream: httpx.AsyncByteStream
 ) -> httpx.Request:
     """``httpx.Request(method, url, headers=raw, stream=stream)`` for a request read off the wire."""
-    request: httpx.Request = _new(REQUEST)
+    request: httpx.Request = new_instance(REQUEST)
     request.method = method.upper()
     request.url = url  # immutable: httpx.Request would wrap it in another URL of the same parts
     request.headers = headers_from_wire(raw)
@@ -105,10 +114,10 @@ def copy_request(request: httpx.Request) -> httpx.Request:
     same method (upper-cased already), URL and stream, which httpx.Request
     would take as they are.
     """
-    upstream: httpx.Request = _new(REQUEST)
+    upstream: httpx.Request = new_instance(REQUEST)
     upstream.method = request.method
     upstream.url = request.url
-    headers: httpx.Headers = _new(HEADERS)
+    headers: httpx.Headers = new_instance(HEADERS)
     headers._list = list(request.headers._list)  # httpx.Headers(request.headers), without its Python frame
     headers._encoding = None  # as httpx's copy: it passes no encoding on
     upstream.headers = headers
@@ -122,7 +131,7 @@ def response_from_wire(
 ) -> httpx.Response:
     """``httpx.Response(status, headers=raw, stream=stream, extensions=extensions)`` for a response read off the
     wire (``extensions`` is the response's own, not copied)."""
-    response: httpx.Response = _new(RESPONSE)
+    response: httpx.Response = new_instance(RESPONSE)
     response.status_code = status
     response.headers = headers_from_wire(raw)
     response._request = None

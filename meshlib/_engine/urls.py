@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import httpx
 
+from meshlib._httpx_shortcuts import URL, new_instance
+
 __all__ = ["host_of", "origin_key", "path_of", "target_of", "with_origin", "with_path"]
 
 
@@ -29,9 +31,6 @@ _FAST: Final = _probe()
 # The parsed form's class, a named tuple of _FIELDS: built with tuple.__new__, as its _replace does after a
 # keyword-argument round trip that costs more than the rest of a with_origin.
 _PARSED: Final[Any] = type(httpx.URL("http://a/")._uri_reference) if _FAST else None
-# Bound once: compiled, httpx.URL is a module attribute looked up at each use.
-_URL: Final = httpx.URL
-_new: Final = object.__new__
 _new_tuple: Final = tuple.__new__
 
 
@@ -75,7 +74,7 @@ def with_origin(url: httpx.URL, origin: httpx.URL) -> httpx.URL:
     if _FAST:
         o = origin._uri_reference
         r = url._uri_reference
-        new: httpx.URL = _new(_URL)
+        new: httpx.URL = new_instance(URL)
         new._uri_reference = _new_tuple(_PARSED, (o[0], "", o[2], o[3], r[4], r[5], r[6]))
         return new
     return url.copy_with(scheme=origin.scheme, host=origin.host, port=origin.port)
@@ -85,7 +84,7 @@ def with_path(url: httpx.URL, path: str) -> httpx.URL:
     """``url`` with its path replaced by an already percent-encoded ``path``."""
     if _FAST:
         r = url._uri_reference
-        new: httpx.URL = _new(_URL)
+        new: httpx.URL = new_instance(URL)
         new._uri_reference = _new_tuple(_PARSED, (r[0], r[1], r[2], r[3], path, r[5], r[6]))
         return new
     query = url.query

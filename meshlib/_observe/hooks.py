@@ -13,6 +13,7 @@ from typing import Final
 import httpx
 
 from meshlib._engine.streams import OnCloseStream
+from meshlib._httpx_shortcuts import BYTE_STREAM
 from meshlib._observe.exchange import Exchange, Try, now, outbound, retry_reason
 from meshlib._observe.observers import Observers
 from meshlib._wire import ERROR_HEADER
@@ -33,8 +34,6 @@ __all__ = [
 
 # The sidecar's outbound listener marks the requests it hands the engine with this extension.
 SIDECAR_DOOR: Final = "meshlib.sidecar"
-
-_ByteStream: Final = httpx.ByteStream  # bound once: compiled, a module attribute is looked up on every use
 
 _PROTOCOLS: Final[dict[bytes, str]] = {v.encode(): v for v in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3")}
 
@@ -234,7 +233,7 @@ def observed(
         # The engine's own body wrapper (most responses) counts and closes it already: one more callback, not one
         # more layer. (A closed response has closed its stream: tested first, this needs no look at the response.)
         stream.also(_BodyDone(exchange, observers, stream, sending))
-    elif response.is_closed or isinstance(stream, _ByteStream):
+    elif response.is_closed or isinstance(stream, BYTE_STREAM):
         # Whole already: a body in memory (the sidecar writes it with the head in one go) ends with the head.
         size = len(response.content) if response.is_closed else len(b"".join(stream))  # type: ignore[arg-type]
         if sending:
