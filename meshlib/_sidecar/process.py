@@ -116,8 +116,13 @@ class ProxyOptions:
 
 
 def _say(message: str) -> None:
-    """One line on stderr, flushed, whatever the log level (readiness lines are what scripts and tests wait for)."""
-    print(f"meshlib proxy: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, flushed, whatever the log level (readiness lines are what scripts and tests wait for).
+
+    A stderr nobody reads any more (a log shipper that died: a broken pipe) loses the line, never the proxy's
+    work: the drain that follows SIGTERM says "draining" here first.
+    """
+    with contextlib.suppress(OSError, ValueError):  # ValueError: stderr closed in this process
+        print(f"meshlib proxy: {message}", file=sys.stderr, flush=True)
 
 
 class _LogFormatter(logging.Formatter):
@@ -315,11 +320,13 @@ class Proxy:
         discovery = self.mesh._discovery
         if discovery is not None:
             await asyncio.get_running_loop().run_in_executor(self._reloader, discovery.deregister)
-        timeout = self.mesh.config.sidecar.limits.drain_timeout
-        _say(f"draining (up to {timeout:g}s)")
-        results = await asyncio.gather(*(s.drain(timeout) for s in self.servers.values() if s is not self._admin))
-        _say("drained" if all(results) else "drain timeout: aborted the requests still in flight")
-        self._stopped.set()
+        try:
+            timeout = self.mesh.config.sidecar.limits.drain_timeout
+            _say(f"draining (up to {timeout:g}s)")
+            results = await asyncio.gather(*(s.drain(timeout) for s in self.servers.values() if s is not self._admin))
+            _say("drained" if all(results) else "drain timeout: aborted the requests still in flight")
+        finally:
+            self._stopped.set()  # a drain that failed still ends the process: SIGTERM must never be ignored
 
     async def run(self) -> int:
         sidecar = self._listening_config

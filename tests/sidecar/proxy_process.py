@@ -139,10 +139,15 @@ def start(
         stderr=subprocess.PIPE,
         text=True,
         pass_fds=pass_fds,
-        # Proxy variables of the environment must not reroute the proxy's own upstream traffic.
-        env={**{k: v for k, v in os.environ.items() if k.upper() not in _PROXY_ENV}, "PYTHONUNBUFFERED": "1"},
+        env=proxy_env(),
     )
     return ProxyProcess(proc, path, outbound, admin)
+
+
+def proxy_env() -> dict[str, str]:
+    """The environment a test's proxy runs in: unbuffered, and without the machine's proxy variables."""
+    # Proxy variables of the environment must not reroute the proxy's own upstream traffic.
+    return {**{k: v for k, v in os.environ.items() if k.upper() not in _PROXY_ENV}, "PYTHONUNBUFFERED": "1"}
 
 
 def start_ready(tmp_path: Path, config: Mapping[str, Any], *args: str, attempts: int = 3) -> ProxyProcess:

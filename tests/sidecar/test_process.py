@@ -138,6 +138,38 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
         slow.stop()
 
 
+def test_sigterm_drains_and_exits_when_nothing_reads_stderr_any_more(tmp_path: Path, echo: dict[str, str]) -> None:
+    """The reader of the proxy's stderr went away (a log shipper that died): its lines are lost, not its exit."""
+    outbound, admin = free_port(), free_port()
+    path = tmp_path / "mesh.yaml"
+    proxy_process.write_config(path, _to(echo["v1"]), outbound, admin)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlib", "proxy", "--config", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env=proxy_process.proxy_env(),
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as stderr:
+            lines: list[bytes] = []
+            while not any(b"admin listening on" in line for line in lines):
+                line = stderr.readline()  # b"" at EOF: the proxy exited
+                assert line, b"".join(lines)
+                lines.append(line)
+        # Nothing reads the pipe now: the proxy's next line on stderr meets a broken pipe.
+        with httpx.Client(proxy=f"http://127.0.0.1:{outbound}", trust_env=False, timeout=10) as client:
+            assert client.get("http://reviews/x").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_thousands_of_requests_across_dozens_of_reloads_none_fail(tmp_path: Path, echo: dict[str, str]) -> None:
     """Hot reload under load: 2,000 requests from 8 threads while the config flips 30 times."""
     with running(tmp_path, _to(echo["v1"]), "--watch-interval", "0") as proxy:
