@@ -155,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from meshlib._sidecar.process import parse_args_to_options, run_proxy
+    from meshlib._sidecar.launch import parse_args_to_options, run_proxy
 
     if args.workers < 1:
         print("meshlib proxy: --workers must be at least 1", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -112,7 +115,7 @@ def report():
         print(json.dumps(sorted(name for name in asked if sys.modules.get(name) is not None)), flush=True)
 
 threading.Thread(target=report, daemon=True).start()
-sys.argv = ["meshlib", "proxy", "--config", sys.argv[1]]
+sys.argv = ["meshlib", "proxy", *json.loads(sys.argv[1])]  # the command's arguments, as a JSON list
 runpy.run_module("meshlib", run_name="__main__", alter_sys=True)
 """
 
@@ -136,13 +139,45 @@ HTTPX_CLI = ("httpx._main", "click", "rich", "pygments")
 
 def test_a_plaintext_sidecar_never_loads_httpcore_nor_httpx_cli(tmp_path: Path) -> None:
     """Idle, and after forwarding a request: its upstream client is its own (``AsyncHTTP1Transport``)."""
+    with _probed_proxy(tmp_path, [], [*HTTPCORE, *HTTPX_CLI]) as proxy:
+        assert _ask(proxy) == []
+        with proxy.client(timeout=10) as client:
+            assert client.get("http://reviews/").text == "ok"
+        assert _ask(proxy) == []
+
+
+# What only a process that serves loads: the engine, the listeners, the event loop and the HTTP parser.
+SERVING = (
+    "meshlib._sidecar.process",
+    "meshlib._sidecar.server",
+    "meshlib._mesh",
+    "meshlib._engine.outbound",
+    "uvloop",
+    "httptools",
+)
+
+
+def test_the_workers_supervisor_never_loads_the_serving_side(tmp_path: Path) -> None:
+    """``meshlib proxy --workers 2``: the parent only starts, signals and waits for its workers (about 39 MB idle
+    against a worker's 51), and they serve as ever."""
+    assert all(importlib.util.find_spec(name) is not None for name in SERVING)  # each name is a real module
+    with _probed_proxy(tmp_path, ["--workers", "2"], SERVING) as proxy:
+        with proxy.client(timeout=10) as client:
+            assert client.get("http://reviews/").text == "ok"
+        assert _ask(proxy) == []
+    assert proxy.proc.returncode == 0
+
+
+@contextmanager
+def _probed_proxy(tmp_path: Path, arguments: list[str], asked: Sequence[str]) -> Iterator[ProxyProcess]:
+    """``meshlib proxy ARGUMENTS`` run by PROXY_PROBE in front of an upstream answering ok, ready; stopped after."""
     config = tmp_path / "mesh.yaml"
     outbound, admin = free_port(), free_port()
     with raw_server(answer_ok) as upstream:
         write_config(config, _reviews_on(upstream.url), outbound, admin)
         proxy = ProxyProcess(
             subprocess.Popen(
-                [sys.executable, "-c", PROXY_PROBE, str(config), *HTTPCORE, *HTTPX_CLI],
+                [sys.executable, "-c", PROXY_PROBE, json.dumps(["--config", str(config), *arguments]), *asked],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -156,10 +191,7 @@ def test_a_plaintext_sidecar_never_loads_httpcore_nor_httpx_cli(tmp_path: Path) 
         )
         try:
             proxy.wait_ready()
-            assert _ask(proxy) == []
-            with proxy.client(timeout=10) as client:
-                assert client.get("http://reviews/").text == "ok"
-            assert _ask(proxy) == []
+            yield proxy
         finally:
             proxy.stop()
             for pipe in (proxy.proc.stdin, proxy.proc.stdout):

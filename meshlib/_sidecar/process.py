@@ -1,4 +1,7 @@
-"""``meshlib proxy``: one sidecar process, or a supervisor of N worker processes sharing the ports.
+"""``meshlib proxy``'s serving process: alone, or one of the N ``--workers`` sharing the ports.
+
+:mod:`meshlib._sidecar.launch` loads the config and either calls :func:`serve` here or, with ``--workers N``,
+supervises N processes that do.
 
 A proxy process loads the config, binds its listeners (outbound, inbound when
 configured, admin), serves them with :class:`HttpServer`, and then:
@@ -15,7 +18,7 @@ configured, admin), serves them with :class:`HttpServer`, and then:
 * **graceful drain** - on ``SIGTERM`` (or ``POST /drain``): stop accepting,
   let requests in flight finish up to ``sidecar.limits.drain_timeout``, exit 0.
 
-With ``--workers N`` the parent binds nothing itself: it starts N workers
+With ``--workers N`` the parent (launch's supervisor) binds nothing itself: it starts N workers
 that each bind the outbound and inbound ports with ``SO_REUSEPORT`` (the
 kernel spreads connections across them), relays ``SIGHUP``/``SIGTERM`` to
 them, and exits when they have. Worker 0 also serves the admin listener; its
@@ -41,46 +44,32 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
 from meshlib._config.models import MeshConfig
 from meshlib._config.sidecar import (
-    LISTENERS,
     Address,
-    ListenerName,
     SidecarConfig,
     parse_address,
-    with_listen_addresses,
 )
-from meshlib._control.reload import load_settled
 from meshlib._control.watch import FileWatcher
 from meshlib._errors import ConfigError, DiscoveryError
 from meshlib._frontdoors.sidecar_listeners import InboundTls, connect_policy, inbound_handler, outbound_handler
 from meshlib._mesh import Mesh
 from meshlib._sidecar.admin import ReloadAnswer, admin_handler, reload_answer
+from meshlib._sidecar.launch import EXIT_CONFIG, EXIT_DISCOVERY, EXIT_LISTEN, ProxyOptions, say
 from meshlib._sidecar.server import HttpServer
 from meshlib._tls.senders import TlsSenders
 from meshlib._transport import AsyncHTTP1Transport
 
-__all__ = ["EXIT_CONFIG", "EXIT_DISCOVERY", "EXIT_LISTEN", "LISTEN_ENV", "ProxyOptions", "run_proxy"]
+__all__ = ["Proxy", "serve", "workers_answer"]
 
 logger = logging.getLogger("meshlib.proxy")
 
-# Environment variables that set a listener's address (a flag wins over its variable, which wins over the file).
-LISTEN_ENV: Final[Mapping[ListenerName, str]] = {name: f"MESHLIB_SIDECAR_{name.upper()}_LISTEN" for name in LISTENERS}
-
-EXIT_CONFIG = 2  # as `meshlib validate`
-EXIT_LISTEN = 3  # a port is taken or cannot be bound
-EXIT_DISCOVERY = 4  # etcd unreachable at start, and no snapshot to start from
 # How long worker 0 waits for another worker's /stats (the admin answers without it past that).
 _PEER_TIMEOUTS: dict[str, float | None] = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
 # How long worker 0's POST /reload waits for another worker's reload (one may wait out an empty read).
@@ -98,55 +87,6 @@ _GC_THRESHOLDS: Final = (3_000, 20, 100)
 
 class ListenError(Exception):
     """A listener could not bind its address."""
-
-
-@dataclass
-class ProxyOptions:
-    """What ``meshlib proxy`` was asked to do (the CLI's flags)."""
-
-    config: Path
-    outbound: str | None = None
-    inbound: str | None = None
-    admin: str | None = None
-    workers: int = 1
-    watch_interval: float = 1.0  # seconds between checks of the config file; 0 turns watching off
-    log_level: str = "info"  # of the ``meshlib`` loggers, on stderr (the lines from _say are always printed)
-    worker_index: int | None = None  # set in a worker started by the supervisor
-    ready_fd: int | None = None  # the workers' "listening" pipe: worker 0 reads it, the others write (see _supervise)
-
-
-def _say(message: str) -> None:
-    """One line on stderr, flushed, whatever the log level (readiness lines are what scripts and tests wait for).
-
-    A stderr nobody reads any more (a log shipper that died: a broken pipe) loses the line, never the proxy's
-    work: the drain that follows SIGTERM says "draining" here first.
-    """
-    with contextlib.suppress(OSError, ValueError):  # ValueError: stderr closed in this process
-        print(f"meshlib proxy: {message}", file=sys.stderr, flush=True)
-
-
-class _LogFormatter(logging.Formatter):
-    """``meshlib proxy: MESSAGE`` as _say prints, with the level in front of anything but INFO."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
-        return f"meshlib proxy: {level}{text}"
-
-
-_log_handler: logging.Handler | None = None
-
-
-def configure_logging(level: str) -> None:
-    """Send the ``meshlib`` loggers' records at ``level`` and above to stderr, one line each."""
-    global _log_handler
-    root = logging.getLogger("meshlib")
-    if _log_handler is not None:
-        root.removeHandler(_log_handler)
-    _log_handler = logging.StreamHandler(sys.stderr)
-    _log_handler.setFormatter(_LogFormatter())
-    root.addHandler(_log_handler)
-    root.setLevel(level.upper())
 
 
 def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
@@ -322,9 +262,9 @@ class Proxy:
             await asyncio.get_running_loop().run_in_executor(self._reloader, discovery.deregister)
         try:
             timeout = self.mesh.config.sidecar.limits.drain_timeout
-            _say(f"draining (up to {timeout:g}s)")
+            say(f"draining (up to {timeout:g}s)")
             results = await asyncio.gather(*(s.drain(timeout) for s in self.servers.values() if s is not self._admin))
-            _say("drained" if all(results) else "drain timeout: aborted the requests still in flight")
+            say("drained" if all(results) else "drain timeout: aborted the requests still in flight")
         finally:
             self._stopped.set()  # a drain that failed still ends the process: SIGTERM must never be ignored
 
@@ -346,7 +286,7 @@ class Proxy:
         except ListenError as exc:
             for sock in sockets.values():
                 sock.close()
-            _say(f"{exc} ({name} listener)")
+            say(f"{exc} ({name} listener)")
             return EXIT_LISTEN
         handlers = {
             "outbound": outbound_handler(self.mesh, self.sender, self.tls),
@@ -378,7 +318,7 @@ class Proxy:
         gc.set_threshold(*_GC_THRESHOLDS)
         workers = f" (worker {self.options.worker_index})" if self._under_supervisor else ""
         for name, server in self.servers.items():
-            _say(f"{name} listening on {_shown(*server.address)}{workers}")
+            say(f"{name} listening on {_shown(*server.address)}{workers}")
         loop = asyncio.get_running_loop()
         await self._report_listening(loop)
         loop.add_signal_handler(signal.SIGTERM, self._begin_drain)
@@ -478,32 +418,6 @@ def _shown(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _load(path: Path) -> tuple[MeshConfig, str | None] | None:
-    """The config file's config and digest, or None after printing why it cannot be had (unreadable included)."""
-    try:
-        return load_settled(path, settle=0)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr, flush=True)
-    return None
-
-
-def listen_addresses(options: ProxyOptions, environ: Mapping[str, str]) -> dict[ListenerName, tuple[str, str]]:
-    """The listen addresses set outside the config file: listener -> (where from, address); a flag wins."""
-    flags: dict[ListenerName, str | None] = {
-        "outbound": options.outbound,
-        "inbound": options.inbound,
-        "admin": options.admin,
-    }
-    given: dict[ListenerName, tuple[str, str]] = {}
-    for name in LISTENERS:
-        flag, variable = flags[name], LISTEN_ENV[name]
-        if flag is not None:
-            given[name] = (f"--{name}", flag)
-        elif environ.get(variable):
-            given[name] = (variable, environ[variable])
-    return given
-
-
 def _event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -512,99 +426,21 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_proxy(options: ProxyOptions, environ: Mapping[str, str] | None = None) -> int:
-    """Run ``meshlib proxy`` until drained; the process's exit code.
+def serve(options: ProxyOptions, config: MeshConfig, sidecar: SidecarConfig, digest: str | None) -> int:
+    """Serve ``config`` in this process until drained (``meshlib proxy``, or one of its ``--workers``); the exit code.
 
-    Listen addresses from flags and from ``environ`` (default ``os.environ``)
-    are validated as the config file's are; a bad one exits 2 naming where it came from.
+    :func:`meshlib._sidecar.launch.run_proxy` has loaded the config and set the listen addresses and logging.
     """
-    loaded = _load(options.config)
-    if loaded is None:
-        return EXIT_CONFIG
-    config, digest = loaded
-    try:
-        sidecar = with_listen_addresses(
-            config.sidecar, listen_addresses(options, os.environ if environ is None else environ)
-        )
-    except ConfigError as exc:
-        for where, why in exc.errors:
-            _say(f"{where}: {why}")
-        return EXIT_CONFIG
-    configure_logging(options.log_level)
-    if options.workers > 1 and options.worker_index is None:
-        return _supervise(options, sidecar)
     try:
         proxy = Proxy(options, config, sidecar, digest)
     except ConfigError as exc:  # found only once the mesh is built (validation catches all it can)
         print(exc, file=sys.stderr, flush=True)
         return EXIT_CONFIG
     except DiscoveryError as exc:
-        _say(str(exc))
+        say(str(exc))
         return EXIT_DISCOVERY
     loop = _event_loop()
     try:
         return loop.run_until_complete(proxy.run())
     finally:
         loop.close()
-
-
-def _supervise(options: ProxyOptions, sidecar: SidecarConfig) -> int:
-    """Start ``options.workers`` worker processes, relay signals to them, and wait for them all."""
-    if parse_address(sidecar.outbound.listen).port == 0:
-        _say("--workers needs a fixed outbound port (workers share it with SO_REUSEPORT), not port 0")
-        return EXIT_CONFIG
-    args = [sys.executable, "-m", "meshlib", "proxy", "--config", str(options.config)]
-    for flag, value in (("--outbound", options.outbound), ("--inbound", options.inbound), ("--admin", options.admin)):
-        if value is not None:
-            args += [flag, value]
-    args += ["--watch-interval", str(options.watch_interval), "--workers", str(options.workers)]
-    args += ["--log-level", options.log_level]
-    # Worker 0 (the admin) holds the read end; every other worker writes "INDEX PORT" once it listens.
-    read_end, write_end = os.pipe()
-    try:
-        workers = [
-            subprocess.Popen(
-                [*args, "--worker-index", str(i), "--ready-fd", str(read_end if i == 0 else write_end)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(read_end if i == 0 else write_end,),
-            )
-            for i in range(options.workers)
-        ]
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-    def relay(signum: int, _frame: object) -> None:
-        for worker in workers:
-            if worker.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, relay)
-    # A worker that fails (a port taken) takes the others down: a half-started proxy helps nobody.
-    failed = 0
-    while any(worker.poll() is None for worker in workers):
-        for worker in workers:
-            code = worker.poll()
-            if code is not None and code != 0 and not failed:
-                failed = code
-                relay(signal.SIGTERM, None)
-        time.sleep(0.05)
-    codes = [worker.wait() for worker in workers]
-    return failed or next((c for c in codes if c != 0), 0)
-
-
-def parse_args_to_options(args: Any) -> ProxyOptions:
-    """ProxyOptions from the CLI's parsed arguments."""
-    return ProxyOptions(
-        config=Path(args.config),
-        outbound=args.outbound,
-        inbound=args.inbound,
-        admin=args.admin,
-        workers=args.workers,
-        watch_interval=args.watch_interval,
-        log_level=args.log_level,
-        worker_index=args.worker_index,
-        ready_fd=args.ready_fd,
-    )

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from meshlib._sidecar.process import EXIT_LISTEN
+from meshlib._sidecar.launch import EXIT_LISTEN
 from tests.ports import free_port as free_port  # the sidecar tests take it from here too
 
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

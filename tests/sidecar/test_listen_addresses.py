@@ -9,7 +9,7 @@ import yaml
 
 import meshlib
 from meshlib._config.sidecar import with_listen_addresses
-from meshlib._sidecar.process import EXIT_CONFIG, ProxyOptions, listen_addresses, run_proxy
+from meshlib._sidecar.launch import EXIT_CONFIG, ProxyOptions, listen_addresses, run_proxy
 
 LOOPBACK_ONLY = "admin listens on loopback only (127.0.0.0/8, ::1 or localhost), not '0.0.0.0'"
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from meshlib._errors import ConfigError
-from meshlib._sidecar import process
+from meshlib._sidecar import launch, process
 from meshlib._sidecar.admin import ReloadAnswer, reload_answer
-from meshlib._sidecar.process import ProxyOptions, run_proxy, workers_answer
+from meshlib._sidecar.launch import ProxyOptions, run_proxy
+from meshlib._sidecar.process import workers_answer
 from tests.sidecar import proxy_process
 from tests.sidecar.proxy_process import ProxyProcess, running
 
@@ -158,7 +159,7 @@ def test_a_config_error_found_only_when_the_mesh_is_built_exits_2(
         raise ConfigError([("clusters.reviews.rate_limit.storage", "found while building")])
 
     monkeypatch.setattr(process, "Mesh", refuse)
-    monkeypatch.setattr(process, "configure_logging", lambda level: None)  # the test process's logging stays
+    monkeypatch.setattr(launch, "configure_logging", lambda level: None)  # the test process's logging stays
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump(_config()))
     assert run_proxy(ProxyOptions(config=path), environ={}) == 2

@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import meshlib
 from meshlib._cli import main
-from meshlib._sidecar.process import EXIT_CONFIG
+from meshlib._sidecar.launch import EXIT_CONFIG
 from tests.conftest import MakeMesh
 from tests.sidecar import proxy_process
 from tests.tls.pki import Pki, Workload, custom, expired, not_yet_valid
