@@ -8,6 +8,7 @@ the CallContext down to the endpoint level.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 import httpx
@@ -21,6 +22,7 @@ from meshlib._observe.hooks import failed, observed, outbound_exchange
 if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.route_stack import Route
+    from meshlib._observe.exchange import Exchange
     from meshlib._observe.observers import Observers
     from meshlib._tls.senders import TlsSenders
 
@@ -118,25 +120,52 @@ def handle(
     return observed(response, ctx.exchange, ctx.observers)
 
 
-async def handle_async(
+def handle_async(
     snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
-) -> httpx.Response:
-    """The async twin of :func:`handle`."""
+) -> Awaitable[httpx.Response]:
+    """The async twin of :func:`handle`: await what it returns.
+
+    A plain function, not a coroutine: in the common case (routes settled, no
+    observers) it returns the route's own awaitable, so the caller awaits the
+    route's stack directly (base.Filter says why that counts).
+    """
     late = snapshot.xds
     if late is not None and request.url.netloc not in late.settled:
-        snapshot = await late.wait_async(request.url.netloc)
+        return _after_late_routes(late, request, sender, tls)
+    return _handle_async(snapshot, request, sender, tls)
+
+
+async def _after_late_routes(
+    late: LateRoutes, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None
+) -> httpx.Response:
+    """The first request for an authority whose routes xDS has not sent yet: wait for them, then handle it."""
+    snapshot = await late.wait_async(request.url.netloc)
+    return await _handle_async(snapshot, request, sender, tls)
+
+
+def _handle_async(
+    snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None
+) -> Awaitable[httpx.Response]:
     prepared = _prepare(snapshot, request, None, sender, tls)
     if prepared is None:
-        return await sender.handle_async_request(request)
+        return sender.handle_async_request(request)
     route, upstream = prepared
     ctx = context_of(upstream)
-    if ctx.observers is None:
-        return await route.handle_async(upstream)
+    observers = ctx.observers
+    if observers is None:
+        return route.handle_async(upstream)
     assert ctx.exchange is not None
-    ctx.observers.started(ctx.exchange)
+    return _observed_async(route, upstream, ctx.exchange, observers)
+
+
+async def _observed_async(
+    route: Route, upstream: httpx.Request, exchange: Exchange, observers: Observers
+) -> httpx.Response:
+    """The route's stack for a request the snapshot's observers watch: started, then observed or failed."""
+    observers.started(exchange)
     try:
         response = await route.handle_async(upstream)
     except BaseException as exc:
-        failed(ctx.exchange, ctx.observers, exc)
+        failed(exchange, observers, exc)
         raise
-    return observed(response, ctx.exchange, ctx.observers)
+    return observed(response, exchange, observers)

@@ -396,19 +396,23 @@ class CircuitBreakerFilter:
             except BaseException as error:
                 release()
                 if is_failure(error):
-                    await self._record(trial, failed=True)
+                    if breaker.shared:
+                        await self._record_shared(trial, failed=True)
+                    else:
+                        breaker.record(trial, failed=True)
                 raise
-            await self._record(trial, failed=response.status_code >= 500)
+            # In memory, a plain call: no coroutine of its own for the verdict on every try.
+            if breaker.shared:
+                await self._record_shared(trial, failed=response.status_code >= 500)
+            else:
+                breaker.record(trial, failed=response.status_code >= 500)
         finally:
             # Even when the report itself was cancelled: a trial that never ends would block recovery for good.
             if trial:
                 breaker.end_trial()
         return release_when_closed(response, release)
 
-    async def _record(self, trial: bool, *, failed: bool) -> None:
-        if self.breaker.shared:
-            # Shielded: a cancelled caller must not lose the verdict (nor, after a good answer, the response).
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(functools.partial(self.breaker.record, trial, failed=failed))
-        else:
-            self.breaker.record(trial, failed=failed)
+    async def _record_shared(self, trial: bool, *, failed: bool) -> None:
+        # Shielded: a cancelled caller must not lose the verdict (nor, after a good answer, the response).
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(functools.partial(self.breaker.record, trial, failed=failed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -51,6 +52,7 @@ class HeadersFilter:
     def __init__(self, request: HeaderOpsPolicy, response: HeaderOpsPolicy) -> None:
         self.request = request
         self.response = response
+        self._edits_response = bool(response)
 
     @classmethod
     def from_config(cls, config: RouteHeadersConfig | None) -> HeadersFilter | None:
@@ -65,8 +67,13 @@ class HeadersFilter:
         self.response.apply(response.headers)
         return response
 
-    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+    def handle_async(self, request: Request, call_next: AsyncHandler) -> Awaitable[Response]:
         self.request.apply(request.headers)
-        response = await call_next(request)
+        if not self._edits_response:  # nothing to do on the way back: the caller awaits the next handler itself
+            return call_next(request)
+        return self._edited(call_next(request))
+
+    async def _edited(self, pending: Awaitable[Response]) -> Response:
+        response = await pending
         self.response.apply(response.headers)
         return response

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import ClassVar
 
 import anyio
@@ -53,11 +54,12 @@ class DeadlineFilter:
         self._start(request)
         return call_next(request)
 
-    async def handle_async(self, request: Request, call_next: AsyncHandler) -> Response:
+    def handle_async(self, request: Request, call_next: AsyncHandler) -> Awaitable[Response]:
         # No cancel scope of its own: each try is bounded by what is left of the deadline (PerTryTimeoutFilter)
-        # and the retry loop refuses a backoff that would overrun it, which covers the whole request.
+        # and the retry loop refuses a backoff that would overrun it, which covers the whole request. Nothing to
+        # do on the way back, so no coroutine of its own either (base.Filter): the caller awaits the next one.
         self._start(request)
-        return await call_next(request)
+        return call_next(request)
 
 
 class PerTryTimeoutFilter:
