@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from meshlib._engine import outbound
 from meshlib._engine.interrupt import interrupts_needed, make_interruptible
-from meshlib._engine.streams import OnCloseStream
+from meshlib._frontdoors.httpx_send import send, send_async
 from meshlib._tls.senders import TlsSenders
 
 if TYPE_CHECKING:
@@ -62,7 +61,7 @@ class MeshTransport(httpx.BaseTransport):
         snapshot = self.mesh.snapshot
         if snapshot is not self._checked:  # a reload since: it may bring the first hedge or timeout
             self._check(snapshot)
-        return freed_when_closed(outbound.handle(snapshot, request, self.inner, self._tls), _CLOSED_SYNC)
+        return send(snapshot, request, self.inner, self._tls, _CLOSED_SYNC)
 
     def close(self) -> None:
         try:
@@ -79,49 +78,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._tls = TlsSenders(async_base=self.inner)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await outbound.handle_async(self.mesh.snapshot, request, self.inner, self._tls)
-        return freed_when_closed(response, _CLOSED_ASYNC)
+    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
+        """Send ``request`` through the mesh: await it, as httpx does (a compiled coroutine, not one more frame)."""
+        return send_async(self.mesh.snapshot, request, self.inner, self._tls, _CLOSED_ASYNC)
 
     async def aclose(self) -> None:
         try:
             await self.inner.aclose()
         finally:
             await self._tls.aclose()
-
-
-def freed_when_closed(response: httpx.Response, closed: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
-    """Let ``response`` be freed by reference counting, not the cycle collector, once the caller closes it.
-
-    An httpx client wraps each response's stream in one that refers back to
-    the response (``BoundAsyncStream``, ``BoundSyncStream``): a cycle, so the
-    response, the request and everything the mesh recorded for it stay in
-    memory until the collector runs, and every collection walks them. When
-    the response is closed (read to its end, or closed by the caller), an
-    empty stream of the same kind (``closed``) takes the wrapper's place:
-    httpx never reads a closed response's stream again, the cycle is gone,
-    and the collector runs less often and finds less to walk.
-    """
-    stream = response.stream
-    if isinstance(stream, OnCloseStream) and not stream.closed:
-        stream.also(_Unbind(response, closed))
-    return response
-
-
-class _Unbind:
-    """``freed_when_closed``'s callback: run when the mesh's stream closes, which the client's wrapper does last."""
-
-    __slots__ = ("_closed", "_response")
-
-    def __init__(self, response: httpx.Response, closed: httpx.SyncByteStream | httpx.AsyncByteStream) -> None:
-        self._response = response
-        self._closed = closed
-
-    def __call__(self) -> None:
-        # Closed through the response (httpx set `elapsed` on it first); a body that failed while it was read
-        # closes itself, before the response knows: the wrapper must stay, so that closing the response sets it.
-        if self._response.is_closed:
-            self._response.stream = self._closed
 
 
 class _ClosedSync(httpx.SyncByteStream):
