@@ -71,9 +71,9 @@ class HeadersFilter:
         self.request.apply(request.headers)
         if not self._edits_response:  # nothing to do on the way back: the caller awaits the next handler itself
             return call_next(request)
-        return self._edited(call_next(request))
+        return self._edited(request, call_next)
 
-    async def _edited(self, pending: Awaitable[Response]) -> Response:
-        response = await pending
+    async def _edited(self, request: Request, call_next: AsyncHandler) -> Response:
+        response = await call_next(request)
         self.response.apply(response.headers)
         return response
