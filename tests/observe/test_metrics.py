@@ -18,6 +18,8 @@ import httpx
 import pytest
 import respx
 import time_machine
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.utils import floatToGoString
 
 import meshlib
 import meshlib.asgi
@@ -451,6 +453,57 @@ def _exchange(**fields: Any) -> Exchange:
     for name, field_value in fields.items():
         setattr(exchange, name, field_value)
     return exchange
+
+
+# (status, error, seconds): plain statuses, error codes known and unknown, an empty code, no status, durations on a
+# bucket's bound, between bounds, past the last one, and none (a request that never ended its clock).
+_OUTCOMES: list[tuple[int | None, str | None, float | None]] = [
+    (200, None, 0.0005),
+    (204, None, 0.0007),
+    (503, None, 0.001),
+    (200, "", 0.002),
+    (None, "timeout", 0.005),
+    (502, "upstream_reset", 0.3),
+    (503, "made_up_by_an_upstream", 7200.0),
+    (None, "cancelled", None),
+    (None, None, 0.0),
+    (99, None, 0.02),
+    (200, None, 0.0005),
+]
+
+
+def test_outbound_counts_match_prometheus_clients_own_counter_and_histogram() -> None:
+    """The observer's hand-kept counts render as prometheus_client's Counter and Histogram would, series in order."""
+    registry = CollectorRegistry()
+    where = ("route", "cluster", "endpoint")
+    counter = Counter("c", "", (*where, "status_class", "error"), registry=registry)
+    histogram = Histogram("h", "", where, buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    observer = metrics.MetricsObserver()
+    for status, error, seconds in _OUTCOMES:
+        exchange = _exchange(route="r", cluster="c", endpoint=A)
+        observer.started(exchange)
+        exchange.status, exchange.error = status, error
+        exchange.end = None if seconds is None else exchange.start + seconds
+        observer.finished(exchange)
+        klass = metrics.status_class(status, error)
+        code = "" if not error else error if error in ("timeout", "upstream_reset", "cancelled") else "other"
+        counter.labels("r", "c", A, klass, code).inc()
+        if exchange.end is not None:
+            histogram.labels("r", "c", A).observe(exchange.end - exchange.start)
+    ours = metrics.exposition(observer, {}).decode()
+    theirs = generate_latest(registry).decode()
+    expected = series(theirs, "c_total")
+    assert series(ours, "meshlib_outbound_requests_total") == expected  # the same series, in the same order
+    for labels in expected:
+        assert value(ours, "meshlib_outbound_requests_total", **labels) == value(theirs, "c_total", **labels)
+    assert value(ours, "meshlib_outbound_requests_total", status_class="2xx", error="") == 4  # "" counts as no code
+    for bound in (*metrics.LATENCY_BUCKETS, float("inf")):
+        le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+        ours_le = value(ours, "meshlib_outbound_request_duration_seconds_bucket", le=le)
+        assert ours_le == value(theirs, "h_bucket", le=le)
+    assert value(ours, "meshlib_outbound_request_duration_seconds_count") == len(_OUTCOMES) - 1
+    assert value(ours, "meshlib_outbound_request_duration_seconds_sum") == pytest.approx(value(theirs, "h_sum"))
+    assert value(ours, "meshlib_outbound_requests_active") == 0
 
 
 def test_endpoint_credentials_never_reach_a_label() -> None:
