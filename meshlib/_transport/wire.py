@@ -75,10 +75,10 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
         lines += 1
     parts.append(b"\r\n")
     head = b"".join(parts)
-    # No CR or LF inside the method, target, names or values: each line adds exactly one CRLF. find, not `in`:
-    # bytes' `in` first tries its operand as an integer, raising and clearing a TypeError (2,000 instructions).
+    # No CR, LF or NUL inside the method, target, names or values: each line ends in the one CRLF written here, so
+    # the head holds exactly 2 × lines of them. One pass that drops them, rather than a count of each and a find.
     lines += len(raw)
-    if head.count(b"\n") != lines or head.count(b"\r") != lines or head.find(b"\0") >= 0:
+    if len(head) - len(head.translate(None, b"\r\n\0")) != 2 * lines:
         raise httpx.LocalProtocolError("Illegal characters in the request head", request=request)
     if body is None:
         return head, stream, -1 if chunked else content_length, keep_alive

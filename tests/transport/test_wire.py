@@ -61,3 +61,29 @@ def test_a_buffer_limit_still_refuses_a_large_body() -> None:
     policy = RetryPolicy.from_config(RetryConfig(buffer_limit_bytes=4))
     assert not policy.replayable(_request("POST", httpx.ByteStream(b"hello")))
     assert policy.replayable(_request("POST", httpx.ByteStream(b"hell")))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"X-Split", b"a\r\nX-Injected: 1"),  # a whole header smuggled in
+        (b"X-Cr", b"a\rb"),  # a bare CR
+        (b"X-Lf", b"a\nb"),  # a bare LF
+        (b"X-Nul", b"a\0b"),
+        (b"X-Bad\r\nName", b"v"),
+    ],
+)
+def test_a_head_with_cr_lf_or_nul_inside_a_line_is_refused(name: bytes, value: bytes) -> None:
+    request = _request("GET", httpx.ByteStream(b""))
+    request.headers._list.append((name, name.lower(), value))  # past httpx's own checks, as a hook could add it
+    with pytest.raises(httpx.LocalProtocolError, match="Illegal characters in the request head"):
+        encode_request(request)
+
+
+def test_a_clean_head_with_many_headers_and_a_body_passes_the_check() -> None:
+    request = _request("POST", httpx.ByteStream(b"x\r\n\0y"), **{f"X-H{i}": f"value {i}" for i in range(20)})
+    payload, stream, _, keep_alive = encode_request(request)
+    assert payload.endswith(b"Content-Length: 5\r\n\r\nx\r\n\0y")  # the body may hold anything
+    assert stream is None
+    assert keep_alive
+    assert payload.count(b"\r\n") == 1 + 1 + 20 + 1 + 1 + 1  # request line, Host, 20, Content-Length, end, body's
