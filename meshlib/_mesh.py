@@ -21,7 +21,7 @@ from meshlib._control.watch import FileWatcher
 from meshlib._discovery.config_source import effective_config, parse_document
 from meshlib._discovery.manager import Discovery, check_registration, needs_discovery
 from meshlib._errors import ConfigError
-from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, wrap
+from meshlib._frontdoors.httpx_transport import AsyncMeshTransport, MeshTransport, quick_cookies, wrap
 from meshlib._frontdoors.sidecar_client import AsyncSidecarTransport, SidecarTransport
 from meshlib._hooks import Hooks, RetryEvent
 from meshlib._snapshot.compile import Runtime, compile_snapshot
@@ -401,7 +401,9 @@ class Mesh:
         """
         self._check_open()
         if _sidecar_mode(mode, sidecar):
-            return httpx.Client(transport=SidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs)
+            return quick_cookies(
+                httpx.Client(transport=SidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs)
+            )
         inner, transport_kwargs = _split_client_kwargs(kwargs)
         return wrap(httpx.Client(transport=self.transport(inner, **transport_kwargs), **kwargs), self)
 
@@ -411,8 +413,8 @@ class Mesh:
         """An ``httpx.AsyncClient`` whose requests go through this mesh, or the sidecar (see :meth:`client`)."""
         self._check_open()
         if _sidecar_mode(mode, sidecar):
-            return httpx.AsyncClient(
-                transport=AsyncSidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs
+            return quick_cookies(
+                httpx.AsyncClient(transport=AsyncSidecarTransport(sidecar, **_split_sidecar_kwargs(kwargs)), **kwargs)
             )
         inner, transport_kwargs = _split_client_kwargs(kwargs)
         return wrap(httpx.AsyncClient(transport=self.async_transport(inner, **transport_kwargs), **kwargs), self)
