@@ -354,6 +354,98 @@ class _DrawnIds(RandomIdGenerator):
         return drawn
 
 
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED_RANDOM: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+_UNSET_STATUS: Final = Status(StatusCode.UNSET)
+
+
+class _Recorded(trace.Span):
+    """An outbound span of a sampled request, kept as plain data while the request runs; ending it hands one SDK
+    ``ReadableSpan`` to the span processor.
+
+    What ``Tracer.start_span`` would make for the same sampled span (ids, flags, trace state, parent, resource,
+    scope, attributes, status, times: tests/observe/test_tracing_fast_paths.py compares them), without the SDK's
+    live span on the request path: its lock, its attribute checks one value at a time, its tracer metrics. A
+    request sampled at a low ratio runs that path rarely, and cold it cost about three times what it costs in a
+    loop (docs/performance.md, Observability). Attribute values here are the tracing observer's own: strings and
+    numbers, within the SDK's limits.
+    """
+
+    def __init__(
+        self, observer: TracingObserver, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind
+    ) -> None:
+        self._observer = observer
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes: dict[str, Any] = {}
+        self._events: list[Any] = []
+        self._status = _UNSET_STATUS
+        self._start = time.time_ns()
+        self._end: int | None = None
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end is None
+
+    def set_attributes(self, attributes: Any) -> None:
+        if self._end is None:
+            self._attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._end is None:
+            self._attributes[key] = value
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        from opentelemetry.sdk.trace import Event
+
+        if self._end is None:
+            self._events.append(Event(name, attributes, timestamp if timestamp is not None else time.time_ns()))
+
+    def update_name(self, name: str) -> None:
+        if self._end is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # As the SDK's span: OK is final, and UNSET changes nothing.
+        if self._end is not None or self._status.status_code is StatusCode.OK:
+            return
+        found = status if isinstance(status, Status) else Status(status, description)
+        if found.status_code is not StatusCode.UNSET:
+            self._status = found
+
+    def record_exception(
+        self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False
+    ) -> None:
+        found = {"exception.type": type(exception).__name__, "exception.message": str(exception)}
+        self.add_event("exception", {**found, **(attributes or {})}, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end is not None:
+            return
+        self._end = end_time if end_time is not None else time.time_ns()
+        self._observer._ended(self)
+
+    def readable(self, resource: Resource, scope: Any) -> ReadableSpan:
+        """The SDK's record of this span, as its own span's ``end()`` would give the processor."""
+        return ReadableSpan(
+            name=self._name,
+            context=self._context,
+            parent=self._parent,
+            resource=resource,
+            attributes=self._attributes,
+            events=tuple(self._events),
+            kind=self._kind,
+            status=self._status,
+            start_time=self._start,
+            end_time=self._end,
+            instrumentation_scope=scope,
+        )
+
+
 class _Outbound:
     """An outbound request's span, or for a new trace the sampler dropped no span at all but the ids its tries'
     headers carry (``ids``, as :func:`_hex_ids` gives them; ``span`` None: only where the caller's trace headers must
@@ -412,6 +504,9 @@ class TracingObserver(Observer):
             self._processor = _BoundedProcessor(self._exporter, section.max_queue_size)
             self.provider.add_span_processor(self._processor)
         self.tracer = self.provider.get_tracer("meshlib", __version__)
+        # The scope and resource the SDK's own spans carry: an outbound span made here carries the same objects.
+        self._scope: Any = getattr(self.tracer, "_instrumentation_scope", None)
+        self._resource = self.provider.resource
         self._closed = False
         # A mesh never closed still sends its last spans when the process exits. The exit hook holds the span
         # processor weakly (no leak until then); not this observer, which compiled (mypyc) takes no weak reference.
@@ -453,6 +548,30 @@ class TracingObserver(Observer):
 
     # Outbound: a CLIENT span per request, an INTERNAL child per try whose context each try's request carries.
 
+    def _recorded(
+        self, name: str, trace_id: int, parent: SpanContext | None, kind: SpanKind = SpanKind.INTERNAL
+    ) -> _Recorded:
+        """A sampled outbound span (the sampler's decision already taken): a new root when ``parent`` is None."""
+        span_id = self._ids.generate_span_id()
+        if parent is None:
+            # A root on a trace id drawn at random (RandomIdGenerator's): the W3C random flag, as the SDK sets it.
+            return _Recorded(self, name, SpanContext(trace_id, span_id, False, _SAMPLED_RANDOM), None, kind)
+        # ParentBased follows the sampled parent and keeps its trace state; the random flag is the parent's.
+        flags = _SAMPLED_RANDOM if parent.trace_flags.random_trace_id else _SAMPLED
+        return _Recorded(self, name, SpanContext(trace_id, span_id, False, flags, parent.trace_state), parent, kind)
+
+    def _ended(self, span: _Recorded) -> None:
+        processor = self._processor
+        if processor is not None:
+            processor.on_end(span.readable(self._resource, self._scope))
+
+    def _start_outbound(self, name: str, parent: otel_context.Context) -> trace.Span:
+        """An outbound request's CLIENT span under ``parent``: recorded when sampled, as :meth:`_start_span` decides."""
+        parent_context = trace.get_current_span(parent).get_span_context()
+        if parent_context.is_valid and parent_context.trace_flags.sampled:
+            return self._recorded(name, parent_context.trace_id, parent_context, CLIENT)
+        return self._start_span(name, parent, CLIENT)  # an unsampled one, or a new trace: the sampler decides
+
     def _outbound_parent(self, exchange: Exchange) -> tuple[otel_context.Context, bool]:
         """The parent of an outbound request's span, and whether the request may carry trace headers to replace."""
         if exchange.door != "sidecar":
@@ -472,10 +591,10 @@ class TracingObserver(Observer):
     def _start_client(self, exchange: Exchange, drawn: int = 0) -> None:
         """An outbound request's span; ``drawn``: started() found no parent and drew this (sampled) trace id."""
         if drawn:
-            # The SDK makes the span on the very trace id the decision was taken on.
-            self._ids.draw(drawn)
-            span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
-            self._client_span(exchange, span, False)
+            # Recorded on the very trace id the decision was taken on.
+            self._client_span(
+                exchange, self._recorded(f"{exchange.method} {exchange.route}", drawn, None, CLIENT), False
+            )
             return
         parent, caller_headers = self._outbound_parent(exchange)
         if parent is _ROOT:
@@ -497,10 +616,9 @@ class TracingObserver(Observer):
                 else:
                     exchange.inject = self.propagation.root_entries(ids)
                 return
-            self._ids.draw(trace_id)
-            span = self.tracer.start_span(f"{exchange.method} {exchange.route}", _ROOT, CLIENT)
+            span: trace.Span = self._recorded(f"{exchange.method} {exchange.route}", trace_id, None, CLIENT)
         else:
-            span = self._start_span(f"{exchange.method} {exchange.route}", parent, CLIENT)
+            span = self._start_outbound(f"{exchange.method} {exchange.route}", parent)
         self._client_span(exchange, span, caller_headers)
 
     def _client_span(self, exchange: Exchange, span: trace.Span, caller_headers: bool) -> None:
@@ -537,7 +655,8 @@ class TracingObserver(Observer):
             # An unsampled trace records nothing: its tries carry the request span's context (trace id, sampled=0).
             self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
             return
-        child = self.tracer.start_span(f"try {attempt.attempt}", trace.set_span_in_context(span, _ROOT))
+        parent = span.get_span_context()
+        child = self._recorded(f"try {attempt.attempt}", parent.trace_id, parent)
         attempt.slots[self] = child
         url = request.url
         attributes = _method_attributes(request.method)

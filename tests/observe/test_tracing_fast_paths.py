@@ -17,9 +17,9 @@ import respx
 from hypothesis import given, strategies as st
 from opentelemetry import context as otel_context, trace
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan, TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshlib._observe.exchange import Exchange, Try, outbound
@@ -30,6 +30,7 @@ from meshlib._observe.tracing import (
     TracingObserver,
     _bound_bytes,
     _has_trace_header,
+    _Recorded,
 )
 from tests.conftest import MakeMesh
 from tests.observe.tracing_helpers import collector, tracer_of
@@ -101,6 +102,74 @@ def test_a_span_is_made_as_the_sdk_makes_it(make_mesh: MakeMesh, sampling: float
     assert _shape(ours, parent) == _shape(theirs, parent)
     ours.end()
     theirs.end()
+
+
+SAMPLED_PARENTS = {name: context for name, context in PARENTS.items() if context is None or context.trace_flags.sampled}
+
+
+@pytest.mark.parametrize("parent", list(SAMPLED_PARENTS.values()), ids=list(SAMPLED_PARENTS))
+def test_a_sampled_outbound_span_is_recorded_as_the_sdk_makes_it(
+    make_mesh: MakeMesh, parent: SpanContext | None
+) -> None:
+    """A sampled request's CLIENT span and its try's child are plain records until they end; what they hand the span
+    processor then is what the SDK's own spans would: ids, flags, trace state, parent, resource, scope, attributes,
+    status and times."""
+    observer = tracer_of(make_mesh({"allow_empty": True, "tracing": {"sampling": 1.0}}))
+    ours: trace.Span
+    if parent is None:
+        ours = observer._recorded("GET r", TRACE_ID, None, SpanKind.CLIENT)
+    else:
+        ours = observer._start_outbound("GET r", _parent(parent))
+    theirs = observer.tracer.start_span("GET r", _parent(parent), SpanKind.CLIENT)
+    assert isinstance(ours, _Recorded)
+    assert _shape(ours, parent) == _shape(theirs, parent)
+    ours_try = observer._recorded("try 1", ours.get_span_context().trace_id, ours.get_span_context())
+    theirs_try = observer.tracer.start_span("try 1", trace.set_span_in_context(theirs, otel_context.Context()))
+    assert _shape(ours_try, ours.get_span_context()) == _shape(theirs_try, theirs.get_span_context())
+    for span in (ours, theirs, ours_try, theirs_try):
+        span.set_attributes({"http.request.method": "GET", "server.port": 80, "meshlib.route": "r"})
+        span.set_attribute("http.response.status_code", 503)
+        span.set_status(Status(StatusCode.ERROR, "HTTP 503"))
+        span.set_status(Status(StatusCode.UNSET))  # changes nothing, as in the SDK
+    for ours_span, theirs_span in ((ours_try, theirs_try), (ours, theirs)):
+        theirs_span.end()
+        assert isinstance(theirs_span, SdkSpan)
+        expected = theirs_span._readable_span()
+        got = ours_span.readable(observer._resource, observer._scope)
+        if ours_span is ours_try:  # each under its own client span
+            assert (got.parent, expected.parent) == (ours.get_span_context(), theirs.get_span_context())
+        else:
+            assert got.parent == expected.parent == parent
+        assert (got.name, got.kind) == (expected.name, expected.kind)
+        assert dict(got.attributes or {}) == dict(expected.attributes or {})
+        assert got.resource is expected.resource
+        assert got.instrumentation_scope == expected.instrumentation_scope
+        assert (got.status.status_code, got.status.description) == (StatusCode.ERROR, "HTTP 503")
+        assert (expected.status.status_code, expected.status.description) == (StatusCode.ERROR, "HTTP 503")
+        assert got.end_time is None  # not ended yet: readable() is what end() will hand on
+        assert ours_span.is_recording()
+    ours_try.end()
+    ours.end()
+    assert not ours.is_recording()
+    ours.set_attribute("late", 1)  # an ended span takes no more, as the SDK's
+    assert "late" not in (ours.readable(observer._resource, observer._scope).attributes or {})
+
+
+def test_an_ended_recorded_span_reaches_the_exporter_with_its_times(
+    make_mesh: MakeMesh, collector: ZipkinCollector
+) -> None:
+    mesh = make_mesh(_config(collector, sampling=1.0))
+    observer = tracer_of(mesh)
+    span = observer._recorded("GET r", TRACE_ID, None, SpanKind.CLIENT)
+    span.set_attributes({"meshlib.route": "r"})
+    span.end()
+    span.end()  # a second end changes nothing and sends nothing
+    assert observer.flush()
+    [sent] = collector.wait_for_count(1, 10.0)
+    assert (sent["traceId"], sent["name"], sent["kind"]) == (f"{TRACE_ID:032x}", "GET r", "CLIENT")
+    assert sent["tags"]["meshlib.route"] == "r"
+    assert sent["duration"] >= 0
+    assert observer.stats()["spans"] == 1
 
 
 def test_a_new_trace_is_sampled_by_its_trace_id_as_trace_id_ratio_based_decides(make_mesh: MakeMesh) -> None:
