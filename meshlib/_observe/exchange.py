@@ -9,6 +9,7 @@ time), keyed by the observer, so one record serves them all.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 import httpx
@@ -30,13 +31,21 @@ class Try:
     status: int | None = None
     error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
     reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
+    _slots: dict[object, Any] | None = None  # made when first asked: most tries' stay empty
 
     def __init__(self, attempt: int, cluster: str | None, endpoint: str | None) -> None:
         self.attempt = attempt
         self.cluster = cluster
         self.endpoint = endpoint
         self.start = now()
-        self.slots: dict[object, Any] = {}
+
+    @property
+    def slots(self) -> dict[object, Any]:
+        """Observers' own state for this try, keyed by the observer."""
+        found = self._slots
+        if found is None:
+            found = self._slots = {}
+        return found
 
     @property
     def duration(self) -> float | None:
@@ -97,10 +106,10 @@ class Exchange:
     fault: str | None = None  # what the route's fault filter injected: "delay", "abort" or "delay+abort"
     # Outbound: header entries (httpx's (raw name, lower-case name, value)) an observer's started() asks every
     # try's request to carry, added by the engine's try hook (hooks.try_started) with no call to the observer.
-    inject: list[tuple[bytes, bytes, bytes]] | None = None
+    inject: Sequence[tuple[bytes, bytes, bytes]] | None = None
+    _slots: dict[object, Any] | None = None  # made when first asked: most requests' stay empty
     start: float
     tries: list[Try]
-    slots: dict[object, Any]
 
     def __init__(
         self,
@@ -139,7 +148,14 @@ class Exchange:
         self.status = status
         self.bytes_received = bytes_received
         self.peer = peer
-        self.slots = {}
+
+    @property
+    def slots(self) -> dict[object, Any]:
+        """Observers' own state for this request (a span, a start time), keyed by the observer."""
+        found = self._slots
+        if found is None:
+            found = self._slots = {}
+        return found
 
     @property
     def start_time(self) -> float:
@@ -160,12 +176,12 @@ class Exchange:
     def trace_id(self) -> str | None:
         """The request's trace id (32 hex digits) when it is traced.
 
-        Tracing may store a new trace's ids as their hex digits (bytes: the trace id's 32 first, then the span id's),
-        made a string here when first read: most requests' is never read.
+        Tracing may store a new trace's ids as the traceparent its requests carry (bytes: ``00-``, then the trace id's
+        32 hex digits), made a string here when first read: most requests' is never read.
         """
         found = self._trace_id
         if isinstance(found, bytes):
-            found = self._trace_id = found[:32].decode("ascii")
+            found = self._trace_id = found[3:35].decode("ascii")
         return found
 
     @trace_id.setter

@@ -80,7 +80,6 @@ class TryWatch(Try):
         self.cluster = cluster
         self.endpoint = endpoint
         self.start = now()
-        self.slots = {}
         self.observers = observers
 
     def ended(self, exchange: Exchange | None, response: httpx.Response) -> None:
@@ -99,8 +98,9 @@ class TryWatch(Try):
         if exchange is None:  # its context no longer reports to an exchange
             return
         observers = self.observers
+        slots = self._slots
         for observer, slotted in observers.try_ended_by:
-            if slotted and observer not in self.slots:
+            if slotted and (slots is None or observer not in slots):
                 continue
             try:
                 observer.try_ended(exchange, self)
@@ -179,8 +179,9 @@ def try_started(
             request.headers._list.extend(inject)
     tries.append(record)
     exchange.cluster, exchange.endpoint = cluster, endpoint
+    slots = exchange._slots
     for observer, slotted in told:
-        if slotted and observer not in exchange.slots:
+        if slotted and (slots is None or observer not in slots):
             continue
         try:
             observer.try_started(exchange, record, request)
@@ -191,8 +192,9 @@ def try_started(
 
 def _finished(exchange: Exchange, observers: Observers) -> None:
     """``observers.finished(exchange)``, inline."""
+    slots = exchange._slots
     for observer, slotted in observers.finished_by:
-        if slotted and observer not in exchange.slots:
+        if slotted and (slots is None or observer not in slots):
             continue
         try:
             observer.finished(exchange)

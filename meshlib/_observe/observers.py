@@ -131,8 +131,9 @@ class Observers:
                 self.failure(observer, "started")
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        slots = exchange._slots
         for observer, slotted in self.try_started_by if attempt.reason is not None else self.first_try_started_by:
-            if slotted and observer not in exchange.slots:
+            if slotted and (slots is None or observer not in slots):
                 continue
             try:
                 observer.try_started(exchange, attempt, request)
@@ -140,8 +141,9 @@ class Observers:
                 self.failure(observer, "try_started")
 
     def try_ended(self, exchange: Exchange, attempt: Try) -> None:
+        slots = attempt._slots
         for observer, slotted in self.try_ended_by:
-            if slotted and observer not in attempt.slots:
+            if slotted and (slots is None or observer not in slots):
                 continue
             try:
                 observer.try_ended(exchange, attempt)
@@ -156,8 +158,9 @@ class Observers:
                 self.failure(observer, "forwarding")
 
     def finished(self, exchange: Exchange) -> None:
+        slots = exchange._slots
         for observer, slotted in self.finished_by:
-            if slotted and observer not in exchange.slots:
+            if slotted and (slots is None or observer not in slots):
                 continue
             try:
                 observer.finished(exchange)

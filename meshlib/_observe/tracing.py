@@ -19,6 +19,7 @@ import binascii
 import contextvars
 import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -51,21 +52,52 @@ __all__ = ["TracingObserver", "build"]
 
 logger = logging.getLogger("meshlib.observe")
 
-# Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's).
+# Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's), but for the new traces
+# the outbound fast path starts (see _new_ids).
 _random_bits: Final = random.getrandbits
 _hexlify: Final = binascii.hexlify
-_ZERO64: Final = bytes(8)
 
 
 def _hex_ids(drawn: bytes) -> bytes:
-    """A trace id and a span id drawn as 24 bytes (the trace id's 16 first) → their hex digits, joined by "-"."""
-    return _hexlify(drawn, b"-", -16)  # a separator after the first 16 bytes: one C call
+    """A trace id and a span id drawn as 24 bytes (the trace id's 16 first) → the traceparent of a new trace the
+    sampler dropped, ``00-{trace id}-{span id}-02``: the form a dropped trace's ids are kept in (see root_entries)."""
+    return b"00-%b-02" % _hexlify(drawn, b"-", -16)  # a separator after the first 16 bytes
 
 
-def _bound_bytes(bound: int) -> bytes:
-    """TraceIdRatioBased's bound as bytes that compare with a trace id's low 8 bytes (big-endian) as the numbers do:
-    below 2**64, its 8 bytes; at 2**64 (every trace sampled), 9 bytes that every 8-byte value sorts before."""
-    return bound.to_bytes(8, "big") if bound < 1 << 64 else b"\xff" * 8 + b"\x00"
+def _bound_digits(bound: int) -> bytes:
+    """TraceIdRatioBased's bound as hex digits that compare with a trace id's low 16 (lower-case) digits as the
+    numbers do: below 2**64, its 16 digits; at 2**64 (every trace sampled), "g", after every digit."""
+    return b"%016x" % bound if bound < 1 << 64 else b"g"
+
+
+# New traces' ids, drawn ahead _POOLED at a time, each in the form root_entries takes (see _hex_ids). From
+# os.urandom, not the random module the SDK's RandomIdGenerator uses: a batch costs one system call and one hexlify,
+# where the random module's big-number draw and its to_bytes cost more than the ids' own formatting (about 1,300
+# instructions an id, by callgrind); W3C trace context's random flag asks for random ids, which these are the more.
+# A batch with 8 zero bytes in a row anywhere is drawn again: no id is ever all zeros (invalid). A forked child
+# empties the pool: it must not send its parent's ids.
+_POOLED: Final = 256
+_ZEROS: Final = bytes(8)
+_id_pool: Final[list[bytes]] = []
+os.register_at_fork(after_in_child=_id_pool.clear)
+_urandom: Final = os.urandom
+
+
+def _new_ids() -> bytes:
+    """A new trace's ids: the traceparent ``00-{trace id}-{span id}-02`` of fresh random ids (see _hex_ids)."""
+    pool = _id_pool
+    while True:
+        try:
+            return pool.pop()  # atomic: threads never share one
+        except IndexError:
+            pass
+        drawn = _urandom(24 * _POOLED)
+        if drawn.find(_ZEROS) >= 0:
+            continue
+        digits = _hexlify(drawn)
+        pool.extend(
+            [b"00-%b-%b-02" % (digits[at : at + 32], digits[at + 32 : at + 48]) for at in range(0, 48 * _POOLED, 48)]
+        )
 
 
 # How long close() waits for queued spans to reach the collector: a mesh (or a sidecar's drain) must close promptly.
@@ -154,10 +186,11 @@ def trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | No
 class Propagation:
     """The configured header formats: all injected on a try's request, the first one present extracted."""
 
-    __slots__ = ("_formats", "_names")
+    __slots__ = ("_default", "_formats", "_names")
 
     def __init__(self, names: Sequence[str]) -> None:
         self._names = tuple(names)
+        self._default = self._names == ("tracecontext", "b3")  # the config's default: root_entries in one step
         self._formats = tuple((_PRESENCE[name], _FORMAT_HEADERS[name], _propagator(name)) for name in names)
 
     def extract(self, found: dict[str, str] | None) -> otel_context.Context | None:
@@ -205,24 +238,27 @@ class Propagation:
                 entries.append((b"x-b3-spanid", b"x-b3-spanid", span_id))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", sampled))
 
-    def root_entries(self, ids: bytes) -> list[tuple[bytes, bytes, bytes]]:
-        """The header entries of a new trace the sampler dropped, in every configured format: ``ids``, the hex
-        digits of its trace id (32) and span id (16) joined by "-" (:func:`_hex_ids`).
+    def root_entries(self, ids: bytes) -> tuple[tuple[bytes, bytes, bytes], ...]:
+        """The header entries of a new trace the sampler dropped, in every configured format: ``ids``, its
+        traceparent ``00-{trace id}-{span id}-02`` (:func:`_hex_ids`).
 
         What :meth:`inject` writes for flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root
-        span its sampler dropped), concatenated rather than %-formatted: this runs on most requests at a low ratio.
+        span its sampler dropped), sliced from ``ids`` rather than formatted: this runs on most requests at a low
+        ratio. B3's single header is ``{trace id}-{span id}-0``: ``ids`` less its first 3 and last character.
         """
+        if self._default:
+            return ((b"traceparent", b"traceparent", ids), (b"b3", b"b3", ids[3:-1]))
         entries: list[tuple[bytes, bytes, bytes]] = []
         for name in self._names:
             if name == "tracecontext":
-                entries.append((b"traceparent", b"traceparent", b"00-" + ids + b"-02"))
+                entries.append((b"traceparent", b"traceparent", ids))
             elif name == "b3":
-                entries.append((b"b3", b"b3", ids + b"-0"))
+                entries.append((b"b3", b"b3", ids[3:-1]))
             else:
-                entries.append((b"x-b3-traceid", b"x-b3-traceid", ids[:32]))
-                entries.append((b"x-b3-spanid", b"x-b3-spanid", ids[33:]))
+                entries.append((b"x-b3-traceid", b"x-b3-traceid", ids[3:35]))
+                entries.append((b"x-b3-spanid", b"x-b3-spanid", ids[36:52]))
                 entries.append((b"x-b3-sampled", b"x-b3-sampled", b"0"))
-        return entries
+        return tuple(entries)
 
 
 class _ExportCounter(SpanExporter):
@@ -475,7 +511,8 @@ class TracingObserver(Observer):
         self._processor: _BoundedProcessor | None = None
         self._exporter: _ExportCounter | None = None
         self._ratio = TraceIdRatioBased(section.sampling)
-        self._bound = _bound_bytes(self._ratio.bound)  # a property: read once
+        self._bound_digits = _bound_digits(self._ratio.bound)  # a property: read once
+        self._bound_lead = self._bound_digits[0]
         self._ids = _DrawnIds()
         # Never registered as the global provider, and not shut down at exit by OpenTelemetry: Mesh.close() does it.
         self.provider = TracerProvider(
@@ -728,10 +765,10 @@ class TracingObserver(Observer):
             self._start_server(exchange)
             return
         # Most requests: no current span (an empty context, or the sidecar's), no trace headers from the caller,
-        # and at a low ratio, not sampled. Their decision is taken here first, on a trace id drawn as the SDK's
-        # RandomIdGenerator draws it, with TraceIdRatioBased's own bound; nothing else is made: their tries
-        # carry the ids in their headers with the sampled flag off, as an SDK NonRecordingSpan's would
-        # (tests/observe/test_tracing_fast_paths.py compares them). Every step counts here: this runs on each
+        # and at a low ratio, not sampled. Their decision is taken here first, on a fresh random trace id, with
+        # TraceIdRatioBased's own bound; nothing else is made: their tries carry the ids in their headers with the
+        # sampled flag off, as an SDK NonRecordingSpan's would (tests/observe/test_tracing_fast_paths.py compares
+        # them). Every step counts here: this runs on each
         # request, where a bytecode costs about three times what it does in a micro-benchmark.
         if exchange.door != "sidecar" and _current_context():
             self._start_client(exchange)  # a current context may hold a span: the general path
@@ -744,17 +781,13 @@ class TracingObserver(Observer):
         elif _has_trace_header(request.headers._list):
             self._start_client(exchange)
             return
-        # The trace id (the first 16 bytes) and the span id (the last 8), from the generator RandomIdGenerator uses,
-        # in one draw, tested and written as bytes: cheaper than the same steps on a 192-bit number.
-        drawn = _random_bits(192).to_bytes(24, "big")
-        low = drawn[8:16]  # the trace id's low 64 bits, what TraceIdRatioBased tests, in the order of their values
-        if low < self._bound:  # sampled
-            self._start_client(exchange, int.from_bytes(drawn[:16], "big"))
+        # Fresh random ids, drawn ahead in batches (_new_ids), tested as their hex digits: the trace id's low 16, what
+        # TraceIdRatioBased tests (lower-case hex digits sort as their numbers do).
+        ids = _new_ids()
+        # The first digit alone rules most out (at 1%, 15 in 16) without slicing out all 16: an int, no bytes made.
+        if ids[19] <= self._bound_lead and ids[19:35] < self._bound_digits:  # sampled
+            self._start_client(exchange, int(ids[3:35], 16))
             return
-        if low == _ZERO64 or drawn[16:] == _ZERO64:  # maybe an invalid id (about one in 2**63): draw afresh
-            self._start_client(exchange)
-            return
-        ids = _hex_ids(drawn)
         exchange.inject = self.propagation.root_entries(ids)  # the try hook adds them: no call here per try
         exchange._trace_id = ids  # decoded only if read (the access log's): see Exchange.trace_id
 

@@ -8,6 +8,8 @@ library's own results, so neither can drift from it.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import anyio
@@ -28,8 +30,10 @@ from meshlib._observe.tracing import (
     _TRACE_HEADERS_RAW,
     Propagation,
     TracingObserver,
-    _bound_bytes,
+    _bound_digits,
     _has_trace_header,
+    _id_pool,
+    _new_ids,
     _Recorded,
 )
 from tests.conftest import MakeMesh
@@ -49,7 +53,7 @@ CONTEXTS = {
     "with-trace-state": SpanContext(TRACE_ID, SPAN_ID, False, TraceFlags(1), STATE),
     "64-bit-trace-id": SpanContext(0xA3CE929D0E0E4736, 1, False, TraceFlags(1)),
 }
-FORMATS = [["tracecontext"], ["b3"], ["b3multi"], ["tracecontext", "b3", "b3multi"]]
+FORMATS = [["tracecontext"], ["b3"], ["b3multi"], ["tracecontext", "b3"], ["tracecontext", "b3", "b3multi"]]
 
 
 @pytest.mark.parametrize("formats", FORMATS, ids="+".join)
@@ -187,6 +191,32 @@ def test_a_new_trace_is_sampled_by_its_trace_id_as_trace_id_ratio_based_decides(
     assert 0.18 < sum(decisions) / len(decisions) < 0.32
 
 
+@pytest.mark.parametrize("rate", [0.25, 0.01, 0.0, 1.0])
+def test_a_new_outbound_trace_is_sampled_by_its_trace_id_as_trace_id_ratio_based_decides(
+    make_mesh: MakeMesh, rate: float
+) -> None:
+    """The outbound fast path decides on the trace id's low hex digits (its first one alone, when that rules it out):
+    each decision must be TraceIdRatioBased's on the same id, sampled or not."""
+    observer = tracer_of(make_mesh({"allow_empty": True, "tracing": {"sampling": rate}}))
+    ratio = TraceIdRatioBased(rate)
+    decisions = []
+    for _ in range(3000 if 0 < rate < 1 else 200):
+        request = _request()
+        exchange = outbound(request, "r", "sidecar")
+        observer.started(exchange)
+        trace_id = exchange.trace_id
+        assert trace_id is not None
+        decided = ratio.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+        assert (exchange.inject is None) is decided  # a dropped trace's headers go on its tries, a sampled one's span
+        decisions.append(decided)
+        Observers([observer]).finished(exchange)
+    if 0 < rate < 1:
+        assert rate / 3 < sum(decisions) / len(decisions) < rate * 3
+    else:
+        assert all(decisions) is (rate == 1.0)
+        assert any(decisions) is (rate == 1.0)
+
+
 # A new trace the sampler drops makes no span at all: its tries carry fresh ids, flags 02 (random trace id, not
 # sampled), formatted by the observer itself. These hold its headers to the propagators' for those ids.
 
@@ -252,11 +282,47 @@ _LOW_BITS = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2
 
 
 @given(low=_LOW_BITS, rate=st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 0.5, 1.0])))
-def test_a_trace_id_s_low_bytes_compare_with_the_bound_as_its_number_does(low: int, rate: float) -> None:
-    """A new trace's decision is taken on bytes: they must agree with TraceIdRatioBased's test on numbers, up to a
-    bound of 2**64 (sampling 1.0), which no 8 bytes can hold."""
+def test_a_trace_id_s_low_digits_compare_with_the_bound_as_its_number_does(low: int, rate: float) -> None:
+    """A new trace's decision is taken on hex digits: they must agree with TraceIdRatioBased's test on numbers, up to
+    a bound of 2**64 (sampling 1.0), which no 16 digits can hold."""
     bound = TraceIdRatioBased(rate).bound
-    assert (low.to_bytes(8, "big") < _bound_bytes(bound)) is (low < bound)
+    assert (b"%016x" % low < _bound_digits(bound)) is (low < bound)
+
+
+_IDS = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-02")
+
+
+def test_new_traces_ids_are_drawn_ahead_well_formed_valid_and_never_twice() -> None:
+    """Ids come in batches; each is well formed, neither id is zero, and none is handed out twice across refills."""
+    _id_pool.clear()
+    drawn = [_new_ids() for _ in range(700)]  # more than two batches
+    assert len(set(drawn)) == len(drawn)
+    for ids in drawn:
+        assert _IDS.fullmatch(ids), ids
+        assert int(ids[3:35], 16) != 0
+        assert int(ids[36:52], 16) != 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_sends_its_parent_s_drawn_ids() -> None:
+    """Ids drawn ahead in the parent stay the parent's: the child starts with none (and the random module reseeds)."""
+    _new_ids()
+    pending = list(_id_pool)
+    assert pending
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it has and what it draws, then leave without running pytest's exit
+        try:
+            os.write(write, b"%d " % len(_id_pool) + b" ".join(_new_ids() for _ in range(len(pending))))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        left, *theirs = pipe.read().split(b" ")
+    os.waitpid(pid, 0)
+    assert left == b"0"
+    assert len(theirs) == len(pending)
+    assert not set(theirs) & set(pending)
 
 
 def test_a_new_trace_s_sampled_share_is_the_ratio_and_each_decision_is_trace_id_ratio_based_s(
