@@ -23,7 +23,21 @@ now: Final = time.perf_counter
 Direction = Literal["outbound", "inbound"]
 
 
-class Try:
+class _Slotted:
+    """A record observers may keep their own state in (``slots``), made when first asked: most records' stays empty."""
+
+    _slots: dict[object, Any] | None = None
+
+    @property
+    def slots(self) -> dict[object, Any]:
+        """Observers' own state for this record (a span, a start time), keyed by the observer."""
+        found = self._slots
+        if found is None:
+            found = self._slots = {}
+        return found
+
+
+class Try(_Slotted):
     """One try of an outbound request: to which endpoint, how it ended, and why it was made."""
 
     # No __slots__: the fields a try starts without are class attributes, so making one stores only the others.
@@ -31,21 +45,12 @@ class Try:
     status: int | None = None
     error: str | None = None  # the mesh error code (x-meshlib-error's value) when the try raised
     reason: str | None = None  # why this try was made when it is not the first: see retry_reason()
-    _slots: dict[object, Any] | None = None  # made when first asked: most tries' stay empty
 
     def __init__(self, attempt: int, cluster: str | None, endpoint: str | None) -> None:
         self.attempt = attempt
         self.cluster = cluster
         self.endpoint = endpoint
         self.start = now()
-
-    @property
-    def slots(self) -> dict[object, Any]:
-        """Observers' own state for this try, keyed by the observer."""
-        found = self._slots
-        if found is None:
-            found = self._slots = {}
-        return found
 
     @property
     def duration(self) -> float | None:
@@ -62,7 +67,7 @@ def retry_reason(previous: Try | None) -> str:
     return str(previous.status)
 
 
-class Exchange:
+class Exchange(_Slotted):
     """One request, outbound (a client's call through the mesh) or inbound (a call into the app).
 
     The engine fills ``route``, ``cluster``, ``endpoint`` and ``tries`` as it
@@ -107,7 +112,6 @@ class Exchange:
     # Outbound: header entries (httpx's (raw name, lower-case name, value)) an observer's started() asks every
     # try's request to carry, added by the engine's try hook (hooks.try_started) with no call to the observer.
     inject: Sequence[tuple[bytes, bytes, bytes]] | None = None
-    _slots: dict[object, Any] | None = None  # made when first asked: most requests' stay empty
     start: float
     tries: list[Try]
 
@@ -148,14 +152,6 @@ class Exchange:
         self.status = status
         self.bytes_received = bytes_received
         self.peer = peer
-
-    @property
-    def slots(self) -> dict[object, Any]:
-        """Observers' own state for this request (a span, a start time), keyed by the observer."""
-        found = self._slots
-        if found is None:
-            found = self._slots = {}
-        return found
 
     @property
     def start_time(self) -> float:

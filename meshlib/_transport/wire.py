@@ -54,7 +54,11 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
                 chunked = True
             elif lower == b"connection" and b"close" in value.lower():
                 keep_alive = False
-        parts += (name, b": ", value, b"\r\n")
+        # Four appends, not `+= (...)`: compiled, each is a list append, where the tuple is made and then concatenated.
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if chunked and content_length != -1:
         raise httpx.LocalProtocolError("Both Content-Length and Transfer-Encoding", request=request)
     stream: Any = request.stream
@@ -65,7 +69,7 @@ def encode_request(request: httpx.Request) -> tuple[bytes, Any, int, bool]:
         body = b"".join(stream) if isinstance(stream, BYTE_STREAM) else None
     if body is not None:
         if content_length == -1 and not chunked and body:
-            parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
+            parts.append(b"Content-Length: %d\r\n" % len(body))
             lines += 1
         elif content_length != -1 and content_length != len(body):
             raise httpx.LocalProtocolError("Content-Length does not match the body", request=request)
