@@ -36,6 +36,10 @@ class _Slotted:
             found = self._slots = {}
         return found
 
+    @slots.setter
+    def slots(self, value: dict[object, Any]) -> None:
+        self._slots = value
+
 
 class Try(_Slotted):
     """One try of an outbound request: to which endpoint, how it ended, and why it was made."""

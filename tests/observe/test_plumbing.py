@@ -17,8 +17,9 @@ import respx
 import meshlib
 from meshlib._config.models import MeshConfig
 from meshlib._observe import registry
-from meshlib._observe.exchange import Exchange, Try
-from meshlib._observe.observers import Observer
+from meshlib._observe.exchange import Exchange, Try, outbound
+from meshlib._observe.hooks import try_started
+from meshlib._observe.observers import Observer, Observers
 from tests.conftest import Caller, MakeMesh
 
 pytestmark = pytest.mark.anyio
@@ -447,3 +448,47 @@ async def test_a_body_that_breaks_ends_the_request_with_its_error_and_the_bytes_
             await client.read_response(response)
     exchange = recorders[0].exchange()
     assert (exchange.status, exchange.error, exchange.bytes_received) == (200, "upstream_reset", 5)
+
+
+class Keeper(Observer):
+    """A slotted observer: keeps state for the requests under /keep only, so it hears of no other."""
+
+    name = "keeper"
+    slotted = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def started(self, exchange: Exchange) -> None:
+        if exchange.path.startswith("/keep"):
+            exchange.slots[self] = "kept"
+
+    def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
+        attempt.slots[self] = exchange.slots[self] + "-try"
+        self.seen.append(("try_started", exchange.path))
+
+    def try_ended(self, exchange: Exchange, attempt: Try) -> None:
+        self.seen.append(("try_ended", attempt.slots.pop(self)))
+
+    def finished(self, exchange: Exchange) -> None:
+        self.seen.append(("finished", exchange.slots.pop(self)))
+
+
+def test_a_slotted_observer_hears_only_of_the_requests_it_kept_state_for_and_others_make_no_slots() -> None:
+    keeper = Keeper()
+    observers = Observers([keeper])
+    made = {}
+    for path in ("/keep", "/skip"):
+        request = httpx.Request("GET", f"http://ratings{path}")
+        exchange = outbound(request, "r", "client")
+        observers.started(exchange)
+        attempt = try_started(exchange, observers, request, 1, "ratings", "http://10.0.0.1:80")
+        attempt.ended(exchange, httpx.Response(200))
+        observers.finished(exchange)
+        made[path] = (exchange._slots, attempt._slots)
+    assert keeper.seen == [("try_started", "/keep"), ("try_ended", "kept-try"), ("finished", "kept")]
+    assert made["/keep"] == ({}, {})  # made when asked, emptied by the observer
+    assert made["/skip"] == (None, None)  # never asked: never made
+    exchange = outbound(httpx.Request("GET", "http://ratings/"), "r", "client")
+    exchange.slots = {"mine": 1}  # an observer may still replace them whole
+    assert exchange.slots == {"mine": 1}
