@@ -46,6 +46,12 @@ URL = "http://reviews/x"
 AFTER = "200ms"
 STALL = 0.5  # every try of an overloaded upstream
 STRAGGLE = 1.0  # a straggler's stalled first try
+# The bursts on the real clock below: hedged after BURST_AFTER, their stragglers stalled BURST_STRAGGLE. A loaded
+# CI machine once held a whole sync burst back about 0.35 s (its fastest answer took 0.32 s), so that fast requests
+# passed a 400 ms `after`, were hedged, counted as slow, and closed the guard: these leave 0.8 s of such delay room.
+BURST_AFTER = "800ms"
+BURST_STRAGGLE = 2.0
+BURST_HEDGED = 1.6  # a hedged answer comes by then, long before a stalled try's
 HEDGED = 0.6  # a hedged straggler is answered by then (AFTER, and its hedge's answer at once)
 N = 30  # requests in a burst
 
@@ -203,12 +209,11 @@ async def test_a_straggler_among_fast_requests_is_hedged(
     make_mesh: MakeMesh, caller: Caller, respx_mock: respx.MockRouter, mode: str
 ) -> None:
     """One request in 20 stalls its first try for a second; its hedge answers at once."""
-    Stalls(mode, first_try_of("/slow")).mock(respx_mock)
+    Stalls(mode, first_try_of("/slow", BURST_STRAGGLE)).mock(respx_mock)
     config = _config(2)
     # Only the straggler may be hedged: a fast request answered after ``after`` is hedged too, rightly. On a loaded
-    # CI machine four of this burst's once were, after 200 ms (sync: 20 threads start at once). 400 ms leaves room,
-    # and a hedged answer (by 0.8 s) is still told from the stalled try's (1 s).
-    config["clusters"]["reviews"]["hedge"]["after"] = "400ms"
+    # CI machine four of this burst's once were, after 200 ms (sync: 20 threads start at once): see BURST_AFTER.
+    config["clusters"]["reviews"]["hedge"]["after"] = BURST_AFTER
     mesh = make_mesh(config)
     paths = ["/x"] * 19 + ["/slow"]
     results = await burst(caller, mesh, paths)
@@ -218,7 +223,7 @@ async def test_a_straggler_among_fast_requests_is_hedged(
     seen = (counters, sorted(round(seconds, 3) for _, seconds in results))
     assert counters.get("hedge_overload_refused", 0) == 0, seen
     assert counters.get("hedges", 0) == counters.get("hedge_wins", 0) == 1, seen
-    assert results[-1][1] < 0.8 < STRAGGLE, seen  # not the stalled second: the hedge won
+    assert results[-1][1] < BURST_HEDGED < BURST_STRAGGLE, seen  # not the stalled try: the hedge won
 
 
 async def test_a_stalled_endpoint_is_hedged_around(
@@ -230,13 +235,11 @@ async def test_a_stalled_endpoint_is_hedged_around(
     the stalled endpoint's requests are stragglers, and each is hedged.
     """
     stalled = httpx.URL(ENDPOINTS[0]).port
-    Stalls(mode, lambda path, port, n: STRAGGLE if port == stalled else 0.0).mock(respx_mock)
+    Stalls(mode, lambda path, port, n: BURST_STRAGGLE if port == stalled else 0.0).mock(respx_mock)
     config = _config(2)
     # One fast request not answered by ``after`` counts as slow at the other endpoint and rightly closes the guard
-    # for the rest. On a loaded CI machine one request of this burst once waited for its stalled try (sync: 24
-    # threads start at once), most likely so. 400 ms leaves room, and a hedged answer (by 0.8 s) is still told
-    # from a stalled try's (1 s).
-    config["clusters"]["reviews"]["hedge"]["after"] = "400ms"
+    # for the rest: see BURST_AFTER.
+    config["clusters"]["reviews"]["hedge"]["after"] = BURST_AFTER
     mesh = make_mesh(config)
     results = await burst(caller, mesh, ["/x"] * 12)
     assert [status for status, _ in results] == [200] * 12
@@ -245,7 +248,7 @@ async def test_a_stalled_endpoint_is_hedged_around(
     seen = (counters, sorted(round(seconds, 3) for _, seconds in results))
     assert counters.get("hedge_overload_refused", 0) == 0, seen
     assert counters["hedges"] == counters["hedge_wins"] >= 5, seen  # about half of the first tries stalled
-    assert max(seconds for _, seconds in results) < 0.8 < STRAGGLE, seen
+    assert max(seconds for _, seconds in results) < BURST_HEDGED < BURST_STRAGGLE, seen
     assert _load(mesh).shares[ENDPOINTS[0]] > OVERLOAD_SHARE  # the stalled endpoint's own share is high
 
 
