@@ -52,16 +52,10 @@ __all__ = ["TracingObserver", "build"]
 
 logger = logging.getLogger("meshlib.observe")
 
-# Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's), but for the new traces
-# the outbound fast path starts (see _new_ids).
+# Ids come from the generator the SDK's RandomIdGenerator draws from (the random module's), but for the new outbound
+# traces the engine starts without a parent span (see _new_ids).
 _random_bits: Final = random.getrandbits
 _hexlify: Final = binascii.hexlify
-
-
-def _hex_ids(drawn: bytes) -> bytes:
-    """A trace id and a span id drawn as 24 bytes (the trace id's 16 first) → the traceparent of a new trace the
-    sampler dropped, ``00-{trace id}-{span id}-02``: the form a dropped trace's ids are kept in (see root_entries)."""
-    return b"00-%b-02" % _hexlify(drawn, b"-", -16)  # a separator after the first 16 bytes
 
 
 def _bound_digits(bound: int) -> bytes:
@@ -70,12 +64,12 @@ def _bound_digits(bound: int) -> bytes:
     return b"%016x" % bound if bound < 1 << 64 else b"g"
 
 
-# New traces' ids, drawn ahead _POOLED at a time, each in the form root_entries takes (see _hex_ids). From
-# os.urandom, not the random module the SDK's RandomIdGenerator uses: a batch costs one system call and one hexlify,
-# where the random module's big-number draw and its to_bytes cost more than the ids' own formatting (about 1,300
-# instructions an id, by callgrind); W3C trace context's random flag asks for random ids, which these are the more.
-# A batch with 8 zero bytes in a row anywhere is drawn again: no id is ever all zeros (invalid). A forked child
-# empties the pool: it must not send its parent's ids.
+# New traces' ids, drawn ahead _POOLED at a time, each in the form root_entries takes (the traceparent of a new
+# trace the sampler dropped). From os.urandom, not the random module the SDK's RandomIdGenerator uses: a batch
+# costs one system call and one hexlify, where the random module's big-number draw and its to_bytes cost more than
+# the ids' own formatting (about 1,300 instructions an id, by callgrind); W3C trace context's random flag asks for
+# random ids, which these are the more. A batch with 8 zero bytes in a row anywhere is drawn again: no id is ever
+# all zeros (invalid). A forked child empties the pool: it must not send its parent's ids.
 _POOLED: Final = 256
 _ZEROS: Final = bytes(8)
 _id_pool: Final[list[bytes]] = []
@@ -84,7 +78,7 @@ _urandom: Final = os.urandom
 
 
 def _new_ids() -> bytes:
-    """A new trace's ids: the traceparent ``00-{trace id}-{span id}-02`` of fresh random ids (see _hex_ids)."""
+    """A new trace's ids: the traceparent ``00-{trace id}-{span id}-02`` of fresh random ids."""
     pool = _id_pool
     while True:
         try:
@@ -240,7 +234,7 @@ class Propagation:
 
     def root_entries(self, ids: bytes) -> tuple[tuple[bytes, bytes, bytes], ...]:
         """The header entries of a new trace the sampler dropped, in every configured format: ``ids``, its
-        traceparent ``00-{trace id}-{span id}-02`` (:func:`_hex_ids`).
+        traceparent ``00-{trace id}-{span id}-02`` (as :func:`_new_ids` draws them).
 
         What :meth:`inject` writes for flags 02 (the W3C random-trace-id flag, not sampled: what the SDK gives a root
         span its sampler dropped), sliced from ``ids`` rather than formatted: this runs on most requests at a low
@@ -484,7 +478,7 @@ class _Recorded(trace.Span):
 
 class _Outbound:
     """An outbound request's span, or for a new trace the sampler dropped no span at all but the ids its tries'
-    headers carry (``ids``, as :func:`_hex_ids` gives them; ``span`` None: only where the caller's trace headers must
+    headers carry (``ids``, as :func:`_new_ids` draws them; ``span`` None: only where the caller's trace headers must
     be replaced on each try); and whether the caller's request may have come with trace headers (to be replaced)."""
 
     __slots__ = ("caller_headers", "ids", "span")
@@ -638,14 +632,9 @@ class TracingObserver(Observer):
             # A new trace: the sampler's decision first (as _start_span takes it), and for most requests at a
             # low ratio, no span at all: its tries carry fresh ids with the sampled flag off, as the SDK's
             # NonRecordingSpan would (tests/observe/test_tracing_fast_paths.py compares them).
-            trace_id = _random_bits(128)
-            while trace_id == trace.INVALID_TRACE_ID:
-                trace_id = _random_bits(128)
-            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._ratio.bound:
-                span_id = _random_bits(64)
-                while span_id == trace.INVALID_SPAN_ID:
-                    span_id = _random_bits(64)
-                ids = _hex_ids((trace_id << 64 | span_id).to_bytes(24, "big"))
+            # The ids started() draws, and its decision on them.
+            ids = _new_ids()
+            if not self._samples(ids):
                 exchange._trace_id = ids
                 if caller_headers:
                     # The caller's trace headers held no valid context: each try's request replaces them.
@@ -653,7 +642,7 @@ class TracingObserver(Observer):
                 else:
                     exchange.inject = self.propagation.root_entries(ids)
                 return
-            span: trace.Span = self._recorded(f"{exchange.method} {exchange.route}", trace_id, None, CLIENT)
+            span: trace.Span = self._recorded(f"{exchange.method} {exchange.route}", int(ids[3:35], 16), None, CLIENT)
         else:
             span = self._start_outbound(f"{exchange.method} {exchange.route}", parent)
         self._client_span(exchange, span, caller_headers)
@@ -760,6 +749,12 @@ class TracingObserver(Observer):
         if found is not None:
             self.propagation.inject(request.headers, found[0].get_span_context(), replace=True)
 
+    def _samples(self, ids: bytes) -> bool:
+        """TraceIdRatioBased's decision on the new trace ``ids`` (from _new_ids), taken on the trace id's low 16 hex
+        digits: lower-case hex digits sort as their numbers do. The first digit alone rules most out (at 1%, 15 in
+        16) without slicing out all 16: an int, no bytes made."""
+        return ids[19] <= self._bound_lead and ids[19:35] < self._bound_digits
+
     def started(self, exchange: Exchange) -> None:
         if exchange.direction != "outbound":
             self._start_server(exchange)
@@ -784,8 +779,7 @@ class TracingObserver(Observer):
         # Fresh random ids, drawn ahead in batches (_new_ids), tested as their hex digits: the trace id's low 16, what
         # TraceIdRatioBased tests (lower-case hex digits sort as their numbers do).
         ids = _new_ids()
-        # The first digit alone rules most out (at 1%, 15 in 16) without slicing out all 16: an int, no bytes made.
-        if ids[19] <= self._bound_lead and ids[19:35] < self._bound_digits:  # sampled
+        if self._samples(ids):
             self._start_client(exchange, int(ids[3:35], 16))
             return
         exchange.inject = self.propagation.root_entries(ids)  # the try hook adds them: no call here per try

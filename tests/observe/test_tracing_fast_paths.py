@@ -278,6 +278,42 @@ def test_a_dropped_new_trace_s_tries_carry_fresh_unsampled_ids_as_the_propagator
     assert observer.stats()["spans"] == 0
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.0, 1.0])  # 0.3: ids whose first low digit is the bound's take both tests
+def test_trace_headers_without_a_valid_context_start_a_new_trace_decided_and_replaced_on_each_try(
+    make_mesh: MakeMesh, collector: ZipkinCollector, rate: float
+) -> None:
+    """A caller's trace headers that hold no valid context (malformed) start a new trace, as no headers would: the
+    decision is TraceIdRatioBased's on the new trace id, and every try's request carries the new context in place
+    of the caller's headers, once per format."""
+    observer = tracer_of(make_mesh(_config(collector, sampling=rate, propagation=["tracecontext", "b3"])))
+    ratio = TraceIdRatioBased(rate)
+    decisions = []
+    for _ in range(400 if 0 < rate < 1 else 40):
+        request = _request(traceparent="00-not-a-context-01", b3="garbage")
+        exchange = outbound(request, "r", "sidecar")
+        _start(observer, exchange, request)
+        trace_id = exchange.trace_id
+        assert trace_id is not None
+        assert re.fullmatch("[0-9a-f]{32}", trace_id)
+        assert int(trace_id, 16) != 0
+        decided = ratio.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+        decisions.append(decided)
+        for _try in range(2):  # a retry resends the request: its headers are replaced again, never added twice
+            _send_try(observer, exchange, request)
+            [traceparent], [b3] = request.headers.get_list("traceparent"), request.headers.get_list("b3")
+            version, sent_trace, span_id, flags = traceparent.split("-")
+            assert (version, sent_trace) == ("00", trace_id)
+            assert b3 == f"{trace_id}-{span_id}-{'1' if decided else '0'}"
+            assert flags == ("03" if decided else "02")  # the W3C random flag, sampled or not
+        Observers([observer]).finished(exchange)
+    if 0 < rate < 1:
+        assert rate / 3 < sum(decisions) / len(decisions) < rate * 3
+    else:
+        assert set(decisions) == {rate == 1.0}
+    assert observer.flush()
+    assert observer.stats()["spans"] == sum(decisions) * 3  # each sampled request: its span and two tries'
+
+
 _LOW_BITS = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2**64 - 2, 2**64 - 1]))
 
 
