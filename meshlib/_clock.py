@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-import anyio
-
 __all__ = ["Clock", "SystemClock"]
 
 
@@ -35,4 +33,6 @@ class SystemClock:
             time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        import anyio  # here: only a backoff sleeps, and an idle sidecar need not load anyio (0.7 MB)
+
         await anyio.sleep(max(seconds, 0))

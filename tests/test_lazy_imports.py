@@ -120,9 +120,9 @@ runpy.run_module("meshlib", run_name="__main__", alter_sys=True)
 """
 
 
-def _reviews_on(url: str) -> dict[str, object]:
-    """PLAIN's cluster on ``url``, with a hedge too (what gives a sync try the interrupting backend)."""
-    reviews = {"endpoints": [url], "timeout": "1s", "retry": {"attempts": 2}, "hedge": {"after": "1s"}}
+def _reviews_on(url: str, **extra: object) -> dict[str, object]:
+    """PLAIN's cluster on ``url``, with a hedge too (what gives a sync try the interrupting backend), and ``extra``."""
+    reviews = {"endpoints": [url], "timeout": "1s", "retry": {"attempts": 2}, "hedge": {"after": "1s"}, **extra}
     return {"clusters": {"reviews": reviews}}
 
 
@@ -140,6 +140,21 @@ HTTPX_CLI = ("httpx._main", "click", "rich", "pygments")
 def test_a_plaintext_sidecar_never_loads_httpcore_nor_httpx_cli(tmp_path: Path) -> None:
     """Idle, and after forwarding a request: its upstream client is its own (``AsyncHTTP1Transport``)."""
     with _probed_proxy(tmp_path, [], [*HTTPCORE, *HTTPX_CLI]) as proxy:
+        assert _ask(proxy) == []
+        with proxy.client(timeout=10) as client:
+            assert client.get("http://reviews/").text == "ok"
+        assert _ask(proxy) == []
+
+
+# anyio (0.7 MB) serves another event loop than asyncio (trio), a shared breaker's worker thread and a retry's
+# backoff sleep; difflib the "did you mean" of a config error. A sidecar needs neither to forward a request.
+ON_DEMAND = ("anyio", "difflib")
+
+
+def test_a_sidecar_forwarding_through_its_policies_loads_neither_anyio_nor_difflib(tmp_path: Path) -> None:
+    """Idle, and after a request through its timeout, retry, hedge and an in-memory circuit breaker."""
+    breaker = {"circuit_breaker": {"failure_threshold": 5, "recovery_timeout": "30s"}}
+    with _probed_proxy(tmp_path, [], ON_DEMAND, cluster=breaker) as proxy:
         assert _ask(proxy) == []
         with proxy.client(timeout=10) as client:
             assert client.get("http://reviews/").text == "ok"
@@ -169,12 +184,16 @@ def test_the_workers_supervisor_never_loads_the_serving_side(tmp_path: Path) -> 
 
 
 @contextmanager
-def _probed_proxy(tmp_path: Path, arguments: list[str], asked: Sequence[str]) -> Iterator[ProxyProcess]:
-    """``meshlib proxy ARGUMENTS`` run by PROXY_PROBE in front of an upstream answering ok, ready; stopped after."""
+def _probed_proxy(
+    tmp_path: Path, arguments: list[str], asked: Sequence[str], cluster: dict[str, object] | None = None
+) -> Iterator[ProxyProcess]:
+    """``meshlib proxy ARGUMENTS`` run by PROXY_PROBE in front of an upstream answering ok, ready; stopped after.
+
+    ``cluster``: settings added to the cluster's (_reviews_on)."""
     config = tmp_path / "mesh.yaml"
     outbound, admin = free_port(), free_port()
     with raw_server(answer_ok) as upstream:
-        write_config(config, _reviews_on(upstream.url), outbound, admin)
+        write_config(config, _reviews_on(upstream.url, **(cluster or {})), outbound, admin)
         proxy = ProxyProcess(
             subprocess.Popen(
                 [sys.executable, "-c", PROXY_PROBE, json.dumps(["--config", str(config), *arguments]), *asked],

@@ -10,7 +10,6 @@ reports every error it can find.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -147,6 +146,8 @@ class ConfigModel(BaseModel):
         """The field a user who wrote the unknown ``key`` most likely meant, if one is close enough."""
         if key in cls.misplaced_keys:
             return None
+        import difflib  # here: only a config with an unknown key needs it
+
         close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1)
         return close[0] if close else None
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn
 
-import anyio
 import httpx
 
 from meshlib._engine.alarms import TaskAlarm, asyncio_loop, current_task, schedule
@@ -252,6 +251,8 @@ class _UntilDeadline:
         loop = asyncio_loop()
         try:
             if loop is None:  # another anyio backend (trio): a cancel scope per read
+                import anyio  # only here: asyncio's path below needs none of it
+
                 with anyio.fail_after(left):
                     chunk = await self._chunks.__anext__()
             else:

@@ -29,8 +29,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import anyio
-import anyio.to_thread
 import httpx
 import pybreaker
 
@@ -389,7 +387,12 @@ class CircuitBreakerFilter:
         breaker = self.breaker
         ctx = context_of(request)
         # With Redis, admission and reports are network round trips: a worker thread keeps the loop free.
-        trial, release = await anyio.to_thread.run_sync(breaker.admit, ctx) if breaker.shared else breaker.admit(ctx)
+        if breaker.shared:
+            import anyio.to_thread  # a shared breaker's alone: one in memory needs no thread (nor anyio)
+
+            trial, release = await anyio.to_thread.run_sync(breaker.admit, ctx)
+        else:
+            trial, release = breaker.admit(ctx)
         try:
             try:
                 response = await call_next(request)
@@ -413,6 +416,8 @@ class CircuitBreakerFilter:
         return release_when_closed(response, release)
 
     async def _record_shared(self, trial: bool, *, failed: bool) -> None:
+        import anyio.to_thread
+
         # Shielded: a cancelled caller must not lose the verdict (nor, after a good answer, the response).
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(functools.partial(self.breaker.record, trial, failed=failed))

@@ -45,12 +45,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-import anyio
 import httpx
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from meshlib._background import Background, TimerHandle
 from meshlib._config.resilience import HedgeConfig
@@ -61,6 +58,10 @@ from meshlib._engine.interrupt import CURRENT, Interrupt, TryInterrupted, interr
 from meshlib._policies.retry import IDEMPOTENT_METHODS
 from meshlib._policies.retry_budget import RetryBudget
 from meshlib._upstream.cluster import ClusterState
+
+if TYPE_CHECKING:  # anyio loads only for the general race (see HedgeFilter._race_with_tasks)
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["OVERLOAD_SHARE", "SLOW_WEIGHT", "HedgeFilter", "HedgePolicy", "SlowShare"]
 
@@ -385,6 +386,8 @@ def _outcome_of(done: Future[Response] | asyncio.Task[Response], index: int) -> 
 
 async def _close_unused(receive: MemoryObjectReceiveStream[_Outcome]) -> None:
     """Close responses of tries that answered after the race was decided (async)."""
+    import anyio
+
     while True:
         try:
             _, response, _ = receive.receive_nowait()
@@ -525,6 +528,7 @@ class HedgeFilter:
         receive: MemoryObjectReceiveStream[_Outcome],
     ) -> None:
         """Async driver: each try is a task; the caller waits for the next outcome or hedge time."""
+        import anyio
 
         def start(index: int, copy: Request) -> bool:
             tg.start_soon(_run_try, call_next, copy, index, send)
@@ -555,6 +559,9 @@ class HedgeFilter:
 
     async def _race_with_tasks(self, request: Request, call_next: AsyncHandler) -> Response:
         """The general async race (any anyio backend): every try is a task in a task group."""
+        # anyio loads here, for another backend than asyncio (trio): asyncio's inline hedge needs none of it.
+        import anyio
+
         race = _Race(self.policy, request, self.state, self._spend, self._in_time)
         send, receive = anyio.create_memory_object_stream[_Outcome](race.limit)
         with send, receive:

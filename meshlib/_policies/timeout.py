@@ -22,8 +22,6 @@ import time
 from collections.abc import Awaitable
 from typing import ClassVar
 
-import anyio
-
 from meshlib._clock import Clock
 from meshlib._engine.alarms import TaskAlarm, asyncio_loop, current_task, on_grid, schedule
 from meshlib._engine.base import AsyncHandler, Request, Response, SyncHandler, context_of
@@ -100,6 +98,8 @@ class PerTryTimeoutFilter:
         loop = asyncio_loop()
         task = current_task(loop) if loop is not None else None
         if loop is None or task is None:  # another anyio backend (trio): its own cancel scope
+            import anyio  # only here: asyncio's path below needs none of it
+
             try:
                 with anyio.fail_after(budget):
                     return await call_next(request)
