@@ -153,7 +153,7 @@ ON_DEMAND = ("anyio", "difflib")
 
 def test_a_sidecar_forwarding_through_its_policies_loads_neither_anyio_nor_difflib(tmp_path: Path) -> None:
     """Idle, and after a request through its timeout, retry, hedge and an in-memory circuit breaker."""
-    breaker = {"circuit_breaker": {"failure_threshold": 5, "recovery_timeout": "30s"}}
+    breaker: dict[str, object] = {"circuit_breaker": {"failure_threshold": 5, "recovery_timeout": "30s"}}
     with _probed_proxy(tmp_path, [], ON_DEMAND, cluster=breaker) as proxy:
         assert _ask(proxy) == []
         with proxy.client(timeout=10) as client:
