@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -504,6 +505,55 @@ def test_outbound_counts_match_prometheus_clients_own_counter_and_histogram() ->
     assert value(ours, "meshlib_outbound_request_duration_seconds_count") == len(_OUTCOMES) - 1
     assert value(ours, "meshlib_outbound_request_duration_seconds_sum") == pytest.approx(value(theirs, "h_sum"))
     assert value(ours, "meshlib_outbound_requests_active") == 0
+
+
+def test_requests_from_many_threads_are_each_counted_once_and_scrapes_meanwhile_stay_whole() -> None:
+    """With threads recording requests and another scraping all along, no request is lost or counted twice, a
+    scrape's histogram count is its +Inf bucket and its request count, and the counts only grow."""
+    observer = metrics.MetricsObserver()
+    threads, each = 8, 401
+    statuses = (200, 503)
+    barrier = threading.Barrier(threads + 1)
+    done = threading.Event()
+    scrapes: list[str] = []
+
+    def record() -> None:
+        barrier.wait()
+        for n in range(each):
+            exchange = _exchange(route="r", cluster="c", endpoint=A if n % 2 else B)
+            observer.started(exchange)
+            exchange.status, exchange.end = statuses[n % 3 == 0], exchange.start + 0.003
+            observer.finished(exchange)
+
+    def scrape() -> None:
+        barrier.wait()
+        while not done.is_set() and len(scrapes) < 200:
+            scrapes.append(metrics.exposition(observer, {}).decode())
+
+    workers = [threading.Thread(target=record) for _ in range(threads)]
+    scraper = threading.Thread(target=scrape)
+    for thread in (*workers, scraper):
+        thread.start()
+    for thread in workers:
+        thread.join(30)
+    done.set()
+    scraper.join(30)
+    final = metrics.exposition(observer, {}).decode()
+    total = threads * each
+    assert value(final, "meshlib_outbound_requests_total") == total
+    assert value(final, "meshlib_outbound_requests_total", status_class="5xx") == threads * len(range(0, each, 3))
+    assert value(final, "meshlib_outbound_request_duration_seconds_count") == total
+    assert value(final, "meshlib_outbound_request_duration_seconds_bucket", le="0.005") == total
+    assert value(final, "meshlib_outbound_requests_active") == 0
+    seen = 0.0
+    assert scrapes  # the scraper ran while the threads recorded
+    for text in [*scrapes, final]:
+        count = value(text, "meshlib_outbound_request_duration_seconds_count")
+        assert count == value(text, "meshlib_outbound_request_duration_seconds_bucket", le="+Inf")
+        assert count == value(text, "meshlib_outbound_requests_total")  # every end has its duration here
+        assert value(text, "meshlib_outbound_requests_active") >= 0
+        assert count >= seen
+        seen = count
 
 
 def test_endpoint_credentials_never_reach_a_label() -> None:
