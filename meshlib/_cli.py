@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The commands never run httpx's own command line, whose import loads click (and rich and pygments where they are
 # installed): 1.2 MB of an idle sidecar, 4.7 MB with rich (docs/performance.md). Refused before httpx loads (which
@@ -19,9 +20,10 @@ if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "do not import", as Python defines
 
 from meshlib.__version__ import __version__
-from meshlib._config.load import load_file
-from meshlib._config.models import MeshConfig
 from meshlib._errors import ConfigError
+
+if TYPE_CHECKING:  # the config models load in the commands that use them: see main()
+    from meshlib._config.models import MeshConfig
 
 __all__ = ["main", "run"]
 
@@ -38,6 +40,8 @@ def build_kind() -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from meshlib._config.load import load_file
+
     failed = False
     several = len(args.config) > 1
     for path in args.config:
@@ -142,6 +146,8 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from meshlib._config.models import MeshConfig
+
     print(json.dumps(MeshConfig.model_json_schema(), indent=2))
     return 0
 
@@ -154,13 +160,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(requests=args.requests, concurrency=args.concurrency, print_config=args.print_config)
 
 
-def _proxy(args: argparse.Namespace) -> int:
+def _proxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from meshlib._sidecar.launch import parse_args_to_options, run_proxy
 
     if args.workers < 1:
         print("meshlib proxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_INVALID
-    return run_proxy(parse_args_to_options(args))
+    return run_proxy(parse_args_to_options(args, argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshlib`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(arguments)
+    if args.func is _proxy:
+        # The serving process defines its config models as records (it never loads pydantic: 11 MB of an idle
+        # sidecar), and has its configs validated by a child process: see meshlib/_config/records.py.
+        from meshlib._config import records
+
+        if os.environ.get(records.PYDANTIC_ENV) != "1":
+            records.activate()
+        proxied: int = _proxy(args, arguments)
+        return proxied
     result: int = args.func(args)
     return result
 

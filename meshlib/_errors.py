@@ -108,6 +108,14 @@ class ConfigError(Exception):
         head = f"invalid mesh config{f' in {source}' if source else ''}"
         super().__init__(f"{head}:\n  " + "\n  ".join(lines) if lines else head)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as made (a validation process hands its errors to the serving one), not from the message.
+        return _config_error, (type(self), self.errors, self.source)
+
+
+def _config_error(cls: type[ConfigError], errors: list[tuple[str, str]], source: str | None) -> ConfigError:
+    return cls(errors, source=source)
+
 
 class DiscoveryError(Exception):
     """A mesh cannot start: the discovery system it is configured with (etcd) did not answer in time.

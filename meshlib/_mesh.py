@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import httpx
 
 from meshlib._clock import Clock
-from meshlib._config.load import config_from_dict, load_file
+from meshlib._config import records
 from meshlib._config.models import MeshConfig
 from meshlib._config.warnings import log_config_warnings
 from meshlib._control.reload import ReloadStats, describe_failure, load_settled
@@ -277,6 +277,8 @@ class Mesh:
                 ...
         """
         if not watch:
+            from meshlib._config.load import load_file  # here, as below: YAML loads with the first config read
+
             return cls(load_file(path), **kwargs)
         if watch_interval <= 0:
             raise ValueError(f"watch_interval must be above 0 seconds, not {watch_interval!r}")
@@ -296,6 +298,8 @@ class Mesh:
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Mesh:
         """A mesh from a config already parsed into a dict."""
+        from meshlib._config.load import config_from_dict
+
         return cls(config_from_dict(data), **kwargs)
 
     @property
@@ -335,8 +339,14 @@ class Mesh:
                 if source is not None:
                     config, digest = load_settled(source)
                 elif not isinstance(config, MeshConfig):
+                    from meshlib._config.load import config_from_dict
+
                     config = config_from_dict(config)
                 assert isinstance(config, MeshConfig)
+                if records.ACTIVE and config.config_source is not None:
+                    # A config document from etcd is validated as it changes, here: that needs pydantic.
+                    why = "a sidecar started without config_source serves without pydantic: restart it to use one"
+                    raise ConfigError([("config_source", why)], source=source)
                 local = config
                 if self._discovery is None and needs_discovery(local):
                     effective = self._start_discovery(local, serving=self._snapshot.version)

@@ -161,6 +161,22 @@ def test_a_sidecar_forwarding_through_its_policies_loads_neither_anyio_nor_diffl
         assert _ask(proxy) == []
 
 
+# pydantic, its core and its models' validators (about 11 MB of an idle sidecar), and YAML: the serving process's
+# configs are validated by a child process and arrive as records (meshlib/_config/records.py).
+VALIDATION = ("pydantic", "pydantic_core", "yaml", "meshlib._config.load")
+
+
+def test_a_sidecar_serving_and_reloading_loads_neither_pydantic_nor_yaml(tmp_path: Path) -> None:
+    with _probed_proxy(tmp_path, [], VALIDATION) as proxy:
+        assert _ask(proxy) == []
+        with proxy.client(timeout=10) as client:
+            assert client.get("http://reviews/").text == "ok"
+            write_config(proxy.config_path, _reviews_on("http://127.0.0.1:1"), proxy.outbound, proxy.admin)
+            reply = client.post(f"http://127.0.0.1:{proxy.admin}/reload")
+            assert reply.status_code == 200, reply.text
+        assert _ask(proxy) == []
+
+
 # What only a process that serves loads: the engine, the listeners, the event loop and the HTTP parser.
 SERVING = (
     "meshlib._sidecar.process",

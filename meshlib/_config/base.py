@@ -11,12 +11,22 @@ reports every error it can find.
 from __future__ import annotations
 
 import functools
+import re
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from meshlib._config.pydantic_names import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InitErrorDetails,
+    PydanticCustomError,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 __all__ = [
     "INVALID",
@@ -33,6 +43,7 @@ __all__ = [
     "fail",
     "fail_all",
     "field_of",
+    "format_loc",
     "model_at",
     "raw_check_errors",
 ]
@@ -55,6 +66,25 @@ def check_path(path: str) -> str:
 
 
 Loc = tuple[str | int, ...]
+# A mapping key that reads unambiguously in a dotted path; any other key is quoted: clusters['a b'].
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """``("routes", 1, "split", 0, "cluster")`` → ``routes[1].split[0].cluster``."""
+    out = ""
+    for part in loc:
+        if part == "[key]":  # pydantic's marker for "the key itself is bad"; the key is the part before
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _PLAIN_KEY.match(part):
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
 CheckError = tuple[Loc, str, object]
 """``(loc, message, value)``: a problem at ``loc``, relative to the model that found it."""
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import httpx
-from pydantic import AfterValidator, Field, field_validator
 
 from meshlib._config.base import CheckError, ConfigModel, check
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.pydantic_names import AfterValidator, Field, field_validator
 from meshlib._config.redact import Secret
 from meshlib._config.security import FilePath
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
+from meshlib._config.pydantic_names import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 # Exact scales, so that "100000us", "100ms" and "0.1s" all give the same float.
 _UNITS = {

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
-from meshlib._config.base import model_at
+from meshlib._config import offload, records
+from meshlib._config.base import format_loc, model_at
 from meshlib._config.models import MeshConfig, _type_name
+from meshlib._config.pydantic_names import ErrorDetails, ValidationError
 from meshlib._config.redact import redactor_at
 from meshlib._errors import ConfigError
 
@@ -24,24 +23,7 @@ __all__ = ["config_error_from", "config_from_dict", "format_loc", "load_file", "
 _MESSAGES = {
     "missing": "required",
 }
-# A mapping key that reads unambiguously in a dotted path; any other key is quoted: clusters['a b'].
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _NULL_TAG = "tag:yaml.org,2002:null"
-
-
-def format_loc(loc: tuple[int | str, ...]) -> str:
-    """``("routes", 1, "split", 0, "cluster")`` → ``routes[1].split[0].cluster``."""
-    out = ""
-    for part in loc:
-        if part == "[key]":  # pydantic's marker for "the key itself is bad"; the key is the part before
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not _PLAIN_KEY.match(part):
-            out += f"[{part!r}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 def _message(err: ErrorDetails) -> str:
@@ -89,6 +71,8 @@ def config_error_from(exc: ValidationError, *, source: str | None = None) -> Con
 
 def config_from_dict(data: Any, *, source: str | None = None) -> MeshConfig:
     """Validate ``data`` (parsed YAML/JSON) as a MeshConfig; raises :class:`ConfigError`."""
+    if records.ACTIVE:  # a serving process without pydantic: validated by a child process
+        return offload.call(config_from_dict, data, source=source)
     if not isinstance(data, dict):
         raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")], source=source)
     try:
@@ -171,6 +155,8 @@ def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
 
 def load_file(path: str | os.PathLike[str]) -> MeshConfig:
     """Read a ``.yaml``/``.yml``/``.json`` file into a MeshConfig; raises :class:`ConfigError`."""
+    if records.ACTIVE:
+        return offload.call(load_file, path)
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is dropped, not parsed

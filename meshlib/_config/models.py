@@ -14,18 +14,6 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import httpx
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    GetJsonSchemaHandler,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 from meshlib._config.base import (
     CheckError,
@@ -42,6 +30,18 @@ from meshlib._config.discovery import ConfigSourceConfig, DiscoveryConfig, EtcdC
 from meshlib._config.durations import PositiveDuration
 from meshlib._config.hosts import authority_host, check_authority, is_ip
 from meshlib._config.observability import AccessLogConfig, MetricsConfig, TracingConfig
+from meshlib._config.pydantic_names import (
+    AfterValidator,
+    BeforeValidator,
+    CoreSchema,
+    Field,
+    GetJsonSchemaHandler,
+    JsonSchemaValue,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from meshlib._config.redact import Secret
 from meshlib._config.resilience import (
     CircuitBreakerConfig,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import httpx
-from pydantic import AfterValidator, Field, field_validator
 
 from meshlib._config.base import ConfigModel
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.pydantic_names import AfterValidator, Field, field_validator
 
 __all__ = ["AccessLogConfig", "MetricsConfig", "TracingConfig", "ZipkinConfig"]
 

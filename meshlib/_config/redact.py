@@ -16,10 +16,9 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, get_args
 
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-
+from meshlib._config import records
 from meshlib._config.base import ConfigModel, Loc, model_at
+from meshlib._config.pydantic_names import BaseModel, FieldInfo
 
 __all__ = ["REDACTED", "Secret", "redact_config", "redact_url", "redactor_at", "sensitive_header"]
 
@@ -147,6 +146,8 @@ def _walk(value: Any, dumped: Any) -> Any:
 
 def redact_config(model: BaseModel) -> dict[str, Any]:
     """``model.model_dump(mode="json", by_alias=True)`` (keys as users write them) with every credential redacted."""
+    if records.ACTIVE:  # a record has no field markers: its redacted dump was made where it was validated
+        return records.redacted_dump(model)  # type: ignore[arg-type]
     redacted: dict[str, Any] = _walk(model, model.model_dump(mode="json", by_alias=True))
     return redacted
 

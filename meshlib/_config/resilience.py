@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
-
 from meshlib._config.base import (
     CheckError,
     ConfigModel,
@@ -26,6 +24,7 @@ from meshlib._config.base import (
     field_of,
 )
 from meshlib._config.durations import Duration, PositiveDuration
+from meshlib._config.pydantic_names import Field, field_validator
 from meshlib._config.storage_url import StorageUrl
 
 __all__ = [

@@ -15,10 +15,9 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator
-
 from meshlib._config.base import CheckError, ConfigModel, check
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.pydantic_names import AfterValidator, BeforeValidator, Field, field_validator
 
 __all__ = [
     "AuthorizationPolicyConfig",

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
 import httpx
-from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema
 
 from meshlib._config.base import ConfigModel, PositiveInt
 from meshlib._config.durations import PositiveDuration
+from meshlib._config.pydantic_names import AfterValidator, Field, ValidationError, WithJsonSchema
 from meshlib._config.redact import Secret
 from meshlib._errors import ConfigError
 

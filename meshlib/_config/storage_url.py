@@ -17,9 +17,8 @@ import re
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, WithJsonSchema
-
 from meshlib._config.hosts import is_ip
+from meshlib._config.pydantic_names import AfterValidator, WithJsonSchema
 from meshlib._config.redact import Secret, redact_url
 
 __all__ = ["REDIS_MISSING", "StorageUrl", "check_storage_url"]

@@ -11,10 +11,9 @@ import logging
 import re
 from collections.abc import Iterator
 
-from meshlib._config.base import Loc
+from meshlib._config.base import Loc, format_loc
 from meshlib._config.durations import format_duration as _d
 from meshlib._config.hosts import host_matches
-from meshlib._config.load import format_loc
 from meshlib._config.models import (
     ClusterConfig,
     MeshConfig,

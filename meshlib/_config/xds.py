@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
-
 from meshlib._config.base import ConfigModel
 from meshlib._config.durations import PositiveDuration
 from meshlib._config.hosts import check_authority
+from meshlib._config.pydantic_names import AfterValidator, Field
 
 __all__ = ["XdsConfig"]
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from meshlib._config.load import load_file
+from meshlib._config import records
 from meshlib._config.models import MeshConfig
 from meshlib._errors import ConfigError
 
@@ -59,6 +59,12 @@ def load_settled(path: str | os.PathLike[str], *, settle: float | None = None) -
     :class:`meshlib.ConfigError` when the file is invalid, or still empty or
     missing after ``settle`` seconds.
     """
+    if records.ACTIVE:  # a serving process without pydantic: validated by a child process
+        from meshlib._config import offload
+
+        return offload.call(load_settled, path, settle=settle)
+    from meshlib._config.load import load_file  # here: a serving process without pydantic never loads it
+
     file = Path(path)
     deadline = time.monotonic() + (EMPTY_READ_SETTLE if settle is None else settle)
     before = _read(file)

@@ -17,7 +17,6 @@ import socket
 import time
 from typing import Any
 
-from meshlib._config.load import config_from_dict, parse_text
 from meshlib._config.models import MeshConfig
 from meshlib._errors import ConfigError
 
@@ -35,6 +34,8 @@ def parse_document(value: bytes, key: str) -> dict[str, Any]:
         text = value.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError([("", "the value is not UTF-8 text")], source=source) from None
+    from meshlib._config.load import parse_text  # here: YAML, for a config document only
+
     data = parse_text(text, source=source)
     if not isinstance(data, dict):
         raise ConfigError([("", f"the config must be a mapping, got {type(data).__name__}")], source=source)
@@ -49,6 +50,8 @@ def effective_config(local: MeshConfig, document: dict[str, Any] | None, key: st
     """``local`` with the document's top-level keys in place of its own (raises ConfigError naming the key)."""
     if document is None:
         return local
+    from meshlib._config.load import config_from_dict
+
     base = local.model_dump(mode="json", by_alias=True, exclude_unset=True)
     merged = {k: v for k, v in base.items() if k not in document} | document
     try:

@@ -15,11 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from meshlib._config import records
 from meshlib._config.models import MeshConfig
 from meshlib._config.sidecar import LISTENERS, ListenerName, SidecarConfig, parse_address, with_listen_addresses
 from meshlib._control.reload import load_settled
@@ -59,6 +60,7 @@ class ProxyOptions:
     log_level: str = "info"  # of the ``meshlib`` loggers, on stderr (the lines from say are always printed)
     worker_index: int | None = None  # set in a worker started by the supervisor
     ready_fd: int | None = None  # the workers' "listening" pipe: worker 0 reads it, the others write (see _supervise)
+    argv: tuple[str, ...] = ()  # the command's arguments, to start again with pydantic (see _needs_pydantic)
 
 
 def say(message: str) -> None:
@@ -95,13 +97,59 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _load(path: Path) -> tuple[MeshConfig, str | None] | None:
-    """The config file's config and digest, or None after printing why it cannot be had (unreadable included)."""
+def load_for_proxy(
+    path: Path, given: Mapping[ListenerName, tuple[str, str]]
+) -> tuple[MeshConfig, str | None, SidecarConfig] | None:
+    """The config file's config, its digest, and its sidecar section with the listen addresses ``given`` elsewhere
+    (see :func:`listen_addresses`); None after printing why they cannot be had (an unreadable file included)."""
     try:
-        return load_settled(path, settle=0)
+        config, digest = load_settled(path, settle=0)
     except ConfigError as exc:
         print(exc, file=sys.stderr, flush=True)
+        return None
+    try:
+        sidecar = with_listen_addresses(config.sidecar, given)
+    except ConfigError as exc:
+        for where, why in exc.errors:
+            say(f"{where}: {why}")
+        return None
+    return config, digest, sidecar
+
+
+def _load(
+    options: ProxyOptions, given: Mapping[ListenerName, tuple[str, str]]
+) -> tuple[MeshConfig, str | None, SidecarConfig] | None:
+    """:func:`load_for_proxy`, in a child process where the config models are records (no pydantic here).
+
+    The child validates while this process imports the serving side (which it needs next, unless it only
+    supervises workers): the two overlap on a machine with two cores.
+    """
+    if not records.ACTIVE:
+        return load_for_proxy(options.config, given)
+    from meshlib._config import offload
+
+    child = offload.start(load_for_proxy, options.config, given)
+    if options.workers == 1 or options.worker_index is not None:
+        import meshlib._sidecar.process  # noqa: F401  # meanwhile
+    loaded: tuple[MeshConfig, str | None, SidecarConfig] | None = offload.finish(child)
+    return loaded
+
+
+def _needs_pydantic(config: MeshConfig) -> str | None:
+    """What of ``config`` a serving process without pydantic cannot run: it builds config models as it goes."""
+    if config.xds is not None:
+        return "xds"  # xDS resources become config models, validated as they arrive
+    if config.config_source is not None:
+        return "config_source"  # so does the config document in etcd
     return None
+
+
+def _restart_with_pydantic(options: ProxyOptions) -> None:
+    """Replace this process (same pid) with ``meshlib proxy`` serving with pydantic's config models."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    environ = {**os.environ, records.PYDANTIC_ENV: "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "meshlib", *options.argv], environ)
 
 
 def listen_addresses(options: ProxyOptions, environ: Mapping[str, str]) -> dict[ListenerName, tuple[str, str]]:
@@ -127,18 +175,12 @@ def run_proxy(options: ProxyOptions, environ: Mapping[str, str] | None = None) -
     Listen addresses from flags and from ``environ`` (default ``os.environ``)
     are validated as the config file's are; a bad one exits 2 naming where it came from.
     """
-    loaded = _load(options.config)
+    loaded = _load(options, listen_addresses(options, os.environ if environ is None else environ))
     if loaded is None:
         return EXIT_CONFIG
-    config, digest = loaded
-    try:
-        sidecar = with_listen_addresses(
-            config.sidecar, listen_addresses(options, os.environ if environ is None else environ)
-        )
-    except ConfigError as exc:
-        for where, why in exc.errors:
-            say(f"{where}: {why}")
-        return EXIT_CONFIG
+    config, digest, sidecar = loaded
+    if records.ACTIVE and _needs_pydantic(config) is not None:
+        _restart_with_pydantic(options)
     configure_logging(options.log_level)
     if options.workers > 1 and options.worker_index is None:
         return _supervise(options, sidecar)
@@ -194,8 +236,8 @@ def _supervise(options: ProxyOptions, sidecar: SidecarConfig) -> int:
     return failed or next((c for c in codes if c != 0), 0)
 
 
-def parse_args_to_options(args: Any) -> ProxyOptions:
-    """ProxyOptions from the CLI's parsed arguments."""
+def parse_args_to_options(args: Any, argv: Sequence[str] = ()) -> ProxyOptions:
+    """ProxyOptions from the CLI's parsed arguments (``argv``: the command line they were parsed from)."""
     return ProxyOptions(
         config=Path(args.config),
         outbound=args.outbound,
@@ -206,4 +248,5 @@ def parse_args_to_options(args: Any) -> ProxyOptions:
         log_level=args.log_level,
         worker_index=args.worker_index,
         ready_fd=args.ready_fd,
+        argv=tuple(argv),
     )

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-from meshlib._config.load import format_loc
+from meshlib._config.base import format_loc
 from meshlib._config.models import MeshConfig
 from meshlib._config.security import ClusterTlsConfig, InboundMtlsConfig
 from meshlib._errors import ConfigError

@@ -104,6 +104,11 @@ class ProxyProcess:
         return self.proc.returncode
 
 
+def loads_pydantic(pid: int) -> bool:
+    """Whether process ``pid`` has imported pydantic: pydantic-core's extension module is mapped (Linux)."""
+    return "pydantic_core" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def write_config(path: Path, config: Mapping[str, Any], outbound: int, admin: int) -> None:
     data = dict(config)
     sidecar = dict(data.get("sidecar", {}))
@@ -123,8 +128,11 @@ def start(
     outbound: int | None = None,
     admin: int | None = None,
     pass_fds: Sequence[int] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
-    """Start ``meshlib proxy`` on free loopback ports (unless given) with ``config``; does not wait for readiness."""
+    """Start ``meshlib proxy`` on free loopback ports (unless given) with ``config``; does not wait for readiness.
+
+    ``environ``: variables set for the proxy beside :func:`proxy_env`'s."""
     outbound = outbound if outbound is not None else free_port()
     admin = admin if admin is not None else free_port()
     while admin == outbound:
@@ -139,7 +147,7 @@ def start(
         stderr=subprocess.PIPE,
         text=True,
         pass_fds=pass_fds,
-        env=proxy_env(),
+        env={**proxy_env(), **(environ or {})},
     )
     return ProxyProcess(proc, path, outbound, admin)
 
@@ -150,10 +158,16 @@ def proxy_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k.upper() not in _PROXY_ENV}, "PYTHONUNBUFFERED": "1"}
 
 
-def start_ready(tmp_path: Path, config: Mapping[str, Any], *args: str, attempts: int = 3) -> ProxyProcess:
+def start_ready(
+    tmp_path: Path,
+    config: Mapping[str, Any],
+    *args: str,
+    attempts: int = 3,
+    environ: Mapping[str, str] | None = None,
+) -> ProxyProcess:
     """:func:`start` on free ports and wait until ready; a port taken between probing and binding is retried."""
     for attempt in range(1, attempts + 1):
-        proxy = start(tmp_path, config, *args)
+        proxy = start(tmp_path, config, *args, environ=environ)
         try:
             proxy.wait_ready()
         except AssertionError:
@@ -169,9 +183,11 @@ def start_ready(tmp_path: Path, config: Mapping[str, Any], *args: str, attempts:
 
 
 @contextmanager
-def running(tmp_path: Path, config: Mapping[str, Any], *args: str) -> Iterator[ProxyProcess]:
-    """A ready ``meshlib proxy``, stopped (SIGTERM, then kill) afterwards."""
-    proxy = start_ready(tmp_path, config, *args)
+def running(
+    tmp_path: Path, config: Mapping[str, Any], *args: str, environ: Mapping[str, str] | None = None
+) -> Iterator[ProxyProcess]:
+    """A ready ``meshlib proxy``, stopped (SIGTERM, then kill) afterwards (``environ``: as :func:`start`'s)."""
+    proxy = start_ready(tmp_path, config, *args, environ=environ)
     try:
         yield proxy
     finally:

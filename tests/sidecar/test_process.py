@@ -171,15 +171,19 @@ def test_sigterm_drains_and_exits_when_nothing_reads_stderr_any_more(tmp_path: P
 
 
 def test_thousands_of_requests_across_dozens_of_reloads_none_fail(tmp_path: Path, echo: dict[str, str]) -> None:
-    """Hot reload under load: 2,000 requests from 8 threads while the config flips 30 times."""
+    """Hot reload under load: 8 threads send requests while the config flips 12 times, each flip waiting for its
+    reload (a reload's validation runs in a child process: tenths of a second, not milliseconds)."""
+    flips = 12
     with running(tmp_path, _to(echo["v1"]), "--watch-interval", "0") as proxy:
         stop = threading.Event()
         outcomes: list[int | str] = []
         lock = threading.Lock()
 
-        def load(n: int) -> None:
+        def load() -> None:
             with proxy.client(timeout=10) as client:
-                for _ in range(n):
+                for _ in range(5_000):  # bounded: the flips end it long before
+                    if stop.is_set():
+                        return
                     try:
                         status: int | str = client.get("http://reviews/x").status_code
                     except httpx.HTTPError as exc:
@@ -188,24 +192,23 @@ def test_thousands_of_requests_across_dozens_of_reloads_none_fail(tmp_path: Path
                         outcomes.append(status)
 
         def reloads() -> None:
-            for i in range(30):
-                if stop.is_set():
-                    return
-                proxy.write_config(_to(echo["v2" if i % 2 == 0 else "v1"]))
-                proxy.signal(signal.SIGHUP)
-                time.sleep(0.03)
+            try:
+                for i in range(flips):
+                    proxy.write_config(_to(echo["v2" if i % 2 == 0 else "v1"]))
+                    proxy.signal(signal.SIGHUP)
+                    proxy.wait_for_line(f"config version {i + 2}", timeout=20)
+            finally:
+                stop.set()
 
         with ThreadPoolExecutor(9) as pool:
-            flipper = pool.submit(reloads)
-            loaders = [pool.submit(load, 250) for _ in range(8)]
+            loaders = [pool.submit(load) for _ in range(8)]
+            pool.submit(reloads).result(timeout=300)
             for future in loaders:
                 future.result(timeout=60)
-            stop.set()
-            flipper.result(timeout=10)
-        assert len(outcomes) == 2000
+        assert len(outcomes) >= 400, len(outcomes)
         assert set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
         versions = [line for line in proxy.lines if "config version" in line]
-        assert len(versions) >= 12, proxy.log  # dozens of reloads happened (some SIGHUPs coalesce)
+        assert len(versions) == flips, proxy.log
 
 
 def test_workers_share_the_port_and_admin_covers_both(tmp_path: Path, echo: dict[str, str]) -> None:

@@ -20,6 +20,8 @@ def test_the_sidecar_routes_by_xds_and_its_admin_shows_each_resource(
         config = {"xds": {"bootstrap": str(bootstrap), "targets": [AUTHORITY]}}
         with proxy_process.running(tmp_path, config) as proxy, proxy.client() as client:
             assert client.get(f"{URL}/api").headers["x-upstream"] == "v1"
+            # xDS resources become config models as they arrive: the proxy started again, same pid, with pydantic.
+            assert proxy_process.loads_pydantic(proxy.proc.pid)
             ads.set_snapshot("2", snapshot([up["v2"]], connect_timeout=0.0))  # NACKed: the cluster's rule
             nack = ads.wait_nack(CLUSTER)
             assert "connect_timeout: must be greater than 0s" in nack.error_detail.message
