@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from meshlib._config import offload, records
+from meshlib._config import records
 from meshlib._config.base import format_loc, model_at
 from meshlib._config.models import MeshConfig, _type_name
 from meshlib._config.pydantic_names import ErrorDetails, ValidationError
@@ -72,6 +72,8 @@ def config_error_from(exc: ValidationError, *, source: str | None = None) -> Con
 def config_from_dict(data: Any, *, source: str | None = None) -> MeshConfig:
     """Validate ``data`` (parsed YAML/JSON) as a MeshConfig; raises :class:`ConfigError`."""
     if records.ACTIVE:  # a serving process without pydantic: validated by a child process
+        from meshlib._config import offload
+
         return offload.call(config_from_dict, data, source=source)
     if not isinstance(data, dict):
         raise ConfigError([("", f"the config must be a mapping, got {_type_name(data)}")], source=source)
@@ -156,6 +158,8 @@ def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
 def load_file(path: str | os.PathLike[str]) -> MeshConfig:
     """Read a ``.yaml``/``.yml``/``.json`` file into a MeshConfig; raises :class:`ConfigError`."""
     if records.ACTIVE:
+        from meshlib._config import offload
+
         return offload.call(load_file, path)
     file = Path(path)
     try:
