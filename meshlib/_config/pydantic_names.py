@@ -53,25 +53,5 @@ if TYPE_CHECKING or not records.ACTIVE:
     from pydantic.fields import FieldInfo
     from pydantic.json_schema import JsonSchemaValue
     from pydantic_core import CoreSchema, ErrorDetails, InitErrorDetails, PydanticCustomError
-else:
-    from meshlib._config.records import (
-        AfterValidator,
-        BaseModel,
-        BeforeValidator,
-        ConfigDict,
-        CoreSchema,
-        ErrorDetails,
-        Field,
-        FieldInfo,
-        GetJsonSchemaHandler,
-        InitErrorDetails,
-        JsonSchemaValue,
-        PlainSerializer,
-        PydanticCustomError,
-        TypeAdapter,
-        ValidationError,
-        ValidationInfo,
-        WithJsonSchema,
-        field_validator,
-        model_validator,
-    )
+else:  # the same names, from the records module
+    globals().update({name: getattr(records, name) for name in __all__})

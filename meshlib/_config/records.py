@@ -26,31 +26,15 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, get_origin
 
+# The stand-ins for pydantic's names (AfterValidator ... model_validator) are taken by pydantic_names.py.
 __all__ = [
     "ACTIVE",
     "PYDANTIC_ENV",
-    "AfterValidator",
     "BaseModel",
-    "BeforeValidator",
-    "ConfigDict",
-    "CoreSchema",
-    "ErrorDetails",
-    "Field",
-    "FieldInfo",
-    "GetJsonSchemaHandler",
-    "InitErrorDetails",
-    "JsonSchemaValue",
-    "PlainSerializer",
-    "PydanticCustomError",
     "PydanticNeededError",
-    "TypeAdapter",
-    "ValidationError",
-    "ValidationInfo",
-    "WithJsonSchema",
     "activate",
     "attach_dumps",
-    "field_validator",
-    "model_validator",
+    "redacted_dump",
 ]
 
 ACTIVE = False

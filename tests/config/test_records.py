@@ -23,13 +23,10 @@ import yaml
 
 from meshlib._config import offload, records
 from meshlib._config.load import config_from_dict
-from meshlib._config.models import MeshConfig, RouteConfig, RouteMatchConfig
-from meshlib._config.resilience import RetryBudgetConfig, RetryConfig
-from meshlib._config.security import InboundConfig
-from meshlib._config.sidecar import SidecarConfig
+from meshlib._config.models import MeshConfig
 from meshlib._control.reload import load_settled
 from meshlib._errors import ConfigError
-from tests.config.record_shapes import shape
+from tests.config.record_shapes import made_by_the_serving_side, shape
 from tests.docs_samples import all_pages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +37,7 @@ import json, pickle, sys
 sys.path.insert(0, sys.argv[1])
 from meshlib._config import records
 assert records.activate()
-from tests.config.record_shapes import shape
+from tests.config.record_shapes import made_by_the_serving_side, shape
 given = pickle.loads(sys.stdin.buffer.read())
 {code}
 """
@@ -87,34 +84,8 @@ def test_every_documented_config_arrives_in_a_serving_process_as_records_holding
 
 def test_the_configs_a_serving_process_makes_itself_hold_what_pydantic_would() -> None:
     """compile.py makes an implicit route per cluster, a default budget and inbound settings: no validation."""
-    made = [
-        RouteConfig(cluster="-"),
-        RouteConfig(name="cluster:reviews", match=RouteMatchConfig(host="reviews"), cluster="reviews"),
-        RetryBudgetConfig(),
-        RetryConfig(),
-        InboundConfig(),
-        SidecarConfig(),
-        MeshConfig(allow_empty=True),
-    ]
-    there = _in_records(
-        """
-from meshlib._config.models import MeshConfig, RouteConfig, RouteMatchConfig
-from meshlib._config.resilience import RetryBudgetConfig, RetryConfig
-from meshlib._config.security import InboundConfig
-from meshlib._config.sidecar import SidecarConfig
-made = [
-    RouteConfig(cluster="-"),
-    RouteConfig(name="cluster:reviews", match=RouteMatchConfig(host="reviews"), cluster="reviews"),
-    RetryBudgetConfig(),
-    RetryConfig(),
-    InboundConfig(),
-    SidecarConfig(),
-    MeshConfig(allow_empty=True),
-]
-print(json.dumps([shape(m) for m in made]))
-"""
-    )
-    assert there == [shape(m) for m in made]
+    there = _in_records("print(json.dumps([shape(m) for m in made_by_the_serving_side()]))")
+    assert there == [shape(m) for m in made_by_the_serving_side()]
 
 
 def test_a_record_is_frozen_compares_and_hashes_by_value_and_copies_as_a_frozen_model_does() -> None:
