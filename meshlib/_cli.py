@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(arguments)
     if args.func is _proxy:
-        # The serving process defines its config models as records (it never loads pydantic: 11 MB of an idle
+        # The serving process defines its config models as records (it never loads pydantic: 13 MB of an idle
         # sidecar), and has its configs validated by a child process: see meshlib/_config/records.py.
         from meshlib._config import records
 

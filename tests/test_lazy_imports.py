@@ -161,7 +161,7 @@ def test_a_sidecar_forwarding_through_its_policies_loads_neither_anyio_nor_diffl
         assert _ask(proxy) == []
 
 
-# pydantic, its core and its models' validators (about 11 MB of an idle sidecar), and YAML: the serving process's
+# pydantic, its core and its models' validators (about 13 MB of an idle sidecar, YAML included): the serving process's
 # configs are validated by a child process and arrive as records (meshlib/_config/records.py).
 VALIDATION = ("pydantic", "pydantic_core", "yaml", "meshlib._config.load")
 

@@ -1,6 +1,6 @@
 """The config models without pydantic: plain frozen records, for the process that serves ``meshlib proxy``.
 
-pydantic and its models' validators are about 8 MB of an idle sidecar that
+pydantic, its models' validators and YAML are about 13 MB of an idle sidecar that
 never validates anything while it serves (docs/performance.md). So the
 ``proxy`` command switches this module on (:func:`activate`) before any
 config model is defined, and has its configs validated in a child process
