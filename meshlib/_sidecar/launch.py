@@ -34,6 +34,7 @@ __all__ = [
     "ProxyOptions",
     "configure_logging",
     "listen_addresses",
+    "load_for_proxy",
     "parse_args_to_options",
     "run_proxy",
     "say",
