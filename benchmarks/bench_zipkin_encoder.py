@@ -54,9 +54,8 @@ class _Keep(SpanExporter):
 
 def mesh_spans(count: int) -> list[ReadableSpan]:
     """``count`` spans from the mesh's tracing observer, every request sampled."""
-    bench_observability.SAMPLING = 1.0
     with bench_observability.ZipkinSink() as sink:
-        meshes, requests = bench_observability._engine_meshes(sink.endpoint)
+        meshes, requests = bench_observability._engine_meshes(sink.endpoint, sampling=1.0)
         mesh = meshes[bench_observability.BOTH]
         snapshot = mesh.snapshot
         assert snapshot.observers is not None
@@ -69,7 +68,7 @@ def mesh_spans(count: int) -> list[ReadableSpan]:
     return keep.spans[:count]
 
 
-def _without_debug(text: str) -> list[dict[str, Any]]:
+def _without_debug(text: str | bytes) -> list[dict[str, Any]]:
     spans: list[dict[str, Any]] = json.loads(text)
     for span in spans:
         span.pop("debug", None)
@@ -82,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = 4 if args.quick else 30
     spans = mesh_spans(BATCH)
+    if len(spans) != BATCH:  # every request sampled: a short batch means the spans were not all seen
+        raise SystemExit(f"expected {BATCH} spans from the mesh, got {len(spans)}")
     node = NodeEndpoint()
     node.service_name = "bench"
-    encoders: dict[str, Callable[[], str]] = {}
+    encoders: dict[str, Callable[[], str | bytes]] = {}
     for name, encoder in (
         ("OpenTelemetry JsonV2Encoder", JsonV2Encoder(LIMIT)),
         ("meshlib ZipkinJsonEncoder", ZipkinJsonEncoder(LIMIT)),

@@ -8,7 +8,7 @@ the CallContext down to the endpoint level.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import httpx
@@ -22,11 +22,10 @@ from meshlib._observe.hooks import failed, observed, outbound_exchange
 if TYPE_CHECKING:
     from meshlib._clock import Clock
     from meshlib._engine.route_stack import Route
-    from meshlib._observe.exchange import Exchange
     from meshlib._observe.observers import Observers
     from meshlib._tls.senders import TlsSenders
 
-__all__ = ["LateRoutes", "OutboundSnapshot", "Routes", "handle", "handle_async"]
+__all__ = ["Finish", "LateRoutes", "OutboundSnapshot", "Routes", "handle", "handle_async"]
 
 
 class Routes(Protocol):
@@ -120,52 +119,43 @@ def handle(
     return observed(response, ctx.exchange, ctx.observers)
 
 
-def handle_async(
-    snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None
-) -> Awaitable[httpx.Response]:
-    """The async twin of :func:`handle`: await what it returns.
+# A door's last step on the response (freed once closed, a header removed): handle_async calls it in its own
+# coroutine, so the door adds none of its own.
+Finish = Callable[[httpx.Response], httpx.Response]
 
-    A plain function, not a coroutine: in the common case (routes settled, no
-    observers) it returns the route's own awaitable, so the caller awaits the
-    route's stack directly (base.Filter says why that counts).
+
+async def handle_async(
+    snapshot: OutboundSnapshot,
+    request: httpx.Request,
+    sender: httpx.AsyncBaseTransport,
+    tls: TlsSenders | None,
+    finish: Finish,
+) -> httpx.Response:
+    """The async twin of :func:`handle`, and an async door's whole request: ``finish`` is the door's last step.
+
+    A door returns this coroutine as its own (``handle_async_request``, the
+    sidecar's handler) rather than awaiting it in one of its own: with the
+    observers' hooks run here too, a request's stack is this one coroutine
+    over the route's, each level of which costs every request and every
+    suspension of it (``base.Filter`` says more).
     """
     late = snapshot.xds
-    if late is not None and request.url.netloc not in late.settled:
-        return _after_late_routes(late, request, sender, tls)
-    return _handle_async(snapshot, request, sender, tls)
-
-
-async def _after_late_routes(
-    late: LateRoutes, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None
-) -> httpx.Response:
-    """The first request for an authority whose routes xDS has not sent yet: wait for them, then handle it."""
-    snapshot = await late.wait_async(request.url.netloc)
-    return await _handle_async(snapshot, request, sender, tls)
-
-
-def _handle_async(
-    snapshot: OutboundSnapshot, request: httpx.Request, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None
-) -> Awaitable[httpx.Response]:
+    if late is not None and request.url.netloc not in late.settled:  # the first request for this authority
+        snapshot = await late.wait_async(request.url.netloc)
     prepared = _prepare(snapshot, request, None, sender, tls)
     if prepared is None:
-        return sender.handle_async_request(request)
+        return finish(await sender.handle_async_request(request))
     route, upstream = prepared
     ctx = context_of(upstream)
     observers = ctx.observers
     if observers is None:
-        return route.handle_async(upstream)
-    assert ctx.exchange is not None
-    return _observed_async(route, upstream, ctx.exchange, observers)
-
-
-async def _observed_async(
-    route: Route, upstream: httpx.Request, exchange: Exchange, observers: Observers
-) -> httpx.Response:
-    """The route's stack for a request the snapshot's observers watch: started, then observed or failed."""
+        return finish(await route.handle_async(upstream))
+    exchange = ctx.exchange
+    assert exchange is not None
     observers.started(exchange)
     try:
         response = await route.handle_async(upstream)
     except BaseException as exc:
         failed(exchange, observers, exc)
         raise
-    return observed(response, exchange, observers)
+    return finish(observed(response, exchange, observers))

@@ -2,8 +2,9 @@
 
 ``MeshTransport`` and ``AsyncMeshTransport`` (``httpx_transport.py``) define
 public names and stay interpreted; each request goes from them straight into
-these functions, so the async door adds one compiled coroutine to a request,
-not an interpreted one.
+these functions (the async door returns the engine's own coroutine, with
+:class:`FreedWhenClosed` as its last step): no interpreted frame of the
+door's runs on a request.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from meshlib._engine.streams import OnCloseStream
 if TYPE_CHECKING:
     from meshlib._tls.senders import TlsSenders
 
-__all__ = ["freed_when_closed", "send", "send_async"]
+__all__ = ["FreedWhenClosed", "freed_when_closed", "send"]
 
 
 def send(
@@ -32,15 +33,14 @@ def send(
     return freed_when_closed(outbound.handle(snapshot, request, inner, tls), closed)
 
 
-async def send_async(
-    snapshot: outbound.OutboundSnapshot,
-    request: httpx.Request,
-    inner: httpx.AsyncBaseTransport,
-    tls: TlsSenders,
-    closed: httpx.AsyncByteStream,
-) -> httpx.Response:
-    """The async twin of :func:`send`."""
-    return freed_when_closed(await outbound.handle_async(snapshot, request, inner, tls), closed)
+class FreedWhenClosed:
+    """The async door's last step (``finish`` of ``outbound.handle_async``): :func:`freed_when_closed`, bound."""
+
+    def __init__(self, closed: httpx.AsyncByteStream) -> None:
+        self.closed = closed
+
+    def __call__(self, response: httpx.Response) -> httpx.Response:
+        return freed_when_closed(response, self.closed)
 
 
 def freed_when_closed(response: httpx.Response, closed: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:

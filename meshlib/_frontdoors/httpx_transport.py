@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from meshlib._engine import outbound
 from meshlib._engine.interrupt import interrupts_needed, make_interruptible
-from meshlib._frontdoors.httpx_send import send, send_async
+from meshlib._frontdoors.httpx_send import FreedWhenClosed, send
 from meshlib._tls.senders import TlsSenders
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._tls = TlsSenders(async_base=self.inner)
 
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
-        """Send ``request`` through the mesh: await it, as httpx does (a compiled coroutine, not one more frame)."""
-        return send_async(self.mesh.snapshot, request, self.inner, self._tls, _CLOSED_ASYNC)
+        """Send ``request`` through the mesh: await it, as httpx does (the engine's compiled coroutine, no frame of
+        this door's)."""
+        return outbound.handle_async(self.mesh.snapshot, request, self.inner, self._tls, _FREED_ASYNC)
 
     async def aclose(self) -> None:
         try:
@@ -125,7 +127,7 @@ class _MeshCookies(httpx.Cookies):
 
 
 _CLOSED_SYNC = _ClosedSync()
-_CLOSED_ASYNC = _ClosedAsync()
+_FREED_ASYNC = FreedWhenClosed(_ClosedAsync())
 
 
 def wrap(client: C, mesh: Mesh) -> C:

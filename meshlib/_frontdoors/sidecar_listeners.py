@@ -11,6 +11,7 @@ the other way round.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final, Literal
 
 import httpx
@@ -42,18 +43,23 @@ DEFAULT_TIMEOUTS: dict[str, float | None] = {"connect": 10.0, "read": 300.0, "wr
 def outbound_handler(mesh: Mesh, sender: httpx.AsyncBaseTransport, tls: TlsSenders | None = None) -> Handler:
     """Requests from the local app to the mesh: routed by the engine, sent with ``sender`` (TLS clusters: ``tls``)."""
 
-    async def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: httpx.Request) -> Awaitable[httpx.Response]:
         request.extensions["timeout"] = DEFAULT_TIMEOUTS  # the engine copies it before tightening it per try
         request.extensions[SIDECAR_DOOR] = True  # observers tell the sidecar's requests from in-process ones
-        # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view.
-        response = await outbound.handle_async(mesh.snapshot, request, sender, tls)
-        # One C-level scan of the raw names: `in response.headers` decodes every header of a new Headers first.
-        if _ERROR_RAW in _map(LOWER_NAME, response.headers._list):
-            # Only the sidecar names mesh errors: an upstream's header would make clients raise one.
-            del response.headers[ERROR_HEADER]
-        return response
+        # One read of the snapshot per request: a hot reload mid-request doesn't change this request's view. The
+        # engine's coroutine is the request's, with no coroutine of this door's around it.
+        return outbound.handle_async(mesh.snapshot, request, sender, tls, _without_error_header)
 
     return handle
+
+
+def _without_error_header(response: httpx.Response) -> httpx.Response:
+    """The outbound door's last step: only the sidecar names mesh errors (an upstream's header would make clients
+    raise one)."""
+    # One C-level scan of the raw names: `in response.headers` decodes every header of a new Headers first.
+    if _ERROR_RAW in _map(LOWER_NAME, response.headers._list):
+        del response.headers[ERROR_HEADER]
+    return response
 
 
 class InboundTls:

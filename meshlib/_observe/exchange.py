@@ -207,9 +207,14 @@ class Exchange(_Slotted):
         """The Host the caller sent (the URL's host and port when it sent none)."""
         if self._authority is None:
             request = self._request
-            found = request.headers.get("host") if request is not None else None
-            if found is None and request is not None:
-                found = request.url.netloc.decode("ascii")
+            found: str | None = None
+            if request is not None:
+                # What Headers.get gives, from httpx's (raw name, lower-case name, value) entries: every Host, joined.
+                hosts = [entry[2] for entry in request.headers._list if entry[1] == b"host"]
+                if hosts:
+                    found = b", ".join(hosts).decode(request.headers.encoding)
+                else:
+                    found = request.url.netloc.decode("ascii")
             self._authority = found or ""
         return self._authority
 
@@ -224,7 +229,9 @@ class Exchange(_Slotted):
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The request's headers, raw (names as sent)."""
         if self._headers is None:
-            self._headers = list(self._request.headers.raw) if self._request is not None else []
+            # Headers.raw's pairs, from httpx's own entries (its property is a Python call and a comprehension).
+            request = self._request
+            self._headers = [(entry[0], entry[2]) for entry in request.headers._list] if request is not None else []
         return self._headers
 
     def has_any_header(self, names: frozenset[bytes]) -> bool:

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from meshlib.__version__ import __version__
 from meshlib._observe.exchange import Exchange, Try
@@ -117,6 +118,20 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _ROOT: Final = otel_context.Context()  # no parent: a new trace
 # What the SDK gives a root span its sampler dropped: not sampled, its trace id random (W3C trace context level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+# A SpanContext is a tuple (trace id, span id, is remote, flags, trace state, is valid), and its properties read it
+# by index: a Python call each, where the index is one C step. A sampled request reads a dozen of them.
+_TRACE_ID: Final = 0
+_SPAN_ID: Final = 1
+_FLAGS: Final = 3
+_STATE: Final = 4
+
+
+def _span_id() -> int:
+    """A span id as RandomIdGenerator draws one (its method is a Python call per span)."""
+    span_id = _random_bits(64)
+    while span_id == trace.INVALID_SPAN_ID:
+        span_id = _random_bits(64)
+    return span_id
 
 
 def _context_getter() -> Callable[[], otel_context.Context]:
@@ -215,15 +230,18 @@ class Propagation:
             kept = [entry for entry in entries if entry[1] not in _TRACE_HEADERS_RAW]
             if len(kept) != len(entries):
                 entries[:] = kept
-        trace_id = b"%032x" % context.trace_id
-        span_id = b"%016x" % context.span_id
-        flags = context.trace_flags
+        # SpanContext's fields by index (see _TRACE_ID): its properties are Python calls.
+        trace_id = b"%032x" % context[_TRACE_ID]
+        span_id = b"%016x" % context[_SPAN_ID]
+        flags = context[_FLAGS]
         sampled = b"1" if flags & TraceFlags.SAMPLED else b"0"
         for name in self._names:
             if name == "tracecontext":
                 entries.append((b"traceparent", b"traceparent", b"00-%b-%b-%02x" % (trace_id, span_id, flags)))
-                if context.trace_state:
-                    state = context.trace_state.to_header().encode("latin-1")
+                trace_state = context[_STATE]
+                # Most contexts hold the API's shared empty state: no Python __len__ call to tell.
+                if trace_state is not DEFAULT_TRACE_STATE and trace_state:
+                    state = trace_state.to_header().encode("latin-1")
                     entries.append((b"tracestate", b"tracestate", state))
             elif name == "b3":
                 entries.append((b"b3", b"b3", b"%b-%b-%b" % (trace_id, span_id, sampled)))
@@ -326,6 +344,10 @@ class _BoundedProcessor(SpanProcessor):
         self._batch = BatchSpanProcessor(
             exporter, max_queue_size=max_queue_size, max_export_batch_size=min(_MAX_EXPORT_BATCH, max_queue_size)
         )
+        # BatchSpanProcessor.on_end tests the sampled flag again (Python property reads) before its queue's emit: a
+        # span that passed the test here goes to that emit when the SDK has it.
+        inner = getattr(self._batch, "_batch_processor", None)
+        self._emit: Callable[[Any], object] = getattr(inner, "emit", None) or self._batch.on_end
 
     def _taken(self, count: int) -> None:
         with self._lock:
@@ -337,6 +359,10 @@ class _BoundedProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is None or not span.context.trace_flags.sampled:
             return
+        self.queue(span)
+
+    def queue(self, span: ReadableSpan | _Recorded) -> None:
+        """Queue a span known to be sampled (the tracing observer's records), or count it dropped."""
         with self._lock:
             self.ended += 1
             if self._closed:
@@ -346,7 +372,7 @@ class _BoundedProcessor(SpanProcessor):
                 self.dropped_queue_full += 1
                 return
             self.queued += 1
-        self._batch.on_end(span)
+        self._emit(span)
 
     def shutdown(self, timeout: float = CLOSE_TIMEOUT) -> None:
         with self._lock:
@@ -391,7 +417,7 @@ _UNSET_STATUS: Final = Status(StatusCode.UNSET)
 
 class _Recorded(trace.Span):
     """An outbound span of a sampled request, kept as plain data while the request runs; ending it hands one SDK
-    ``ReadableSpan`` to the span processor.
+    ``ReadableSpan`` to the provider's span processors, or (the export's processor alone, the usual case) itself.
 
     What ``Tracer.start_span`` would make for the same sampled span (ids, flags, trace state, parent, resource,
     scope, attributes, status, times: tests/observe/test_tracing_fast_paths.py compares them), without the SDK's
@@ -399,6 +425,10 @@ class _Recorded(trace.Span):
     request sampled at a low ratio runs that path rarely, and cold it cost about three times what it costs in a
     loop (docs/performance.md, Observability). Attribute values here are the tracing observer's own: strings and
     numbers, within the SDK's limits.
+
+    Ended, it reads as the ``ReadableSpan`` it stands for (``context``, ``name``, ``attributes``, ``resource``...:
+    what the Zipkin exporter and its encoder read), so the export's queue takes it as it is: making that
+    ``ReadableSpan`` was a Python constructor of a dozen arguments per span on the request path.
     """
 
     def __init__(
@@ -458,6 +488,68 @@ class _Recorded(trace.Span):
             return
         self._end = end_time if end_time is not None else time.time_ns()
         self._observer._ended(self)
+
+    # ReadableSpan's reads, for the export (the ended span's fields; the resource and scope are the provider's).
+
+    @property
+    def context(self) -> SpanContext:
+        return self._context
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> SpanKind:
+        return self._kind
+
+    @property
+    def parent(self) -> SpanContext | None:
+        return self._parent
+
+    @property
+    def start_time(self) -> int:
+        return self._start
+
+    @property
+    def end_time(self) -> int | None:
+        return self._end
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self._attributes
+
+    @property
+    def events(self) -> tuple[Any, ...]:
+        return tuple(self._events)
+
+    @property
+    def links(self) -> tuple[Any, ...]:
+        return ()
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def resource(self) -> Resource:
+        return self._observer._resource
+
+    @property
+    def instrumentation_scope(self) -> Any:
+        return self._observer._scope
+
+    @property
+    def dropped_attributes(self) -> int:
+        return 0
+
+    @property
+    def dropped_events(self) -> int:
+        return 0
+
+    @property
+    def dropped_links(self) -> int:
+        return 0
 
     def readable(self, resource: Resource, scope: Any) -> ReadableSpan:
         """The SDK's record of this span, as its own span's ``end()`` would give the processor."""
@@ -535,6 +627,8 @@ class TracingObserver(Observer):
             self._processor = _BoundedProcessor(self._exporter, section.max_queue_size)
             self.provider.add_span_processor(self._processor)
         self.tracer = self.provider.get_tracer("meshlib", __version__)
+        # Where the provider's own spans go when they end (SynchronousMultiSpanProcessor): recorded spans go there too.
+        self._active: Any = getattr(self.provider, "_active_span_processor", None)
         # The scope and resource the SDK's own spans carry: an outbound span made here carries the same objects.
         self._scope: Any = getattr(self.tracer, "_instrumentation_scope", None)
         self._resource = self.provider.resource
@@ -560,9 +654,7 @@ class TracingObserver(Observer):
                 return self.tracer.start_span(name, parent, kind)
             flags = TraceFlags(parent_context.trace_flags & TraceFlags.RANDOM_TRACE_ID)
             return NonRecordingSpan(
-                SpanContext(
-                    parent_context.trace_id, self._ids.generate_span_id(), False, flags, parent_context.trace_state
-                )
+                SpanContext(parent_context[_TRACE_ID], _span_id(), False, flags, parent_context[_STATE])
             )
         # RandomIdGenerator's ids, drawn here: through the generator (a thread-local and a super() call) they
         # cost a microsecond more, on every request a ratio below 1 leaves unsampled.
@@ -572,10 +664,7 @@ class TracingObserver(Observer):
         if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._ratio.bound:
             self._ids.draw(trace_id)
             return self.tracer.start_span(name, parent, kind)
-        span_id = _random_bits(64)
-        while span_id == trace.INVALID_SPAN_ID:
-            span_id = _random_bits(64)
-        return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED_ROOT))
+        return NonRecordingSpan(SpanContext(trace_id, _span_id(), False, _UNSAMPLED_ROOT))
 
     # Outbound: a CLIENT span per request, an INTERNAL child per try whose context each try's request carries.
 
@@ -583,18 +672,23 @@ class TracingObserver(Observer):
         self, name: str, trace_id: int, parent: SpanContext | None, kind: SpanKind = SpanKind.INTERNAL
     ) -> _Recorded:
         """A sampled outbound span (the sampler's decision already taken): a new root when ``parent`` is None."""
-        span_id = self._ids.generate_span_id()
+        span_id = _span_id()
         if parent is None:
             # A root on a trace id drawn at random (RandomIdGenerator's): the W3C random flag, as the SDK sets it.
             return _Recorded(self, name, SpanContext(trace_id, span_id, False, _SAMPLED_RANDOM), None, kind)
         # ParentBased follows the sampled parent and keeps its trace state; the random flag is the parent's.
-        flags = _SAMPLED_RANDOM if parent.trace_flags.random_trace_id else _SAMPLED
-        return _Recorded(self, name, SpanContext(trace_id, span_id, False, flags, parent.trace_state), parent, kind)
+        flags = _SAMPLED_RANDOM if parent[_FLAGS] & TraceFlags.RANDOM_TRACE_ID else _SAMPLED
+        return _Recorded(self, name, SpanContext(trace_id, span_id, False, flags, parent[_STATE]), parent, kind)
 
     def _ended(self, span: _Recorded) -> None:
-        processor = self._processor
-        if processor is not None:
-            processor.on_end(span.readable(self._resource, self._scope))
+        # The provider's span processors, as an SDK span's end() tells them: the export's alone (the usual case)
+        # is called straight, and one added to the provider (a test's, say) hears of the span too.
+        active, processor = self._active, self._processor
+        processors: tuple[Any, ...] = (processor,) if active is None else active._span_processors
+        if len(processors) == 1 and processor is not None and processors[0] is processor:
+            processor.queue(span)  # it reads as the ReadableSpan it stands for: see _Recorded
+        elif processors and active is not None:
+            active.on_end(span.readable(self._resource, self._scope))
 
     def _start_outbound(self, name: str, parent: otel_context.Context) -> trace.Span:
         """An outbound request's CLIENT span under ``parent``: recorded when sampled, as :meth:`_start_span` decides."""
@@ -649,7 +743,7 @@ class TracingObserver(Observer):
 
     def _client_span(self, exchange: Exchange, span: trace.Span, caller_headers: bool) -> None:
         exchange.slots[self] = _Outbound(span, caller_headers)
-        exchange.trace_id = f"{span.get_span_context().trace_id:032x}"
+        exchange.trace_id = f"{span.get_span_context()[_TRACE_ID]:032x}"
         if span.is_recording():
             host, port = _host_port(exchange.authority, exchange.scheme)
             attributes = _method_attributes(exchange.method)
@@ -682,7 +776,7 @@ class TracingObserver(Observer):
             self.propagation.inject(request.headers, span.get_span_context(), replace=replace)
             return
         parent = span.get_span_context()
-        child = self._recorded(f"try {attempt.attempt}", parent.trace_id, parent)
+        child = self._recorded(f"try {attempt.attempt}", parent[_TRACE_ID], parent)
         attempt.slots[self] = child
         url = request.url
         attributes = _method_attributes(request.method)

@@ -492,3 +492,25 @@ def test_a_slotted_observer_hears_only_of_the_requests_it_kept_state_for_and_oth
     exchange = outbound(httpx.Request("GET", "http://ratings/"), "r", "client")
     exchange.slots = {"mine": 1}  # an observer may still replace them whole
     assert exchange.slots == {"mine": 1}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"Host", b"api.internal:8080")],
+        [(b"host", b"a"), (b"X-Other", b"1"), (b"HOST", b"b")],  # repeated: joined, as Headers.get joins them
+        [(b"Host", "caf\u00e9.example".encode("latin-1"))],  # beyond ASCII: httpx reads it as Latin-1
+        [(b"X-Request-Id", b"r-1"), (b"User-Agent", b"t/1"), (b"content-length", b"3")],
+    ],
+    ids=["none", "one", "repeated", "latin-1", "no-host"],
+)
+def test_an_exchange_reads_the_request_s_headers_and_authority_as_httpx_gives_them(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    request = httpx.Request("GET", "http://svc.local:9000/p?q=1", headers=headers)
+    exchange = outbound(request, "r", "client")
+    assert exchange.authority == request.headers.get("host")
+    assert exchange.headers == list(request.headers.raw)
+    assert exchange.request_id == request.headers.get("x-request-id")
+    assert exchange.user_agent == request.headers.get("user-agent")

@@ -8,8 +8,10 @@ library's own results, so neither can drift from it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -18,8 +20,10 @@ import pytest
 import respx
 from hypothesis import given, strategies as st
 from opentelemetry import context as otel_context, trace
+from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.sdk.trace import Span as SdkSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -36,6 +40,7 @@ from meshlib._observe.tracing import (
     _new_ids,
     _Recorded,
 )
+from meshlib._observe.zipkin_json import ZipkinJsonEncoder
 from tests.conftest import MakeMesh
 from tests.observe.tracing_helpers import collector, tracer_of
 from tests.zipkin_collector import ZipkinCollector
@@ -174,6 +179,73 @@ def test_an_ended_recorded_span_reaches_the_exporter_with_its_times(
     assert sent["tags"]["meshlib.route"] == "r"
     assert sent["duration"] >= 0
     assert observer.stats()["spans"] == 1
+
+
+@pytest.mark.parametrize("status", [None, Status(StatusCode.ERROR, "HTTP 503"), Status(StatusCode.OK)])
+def test_an_ended_recorded_span_encodes_as_the_readable_span_it_stands_for(
+    make_mesh: MakeMesh, status: Status | None
+) -> None:
+    """The export's queue takes a recorded span as it is: what the Zipkin exporter and its encoder read of it is what
+    they read of its ReadableSpan, for a root and for a try under it."""
+    observer = tracer_of(make_mesh({"allow_empty": True, "tracing": {"sampling": 1.0}}))
+    root = observer._recorded("GET r", TRACE_ID, None, SpanKind.CLIENT)
+    child = observer._recorded("try 1", TRACE_ID, root.get_span_context())
+    for span in (root, child):
+        span.set_attributes({"http.request.method": "GET", "server.port": 8080, "meshlib.route": "r", "ok": True})
+        if status is not None:
+            span.set_status(status)
+        span.end()
+    node = NodeEndpoint()
+    node.service_name = "svc"
+    encoder = ZipkinJsonEncoder(None)
+    readable = [span.readable(observer._resource, observer._scope) for span in (root, child)]
+    assert json.loads(encoder.serialize([root, child], node)) == json.loads(encoder.serialize(readable, node))
+    for span, theirs in zip((root, child), readable, strict=True):
+        assert span.resource is theirs.resource
+        assert span.instrumentation_scope == theirs.instrumentation_scope
+        assert (span.context, span.parent, span.name, span.kind) == (
+            theirs.context,
+            theirs.parent,
+            theirs.name,
+            theirs.kind,
+        )
+        assert (span.start_time, span.end_time, span.events, span.links) == (
+            theirs.start_time,
+            theirs.end_time,
+            theirs.events,
+            theirs.links,
+        )
+        assert (span.dropped_attributes, span.dropped_events, span.dropped_links) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["no-exporter", "zipkin"])
+def test_a_processor_added_to_the_provider_hears_of_recorded_spans_as_of_the_sdk_s(
+    make_mesh: MakeMesh, collector: ZipkinCollector, exported: bool
+) -> None:
+    """A recorded span ends as an SDK span does: every span processor of the mesh's provider is told, not only the
+    export's; with the export's alone, it alone is (and still exports)."""
+    config = _config(collector, sampling=1.0) if exported else {"allow_empty": True, "tracing": {"sampling": 1.0}}
+    observer = tracer_of(make_mesh(config))
+    seen: list[Any] = []
+
+    class Keep(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            seen.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    observer.provider.add_span_processor(SimpleSpanProcessor(Keep()))
+    span = observer._recorded("GET r", TRACE_ID, None, SpanKind.CLIENT)
+    span.end()
+    theirs = observer.tracer.start_span("GET sdk", otel_context.Context(), SpanKind.CLIENT)
+    theirs.end()
+    assert [(each.name, each.context.trace_id) for each in seen] == [
+        ("GET r", TRACE_ID),
+        ("GET sdk", theirs.get_span_context().trace_id),
+    ]
+    if exported:
+        assert observer.flush()
+        assert sorted(sent["name"] for sent in collector.wait_for_count(2, 10.0)) == ["GET r", "GET sdk"]
+        assert observer.stats()["spans"] == 2
 
 
 def test_a_new_trace_is_sampled_by_its_trace_id_as_trace_id_ratio_based_decides(make_mesh: MakeMesh) -> None:
@@ -337,6 +409,14 @@ def test_new_traces_ids_are_drawn_ahead_well_formed_valid_and_never_twice() -> N
         assert _IDS.fullmatch(ids), ids
         assert int(ids[3:35], 16) != 0
         assert int(ids[36:52], 16) != 0
+    # Every digit of both ids is random (the batch is copied into place digit by digit): across 700 ids each of the
+    # 48 places takes all 16 values, and each value about a sixteenth of the time (700/16 ≈ 44; far from it, a digit
+    # would be missing or stuck).
+    for place in [*range(3, 35), *range(36, 52)]:
+        counts = Counter(ids[place] for ids in drawn)
+        assert len(counts) == 16, (place, counts)
+        assert max(counts.values()) < 100, (place, counts)
+    assert len({ids[3:35] for ids in drawn}) == len({ids[36:52] for ids in drawn}) == len(drawn)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

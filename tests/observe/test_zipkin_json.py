@@ -19,6 +19,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 import meshlib
 from meshlib._observe.tracing import TracingObserver
 from meshlib._observe.zipkin_json import ZipkinJsonEncoder
+from tests.observe.tracing_helpers import collector, tracing
+from tests.zipkin_collector import ZipkinCollector
+
+__all__ = ["collector"]  # a fixture, imported for the tests below
 
 
 class _Keep(SpanExporter):
@@ -157,4 +161,40 @@ def test_a_value_it_cannot_tag_is_left_out_as_the_stock_encoder_leaves_it() -> N
 
 
 def test_an_empty_batch_is_an_empty_list() -> None:
-    assert ZipkinJsonEncoder().serialize([], NodeEndpoint()) == "[]"
+    assert ZipkinJsonEncoder().serialize([], NodeEndpoint()) == b"[]"
+
+
+TEXT = 'naïve café ☃ 𝄞 \u0000 "quoted" back\\slash'
+
+
+def test_text_beyond_ascii_is_written_as_utf_8_and_reads_back_as_the_stock_encoder_s() -> None:
+    keep = _Keep()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    with provider.get_tracer("t").start_as_current_span(TEXT) as span:
+        span.set_attributes({"note": TEXT, TEXT: "key"})
+    body = ZipkinJsonEncoder().serialize(keep.spans, NodeEndpoint())
+    assert isinstance(body, bytes)
+    assert "☃".encode() in body  # UTF-8, not \u escapes
+    (sent,) = json.loads(body.decode("utf-8"))
+    assert (sent["name"], sent["tags"]["note"], sent["tags"][TEXT]) == (TEXT, TEXT, "key")
+    assert list(_items(_ours(keep.spans))) == list(_items(_stock(keep.spans)))
+
+
+def test_a_collector_receives_text_beyond_ascii_intact(collector: ZipkinCollector) -> None:
+    """Through the real exporter: the body goes out as the encoder's UTF-8 bytes (a str body would be sent as
+    Latin-1, which cannot hold ☃)."""
+    mesh = meshlib.Mesh.from_dict({"allow_empty": True, "tracing": tracing(collector.endpoint, sampling=1.0)})
+    try:
+        observers = mesh.snapshot.observers
+        assert observers is not None
+        (observer,) = (member for member in observers.members if isinstance(member, TracingObserver))
+        span = observer._recorded(TEXT, 0x4BF92F3577B34DA6A3CE929D0E0E4736, None, SpanKind.CLIENT)
+        span.set_attributes({"note": TEXT})
+        span.end()
+        assert observer.flush()
+        (sent,) = collector.wait_for_count(1, 10.0)
+        assert (sent["name"], sent["tags"]["note"]) == (TEXT, TEXT)
+        assert collector.content_types == ["application/json"]
+    finally:
+        mesh.close()
