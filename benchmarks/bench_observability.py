@@ -18,7 +18,8 @@ The targets (the observability issue's Speed section):
   nothing: the hooks' own cost) are printed too, to tell what each costs.
 * **sidecar**: ``meshlib proxy`` with the same observability keeps at least
   0.85× the requests/s of the same proxy without it. Both proxies are pinned
-  to CPU 1, ``wrk -t1`` and the upstream (``fast_upstream.py``) to CPU 0; they
+  to CPU 1, ``wrk -t1``, the upstream (``fast_upstream.py``) and the Zipkin
+  sink to CPU 0; they
   are measured in interleaved rounds, each run after a warm-up second; the
   ratio is the median over rounds of observed ÷ plain in the same round, and
   the proxies' CPU µs per request is printed beside it. Then "paired" rounds
@@ -120,11 +121,16 @@ def observability(case: str, zipkin: str | None, sampling: float = SAMPLING) -> 
 
 
 class ZipkinSink:
-    """A Zipkin collector on loopback that accepts every batch of spans (202) and counts them."""
+    """A Zipkin collector on loopback that accepts every batch of spans (202) and counts them.
 
-    def __init__(self) -> None:
+    ``cpu``: the CPU its threads run on. The sidecar part puts it on the load CPU, beside the upstream and wrk: it
+    stands for the collector, whose work is not the proxy's (unpinned, it took its share of the proxies' CPU).
+    """
+
+    def __init__(self, cpu: int | None = None) -> None:
         sink = self
         self.batches = 0
+        self._cpu = cpu
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -138,7 +144,13 @@ class ZipkinSink:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="zipkin-sink", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="zipkin-sink", daemon=True)
+
+    def _serve(self) -> None:
+        if self._cpu is not None and hasattr(os, "sched_setaffinity"):
+            # This thread only (pid 0 on Linux); the handler threads it starts inherit the mask.
+            os.sched_setaffinity(0, {self._cpu})
+        self._server.serve_forever()
 
     @property
     def endpoint(self) -> str:
@@ -434,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bench_observability{' --quick' if args.quick else ''}: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
     verdicts: list[tuple[str, bool]] = []
-    with ZipkinSink() as sink:
+    with ZipkinSink(cpu=int(LOAD_CPU)) as sink:
         if not args.sidecar_only:
             sizes = EngineSizes(
                 rounds=args.rounds or (4 if args.quick else 12), batch=500 if args.quick else 2000, budget=20.0

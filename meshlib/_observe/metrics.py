@@ -33,7 +33,7 @@ import datetime as dt
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -168,7 +168,7 @@ class _Where:
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
         self.route: _Route | None = None  # its route's, once started() has seen that route
-        self.buckets = [0] * len(_BOUNDS)  # observations per bucket (not cumulative: the page adds them up)
+        self.buckets: list[int] = [0] * len(_BOUNDS)  # observations per bucket (not cumulative: the page adds them up)
         self.count = 0
         self.sum = 0.0
         # Requests without an error code, by status class (_CLASSES' order): most requests, counted with no key made.
@@ -198,20 +198,26 @@ _RETRIES_HELP: Final = (
 _WHERE: Final = ("route", "cluster", "endpoint")
 
 
+# Requests recorded on the request path before a batch is counted (see _Outbound). Small enough that a batch is a few
+# dozen microseconds of one request's time, large enough that the counting code stays warm across the batch.
+_BATCH: Final = 64
+
+
 class _Outbound:
-    """The outbound request families, counted in plain numbers under one lock and made into families at scrape time.
+    """The outbound request families, counted in plain numbers and made into families at scrape time.
 
     What ``prometheus_client``'s Counter, Histogram and Gauge would show (names, help, labels, types, series in
     the order they first counted, bucket bounds and values alike), at a fraction of their cost on the request
-    path: one lock taken per request start and end, where the library's children take one per value they add
-    to (a histogram observation alone: two, plus its bucket search in Python).
+    path. A request's start and end are each one list append, with no lock: a list append is atomic (as are the
+    slice read and delete that take a batch off the front, while other threads append at the back). Every
+    :data:`_BATCH` ends, and before every read (a scrape, ``stats()``), the records are counted in one batch
+    under the lock: where the library's children take a lock per value they add to (a histogram observation
+    alone: two, plus its bucket search in Python), and counting each request as it ends took two lock pairs a
+    request (``benchmarks/bench_observability.py``).
     """
 
     def __init__(self) -> None:
-        self.lock = lock = threading.Lock()
-        # Bound once: the request path takes the lock twice a request, and a method call looks the method up first.
-        self.acquire: Callable[[], object] = lock.acquire
-        self.release: Callable[[], object] = lock.release
+        self.lock = threading.Lock()
         self.routes: dict[str, _Route] = {}  # by route name ("": no route)
         # By the exchange's raw (route, cluster, endpoint), None where it has none.
         self.wheres: dict[tuple[str | None, str | None, str | None], _Where] = {}
@@ -223,22 +229,90 @@ class _Outbound:
         self.retries: dict[tuple[str, str, str, str], list[int]] = {}  # by raw key: a cell shared per label set
         self._retry_labels: dict[tuple[str, str, str, str], list[int]] = {}
         self.retry_series: list[tuple[tuple[str, str, str, str], list[int]]] = []
+        # Not counted yet: the route names of requests started, and the ends of requests (route, cluster,
+        # endpoint, status, error, seconds or -1.0 when the request has no end time).
+        self.starts: list[str] = []
+        self.ends: list[tuple[str | None, str | None, str | None, int | None, str | None, float]] = []
+        self._last: dict[str | None, tuple[str | None, str | None, _Where]] = {}  # by endpoint: see _count
 
-    def route(self, name: str) -> _Route:
+    def drain(self) -> None:
+        """Count the requests recorded since the last batch."""
         with self.lock:
-            found = self.routes.get(name)
-            if found is None:
-                found = self.routes[name] = _Route(name)
-            return found
+            # The ends first: a request whose end is taken here started before, so its start is taken too (the
+            # gauge of requests in flight never goes below zero).
+            ends = self.ends
+            taken = len(ends)
+            done = ends[:taken]
+            del ends[:taken]
+            starts = self.starts
+            begun = len(starts)
+            names = starts[:begun]
+            del starts[:begun]
+            routes = self.routes
+            for name in names:
+                route = routes.get(name)
+                if route is None:
+                    route = routes[name] = _Route(name)
+                route.active += 1
+            for record in done:
+                self._count(record)
 
-    def where(self, key: tuple[str | None, str | None, str | None]) -> _Where:
+    def _count(self, record: tuple[str | None, str | None, str | None, int | None, str | None, float]) -> None:
+        """One request's end, under the lock."""
+        route_name, cluster, endpoint, status, error, duration = record
+        # The label set last counted for this endpoint, when the route and cluster are the same (as a few routes'
+        # requests to their clusters' endpoints mostly are): a lookup by one string whose hash is cached, where
+        # the (route, cluster, endpoint) key is a tuple to make and hash.
+        last = self._last.get(endpoint)
+        if last is not None and last[0] == route_name and last[1] == cluster:
+            where = last[2]
+        else:
+            key = (route_name, cluster, endpoint)
+            cached = self.wheres.get(key)
+            where = cached if cached is not None else self._where(key)
+            self._last[endpoint] = (route_name, cluster, where)
+        route = where.route
+        if route is None:
+            route = where.route = self.routes.get(route_name or "")
+        if route is not None:  # its start was counted
+            route.active -= 1
+        if not error:
+            # Most requests have no error code: counted by their status's hundreds, no (class, error) key made.
+            index = status // 100 if status is not None and 100 <= status < 600 else 0
+            classes = where.classes
+            count = classes[index]
+            if not count:
+                self.request_series.append((where, _PLAIN_OUTCOMES[index], index))
+            classes[index] = count + 1
+        else:
+            outcome = _outcome(status, error)
+            outcomes = where.outcomes
+            found = outcomes.get(outcome)
+            if found is None:
+                self.request_series.append((where, outcome, -1))
+                found = 0
+            outcomes[outcome] = found + 1
+        if duration >= 0.0:
+            # The first bound ≥ it, as Histogram.observe's bisect finds it: compiled, a loop over the few bounds a
+            # request's latency passes costs a fifth of bisect's call and float comparisons.
+            bucket = 0
+            while bucket < _LAST_BUCKET and _BOUNDS[bucket] < duration:
+                bucket += 1
+            if not where.count:
+                self.histogram_series.append(where)
+            where.count += 1
+            buckets = where.buckets
+            buckets[bucket] = buckets[bucket] + 1  # an int add (`+=` on the item: a generic number add)
+            where.sum += duration
+
+    def _where(self, key: tuple[str | None, str | None, str | None]) -> _Where:
+        """The label set of ``key``, made the first time its labels are seen (under the lock)."""
         labels = (key[0] or "", key[1] or "", _endpoint(key[2] or ""))
-        with self.lock:
-            found = self._by_labels.get(labels)
-            if found is None:
-                found = self._by_labels[labels] = _Where(labels)
-            self.wheres[key] = found
-            return found
+        found = self._by_labels.get(labels)
+        if found is None:
+            found = self._by_labels[labels] = _Where(labels)
+        self.wheres[key] = found
+        return found
 
     def retry_cell(self, key: tuple[str, str, str, str]) -> list[int]:
         labels = (key[0], key[1], _endpoint(key[2]), key[3])
@@ -251,12 +325,14 @@ class _Outbound:
             return found
 
     def series(self) -> int:
+        self.drain()
         return len(self.request_series) + len(self.histogram_series) + len(self.routes) + len(self.retry_series)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
+        self.drain()
         with self.lock:
             requests = [
                 (where.labels, outcome, where.classes[index] if index >= 0 else where.outcomes[outcome])
@@ -348,13 +424,7 @@ class MetricsObserver(Observer):
         if exchange.direction == "inbound":
             self._inbound_active.inc()
             return
-        outbound = self._outbound
-        route = outbound.routes.get(exchange.route or "")
-        if route is None:
-            route = outbound.route(exchange.route or "")
-        outbound.acquire()  # not `with`: twice as long, and nothing here raises
-        route.active += 1
-        outbound.release()
+        self._outbound.starts.append(exchange.route or "")  # counted with the next batch (see _Outbound)
 
     def try_started(self, exchange: Exchange, attempt: Try, request: httpx.Request) -> None:
         reason = attempt.reason
@@ -365,9 +435,8 @@ class MetricsObserver(Observer):
         cell = outbound.retries.get(key)
         if cell is None:
             cell = outbound.retry_cell(key)
-        outbound.acquire()
-        cell[0] += 1
-        outbound.release()
+        with outbound.lock:  # a retry: rare
+            cell[0] += 1
 
     def finished(self, exchange: Exchange) -> None:
         status, error, end = exchange.status, exchange.error, exchange.end
@@ -375,54 +444,11 @@ class MetricsObserver(Observer):
             klass, code = _outcome(status, error)
             self._inbound_finished(exchange, klass, code, None if end is None else end - exchange.start)
             return
-        outbound = self._outbound
-        key = (exchange.route, exchange.cluster, exchange.endpoint)
-        where = outbound.wheres.get(key)
-        if where is None:
-            where = outbound.where(key)
-        route = where.route
-        if route is None:
-            route = where.route = outbound.routes.get(key[0] or "")
-        # Most requests have no error code: counted by their status's hundreds, no (class, error) key made or hashed.
-        index = -1
-        outcome = _PLAIN_OUTCOMES[0]
-        if not error:
-            index = status // 100 if status is not None and 100 <= status < 600 else 0
-        else:
-            outcome = _outcome(status, error)
-        duration = 0.0
-        bucket = 0
-        if end is not None:
-            duration = end - exchange.start
-            # The first bound ≥ it, as Histogram.observe's bisect finds it: compiled, a loop over the few bounds a
-            # request's latency passes costs a fifth of bisect's call and float comparisons.
-            while bucket < _LAST_BUCKET and _BOUNDS[bucket] < duration:
-                bucket += 1
-        outbound.acquire()
-        try:
-            if route is not None:  # started() counted it
-                route.active -= 1
-            if index >= 0:
-                classes = where.classes
-                count = classes[index]
-                if not count:
-                    outbound.request_series.append((where, _PLAIN_OUTCOMES[index], index))
-                classes[index] = count + 1
-            else:
-                outcomes = where.outcomes
-                found = outcomes.get(outcome)
-                if found is None:
-                    outbound.request_series.append((where, outcome, -1))
-                    found = 0
-                outcomes[outcome] = found + 1
-            if end is not None:
-                if not where.count:
-                    outbound.histogram_series.append(where)
-                where.count += 1
-                where.buckets[bucket] += 1
-                where.sum += duration
-        finally:
-            outbound.release()
+        seconds = -1.0 if end is None else end - exchange.start
+        ends = self._outbound.ends
+        ends.append((exchange.route, exchange.cluster, exchange.endpoint, status, error, seconds))
+        if len(ends) >= _BATCH:
+            self._outbound.drain()
 
     def _inbound_finished(self, exchange: Exchange, klass: str, error: str, duration: float | None) -> None:
         self._inbound_active.dec()

@@ -556,6 +556,30 @@ def test_requests_from_many_threads_are_each_counted_once_and_scrapes_meanwhile_
         seen = count
 
 
+def test_requests_nobody_scrapes_are_counted_in_batches_as_they_end() -> None:
+    """The request path only records a request's start and end; they are counted a batch at a time, so a mesh that
+    is never scraped holds at most a batch of records, and a read (stats, a page) counts what is left first."""
+    observer = metrics.MetricsObserver()
+    held = [_exchange(route="r", cluster="c", endpoint=A) for _ in range(3)]
+    for exchange in held:  # in flight all along
+        observer.started(exchange)
+    for n in range(1000):
+        exchange = _exchange(route="r" if n % 2 else "s", cluster="c", endpoint=A if n % 3 else B)
+        observer.started(exchange)
+        exchange.status, exchange.end = 200, exchange.start + 0.002
+        observer.finished(exchange)
+        pending = observer._outbound
+        assert len(pending.ends) < metrics._BATCH
+        assert len(pending.starts) < metrics._BATCH + len(held) + 1
+    assert observer.stats() == {"series": 4 + 4 + 2}  # (r|s) × (A|B): requests and histograms; 2 routes' gauges
+    page = metrics.exposition(observer, {}).decode()
+    assert value(page, "meshlib_outbound_requests_total", route="r") == 500
+    assert value(page, "meshlib_outbound_requests_total", route="s", endpoint=B) == len(range(0, 1000, 6))
+    assert value(page, "meshlib_outbound_request_duration_seconds_bucket", le="0.005") == 1000
+    assert value(page, "meshlib_outbound_requests_active", route="r") == 3
+    assert value(page, "meshlib_outbound_requests_active", route="s") == 0
+
+
 def test_endpoint_credentials_never_reach_a_label() -> None:
     observer = metrics.MetricsObserver()
     exchange = _exchange(route="r", cluster="c", endpoint="http://user:s3cret@10.0.0.1:80")
