@@ -122,7 +122,8 @@ class ZipkinJsonEncoder(JsonV2Encoder):
 
     def _values(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
         """The stock encoder's tag values: the plain types here, anything else through its own conversion."""
-        limit = self.max_tag_value_length
+        # None (no limit) where the stock annotation says int: read untyped, which compiled code would check.
+        limit: int | None = getattr(self, "max_tag_value_length", None)
         cut = limit is not None and limit > 0
         tags: dict[str, Any] = {}
         odd: dict[str, Any] = {}
